@@ -1,0 +1,24 @@
+/* Checked allocation: sizes are multiplied with overflow checks and every failure is reported. */
+#ifndef MG_CORE_ALLOC_H
+#define MG_CORE_ALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+/* Largest single allocation we attempt (bytes); beyond it we report MemoryError up front. */
+#define MG_MAX_ALLOC ((size_t)1 << 40)
+
+/* Returns 0 and writes a*b to *out, or -1 on overflow. */
+static inline int mg_mul_size(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a) return -1;
+    *out = a * b;
+    return 0;
+}
+
+/* 64-byte aligned, zeroed. NULL (with err set) on failure or overflow. */
+void *mg_alloc(size_t count, size_t elem_size, const char *what, mg_error *err);
+void mg_free(void *p);
+
+#endif

@@ -1,0 +1,32 @@
+/* A decoder: its config, its parameters, and the RoPE frequencies derived from the config. */
+#ifndef MG_MODEL_MODEL_H
+#define MG_MODEL_MODEL_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "params.h"
+
+#define MG_MAX_HEAD_DIM 1024
+
+typedef struct {
+    mg_config config;
+    mg_params params;
+    float *inv_freq; /* [head_dim / 2], LLaMA family only */
+} mg_model;
+
+/* Builds a model from named float32 tensors (copied). Returns NULL with err set on failure. */
+mg_model *mg_model_create(const mg_config *config, const mg_named_tensor *tensors, int count,
+                          mg_error *err);
+void mg_model_free(mg_model *m);
+
+/* Full-sequence forward of tokens[B, T] under the unified attention rule.
+ * roles[B, T]: 0 CONTEXT, 1 SPAN; segments[B, T]: >= 0 sequence id within the row, -1 padding.
+ * Positions restart at 0 in each segment. hidden_out[B, T, D] (after the final norm) and
+ * logits_out[B, T, V] may each be NULL; padding rows of both are zero. Thread-safe: the model
+ * is only read. */
+int mg_model_forward(const mg_model *m, const int32_t *tokens, const uint8_t *roles,
+                     const int32_t *segments, int B, int T, float *hidden_out, float *logits_out,
+                     mg_error *err);
+
+#endif

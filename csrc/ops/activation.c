@@ -1,0 +1,20 @@
+#include "activation.h"
+
+#include <math.h>
+
+void swiglu_forward(float *out, const float *gate, const float *up, long n) {
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void gelu_tanh_forward(float *x, long n) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+    }
+}

@@ -1,0 +1,30 @@
+/* Scaled dot-product attention under MAGNET's unified rule (spec MAGNET.md section 2).
+ *
+ * Query i may attend key j iff seg[i] == seg[j] (>= 0) and
+ *     role[j] == CONTEXT  or  (role[i] == SPAN and j <= i).
+ * All-SPAN is the causal LM, all-CONTEXT a bidirectional encoder, a mix is infilling. The rule
+ * is evaluated per (query, key) pair from the roles and segments: no T x T mask exists. */
+#ifndef MG_OPS_ATTENTION_H
+#define MG_OPS_ATTENTION_H
+
+#include <stdint.h>
+
+enum { MG_ROLE_CONTEXT = 0, MG_ROLE_SPAN = 1 };
+
+typedef struct {
+    int B;         /* batch rows */
+    int Tq;        /* queries per row */
+    int Tk;        /* keys per row (keys 0..Tk-1) */
+    int q_start;   /* key index of query 0: queries are keys q_start .. q_start+Tq-1 */
+    int kv_stride; /* keys allocated per row in k/v (>= Tk), for KV caches */
+    int Hq, Hkv, hd;
+} attention_shape;
+
+/* out/q: [B, Tq, Hq, hd]; k/v: [B, kv_stride, Hkv, hd]; q_roles/q_seg: [B, Tq];
+ * k_roles/k_seg: [B, kv_stride]. scratch: omp_get_max_threads() * Tk floats.
+ * A padding query (seg < 0) gets a zero output. */
+void attention_forward(float *out, const float *q, const float *k, const float *v,
+                       const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
+                       const int32_t *k_seg, attention_shape s, float *scratch);
+
+#endif

@@ -1,0 +1,47 @@
+#include "errors.h"
+
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL MAGNET_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../core/alloc.h"
+
+PyObject *mgpy_raise(const mg_error *err) {
+    PyObject *type;
+    switch (err->code) {
+    case MG_ERR_TYPE: type = PyExc_TypeError; break;
+    case MG_ERR_NOT_FOUND: type = PyExc_FileNotFoundError; break;
+    case MG_ERR_IO: type = PyExc_OSError; break;
+    case MG_ERR_NOMEM: type = PyExc_MemoryError; break;
+    default: type = PyExc_ValueError; break;
+    }
+    PyErr_SetString(type, err->msg[0] ? err->msg : "magnet: unknown error");
+    return NULL;
+}
+
+/* The capsule frees the buffer when the array (and every view of it) is gone. */
+static void free_capsule(PyObject *capsule) {
+    mg_free(PyCapsule_GetPointer(capsule, "magnet.buffer"));
+}
+
+PyObject *mgpy_array_take(int ndim, const int64_t *shape, float *data) {
+    npy_intp dims[8];
+    for (int i = 0; i < ndim && i < 8; i++) dims[i] = (npy_intp)shape[i];
+    PyObject *arr = PyArray_SimpleNewFromData(ndim, dims, NPY_FLOAT32, data);
+    if (arr == NULL) {
+        mg_free(data);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(data, "magnet.buffer", free_capsule);
+    if (capsule == NULL) {
+        Py_DECREF(arr);
+        mg_free(data);
+        return NULL;
+    }
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, capsule) != 0) {
+        Py_DECREF(arr); /* the capsule reference was stolen and is released with arr */
+        return NULL;
+    }
+    return arr;
+}

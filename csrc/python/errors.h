@@ -1,0 +1,19 @@
+/* The binding's bridge from the core's error codes to Python exceptions, and small shared
+ * conversions every binding file needs. */
+#ifndef MG_PYTHON_ERRORS_H
+#define MG_PYTHON_ERRORS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#include "../core/error.h"
+
+/* Raises the Python exception matching err->code with err->msg; returns NULL. */
+PyObject *mgpy_raise(const mg_error *err);
+
+/* A new float32 ndarray of the given shape that takes ownership of data (allocated with
+ * mg_alloc); on failure frees data and returns NULL with an exception set. */
+PyObject *mgpy_array_take(int ndim, const int64_t *shape, float *data);
+
+#endif

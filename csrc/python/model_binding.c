@@ -1,0 +1,315 @@
+/* magnet._C.Model: owns an mg_model; forward passes release the GIL. */
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL MAGNET_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+#include <string.h>
+
+#include "../core/alloc.h"
+#include "../model/model.h"
+#include "bindings.h"
+#include "errors.h"
+
+typedef struct {
+    PyObject_HEAD mg_model *model;
+} MgpyModel;
+
+/* Reads an int (required when dflt is NULL) from the config dict. */
+static int config_int(PyObject *cfg, const char *key, const int *dflt, int *out) {
+    PyObject *v = PyDict_GetItemString(cfg, key); /* borrowed */
+    if (v == NULL || v == Py_None) {
+        if (dflt) {
+            *out = *dflt;
+            return 0;
+        }
+        PyErr_Format(PyExc_ValueError, "model config is missing '%s'", key);
+        return -1;
+    }
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "model config '%s' must be an int", key);
+        return -1;
+    }
+    long x = PyLong_AsLong(v);
+    if ((x == -1 && PyErr_Occurred()) || x < -(1L << 30) || x > (1L << 30)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "model config '%s' is out of range", key);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int config_float(PyObject *cfg, const char *key, float dflt, float *out) {
+    PyObject *v = PyDict_GetItemString(cfg, key);
+    if (v == NULL || v == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "model config '%s' must be a number", key);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static int config_choice(PyObject *cfg, const char *key, const char *const *names, int n,
+                         int dflt, int *out) {
+    PyObject *v = PyDict_GetItemString(cfg, key);
+    if (v == NULL || v == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    const char *s = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
+    for (int i = 0; s && i < n; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    PyErr_Format(PyExc_ValueError, "model config '%s' has unsupported value %R", key, v);
+    return -1;
+}
+
+static int parse_config(PyObject *cfg, mg_config *c) {
+    static const char *const archs[] = {"llama", "gpt2"};
+    static const char *const ropes[] = {"default", "linear", "llama3"};
+    const int zero = 0, neg = -1;
+    int arch, rope;
+    memset(c, 0, sizeof(*c));
+    if (config_choice(cfg, "arch", archs, 2, -1, &arch) || config_int(cfg, "vocab_size", NULL, &c->vocab_size) ||
+        config_int(cfg, "hidden_size", NULL, &c->dim) ||
+        config_int(cfg, "num_layers", NULL, &c->n_layers) ||
+        config_int(cfg, "num_heads", NULL, &c->n_heads) ||
+        config_int(cfg, "num_kv_heads", NULL, &c->n_kv_heads) ||
+        config_int(cfg, "head_dim", NULL, &c->head_dim) ||
+        config_int(cfg, "intermediate_size", NULL, &c->hidden_dim) ||
+        config_int(cfg, "max_positions", &neg, &c->max_positions) ||
+        config_float(cfg, "norm_eps", 1e-5f, &c->norm_eps) ||
+        config_float(cfg, "rope_theta", 10000.0f, &c->rope_theta) ||
+        config_choice(cfg, "rope_type", ropes, 3, 0, &rope) ||
+        config_float(cfg, "rope_factor", 1.0f, &c->rope_factor) ||
+        config_float(cfg, "rope_low_freq_factor", 1.0f, &c->rope_low_freq_factor) ||
+        config_float(cfg, "rope_high_freq_factor", 4.0f, &c->rope_high_freq_factor) ||
+        config_int(cfg, "rope_original_max_positions", &zero, &c->rope_original_max_positions) ||
+        config_int(cfg, "sliding_window", &zero, &c->sliding_window))
+        return -1;
+    if (arch < 0) {
+        PyErr_SetString(PyExc_ValueError, "model config is missing 'arch'");
+        return -1;
+    }
+    c->arch = (mg_arch)arch;
+    c->rope_type = (mg_rope_type)rope;
+    return 0;
+}
+
+static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"config", "tensors", NULL};
+    PyObject *cfg, *tensors;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!", kwlist, &PyDict_Type, &cfg, &PyDict_Type,
+                                     &tensors))
+        return -1;
+    mg_config config;
+    if (parse_config(cfg, &config) != 0) return -1;
+
+    Py_ssize_t count = PyDict_Size(tensors);
+    mg_error err;
+    mg_error_clear(&err);
+    mg_named_tensor *named = mg_alloc((size_t)count, sizeof(mg_named_tensor), "tensor list", &err);
+    if (named == NULL) {
+        mgpy_raise(&err);
+        return -1;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    int i = 0;
+    while (PyDict_Next(tensors, &pos, &key, &value)) {
+        if (!PyUnicode_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "tensor names must be str");
+            goto fail;
+        }
+        if (!PyArray_Check(value) || PyArray_TYPE((PyArrayObject *)value) != NPY_FLOAT32 ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)value)) {
+            PyErr_Format(PyExc_TypeError, "tensor %R must be a C-contiguous float32 ndarray", key);
+            goto fail;
+        }
+        PyArrayObject *arr = (PyArrayObject *)value;
+        if (PyArray_NDIM(arr) > MG_MAX_DIMS) {
+            PyErr_Format(PyExc_ValueError, "tensor %R has too many dimensions", key);
+            goto fail;
+        }
+        named[i].name = PyUnicode_AsUTF8(key);
+        named[i].tensor.ndim = PyArray_NDIM(arr);
+        for (int d = 0; d < PyArray_NDIM(arr); d++) named[i].tensor.shape[d] = PyArray_DIM(arr, d);
+        named[i].tensor.data = (float *)PyArray_DATA(arr);
+        i++;
+    }
+    mg_model *model;
+    Py_BEGIN_ALLOW_THREADS model = mg_model_create(&config, named, i, &err);
+    Py_END_ALLOW_THREADS if (model == NULL) {
+        mgpy_raise(&err);
+        goto fail;
+    }
+    mg_model_free(self->model);
+    self->model = model;
+    mg_free(named);
+    return 0;
+fail:
+    mg_free(named);
+    return -1;
+}
+
+static void Model_dealloc(MgpyModel *self) {
+    mg_model_free(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Requires an exact dtype and shape [B, T]: the Python layer normalises user input first. */
+static PyArrayObject *expect_array(PyObject *obj, const char *name, int type, npy_intp B,
+                                   npy_intp T) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != type ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) || PyArray_NDIM((PyArrayObject *)obj) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous 2-D %s array", name,
+                     type == NPY_UINT8 ? "uint8" : "int32");
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (B >= 0 && (PyArray_DIM(a, 0) != B || PyArray_DIM(a, 1) != T)) {
+        PyErr_Format(PyExc_ValueError, "%s has shape (%zd, %zd), expected (%zd, %zd)", name,
+                     (Py_ssize_t)PyArray_DIM(a, 0), (Py_ssize_t)PyArray_DIM(a, 1), (Py_ssize_t)B,
+                     (Py_ssize_t)T);
+        return NULL;
+    }
+    return a;
+}
+
+/* forward(tokens int32[B,T], roles uint8[B,T], segments int32[B,T], hidden: bool, logits: bool)
+ * -> (hidden float32[B,T,D] or None, logits float32[B,T,V] or None) */
+static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
+    PyObject *tok_obj, *role_obj, *seg_obj;
+    int want_hidden, want_logits;
+    if (!PyArg_ParseTuple(args, "OOOpp", &tok_obj, &role_obj, &seg_obj, &want_hidden,
+                          &want_logits))
+        return NULL;
+    PyArrayObject *tok = expect_array(tok_obj, "input_ids", NPY_INT32, -1, -1);
+    if (tok == NULL) return NULL;
+    npy_intp B = PyArray_DIM(tok, 0), T = PyArray_DIM(tok, 1);
+    PyArrayObject *roles = expect_array(role_obj, "roles", NPY_UINT8, B, T);
+    if (roles == NULL) return NULL;
+    PyArrayObject *seg = expect_array(seg_obj, "segments", NPY_INT32, B, T);
+    if (seg == NULL) return NULL;
+    if (B <= 0 || T <= 0 || B > (1 << 24) || T > (1 << 24)) {
+        PyErr_Format(PyExc_ValueError, "input_ids has empty or absurd shape (%zd, %zd)",
+                     (Py_ssize_t)B, (Py_ssize_t)T);
+        return NULL;
+    }
+    const mg_config *c = &self->model->config;
+    mg_error err;
+    mg_error_clear(&err);
+    size_t N = (size_t)B * (size_t)T;
+    float *hidden = NULL, *logits = NULL;
+    if (want_hidden) hidden = mg_alloc(N, (size_t)c->dim, "hidden states", &err);
+    if (want_logits && err.code == MG_OK)
+        logits = mg_alloc(N, (size_t)c->vocab_size, "logits", &err);
+    if (err.code == MG_OK) {
+        Py_BEGIN_ALLOW_THREADS mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles),
+                                                PyArray_DATA(seg), (int)B, (int)T, hidden, logits,
+                                                &err);
+        Py_END_ALLOW_THREADS
+    }
+    if (err.code != MG_OK) {
+        mg_free(hidden);
+        mg_free(logits);
+        return mgpy_raise(&err);
+    }
+    PyObject *h = Py_None, *l = Py_None;
+    Py_INCREF(Py_None);
+    Py_INCREF(Py_None);
+    if (hidden) {
+        int64_t shape[3] = {B, T, c->dim};
+        Py_DECREF(h);
+        h = mgpy_array_take(3, shape, hidden);
+    }
+    if (logits) {
+        int64_t shape[3] = {B, T, c->vocab_size};
+        Py_DECREF(l);
+        l = mgpy_array_take(3, shape, logits);
+    }
+    if (h == NULL || l == NULL) {
+        Py_XDECREF(h);
+        Py_XDECREF(l);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", h, l);
+}
+
+/* state_dict() -> dict[str, float32 ndarray] (copies), in magnet's parameter names. */
+static PyObject *Model_state_dict(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    const mg_params *p = &self->model->params;
+    PyObject *out = PyDict_New();
+    if (out == NULL) return NULL;
+    for (int s = 0; s < p->n_slots; s++) {
+        const mg_param_slot *slot = &p->slots[s];
+        npy_intp dims[2] = {(npy_intp)slot->shape[0], (npy_intp)slot->shape[1]};
+        PyObject *arr = PyArray_SimpleNew(slot->ndim, dims, NPY_FLOAT32);
+        if (arr == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        memcpy(PyArray_DATA((PyArrayObject *)arr), p->block + slot->offset,
+               slot->numel * sizeof(float));
+        int rc = PyDict_SetItemString(out, slot->name, arr);
+        Py_DECREF(arr);
+        if (rc != 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static PyObject *Model_num_parameters(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    size_t total = 0;
+    for (int s = 0; s < self->model->params.n_slots; s++)
+        total += self->model->params.slots[s].numel;
+    return PyLong_FromSize_t(total);
+}
+
+static PyMethodDef Model_methods[] = {
+    {"forward", (PyCFunction)Model_forward, METH_VARARGS,
+     "forward(input_ids, roles, segments, hidden, logits) -> (hidden, logits)"},
+    {"state_dict", (PyCFunction)Model_state_dict, METH_NOARGS, "Copies of all parameters."},
+    {"num_parameters", (PyCFunction)Model_num_parameters, METH_NOARGS, "Parameter count."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *Model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    (void)args;
+    (void)kwds;
+    MgpyModel *self = (MgpyModel *)type->tp_alloc(type, 0);
+    if (self) self->model = NULL;
+    return (PyObject *)self;
+}
+
+/* Methods on an object whose __init__ failed must not reach a NULL model. */
+static PyObject *Model_getattro(PyObject *obj, PyObject *name) {
+    if (((MgpyModel *)obj)->model == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "magnet._C.Model was not initialised");
+        return NULL;
+    }
+    return PyObject_GenericGetAttr(obj, name);
+}
+
+PyTypeObject MgpyModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "magnet._C.Model",
+    .tp_basicsize = sizeof(MgpyModel),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Model(config: dict, tensors: dict[str, float32 ndarray]): a decoder in C.",
+    .tp_new = Model_new,
+    .tp_init = (initproc)Model_init,
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_methods = Model_methods,
+    .tp_getattro = Model_getattro,
+};

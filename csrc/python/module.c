@@ -1,0 +1,66 @@
+/* The magnet._C extension module: threads, file readers and the Model type. */
+#define PY_ARRAY_UNIQUE_SYMBOL MAGNET_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../core/threads.h"
+#include "bindings.h"
+
+static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 4096) {
+        PyErr_Format(PyExc_ValueError, "num_threads must be between 1 and 4096, got %ld", n);
+        return NULL;
+    }
+    mg_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_num_threads(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(mg_get_num_threads());
+}
+
+static PyObject *cpu_count(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(mg_cpu_count());
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_num_threads", set_num_threads, METH_O, "Set the worker threads (OpenMP and OpenBLAS)."},
+    {"get_num_threads", get_num_threads, METH_NOARGS, "Worker threads in use."},
+    {"cpu_count", cpu_count, METH_NOARGS, "Online CPU cores."},
+    {"read_safetensors", mgpy_read_safetensors, METH_VARARGS,
+     "read_safetensors(path) -> dict of float32 arrays"},
+    {"read_gguf", mgpy_read_gguf, METH_VARARGS,
+     "read_gguf(path) -> (metadata dict, dict of float32 arrays)"},
+    {"read_llama2c", mgpy_read_llama2c, METH_VARARGS,
+     "read_llama2c(path) -> (header dict, dict of float32 arrays)"},
+    {"read_llama2c_tokenizer", mgpy_read_llama2c_tokenizer, METH_VARARGS,
+     "read_llama2c_tokenizer(path, vocab_size) -> (pieces, scores, max_token_length)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "magnet._C", "magnet's C core.", -1, module_methods,
+    NULL,                  NULL,        NULL,               NULL,
+};
+
+PyMODINIT_FUNC PyInit__C(void) {
+    import_array();
+    if (PyType_Ready(&MgpyModelType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) return NULL;
+    Py_INCREF(&MgpyModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&MgpyModelType) < 0) {
+        Py_DECREF(&MgpyModelType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    mg_set_num_threads(mg_cpu_count());
+    return m;
+}

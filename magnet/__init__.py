@@ -1,0 +1,25 @@
+"""magnet: one decoder that embeds, infills and generates (MAGNET, Khosla et al., ACL 2025)."""
+
+# OpenBLAS comes from the scipy-openblas32 wheel; importing it loads the shared library so the
+# extension's OpenBLAS symbols resolve whichever environment built it.
+import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+
+from magnet import _C
+
+CONTEXT = 0
+SPAN = 1
+
+
+def set_num_threads(n: int) -> None:
+    """Set the worker threads used by magnet's C core (OpenMP loops and OpenBLAS)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The worker threads in use; defaults to the machine's online cores."""
+    return _C.get_num_threads()
+
+
+__all__ = ["CONTEXT", "SPAN", "set_num_threads", "get_num_threads"]
