@@ -308,3 +308,41 @@ def test_smollm2_logits_match_transformers(smollm2_gguf: Path) -> None:
     assert ours.shape == theirs.shape
     assert diff < 1e-3
     assert top1 == 1.0
+
+
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path: Path, shared_data: Path) -> None:
+    """A llama (SentencePiece) vocabulary with scores and no merges, as llama.cpp writes
+    LLaMA-2's, tokenizes as transformers' GGUF tokenizer does (BOS on by default)."""
+    spm = pytest.importorskip("sentencepiece")
+    model = shared_data / "tokenizers" / "llama2" / "tokenizer.model"
+    if not model.is_file():
+        pytest.skip(f"{model} not found")
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else
+                     6 if sp.is_byte(i) else 5 if sp.is_unused(i) else 1)
+    meta = {
+        "llama.block_count": ("uint32", 1), "llama.context_length": ("uint32", 64),
+        "llama.embedding_length": ("uint32", 8), "llama.feed_forward_length": ("uint32", 16),
+        "llama.attention.head_count": ("uint32", 2),
+        "tokenizer.ggml.model": ("string", "llama"), "tokenizer.ggml.tokens": ("array", tokens),
+        "tokenizer.ggml.scores": ("array", scores),
+        "tokenizer.ggml.token_type": ("array", types),
+        "tokenizer.ggml.bos_token_id": ("uint32", 1), "tokenizer.ggml.eos_token_id": ("uint32", 2),
+        "tokenizer.ggml.unknown_token_id": ("uint32", 0),
+    }
+    path = tmp_path / "sp.gguf"
+    write_gguf(path, {}, meta)
+    from magnet.formats.gguf import gguf_tokenizer
+
+    tok = gguf_tokenizer(magnet._C.read_gguf(path)[0])
+    assert tok.add_bos_default is True
+    ref = _hf_tokenizer(path)
+    lines = _text_lines(shared_data, 400)
+    lines += ["  leading spaces", "<s> hi </s>", "日本語 ü", "\ttab\nnewline", ""]
+    matched = sum(tok.encode(ln) == ref(ln)["input_ids"] for ln in lines)
+    print(f"\nLLaMA-2 SentencePiece GGUF tokenizer: {matched}/{len(lines)} lines identical")
+    assert matched == len(lines)
