@@ -110,11 +110,11 @@ static int32_t json_hex4(const char *s, size_t pos, size_t limit) {
     int32_t v = 0;
     for (int i = 0; i < 4; i++) {
         char ch = s[pos + (size_t)i];
-        int d;
-        if (ch >= '0' && ch <= '9') d = ch - '0';
-        else if (ch >= 'a' && ch <= 'f') d = ch - 'a' + 10;
-        else if (ch >= 'A' && ch <= 'F') d = ch - 'A' + 10;
-        else return -1;
+        int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                         : -1;
+        if (d < 0) return -1;
         v = v * 16 + d;
     }
     return v;
@@ -319,10 +319,13 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
         if (strcmp(key, "dtype") == 0 && key_len == 5 && !have_dtype) {
             size_t dlen;
             if (json_string(c, &dtype, &dlen) != MG_OK) goto fail;
-            if (strcmp(dtype, "F32") == 0) t->dtype = MG_ST_F32;
-            else if (strcmp(dtype, "F16") == 0) t->dtype = MG_ST_F16;
-            else if (strcmp(dtype, "BF16") == 0) t->dtype = MG_ST_BF16;
-            else {
+            if (strcmp(dtype, "F32") == 0) {
+                t->dtype = MG_ST_F32;
+            } else if (strcmp(dtype, "F16") == 0) {
+                t->dtype = MG_ST_F16;
+            } else if (strcmp(dtype, "BF16") == 0) {
+                t->dtype = MG_ST_BF16;
+            } else {
                 mg_fail(err, MG_ERR_UNSUPPORTED,
                         "safetensors tensor '%.*s' has dtype '%.32s', which magnet does not read "
                         "(F32, F16 and BF16 only)",
@@ -658,8 +661,10 @@ mg_code mg_safetensors_read(const char *path, mg_safetensors *out, mg_error *err
         if (read_exact(f, 8 + header_len + t->begin, t->tensor.data,
                        (size_t)(t->end - t->begin), path, err) != MG_OK)
             goto fail;
-        if (t->dtype == MG_ST_F32) convert32(t->tensor.data, numel);
-        else convert16(t->tensor.data, numel, t->dtype == MG_ST_BF16);
+        if (t->dtype == MG_ST_F32)
+            convert32(t->tensor.data, numel);
+        else
+            convert16(t->tensor.data, numel, t->dtype == MG_ST_BF16);
     }
     fclose(f);
     out->entries = p.entries;
