@@ -5,6 +5,9 @@
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
 from magnet import _C
+from magnet.config import ModelConfig
+from magnet.model import Model
+from magnet.tokenizer import Tokenizer
 
 CONTEXT = 0
 SPAN = 1
@@ -22,4 +25,12 @@ def get_num_threads() -> int:
     return _C.get_num_threads()
 
 
-__all__ = ["CONTEXT", "SPAN", "set_num_threads", "get_num_threads"]
+__all__ = [
+    "CONTEXT",
+    "SPAN",
+    "Model",
+    "ModelConfig",
+    "Tokenizer",
+    "get_num_threads",
+    "set_num_threads",
+]

@@ -96,7 +96,7 @@ int mg_params_create(mg_params *p, const mg_config *c, const mg_named_tensor *te
                      mg_error *err) {
     memset(p, 0, sizeof(*p));
     if (mg_config_validate(c, err) != MG_OK) return err->code;
-    int max_slots = 4 + MG_MAX_SLOTS_PER_LAYER * c->n_layers;
+    int max_slots = 8 + MG_MAX_SLOTS_PER_LAYER * c->n_layers;
     slot_plan *plan = mg_alloc((size_t)max_slots, sizeof(slot_plan), "parameter plan", err);
     p->layers = mg_alloc((size_t)c->n_layers, sizeof(mg_layer_params), "layer table", err);
     if (!plan || !p->layers) goto fail;

@@ -208,10 +208,9 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     mg_error_clear(&err);
     size_t N = (size_t)B * (size_t)T;
     float *hidden = NULL, *logits = NULL;
-    /* mg_alloc takes (count, element bytes): the counts are N*dim and N*vocab floats */
     size_t n_hidden = 0, n_logits = 0;
     if (mg_mul_size(N, (size_t)c->dim, &n_hidden) || mg_mul_size(N, (size_t)c->vocab_size, &n_logits))
-        mg_fail(&err, MG_ERR_NOMEM, "input of %zu tokens is too large", N);
+        mg_fail(&err, MG_ERR_NOMEM, "output of %zu tokens is too large", N);
     if (want_hidden && err.code == MG_OK)
         hidden = mg_alloc(n_hidden, sizeof(float), "hidden states", &err);
     if (want_logits && err.code == MG_OK)

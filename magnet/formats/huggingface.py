@@ -1,0 +1,252 @@
+"""Hugging Face model directories: config.json, (sharded) safetensors, tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+
+from magnet import _C
+from magnet.config import ModelConfig
+from magnet.formats import Loaded
+from magnet.tokenizer import Tokenizer
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "smollm", "smollm2", "smollm3")
+
+
+def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return default
+
+
+def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
+    """RoPE settings from either transformers 5 (`rope_parameters`) or 4 (`rope_scaling`)."""
+    params = dict(cfg.get("rope_parameters") or {})
+    scaling = cfg.get("rope_scaling") or {}
+    params.update({k: v for k, v in scaling.items() if v is not None})
+    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    out: dict[str, Any] = {"rope_theta": float(theta), "rope_type": rope_type}
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ValueError(
+            f"unsupported rope_scaling type {rope_type!r}: magnet implements default, linear "
+            f"and llama3"
+        )
+    if rope_type in ("linear", "llama3"):
+        out["rope_factor"] = float(params["factor"])
+    if rope_type == "llama3":
+        out["rope_low_freq_factor"] = float(params.get("low_freq_factor", 1.0))
+        out["rope_high_freq_factor"] = float(params.get("high_freq_factor", 4.0))
+        out["rope_original_max_positions"] = int(params["original_max_position_embeddings"])
+    return out
+
+
+def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    """Map a transformers `config.json` dict to a ModelConfig (ValueError when unsupported)."""
+    model_type = cfg.get("model_type", "")
+    if model_type == "gpt2":
+        if cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(
+                f"unsupported GPT-2 activation_function {cfg['activation_function']!r}"
+            )
+        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                     "add_cross_attention"):
+            if cfg.get(flag):
+                raise ValueError(f"unsupported GPT-2 option {flag}=True")
+        if cfg.get("scale_attn_weights") is False:
+            raise ValueError("unsupported GPT-2 option scale_attn_weights=False")
+        d, h = int(cfg["n_embd"]), int(cfg["n_head"])
+        return ModelConfig(
+            arch="gpt2",
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=d,
+            num_layers=int(cfg["n_layer"]),
+            num_heads=h,
+            num_kv_heads=h,
+            head_dim=d // h,
+            intermediate_size=int(cfg.get("n_inner") or 4 * d),
+            max_positions=int(cfg["n_positions"]),
+            norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+            tie_word_embeddings=True,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_id=cfg.get("eos_token_id"),
+            model_type=model_type,
+            source=cfg,
+        )
+    if model_type not in LLAMA_FAMILY:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}: magnet supports "
+            f"{', '.join(LLAMA_FAMILY)} and gpt2"
+        )
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r} (expected silu)")
+    d, h = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    sliding = 0
+    if model_type == "mistral" or (model_type == "qwen2" and cfg.get("use_sliding_window")):
+        sliding = int(cfg.get("sliding_window") or 0)
+    eos = cfg.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return ModelConfig(
+        arch="llama",
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=d,
+        num_layers=int(cfg["num_hidden_layers"]),
+        num_heads=h,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or h),
+        head_dim=int(cfg.get("head_dim") or d // h),
+        intermediate_size=int(cfg["intermediate_size"]),
+        max_positions=int(cfg.get("max_position_embeddings", 2048)),
+        norm_eps=float(_get(cfg, "rms_norm_eps", default=1e-6)),
+        sliding_window=sliding,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_id=eos,
+        model_type=model_type,
+        source=cfg,
+        **_rope(cfg),
+    )
+
+
+_LLAMA_NAMES = [
+    (r"model\.embed_tokens\.weight", "tok_embeddings"),
+    (r"model\.norm\.weight", "final_norm.weight"),
+    (r"lm_head\.weight", "lm_head.weight"),
+    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "layers.{}.attn_norm.weight"),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", "layers.{}.mlp_norm.weight"),
+    (r"model\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", "layers.{}.wq.{}"),
+    (r"model\.layers\.(\d+)\.self_attn\.k_proj\.(weight|bias)", "layers.{}.wk.{}"),
+    (r"model\.layers\.(\d+)\.self_attn\.v_proj\.(weight|bias)", "layers.{}.wv.{}"),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.(weight|bias)", "layers.{}.wo.{}"),
+    (r"model\.layers\.(\d+)\.mlp\.gate_proj\.(weight|bias)", "layers.{}.w_gate.{}"),
+    (r"model\.layers\.(\d+)\.mlp\.up_proj\.(weight|bias)", "layers.{}.w_up.{}"),
+    (r"model\.layers\.(\d+)\.mlp\.down_proj\.(weight|bias)", "layers.{}.w_down.{}"),
+]
+_LLAMA_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+
+_GPT2_NAMES = [
+    (r"wte\.weight", "tok_embeddings"),
+    (r"wpe\.weight", "pos_embeddings"),
+    (r"ln_f\.(weight|bias)", "final_norm.{}"),
+    (r"h\.(\d+)\.ln_1\.(weight|bias)", "layers.{}.attn_norm.{}"),
+    (r"h\.(\d+)\.ln_2\.(weight|bias)", "layers.{}.mlp_norm.{}"),
+    (r"h\.(\d+)\.attn\.c_proj\.(weight|bias)", "layers.{}.wo.{}"),
+    (r"h\.(\d+)\.mlp\.c_fc\.(weight|bias)", "layers.{}.w_up.{}"),
+    (r"h\.(\d+)\.mlp\.c_proj\.(weight|bias)", "layers.{}.w_down.{}"),
+]
+# The causal-mask buffers old GPT-2 checkpoints carry; the unified rule replaces them.
+_GPT2_IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$|lm_head\.weight$")
+
+
+def _rename(name: str, table: list[tuple[str, str]]) -> str | None:
+    for pattern, target in table:
+        m = re.fullmatch(pattern, name)
+        if m:
+            return target.format(*m.groups())
+    return None
+
+
+def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rename (and for GPT-2 transpose/split) a transformers state dict to magnet's names."""
+    out: dict[str, np.ndarray] = {}
+    if config.arch == "gpt2":
+        d = config.hidden_size
+        for name, arr in state.items():
+            base = name[len("transformer."):] if name.startswith("transformer.") else name
+            if _GPT2_IGNORED.fullmatch(base):
+                continue
+            m = re.fullmatch(r"h\.(\d+)\.attn\.c_attn\.(weight|bias)", base)
+            if m:
+                layer, kind = m.groups()
+                # Conv1D stores [in, 3*out]; split into q, k, v in Linear's [out, in] layout
+                parts = np.split(arr.T if kind == "weight" else arr, [d, 2 * d], axis=0)
+                for proj, part in zip(("wq", "wk", "wv"), parts, strict=True):
+                    out[f"layers.{layer}.{proj}.{kind}"] = np.ascontiguousarray(part)
+                continue
+            target = _rename(base, _GPT2_NAMES)
+            if target is None:
+                raise ValueError(f"unexpected GPT-2 tensor {name!r}")
+            if base.endswith(".weight") and (".c_proj." in base or ".c_fc." in base):
+                arr = arr.T  # Conv1D [in, out] -> Linear [out, in]
+            out[target] = np.ascontiguousarray(arr, dtype=np.float32)
+        return out
+    for name, arr in state.items():
+        if _LLAMA_IGNORED.fullmatch(name):
+            continue
+        target = _rename(name, _LLAMA_NAMES)
+        if target is None:
+            raise ValueError(f"unexpected tensor {name!r} for model_type {config.model_type!r}")
+        out[target] = np.ascontiguousarray(arr, dtype=np.float32)
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def read_state(directory: Path) -> dict[str, np.ndarray]:
+    """All tensors of a directory's `model.safetensors` or sharded index, as float32."""
+    index = directory / "model.safetensors.index.json"
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return _C.read_safetensors(os.fspath(single))
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+        state: dict[str, np.ndarray] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = (directory / shard).resolve()
+            if shard_path.parent != directory.resolve():
+                raise ValueError(f"{index}: shard {shard!r} lies outside the model directory")
+            state.update(_C.read_safetensors(os.fspath(shard_path)))
+        missing = set(weight_map) - set(state)
+        if missing:
+            raise ValueError(f"{index}: tensors missing from the shards: {sorted(missing)[:5]}")
+        return state
+    raise FileNotFoundError(
+        f"{directory}: no model.safetensors or model.safetensors.index.json "
+        f"(PyTorch .bin checkpoints are not supported; save with safe_serialization=True)"
+    )
+
+
+def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
+    """`tokenizer.json` through the tokenizers library; BOS added when the checkpoint does."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return None
+    backend = tokenizers.Tokenizer.from_file(os.fspath(path))
+    add_bos = config.arch == "llama" and config.model_type == "llama"
+    tok_cfg = directory / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        try:
+            add_bos = bool(json.loads(tok_cfg.read_text()).get("add_bos_token", add_bos))
+        except ValueError:
+            pass
+    return Tokenizer(backend, config.bos_token_id, config.eos_token_id, add_bos_default=add_bos)
+
+
+def load_huggingface(directory: str | os.PathLike) -> Loaded:
+    """Load a transformers model directory (config.json + safetensors [+ tokenizer.json])."""
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object")
+    try:
+        config = config_from_hf(cfg)
+    except KeyError as e:
+        raise ValueError(f"{cfg_path}: missing field {e}") from None
+    tensors = tensors_from_hf(config, read_state(directory))
+    return Loaded(config, tensors, read_tokenizer(directory, config))

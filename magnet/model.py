@@ -1,0 +1,176 @@
+"""The user-facing Model: loading, and the forward passes of the unified attention rule."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magnet import _C
+from magnet.config import ModelConfig
+from magnet.formats import Loaded
+from magnet.tokenizer import Tokenizer
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+
+
+def _resolve(path: str | os.PathLike, tokenizer: str | os.PathLike | None) -> Loaded:
+    """Pick the format from what is at ``path``."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix == ".gguf":
+            from magnet.formats.gguf import load_gguf
+
+            return load_gguf(p)
+        if p.suffix == ".bin":
+            from magnet.formats.llama2c import load_llama2c
+
+            return load_llama2c(p, tokenizer=tokenizer)
+        raise ValueError(
+            f"{p}: unrecognised model file (expected a .gguf file, a llama2.c .bin checkpoint, "
+            f"or a Hugging Face model directory)"
+        )
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            from magnet.formats.huggingface import load_huggingface
+
+            return load_huggingface(p)
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            from magnet.formats.gguf import load_gguf
+
+            return load_gguf(ggufs[0])
+        if list(p.glob("*.bin")):
+            from magnet.formats.llama2c import load_llama2c
+
+            return load_llama2c(p, tokenizer=tokenizer)
+        raise FileNotFoundError(
+            f"{p}: no config.json, single .gguf file or llama2.c checkpoint in this directory"
+        )
+    if isinstance(path, str) and _HUB_ID.fullmatch(path) and not path.startswith("."):
+        return _from_hub(path)
+    raise FileNotFoundError(f"no model at {os.fspath(path)!r}: not a file or directory")
+
+
+def _from_hub(repo_id: str) -> Loaded:
+    """Download a Hugging Face repository snapshot (needs the optional huggingface_hub)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local path; downloading it needs huggingface_hub "
+            f"(pip install 'magnet-lm[hub]')"
+        ) from None
+    from magnet.formats.huggingface import load_huggingface
+
+    local = snapshot_download(
+        repo_id, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
+                                 "tokenizer.json", "tokenizer_config.json"]
+    )
+    return load_huggingface(local)
+
+
+def _as_int_array(x: Any, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    return arr
+
+
+class Model:
+    """A decoder (LLaMA family or GPT-2) whose attention follows MAGNET's unified rule.
+
+    Build with :meth:`from_pretrained`. ``roles`` mark each token CONTEXT (0) or SPAN (1);
+    ``segments`` give each token's sequence id within its row (-1 = padding). All-SPAN (the
+    default) is the ordinary causal LM; all-CONTEXT is a bidirectional encoder.
+    """
+
+    def __init__(self, config: ModelConfig, tensors: dict[str, np.ndarray],
+                 tokenizer: Tokenizer | None = None) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self._c = _C.Model(config.to_c(), tensors)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None
+                        ) -> Model:
+        """Load a model.
+
+        ``path``: a Hugging Face model directory (config.json + safetensors, optional
+        tokenizer.json), a ``.gguf`` file, a llama2.c checkpoint ``.bin`` (or a directory holding
+        one, with ``tokenizer=`` naming its tokenizer file when ambiguous), or a Hugging Face hub
+        id (downloaded with the optional ``huggingface_hub``).
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        loaded = _resolve(path, tokenizer)
+        return cls(loaded.config, loaded.tensors, loaded.tokenizer)
+
+    @property
+    def num_parameters(self) -> int:
+        return self._c.num_parameters()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter, under magnet's names (float32)."""
+        return self._c.state_dict()
+
+    def _prepare(self, input_ids: Any, roles: Any, segments: Any
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        ids = _as_int_array(input_ids, "input_ids")
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"input_ids must be [T] or [B, T], got shape {ids.shape}")
+        single = ids.ndim == 1
+        ids2 = ids[None, :] if single else ids
+        if ids2.shape[0] == 0 or ids2.shape[1] == 0:
+            raise ValueError(f"input_ids is empty (shape {ids.shape})")
+        if ids2.size and (ids2.min() < -(2**31) or ids2.max() >= 2**31):
+            raise ValueError("token ids out of range for vocab_size "
+                             f"{self.config.vocab_size}")
+
+        def layout(x: Any, name: str, default: int, dtype: type) -> np.ndarray:
+            if x is None:
+                return np.full(ids2.shape, default, dtype=dtype)
+            arr = _as_int_array(x, name)
+            if arr.shape != ids.shape:
+                raise ValueError(f"{name} has shape {arr.shape}, expected {ids.shape} "
+                                 f"like input_ids")
+            arr = arr[None, :] if single else arr
+            lo, hi = (0, 1) if name == "roles" else (-1, 2**31 - 1)
+            if arr.min() < lo or arr.max() > hi:
+                raise ValueError(f"{name} values must lie in [{lo}, {hi}]"
+                                 + (" (CONTEXT=0, SPAN=1)" if name == "roles" else
+                                    " (-1 marks padding)"))
+            return np.ascontiguousarray(arr, dtype=dtype)
+
+        r = layout(roles, "roles", 1, np.uint8)
+        s = layout(segments, "segments", 0, np.int32)
+        return np.ascontiguousarray(ids2, dtype=np.int32), r, s, single
+
+    def logits(self, input_ids: Any, roles: Any = None, segments: Any = None) -> np.ndarray:
+        """Next-token logits under the unified rule.
+
+        input_ids: int [T] or [B, T]; roles: uint8-compatible, same shape (default all SPAN:
+        causal); segments: int32-compatible, same shape (default 0; -1 = padding).
+        Returns float32 [B, T, V] ([T, V] for 1-D input); padding rows are zero.
+        """
+        ids, r, s, single = self._prepare(input_ids, roles, segments)
+        _, out = self._c.forward(ids, r, s, False, True)
+        return out[0] if single else out
+
+    def hidden_states(self, input_ids: Any, roles: Any = None, segments: Any = None
+                      ) -> np.ndarray:
+        """Final-layer states after the final norm: float32 [B, T, D] ([T, D] for 1-D input).
+
+        Arguments as :meth:`logits`; padding rows are zero.
+        """
+        ids, r, s, single = self._prepare(input_ids, roles, segments)
+        out, _ = self._c.forward(ids, r, s, True, False)
+        return out[0] if single else out
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"magnet.Model({c.model_type or c.arch}, layers={c.num_layers}, "
+                f"hidden={c.hidden_size}, vocab={c.vocab_size}, params={self.num_parameters:,})")
