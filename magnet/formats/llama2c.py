@@ -122,7 +122,9 @@ def _build_backend(pieces: list[bytes], scores: list[float]) -> tokenizers.Token
             except UnicodeDecodeError as e:
                 raise ValueError(f"llama2.c tokenizer piece {i} is not UTF-8: {raw!r}") from e
         if name in vocab:
-            raise ValueError(f"llama2.c tokenizer has piece {name!r} twice (ids {vocab[name]}, {i})")
+            raise ValueError(
+                f"llama2.c tokenizer has piece {name!r} twice (ids {vocab[name]} and {i})"
+            )
         vocab[name] = i
 
     ranked: list[tuple[float, int, int, str, str]] = []
