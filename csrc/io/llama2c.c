@@ -50,9 +50,13 @@ static int validate_header(const int32_t h[7], const char *path, mg_llama2c_head
         int32_t value;
         int32_t max;
     } fields[] = {
-        {"dim", h[0], MAX_DIM},         {"hidden_dim", h[1], MAX_HIDDEN},
-        {"n_layers", h[2], MAX_LAYERS}, {"n_heads", h[3], MAX_HEADS},
-        {"n_kv_heads", h[4], MAX_HEADS}, {"|vocab_size|", h[5] == INT32_MIN ? 0 : (h[5] < 0 ? -h[5] : h[5]), MAX_VOCAB},
+        {"dim", h[0], MAX_DIM},
+        {"hidden_dim", h[1], MAX_HIDDEN},
+        {"n_layers", h[2], MAX_LAYERS},
+        {"n_heads", h[3], MAX_HEADS},
+        {"n_kv_heads", h[4], MAX_HEADS},
+        /* negative means untied; INT32_MIN cannot be negated and maps to 0, i.e. rejected */
+        {"|vocab_size|", h[5] == INT32_MIN ? 0 : (h[5] < 0 ? -h[5] : h[5]), MAX_VOCAB},
         {"seq_len", h[6], MAX_SEQ},
     };
     for (unsigned i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
@@ -70,14 +74,20 @@ static int validate_header(const int32_t h[7], const char *path, mg_llama2c_head
     out->vocab_size = h[5] > 0 ? h[5] : -h[5];
     out->seq_len = h[6];
     if (out->dim % out->n_heads != 0)
-        return mg_fail(err, MG_ERR_FORMAT, "llama2.c checkpoint '%s': dim=%d is not a multiple "
-                       "of n_heads=%d", path, out->dim, out->n_heads);
+        return mg_fail(err, MG_ERR_FORMAT,
+                       "llama2.c checkpoint '%s': dim=%d is not a multiple "
+                       "of n_heads=%d",
+                       path, out->dim, out->n_heads);
     if (out->n_kv_heads > out->n_heads || out->n_heads % out->n_kv_heads != 0)
-        return mg_fail(err, MG_ERR_FORMAT, "llama2.c checkpoint '%s': n_heads=%d is not a "
-                       "multiple of n_kv_heads=%d", path, out->n_heads, out->n_kv_heads);
+        return mg_fail(err, MG_ERR_FORMAT,
+                       "llama2.c checkpoint '%s': n_heads=%d is not a "
+                       "multiple of n_kv_heads=%d",
+                       path, out->n_heads, out->n_kv_heads);
     if ((out->dim / out->n_heads) % 2 != 0)
-        return mg_fail(err, MG_ERR_FORMAT, "llama2.c checkpoint '%s': head size %d is odd, "
-                       "which rotary embeddings cannot pair", path, out->dim / out->n_heads);
+        return mg_fail(err, MG_ERR_FORMAT,
+                       "llama2.c checkpoint '%s': head size %d is odd, "
+                       "which rotary embeddings cannot pair",
+                       path, out->dim / out->n_heads);
     return MG_OK;
 }
 
@@ -111,7 +121,9 @@ static int plan_groups(const mg_llama2c_header *h, group *g) {
     return n;
 }
 
-static int64_t group_numel(const group *g) { return g->rows * (g->cols ? g->cols : 1); }
+static int64_t group_numel(const group *g) {
+    return g->rows * (g->cols ? g->cols : 1);
+}
 
 /* llama2.c rotates adjacent pairs (x[2k], x[2k+1]); magnet rotates (x[k], x[k + hd/2]) with the
  * same frequency k. Moving row 2k to k and row 2k+1 to k + hd/2 within each head makes the two
@@ -131,7 +143,8 @@ static void rope_rows_to_half(float *w, int heads, int64_t hd, int64_t cols, flo
 
 void mg_llama2c_free(mg_llama2c_checkpoint *ckpt) {
     if (ckpt == NULL) return;
-    for (int i = 0; i < ckpt->n_tensors; i++) mg_free(ckpt->tensors[i].tensor.data);
+    for (int i = 0; i < ckpt->n_tensors; i++)
+        mg_free(ckpt->tensors[i].tensor.data);
     mg_free(ckpt->tensors);
     ckpt->tensors = NULL;
     ckpt->n_tensors = 0;
@@ -145,8 +158,10 @@ int mg_llama2c_read(const char *path, mg_llama2c_checkpoint *out, mg_error *err)
     float *scratch = NULL;
     int32_t raw[7];
     if (file_size < (int64_t)sizeof(raw)) {
-        mg_fail(err, MG_ERR_FORMAT, "llama2.c checkpoint '%s' is %lld bytes, shorter than its "
-                "28-byte header", path, (long long)file_size);
+        mg_fail(err, MG_ERR_FORMAT,
+                "llama2.c checkpoint '%s' is %lld bytes, shorter than its "
+                "28-byte header",
+                path, (long long)file_size);
         goto fail;
     }
     if (read_exact(f, raw, sizeof(raw), path, err) != MG_OK) goto fail;
@@ -199,8 +214,7 @@ int mg_llama2c_read(const char *path, mg_llama2c_checkpoint *out, mg_error *err)
             t->tensor.ndim = gr->cols ? 2 : 1;
             t->tensor.shape[0] = gr->rows;
             t->tensor.shape[1] = gr->cols;
-            if (read_exact(f, t->tensor.data, numel * sizeof(float), path, err) != MG_OK)
-                goto fail;
+            if (read_exact(f, t->tensor.data, numel * sizeof(float), path, err) != MG_OK) goto fail;
             if (gr->rope_heads > 0)
                 rope_rows_to_half(t->tensor.data, gr->rope_heads, hd, gr->cols, scratch);
         }
@@ -232,8 +246,7 @@ static int take4(const unsigned char *buf, int64_t size, int64_t *pos, void *dst
     return 0;
 }
 
-int mg_llama2c_read_vocab(const char *path, int vocab_size, mg_llama2c_vocab *out,
-                          mg_error *err) {
+int mg_llama2c_read_vocab(const char *path, int vocab_size, mg_llama2c_vocab *out, mg_error *err) {
     memset(out, 0, sizeof(*out));
     if (vocab_size <= 0 || vocab_size > MAX_VOCAB)
         return mg_fail(err, MG_ERR_VALUE, "vocab_size=%d is out of range (1..%d)", vocab_size,
@@ -260,8 +273,10 @@ int mg_llama2c_read_vocab(const char *path, int vocab_size, mg_llama2c_vocab *ou
     int64_t pos = 0;
     int32_t max_len;
     if (take4(buf, size, &pos, &max_len) != 0 || max_len <= 0 || max_len > MAX_TOKEN_LEN) {
-        mg_fail(err, MG_ERR_FORMAT, "llama2.c tokenizer '%s': missing or absurd "
-                "max_token_length", path);
+        mg_fail(err, MG_ERR_FORMAT,
+                "llama2.c tokenizer '%s': missing or absurd "
+                "max_token_length",
+                path);
         goto fail;
     }
     out->max_token_length = max_len;
@@ -269,18 +284,24 @@ int mg_llama2c_read_vocab(const char *path, int vocab_size, mg_llama2c_vocab *ou
     for (int i = 0; i < vocab_size; i++) {
         int32_t len;
         if (take4(buf, size, &pos, &out->scores[i]) != 0 || take4(buf, size, &pos, &len) != 0) {
-            mg_fail(err, MG_ERR_FORMAT, "llama2.c tokenizer '%s' ends at token %d of %d "
-                    "(truncated, or vocab_size does not match)", path, i, vocab_size);
+            mg_fail(err, MG_ERR_FORMAT,
+                    "llama2.c tokenizer '%s' ends at token %d of %d "
+                    "(truncated, or vocab_size does not match)",
+                    path, i, vocab_size);
             goto fail;
         }
         if (len < 0 || len > max_len) {
-            mg_fail(err, MG_ERR_FORMAT, "llama2.c tokenizer '%s': token %d has length %d, "
-                    "outside 0..max_token_length=%d", path, i, (int)len, (int)max_len);
+            mg_fail(err, MG_ERR_FORMAT,
+                    "llama2.c tokenizer '%s': token %d has length %d, "
+                    "outside 0..max_token_length=%d",
+                    path, i, (int)len, (int)max_len);
             goto fail;
         }
         if (size - pos < len) {
-            mg_fail(err, MG_ERR_FORMAT, "llama2.c tokenizer '%s': token %d (%d bytes) runs "
-                    "past the end of the file", path, i, (int)len);
+            mg_fail(err, MG_ERR_FORMAT,
+                    "llama2.c tokenizer '%s': token %d (%d bytes) runs "
+                    "past the end of the file",
+                    path, i, (int)len);
             goto fail;
         }
         out->offsets[i] = used;
@@ -290,9 +311,10 @@ int mg_llama2c_read_vocab(const char *path, int vocab_size, mg_llama2c_vocab *ou
     }
     out->offsets[vocab_size] = used;
     if (pos != size) {
-        mg_fail(err, MG_ERR_FORMAT, "llama2.c tokenizer '%s' has %lld bytes after its %d "
-                "tokens: vocab_size does not match this tokenizer", path,
-                (long long)(size - pos), vocab_size);
+        mg_fail(err, MG_ERR_FORMAT,
+                "llama2.c tokenizer '%s' has %lld bytes after its %d "
+                "tokens: vocab_size does not match this tokenizer",
+                path, (long long)(size - pos), vocab_size);
         goto fail;
     }
     out->vocab_size = vocab_size;

@@ -40,9 +40,9 @@ void mg_llama2c_free(mg_llama2c_checkpoint *ckpt);
 typedef struct {
     int vocab_size;
     int max_token_length;
-    float *scores;    /* [vocab_size] */
-    size_t *offsets;  /* [vocab_size + 1]: piece i is bytes[offsets[i] .. offsets[i+1]) */
-    char *bytes;      /* every piece, back to back (not NUL-terminated) */
+    float *scores;   /* [vocab_size] */
+    size_t *offsets; /* [vocab_size + 1]: piece i is bytes[offsets[i] .. offsets[i+1]) */
+    char *bytes;     /* every piece, back to back (not NUL-terminated) */
 } mg_llama2c_vocab;
 
 /* Reads a tokenizer file holding exactly vocab_size pieces; trailing bytes are an error, since
