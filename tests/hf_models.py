@@ -68,5 +68,5 @@ def hf_logits(model, ids: np.ndarray, roles: np.ndarray, segments: np.ndarray,
     with torch.no_grad():
         out = model(input_ids=torch.as_tensor(ids, dtype=torch.long),
                     attention_mask=torch.as_tensor(add),
-                    position_ids=torch.as_tensor(np.ascontiguousarray(positions), dtype=torch.long))
+                    position_ids=torch.as_tensor(np.array(positions), dtype=torch.long))
     return out.logits.float().numpy()

@@ -66,7 +66,7 @@ int mg_model_forward(const mg_model *m, const int32_t *tokens, const uint8_t *ro
     size_t bytes = 0;
     const size_t plan[] = {(size_t)N * D,  (size_t)N * D,  (size_t)N * QD, (size_t)N * KD,
                            (size_t)N * KD, (size_t)N * QD, (size_t)N * F,  (size_t)N * F,
-                           (size_t)N,      (size_t)N,      (size_t)threads * T,
+                           (size_t)N,      (size_t)N,      ATTENTION_SCRATCH(B, c->n_kv_heads, c->head_dim, T, threads),
                            hidden_out ? 0 : (size_t)N * D};
     for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         bytes += mg_arena_floats_bytes(plan[i]);

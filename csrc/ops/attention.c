@@ -4,67 +4,126 @@
 #include <omp.h>
 #include <string.h>
 
-/* Eight independent partial sums let the compiler vectorise without reassociation flags. */
-static inline float dot(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int u = 0; u < 8; u++) acc[u] += a[i + u] * b[i + u];
-    float s = 0.0f;
-    for (; i < n; i++) s += a[i] * b[i];
-    return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
 static inline int key_visible(uint8_t q_role, int32_t q_seg, int q_index, uint8_t k_role,
                               int32_t k_seg, int k_index) {
     if (k_seg != q_seg) return 0;
     return k_role == MG_ROLE_CONTEXT || (q_role == MG_ROLE_SPAN && k_index <= q_index);
 }
 
+/* Softmax of score[lo..hi] over the keys the rule lets this query see; everything else in
+ * [0, Tk) becomes exactly 0. Returns 0 when no key is visible (padding queries). */
+static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_index,
+                              const uint8_t *k_roles, const int32_t *k_seg, int lo, int hi,
+                              int Tk) {
+    float mx = -INFINITY;
+    for (int j = lo; j <= hi; j++) {
+        if (!key_visible(role, seg, q_index, k_roles[j], k_seg[j], j))
+            score[j] = -INFINITY;
+        else if (score[j] > mx)
+            mx = score[j];
+    }
+    if (seg < 0 || mx == -INFINITY) {
+        memset(score, 0, sizeof(float) * Tk);
+        return 0;
+    }
+    float sum = 0.0f;
+    for (int j = lo; j <= hi; j++) {
+        float p = score[j] == -INFINITY ? 0.0f : expf(score[j] - mx);
+        score[j] = p;
+        sum += p;
+    }
+    const float inv = 1.0f / sum;
+    for (int j = lo; j <= hi; j++) score[j] *= inv;
+    return 1;
+}
+
+/* Keys a row can ever show: from its first non-padding key to the last CONTEXT key, or further
+ * for span queries (which see span keys up to themselves). Lets causal rows skip the future. */
+static void row_key_bounds(const int32_t *k_seg, const uint8_t *k_roles, int Tk, int *first,
+                           int *last_context) {
+    *first = Tk;
+    *last_context = -1;
+    for (int j = 0; j < Tk; j++) {
+        if (k_seg[j] < 0) continue;
+        if (j < *first) *first = j;
+        if (k_roles[j] == MG_ROLE_CONTEXT) *last_context = j;
+    }
+}
+
+/* Two phases. First K is transposed per (row, kv head) to [hd, Tk], so that scores for a group
+ * of ATT_GROUP queries are axpy updates along contiguous keys (vectorised FMA, each key row
+ * loaded once for the group). Then each query's probabilities weight V rows into its output.
+ * No T x T array exists: a thread holds only its group's [ATT_GROUP, Tk] scores. */
 void attention_forward(float *out, const float *q, const float *k, const float *v,
                        const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
                        const int32_t *k_seg, attention_shape s, float *scratch) {
-    const int group = s.Hq / s.Hkv;
-    const float scale = 1.0f / sqrtf((float)s.hd);
-    const long q_row = (long)s.Hq * s.hd, kv_row = (long)s.Hkv * s.hd;
-#pragma omp parallel for collapse(3) schedule(dynamic, 4)
-    for (int b = 0; b < s.B; b++) {
-        for (int h = 0; h < s.Hq; h++) {
-            for (int i = 0; i < s.Tq; i++) {
-                float *score = scratch + (long)omp_get_thread_num() * s.Tk;
-                const long qi = (long)b * s.Tq + i;
-                float *o = out + qi * q_row + (long)h * s.hd;
-                const int32_t seg = q_seg[qi];
-                memset(o, 0, sizeof(float) * s.hd);
-                if (seg < 0) continue;
-                const uint8_t role = q_roles[qi];
-                const int q_index = s.q_start + i;
-                const float *qv = q + qi * q_row + (long)h * s.hd;
-                const long k0 = (long)b * s.kv_stride;
-                const int kh = h / group;
-                float mx = -INFINITY;
-                for (int j = 0; j < s.Tk; j++) {
-                    if (!key_visible(role, seg, q_index, k_roles[k0 + j], k_seg[k0 + j], j)) {
-                        score[j] = -INFINITY;
-                        continue;
+    const int group = s.Hq / s.Hkv, hd = s.hd, Tk = s.Tk;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const int n_groups = (s.Tq + ATT_GROUP - 1) / ATT_GROUP;
+    float *kT = scratch;
+    float *scores = scratch + (long)s.B * s.Hkv * hd * Tk;
+#pragma omp parallel
+    {
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < s.B; b++)
+            for (int kh = 0; kh < s.Hkv; kh++) {
+                float *dst = kT + ((long)b * s.Hkv + kh) * hd * Tk;
+                for (int j = 0; j < Tk; j++) {
+                    const float *src = k + ((long)b * s.kv_stride + j) * kv_row + (long)kh * hd;
+                    for (int d = 0; d < hd; d++) dst[(long)d * Tk + j] = src[d];
+                }
+            }
+        float *sc = scores + (long)omp_get_thread_num() * ATT_GROUP * Tk;
+#pragma omp for collapse(3) schedule(dynamic, 1)
+        for (int b = 0; b < s.B; b++) {
+            for (int h = 0; h < s.Hq; h++) {
+                for (int g = 0; g < n_groups; g++) {
+                    const int i0 = g * ATT_GROUP;
+                    const int nq = s.Tq - i0 < ATT_GROUP ? s.Tq - i0 : ATT_GROUP;
+                    const long k0 = (long)b * s.kv_stride;
+                    const int kh = h / group;
+                    int lo, last_ctx;
+                    row_key_bounds(k_seg + k0, k_roles + k0, Tk, &lo, &last_ctx);
+                    int hi = s.q_start + i0 + nq - 1;
+                    if (last_ctx > hi) hi = last_ctx;
+                    if (hi > Tk - 1) hi = Tk - 1;
+                    const float *kt = kT + ((long)b * s.Hkv + kh) * hd * Tk;
+                    const float *qg[ATT_GROUP];
+                    for (int r = 0; r < ATT_GROUP; r++) {
+                        const int rr = r < nq ? r : nq - 1;
+                        qg[r] = q + ((long)b * s.Tq + i0 + rr) * q_row + (long)h * hd;
                     }
-                    float sc = dot(qv, k + (k0 + j) * kv_row + (long)kh * s.hd, s.hd) * scale;
-                    score[j] = sc;
-                    if (sc > mx) mx = sc;
-                }
-                if (mx == -INFINITY) continue; /* no visible key: only possible for stray input */
-                float sum = 0.0f;
-                for (int j = 0; j < s.Tk; j++) {
-                    float p = score[j] == -INFINITY ? 0.0f : expf(score[j] - mx);
-                    score[j] = p;
-                    sum += p;
-                }
-                const float inv = 1.0f / sum;
-                for (int j = 0; j < s.Tk; j++) {
-                    if (score[j] == 0.0f) continue;
-                    const float p = score[j] * inv;
-                    const float *vv = v + (k0 + j) * kv_row + (long)kh * s.hd;
-                    for (int d = 0; d < s.hd; d++) o[d] += p * vv[d];
+                    memset(sc, 0, sizeof(float) * ATT_GROUP * Tk);
+                    for (int d = 0; d < hd && lo <= hi; d++) {
+                        const float *krow = kt + (long)d * Tk;
+                        float *s0 = sc, *s1 = sc + Tk, *s2 = sc + 2 * Tk, *s3 = sc + 3 * Tk;
+                        const float a0 = qg[0][d] * scale, a1 = qg[1][d] * scale;
+                        const float a2 = qg[2][d] * scale, a3 = qg[3][d] * scale;
+                        for (int j = lo; j <= hi; j++) {
+                            const float kv = krow[j];
+                            s0[j] += a0 * kv;
+                            s1[j] += a1 * kv;
+                            s2[j] += a2 * kv;
+                            s3[j] += a3 * kv;
+                        }
+                    }
+                    for (int r = 0; r < nq; r++) {
+                        const long qi = (long)b * s.Tq + i0 + r;
+                        float *row = sc + (long)r * Tk;
+                        float *o = out + qi * q_row + (long)h * hd;
+                        memset(o, 0, sizeof(float) * hd);
+                        if (lo > hi || !masked_softmax_row(row, q_roles[qi], q_seg[qi],
+                                                           s.q_start + i0 + r, k_roles + k0,
+                                                           k_seg + k0, lo, hi, Tk))
+                            continue;
+                        for (int j = lo; j <= hi; j++) {
+                            const float p = row[j];
+                            if (p == 0.0f) continue;
+                            const float *vv = v + (k0 + j) * kv_row + (long)kh * hd;
+                            for (int d = 0; d < hd; d++) o[d] += p * vv[d];
+                        }
+                    }
                 }
             }
         }

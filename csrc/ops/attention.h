@@ -20,8 +20,15 @@ typedef struct {
     int Hq, Hkv, hd;
 } attention_shape;
 
+/* Queries scored together by the CPU kernel (the kernel's inner loop is unrolled for 4). */
+#define ATT_GROUP 4
+
+/* Floats of scratch attention_forward needs. */
+#define ATTENTION_SCRATCH(B, Hkv, hd, Tk, threads)                                                \
+    ((size_t)(B) * (Hkv) * (hd) * (Tk) + (size_t)(threads)*ATT_GROUP * (Tk))
+
 /* out/q: [B, Tq, Hq, hd]; k/v: [B, kv_stride, Hkv, hd]; q_roles/q_seg: [B, Tq];
- * k_roles/k_seg: [B, kv_stride]. scratch: omp_get_max_threads() * Tk floats.
+ * k_roles/k_seg: [B, kv_stride]. scratch: ATTENTION_SCRATCH(B, Hkv, hd, Tk, omp_get_max_threads()).
  * A padding query (seg < 0) gets a zero output. */
 void attention_forward(float *out, const float *q, const float *k, const float *v,
                        const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
