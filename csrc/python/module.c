@@ -3,6 +3,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include "../backend/cpu/blas.h"
 #include "../core/threads.h"
 #include "bindings.h"
 
@@ -61,6 +62,7 @@ PyMODINIT_FUNC PyInit__C(void) {
         Py_DECREF(m);
         return NULL;
     }
+    mg_blas_init();
     mg_set_num_threads(mg_cpu_count());
     return m;
 }

@@ -12,4 +12,7 @@ void mg_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, cons
 
 void mg_blas_set_num_threads(int n);
 
+/* Once, at module load: route OpenBLAS's threading through our OpenMP pool where supported. */
+void mg_blas_init(void);
+
 #endif
