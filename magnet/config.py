@@ -44,7 +44,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(
-                f"unsupported architecture {self.arch!r}; magnet supports {', '.join(ARCHITECTURES)}"
+                f"unsupported architecture {self.arch!r}; "
+                f"magnet supports {', '.join(ARCHITECTURES)}"
             )
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(

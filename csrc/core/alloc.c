@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void *mg_alloc(size_t count, size_t elem_size, const char *what, mg_error *err) {
+void *mg_alloc_uninit(size_t count, size_t elem_size, const char *what, mg_error *err) {
     size_t bytes;
     if (mg_mul_size(count, elem_size, &bytes) != 0 || bytes > MG_MAX_ALLOC) {
         mg_fail(err, MG_ERR_NOMEM, "cannot allocate %s: %zu x %zu bytes is too large", what, count,
@@ -17,7 +17,12 @@ void *mg_alloc(size_t count, size_t elem_size, const char *what, mg_error *err) 
         mg_fail(err, MG_ERR_NOMEM, "out of memory allocating %s (%zu bytes)", what, bytes);
         return NULL;
     }
-    memset(p, 0, rounded);
+    return p;
+}
+
+void *mg_alloc(size_t count, size_t elem_size, const char *what, mg_error *err) {
+    void *p = mg_alloc_uninit(count, elem_size, what, err);
+    if (p != NULL) memset(p, 0, ((count * elem_size) + 63) & ~(size_t)63);
     return p;
 }
 

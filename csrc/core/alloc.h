@@ -19,6 +19,8 @@ static inline int mg_mul_size(size_t a, size_t b, size_t *out) {
 
 /* 64-byte aligned, zeroed. NULL (with err set) on failure or overflow. */
 void *mg_alloc(size_t count, size_t elem_size, const char *what, mg_error *err);
+/* As mg_alloc, without zeroing: for buffers that are fully written before being read. */
+void *mg_alloc_uninit(size_t count, size_t elem_size, const char *what, mg_error *err);
 void mg_free(void *p);
 
 #endif

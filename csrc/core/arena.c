@@ -5,7 +5,7 @@
 int mg_arena_init(mg_arena *a, size_t bytes, mg_error *err) {
     a->used = 0;
     a->size = bytes;
-    a->base = mg_alloc(bytes, 1, "activation arena", err);
+    a->base = mg_alloc_uninit(bytes, 1, "activation arena", err);
     return a->base ? 0 : -1;
 }
 

@@ -7,7 +7,7 @@
 #include "config.h"
 #include "params.h"
 
-#define MG_MAX_HEAD_DIM 1024
+#define MG_MAX_HEAD_DIM 512
 
 typedef struct {
     mg_config config;

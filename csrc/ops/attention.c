@@ -4,6 +4,8 @@
 #include <omp.h>
 #include <string.h>
 
+#include "fast_exp.h"
+
 static inline int key_visible(uint8_t q_role, int32_t q_seg, int q_index, uint8_t k_role,
                               int32_t k_seg, int k_index) {
     if (k_seg != q_seg) return 0;
@@ -28,7 +30,7 @@ static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_ind
     }
     float sum = 0.0f;
     for (int j = lo; j <= hi; j++) {
-        float p = score[j] == -INFINITY ? 0.0f : expf(score[j] - mx);
+        float p = score[j] == -INFINITY ? 0.0f : mg_expf(score[j] - mx);
         score[j] = p;
         sum += p;
     }
@@ -47,6 +49,65 @@ static void row_key_bounds(const int32_t *k_seg, const uint8_t *k_roles, int Tk,
         if (k_seg[j] < 0) continue;
         if (j < *first) *first = j;
         if (k_roles[j] == MG_ROLE_CONTEXT) *last_context = j;
+    }
+}
+
+/* Scores of ATT_GROUP (pre-scaled) queries against keys lo..hi of one row: a [4, 16] block of
+ * accumulators stays in registers while the loop runs down the head dimension of the
+ * transposed keys, so each key value is loaded once per group and each score stored once. */
+static void group_scores(float *sc, float qs[ATT_GROUP][MG_ATT_MAX_HD], const float *kt, int hd,
+                         int Tk, int lo, int hi) {
+    int j0 = lo;
+    for (; j0 + 16 <= hi + 1; j0 += 16) {
+        float acc[ATT_GROUP][16] = {{0}};
+        for (int d = 0; d < hd; d++) {
+            const float *kr = kt + (long)d * Tk + j0;
+            for (int r = 0; r < ATT_GROUP; r++) {
+                const float a = qs[r][d];
+                for (int jj = 0; jj < 16; jj++) acc[r][jj] += a * kr[jj];
+            }
+        }
+        for (int r = 0; r < ATT_GROUP; r++) memcpy(sc + (long)r * Tk + j0, acc[r], sizeof(acc[r]));
+    }
+    for (int j = j0; j <= hi; j++) {
+        for (int r = 0; r < ATT_GROUP; r++) {
+            float acc = 0.0f;
+            for (int d = 0; d < hd; d++) acc += qs[r][d] * kt[(long)d * Tk + j];
+            sc[(long)r * Tk + j] = acc;
+        }
+    }
+}
+
+/* out[r] = sum_j p[r][j] v[j] for the group: accumulators for 4 queries x 32 dims stay in
+ * registers while the keys stream by, so each V row is loaded once per group. */
+static void group_outputs(float *og[ATT_GROUP], const int *live, const float *sc, const float *v,
+                          long kv_row, int hd, int Tk, int lo, int hi, int nq) {
+    for (int d0 = 0; d0 < hd; d0 += 32) {
+        const int nd = hd - d0 < 32 ? hd - d0 : 32;
+        float acc[ATT_GROUP][32] = {{0}};
+        for (int j = lo; j <= hi; j++) {
+            const float *vv = v + (long)j * kv_row + d0;
+            const float p0 = sc[j], p1 = sc[Tk + j], p2 = sc[2L * Tk + j], p3 = sc[3L * Tk + j];
+            if (nd == 32) {
+                for (int dd = 0; dd < 32; dd++) {
+                    const float x = vv[dd];
+                    acc[0][dd] += p0 * x;
+                    acc[1][dd] += p1 * x;
+                    acc[2][dd] += p2 * x;
+                    acc[3][dd] += p3 * x;
+                }
+            } else {
+                for (int dd = 0; dd < nd; dd++) {
+                    const float x = vv[dd];
+                    acc[0][dd] += p0 * x;
+                    acc[1][dd] += p1 * x;
+                    acc[2][dd] += p2 * x;
+                    acc[3][dd] += p3 * x;
+                }
+            }
+        }
+        for (int r = 0; r < nq; r++)
+            for (int dd = 0; dd < nd; dd++) og[r][d0 + dd] = live[r] ? acc[r][dd] : 0.0f;
     }
 }
 
@@ -89,41 +150,27 @@ void attention_forward(float *out, const float *q, const float *k, const float *
                     if (last_ctx > hi) hi = last_ctx;
                     if (hi > Tk - 1) hi = Tk - 1;
                     const float *kt = kT + ((long)b * s.Hkv + kh) * hd * Tk;
-                    const float *qg[ATT_GROUP];
+                    float qs[ATT_GROUP][MG_ATT_MAX_HD];
                     for (int r = 0; r < ATT_GROUP; r++) {
                         const int rr = r < nq ? r : nq - 1;
-                        qg[r] = q + ((long)b * s.Tq + i0 + rr) * q_row + (long)h * hd;
+                        const float *qv = q + ((long)b * s.Tq + i0 + rr) * q_row + (long)h * hd;
+                        for (int d = 0; d < hd; d++) qs[r][d] = qv[d] * scale;
                     }
-                    memset(sc, 0, sizeof(float) * ATT_GROUP * Tk);
-                    for (int d = 0; d < hd && lo <= hi; d++) {
-                        const float *krow = kt + (long)d * Tk;
-                        float *s0 = sc, *s1 = sc + Tk, *s2 = sc + 2 * Tk, *s3 = sc + 3 * Tk;
-                        const float a0 = qg[0][d] * scale, a1 = qg[1][d] * scale;
-                        const float a2 = qg[2][d] * scale, a3 = qg[3][d] * scale;
-                        for (int j = lo; j <= hi; j++) {
-                            const float kv = krow[j];
-                            s0[j] += a0 * kv;
-                            s1[j] += a1 * kv;
-                            s2[j] += a2 * kv;
-                            s3[j] += a3 * kv;
-                        }
+                    group_scores(sc, qs, kt, hd, Tk, lo, hi);
+                    float *og[ATT_GROUP];
+                    int live[ATT_GROUP];
+                    for (int r = 0; r < ATT_GROUP; r++) {
+                        const int rr = r < nq ? r : nq - 1;
+                        const long qi = (long)b * s.Tq + i0 + rr;
+                        og[r] = out + qi * q_row + (long)h * hd;
+                        live[r] = r < nq && lo <= hi &&
+                                  masked_softmax_row(sc + (long)r * Tk, q_roles[qi], q_seg[qi],
+                                                     s.q_start + i0 + r, k_roles + k0, k_seg + k0,
+                                                     lo, hi, Tk);
+                        if (!live[r]) memset(sc + (long)r * Tk, 0, sizeof(float) * Tk);
                     }
-                    for (int r = 0; r < nq; r++) {
-                        const long qi = (long)b * s.Tq + i0 + r;
-                        float *row = sc + (long)r * Tk;
-                        float *o = out + qi * q_row + (long)h * hd;
-                        memset(o, 0, sizeof(float) * hd);
-                        if (lo > hi || !masked_softmax_row(row, q_roles[qi], q_seg[qi],
-                                                           s.q_start + i0 + r, k_roles + k0,
-                                                           k_seg + k0, lo, hi, Tk))
-                            continue;
-                        for (int j = lo; j <= hi; j++) {
-                            const float p = row[j];
-                            if (p == 0.0f) continue;
-                            const float *vv = v + (k0 + j) * kv_row + (long)kh * hd;
-                            for (int d = 0; d < hd; d++) o[d] += p * vv[d];
-                        }
-                    }
+                    group_outputs(og, live, sc, v + k0 * kv_row + (long)kh * hd, kv_row, hd, Tk,
+                                  lo, hi, nq);
                 }
             }
         }

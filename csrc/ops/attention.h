@@ -22,6 +22,8 @@ typedef struct {
 
 /* Queries scored together by the CPU kernel (the kernel's inner loop is unrolled for 4). */
 #define ATT_GROUP 4
+/* Largest head size the CPU kernel handles (checked when a model is built). */
+#define MG_ATT_MAX_HD 512
 
 /* Floats of scratch attention_forward needs. */
 #define ATTENTION_SCRATCH(B, Hkv, hd, Tk, threads)                                                \

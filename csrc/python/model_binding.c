@@ -212,9 +212,9 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     if (mg_mul_size(N, (size_t)c->dim, &n_hidden) || mg_mul_size(N, (size_t)c->vocab_size, &n_logits))
         mg_fail(&err, MG_ERR_NOMEM, "output of %zu tokens is too large", N);
     if (want_hidden && err.code == MG_OK)
-        hidden = mg_alloc(n_hidden, sizeof(float), "hidden states", &err);
+        hidden = mg_alloc_uninit(n_hidden, sizeof(float), "hidden states", &err);
     if (want_logits && err.code == MG_OK)
-        logits = mg_alloc(n_logits, sizeof(float), "logits", &err);
+        logits = mg_alloc_uninit(n_logits, sizeof(float), "logits", &err);
     if (err.code == MG_OK) {
         Py_BEGIN_ALLOW_THREADS mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles),
                                                 PyArray_DATA(seg), (int)B, (int)T, hidden, logits,

@@ -1,0 +1,30 @@
+/* A vectorisable expf: glibc's expf is a scalar call, which kept the softmax and SiLU loops from
+ * vectorising. Cephes' single-precision scheme: x = n ln2 + r with |r| <= ln2/2, e^r by a
+ * degree-6 polynomial, then scale by 2^n through the exponent bits; about 1 ulp. Inputs are
+ * clamped to [-87.3, 88.7], where 2^n stays a normal float. */
+#ifndef MG_OPS_FAST_EXP_H
+#define MG_OPS_FAST_EXP_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float mg_expf(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    const float n = rintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+#endif
