@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "kv_cache.h"
 #include "params.h"
 
 #define MG_MAX_HEAD_DIM 512
@@ -28,5 +29,18 @@ void mg_model_free(mg_model *m);
 int mg_model_forward(const mg_model *m, const int32_t *tokens, const uint8_t *roles,
                      const int32_t *segments, int B, int T, float *hidden_out, float *logits_out,
                      mg_error *err);
+
+/* Appends Tq tokens per row to `cache` and runs them through the decoder: queries see the
+ * cached keys (and each other) under the unified rule, with the key index of the first new
+ * token equal to cache->length. positions[B, Tq] are the tokens' positions (RoPE or learned).
+ * hidden_out [B, Tq, D]; logits_out [B, Tq, V], or [B, V] for each row's last token when
+ * logits_last_only. On success cache->length grows by Tq. */
+int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                  const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                  int Tq, float *hidden_out, float *logits_out, int logits_last_only,
+                  mg_error *err);
+
+/* Each token's position within its segment (0 for padding); returns the longest segment. */
+int mg_segment_positions(int *pos, const int32_t *segments, int B, int T);
 
 #endif
