@@ -11,7 +11,7 @@
 
 #define MG_MAX_HEAD_DIM 512
 
-typedef struct {
+typedef struct mg_model_s {
     mg_config config;
     mg_params params;
     float *inv_freq; /* [head_dim / 2], LLaMA family only */

@@ -6,7 +6,16 @@
 #include <Python.h>
 
 /* model_binding.c */
+struct mg_model_s;
+typedef struct {
+    PyObject_HEAD struct mg_model_s *model;
+} MgpyModel;
 extern PyTypeObject MgpyModelType;
+
+/* trainer_binding.c */
+extern PyTypeObject MgpyTrainerType;
+/* masked_view(tokens, config, seed, stream) -> (tokens, roles, mntp_labels, msg_labels) */
+PyObject *mgpy_masked_view(PyObject *self, PyObject *args);
 
 /* safetensors_binding.c: read_safetensors(path) -> dict[str, float32 ndarray] */
 PyObject *mgpy_read_safetensors(PyObject *self, PyObject *args);
