@@ -51,11 +51,12 @@ static int plan_slots(slot_plan *plan, mg_params *p, const mg_config *c) {
     } while (0)
         LAYER_SLOT("attn_norm.weight", 1, D, 0, SLOT_REQUIRED, attn_norm_w);
         if (gpt2) LAYER_SLOT("attn_norm.bias", 1, D, 0, SLOT_REQUIRED, attn_norm_b);
+        /* q, k, v weights adjacent: one [QD + 2 KD, D] matrix for a single fused GEMM */
         LAYER_SLOT("wq.weight", 2, QD, D, SLOT_REQUIRED, wq);
-        LAYER_SLOT("wq.bias", 1, QD, 0, gpt2_req, bq);
         LAYER_SLOT("wk.weight", 2, KD, D, SLOT_REQUIRED, wk);
-        LAYER_SLOT("wk.bias", 1, KD, 0, gpt2_req, bk);
         LAYER_SLOT("wv.weight", 2, KD, D, SLOT_REQUIRED, wv);
+        LAYER_SLOT("wq.bias", 1, QD, 0, gpt2_req, bq);
+        LAYER_SLOT("wk.bias", 1, KD, 0, gpt2_req, bk);
         LAYER_SLOT("wv.bias", 1, KD, 0, gpt2_req, bv);
         LAYER_SLOT("wo.weight", 2, D, QD, SLOT_REQUIRED, wo);
         LAYER_SLOT("wo.bias", 1, D, 0, gpt2_req, bo);

@@ -1,0 +1,36 @@
+#include "kv_cache.h"
+
+#include <string.h>
+
+#include "../core/alloc.h"
+
+int mg_kv_cache_init(mg_kv_cache *c, const mg_config *cfg, int B, int capacity, int n_slots,
+                     mg_error *err) {
+    memset(c, 0, sizeof(*c));
+    if (B <= 0 || capacity <= 0 || n_slots <= 0)
+        return mg_fail(err, MG_ERR_VALUE, "invalid cache size (%d rows x %d tokens)", B, capacity);
+    c->n_slots = n_slots;
+    c->B = B;
+    c->capacity = capacity;
+    c->kv_dim = cfg->n_kv_heads * cfg->head_dim;
+    size_t rows = (size_t)n_slots * (size_t)B * (size_t)capacity, floats;
+    if (mg_mul_size(rows, (size_t)c->kv_dim, &floats) != 0)
+        return mg_fail(err, MG_ERR_NOMEM, "key/value cache of %zu rows is too large", rows);
+    c->k = mg_alloc_uninit(floats, sizeof(float), "key cache", err);
+    c->v = mg_alloc_uninit(floats, sizeof(float), "value cache", err);
+    c->roles = mg_alloc((size_t)B * capacity, sizeof(uint8_t), "cache roles", err);
+    c->segments = mg_alloc((size_t)B * capacity, sizeof(int32_t), "cache segments", err);
+    if (err->code != MG_OK) {
+        mg_kv_cache_release(c);
+        return err->code;
+    }
+    return MG_OK;
+}
+
+void mg_kv_cache_release(mg_kv_cache *c) {
+    mg_free(c->k);
+    mg_free(c->v);
+    mg_free(c->roles);
+    mg_free(c->segments);
+    memset(c, 0, sizeof(*c));
+}
