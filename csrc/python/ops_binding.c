@@ -91,9 +91,10 @@ static float *f32(PyArrayObject *a) {
     return a ? (float *)PyArray_DATA(a) : NULL;
 }
 
-/* A new zeroed float32 array shaped like a, or with the given dims. */
+/* A new zeroed float32 array shaped like a. */
 static PyArrayObject *zeros_like(held *h, PyArrayObject *a) {
-    return (PyArrayObject *)keep(h, PyArray_ZEROS(PyArray_NDIM(a), PyArray_DIMS(a), NPY_FLOAT32, 0));
+    return (PyArrayObject *)keep(h,
+                                 PyArray_ZEROS(PyArray_NDIM(a), PyArray_DIMS(a), NPY_FLOAT32, 0));
 }
 
 static PyArrayObject *copy_of(held *h, PyArrayObject *a) {
@@ -168,7 +169,8 @@ static PyObject *norm_op(PyObject *args, int layer) {
         rmsnorm_backward(f32(dinp), f32(dw), f32(dout), f32(inp), f32(w), (int)N, (int)D, eps);
     }
     Py_END_ALLOW_THREADS;
-    res = layer ? Py_BuildValue("(OOOO)", out, dinp, dw, db) : Py_BuildValue("(OOO)", out, dinp, dw);
+    res = layer ? Py_BuildValue("(OOOO)", out, dinp, dw, db)
+                : Py_BuildValue("(OOO)", out, dinp, dw);
 done:
     release(&h);
     return res;
@@ -266,7 +268,8 @@ PyObject *mgpy_op_attention(PyObject *self, PyObject *args) {
     const size_t bwd = ATTENTION_BACKWARD_SCRATCH(hd, T, threads);
     mg_error err;
     mg_error_clear(&err);
-    float *scratch = mg_alloc_uninit(fwd > bwd ? fwd : bwd, sizeof(float), "attention scratch", &err);
+    float *scratch =
+        mg_alloc_uninit(fwd > bwd ? fwd : bwd, sizeof(float), "attention scratch", &err);
     if (scratch == NULL) {
         mgpy_raise(&err);
         goto done;
