@@ -14,7 +14,8 @@ void adamw_update(float *param, const float *grad, float *m, float *v, long n, f
  * over fixed chunks and combined in a fixed order: the same bits for any thread count. */
 double grad_global_norm(const float *const *bufs, const long *lens, int count);
 
-/* The factor torch.nn.utils.clip_grad_norm_ scales gradients by: min(1, max_norm / (norm + 1e-6)). */
+/* The factor torch.nn.utils.clip_grad_norm_ scales gradients by:
+ * min(1, max_norm / (norm + 1e-6)). */
 static inline float grad_clip_factor(double norm, double max_norm) {
     const double f = max_norm / (norm + 1e-6);
     return f < 1.0 ? (float)f : 1.0f;

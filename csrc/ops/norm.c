@@ -72,7 +72,8 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
                     float acc[NORM_COLS] = {0};
                     for (int r = 0; r < nr; r++) {
                         const long off = (long)(n0 + r) * D + i0;
-                        for (int i = 0; i < ni; i++) acc[i] += dout[off + i] * inp[off + i] * rstd[r];
+                        for (int i = 0; i < ni; i++)
+                            acc[i] += dout[off + i] * inp[off + i] * rstd[r];
                     }
                     for (int i = 0; i < ni; i++) dweight[i0 + i] += acc[i];
                 }
