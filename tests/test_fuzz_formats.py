@@ -209,6 +209,39 @@ def test_gguf_mutations(tmp_path: Path) -> None:
     tally.check()
 
 
+def test_gguf_names_in_errors_are_escaped(tmp_path: Path) -> None:
+    """Regression (found by the mutations above): a tensor name or metadata key that is not
+    UTF-8 made the error message undecodable, so the caller got a bare UnicodeDecodeError
+    ("can't decode byte 0xb6 in position 63") instead of the reader's message."""
+    name = b"\xb6lk.0\xff"
+    bad_dims = (b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", len(name)) + name
+                + struct.pack("<I", 9) + b"\0" * 64)
+    path = tmp_path / "name.gguf"
+    path.write_bytes(bad_dims)
+    with pytest.raises(ValueError, match=r"tensor '\\xb6lk.0\\xff' has 9 dimensions") as e:
+        _C.read_gguf(str(path))
+    assert type(e.value) is ValueError
+    bad_key = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 2) + b"k\xc3"
+               + struct.pack("<I", 99) + b"\0" * 16)
+    path.write_bytes(bad_key)
+    with pytest.raises(ValueError, match=r"unknown type 99 \(metadata key 'k\\xc3'\)") as e:
+        magnet.Model.from_pretrained(path)
+    assert type(e.value) is ValueError
+
+
+def test_safetensors_long_name_cut_on_a_character(tmp_path: Path) -> None:
+    """Regression: a tensor name is shown up to 200 bytes; cutting inside a UTF-8 character
+    made the message undecodable (UnicodeDecodeError instead of the reader's ValueError)."""
+    name = "a" * 199 + "\u00e9tape"
+    header = json.dumps({name: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4],
+                                "bogus": 1}}, ensure_ascii=False).encode()
+    path = tmp_path / "long.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(ValueError, match="has an unexpected or repeated key 'bogus'") as e:
+        _C.read_safetensors(str(path))
+    assert type(e.value) is ValueError
+
+
 # ---------------------------------------------------------------- llama2.c
 
 

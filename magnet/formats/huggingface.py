@@ -31,6 +31,8 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
     params = dict(cfg.get("rope_parameters") or {})
     scaling = cfg.get("rope_scaling") or {}
     params.update({k: v for k, v in scaling.items() if v is not None})
+    if scaling.get("type") is not None and scaling.get("rope_type") is None:
+        params["rope_type"] = scaling["type"]  # legacy key; it must win over rope_parameters
     theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     out: dict[str, Any] = {"rope_theta": float(theta), "rope_type": rope_type}
