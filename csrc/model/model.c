@@ -58,8 +58,21 @@ mg_model *mg_model_create(const mg_config *config, const mg_named_tensor *tensor
     return m;
 }
 
+void mg_model_attach_lora(mg_model *m, mg_lora *lora) {
+    mg_lora_free(m->lora);
+    m->lora = lora;
+}
+
+void mg_model_merge_lora(mg_model *m) {
+    if (m->lora == NULL) return;
+    mg_lora_merge(m->lora, &m->params, &m->config);
+    mg_lora_free(m->lora);
+    m->lora = NULL;
+}
+
 void mg_model_free(mg_model *m) {
     if (m == NULL) return;
+    mg_lora_free(m->lora);
     mg_params_release(&m->params);
     mg_free(m->inv_freq);
     mg_free(m);

@@ -6,14 +6,16 @@
 
 #include "config.h"
 #include "kv_cache.h"
+#include "lora.h"
 #include "params.h"
 
 #define MG_MAX_HEAD_DIM 512
 
-typedef struct {
+typedef struct mg_model_s {
     mg_config config;
     mg_params params;
     float *inv_freq; /* [head_dim / 2], LLaMA family only */
+    mg_lora *lora;   /* attached adapters (owned), applied by every forward; NULL when none */
 } mg_model;
 
 /* Builds a model from named float32 tensors (copied). Returns NULL with err set on failure. */
@@ -39,6 +41,25 @@ int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
                   const uint8_t *roles, const int32_t *segments, const int *positions, int B,
                   int Tq, float *hidden_out, float *logits_out, int logits_last_only,
                   mg_error *err);
+
+struct mg_train_pass_s;
+
+/* mg_model_step with training settings: dropout, and recording activations for the backward
+ * pass (train may be NULL: inference). */
+int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                     const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                     int Tq, float *hidden_out, float *logits_out, int logits_last_only,
+                     const struct mg_train_pass_s *train, mg_error *err);
+
+/* Whether the q, k, v weights of a layer are adjacent: one [QD + 2 KD, D] matrix. */
+static inline int mg_qkv_fused(const mg_layer_params *L, int QD, int KD, int D) {
+    return L->wk == L->wq + (long)QD * D && L->wv == L->wk + (long)KD * D;
+}
+
+/* Attaches adapters (the model takes ownership; any previous ones are freed). */
+void mg_model_attach_lora(mg_model *m, mg_lora *lora);
+/* Folds the attached adapters into the base weights and detaches them. */
+void mg_model_merge_lora(mg_model *m);
 
 /* Each token's position within its segment (0 for padding); returns the longest segment. */
 int mg_segment_positions(int *pos, const int32_t *segments, int B, int T);

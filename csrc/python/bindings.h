@@ -6,7 +6,16 @@
 #include <Python.h>
 
 /* model_binding.c */
+struct mg_model_s;
+typedef struct {
+    PyObject_HEAD struct mg_model_s *model;
+} MgpyModel;
 extern PyTypeObject MgpyModelType;
+
+/* trainer_binding.c */
+extern PyTypeObject MgpyTrainerType;
+/* masked_view(tokens, config, seed, stream) -> (tokens, roles, mntp_labels, msg_labels) */
+PyObject *mgpy_masked_view(PyObject *self, PyObject *args);
 
 /* safetensors_binding.c: read_safetensors(path) -> dict[str, float32 ndarray] */
 PyObject *mgpy_read_safetensors(PyObject *self, PyObject *args);
@@ -16,5 +25,21 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args);
  * read_llama2c_tokenizer(path, vocab_size) -> (list[bytes], list[float], max_token_length) */
 PyObject *mgpy_read_llama2c(PyObject *self, PyObject *args);
 PyObject *mgpy_read_llama2c_tokenizer(PyObject *self, PyObject *args);
+
+/* ops_binding.c: single ops, forward and backward on NumPy arrays, for the gradient checks */
+PyObject *mgpy_op_matmul(PyObject *self, PyObject *args);
+PyObject *mgpy_op_rmsnorm(PyObject *self, PyObject *args);
+PyObject *mgpy_op_layernorm(PyObject *self, PyObject *args);
+PyObject *mgpy_op_rope(PyObject *self, PyObject *args);
+PyObject *mgpy_op_attention(PyObject *self, PyObject *args);
+PyObject *mgpy_op_swiglu(PyObject *self, PyObject *args);
+PyObject *mgpy_op_gelu_tanh(PyObject *self, PyObject *args);
+PyObject *mgpy_op_embedding(PyObject *self, PyObject *args);
+PyObject *mgpy_op_cross_entropy(PyObject *self, PyObject *args);
+PyObject *mgpy_op_infonce(PyObject *self, PyObject *args);
+PyObject *mgpy_op_dropout(PyObject *self, PyObject *args);
+PyObject *mgpy_op_adamw(PyObject *self, PyObject *args);
+PyObject *mgpy_op_grad_global_norm(PyObject *self, PyObject *arg);
+PyObject *mgpy_op_rng(PyObject *self, PyObject *args);
 
 #endif
