@@ -243,7 +243,7 @@ def test_good_layouts_are_accepted(llama) -> None:
     ({"hidden_size": [32]}, r"config field 'hidden_size' must be an integer, got \[32\]"),
     ({"num_attention_heads": 0}, "config field 'num_attention_heads' must be positive"),
     ({"rms_norm_eps": "small"}, "config field 'rms_norm_eps' must be a number"),
-    ({"vocab_size": 2**40}, "model config 'vocab_size' is out of range"),
+    ({"vocab_size": 2**40}, "config 'vocab_size' is out of range"),
     ({"num_hidden_layers": 3}, "missing parameter 'layers.2"),
     ({"intermediate_size": 47}, r"parameter 'layers.0.w_(gate|up|down).weight' has shape"),
 ])
