@@ -78,7 +78,12 @@ def _from_hub(repo_id: str) -> Loaded:
 
 
 def _as_int_array(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular integer array ({e})") from None
+    if arr.size == 0 and arr.dtype == np.float64 and not isinstance(x, np.ndarray):
+        arr = arr.astype(np.int64)  # [] and [[]] are empty input, not float input
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
     return arr
@@ -137,9 +142,10 @@ class Model:
         ids2 = ids[None, :] if single else ids
         if ids2.shape[0] == 0 or ids2.shape[1] == 0:
             raise ValueError(f"input_ids is empty (shape {ids.shape})")
-        if ids2.size and (ids2.min() < -(2**31) or ids2.max() >= 2**31):
-            raise ValueError("token ids out of range for vocab_size "
-                             f"{self.config.vocab_size}")
+        lo, hi = int(ids2.min()), int(ids2.max())
+        if lo < -(2**31) or hi >= 2**31:  # beyond int32; the C core checks against the vocab
+            raise ValueError(f"token id {lo if lo < -(2**31) else hi} is out of range for "
+                             f"vocab_size {self.config.vocab_size}")
 
         def layout(x: Any, name: str, default: int, dtype: type) -> np.ndarray:
             if x is None:
