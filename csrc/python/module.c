@@ -9,8 +9,17 @@
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
     (void)self;
-    long n = PyLong_AsLong(arg);
+    if (!PyLong_Check(arg) || PyBool_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "num_threads must be an int");
+        return NULL;
+    }
+    int overflow = 0;
+    long n = PyLong_AsLongAndOverflow(arg, &overflow);
     if (n == -1 && PyErr_Occurred()) return NULL;
+    if (overflow) {
+        PyErr_SetString(PyExc_ValueError, "num_threads must be between 1 and 4096");
+        return NULL;
+    }
     if (n < 1 || n > 4096) {
         PyErr_Format(PyExc_ValueError, "num_threads must be between 1 and 4096, got %ld", n);
         return NULL;
