@@ -43,6 +43,8 @@ static PyMethodDef module_methods[] = {
      "read_llama2c(path) -> (header dict, dict of float32 arrays)"},
     {"read_llama2c_tokenizer", mgpy_read_llama2c_tokenizer, METH_VARARGS,
      "read_llama2c_tokenizer(path, vocab_size) -> (pieces, scores, max_token_length)"},
+    {"embed", mgpy_embed, METH_VARARGS,
+     "embed(model, tokens, segments, start, end, mode, normalize) -> float32[B, D]"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -53,12 +55,18 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
-    if (PyType_Ready(&MgpyModelType) < 0) return NULL;
+    if (PyType_Ready(&MgpyModelType) < 0 || PyType_Ready(&MgpyGeneratorType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
     Py_INCREF(&MgpyModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&MgpyModelType) < 0) {
         Py_DECREF(&MgpyModelType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MgpyGeneratorType);
+    if (PyModule_AddObject(m, "Generator", (PyObject *)&MgpyGeneratorType) < 0) {
+        Py_DECREF(&MgpyGeneratorType);
         Py_DECREF(m);
         return NULL;
     }
