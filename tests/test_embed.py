@@ -53,14 +53,14 @@ def test_sentence_embeddings_match_reference(stories, pooling):
 def test_token_embeddings_match_reference(stories):
     out = stories.embed(TEXTS, level="token", batch_size=2)
     tok = stories.tokenizer
-    for t, r in zip(TEXTS, out):
+    for t, r in zip(TEXTS, out, strict=True):
         ids = tok.encode(t, add_bos=False)
         assert r.ids == ids and len(r.tokens) == len(ids) == len(r.offsets)
         assert r.vectors.shape == (len(ids), stories.config.hidden_size)
         full = [tok.bos_id] + ids
         h = stories.hidden_states(np.array(full), roles=np.zeros(len(full), np.uint8))
         np.testing.assert_allclose(r.vectors, h[:-1], atol=1e-4)  # token t <- state at t-1
-        for (a, b), piece in zip(r.offsets, r.tokens):
+        for (a, b), piece in zip(r.offsets, r.tokens, strict=True):
             assert 0 <= a <= b <= len(t)
             if piece.startswith("\u2581") and b > a:
                 assert t[a:b].strip() == piece.lstrip("\u2581")
@@ -173,7 +173,7 @@ def test_threads_equal_serial(stories):
         if isinstance(got, (str, list)) and (not got or isinstance(got[0], str)):
             assert got == serial[i]
         elif isinstance(got, list):
-            for a, b in zip(got, serial[i]):
+            for a, b in zip(got, serial[i], strict=True):
                 np.testing.assert_allclose(a, b, atol=1e-6)
         else:
             np.testing.assert_allclose(got, serial[i], atol=1e-6)

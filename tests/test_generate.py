@@ -42,7 +42,7 @@ def test_greedy_equals_full_logits_loop_batched(tiny):
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, VOCAB, n).tolist() for n in (5, 1, 9)]
     out = generate_ids(m, prompts, max_new_tokens=12, eos_id=-1)
-    for p, o in zip(prompts, out):
+    for p, o in zip(prompts, out, strict=True):
         assert o == greedy_reference(m, p, 12), name
         assert generate_ids(m, [p], max_new_tokens=12, eos_id=-1)[0] == o
 
