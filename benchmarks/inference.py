@@ -118,7 +118,8 @@ def main() -> None:
     # ---- sentence embeddings (last-token pooling, bidirectional)
     texts = [SENTENCES[i % len(SENTENCES)] + f" ({i})" for i in range(args.texts)]
     ours = median_time(lambda: m.embed(texts, batch_size=args.batch_size), args.repeats)
-    head = tok.encode(DEFAULT_INSTRUCTION)  # [BOS if the model adds one] + instruction
+    head = ([tok.bos_id] if tok.bos_id is not None else []) + \
+        tok.encode(DEFAULT_INSTRUCTION, add_bos=False)
     seqs = [head + tok.encode(t, add_bos=False) + [tok.eos_id] for t in texts]
     order = np.argsort([len(s) for s in seqs], kind="stable")
 

@@ -4,8 +4,8 @@ Sentence level, per text::
 
     input = [BOS] + instruction tokens + text tokens + [EOS]      (all CONTEXT)
 
-BOS only when the tokenizer adds one by habit (LLaMA: yes; GPT-2, Qwen2: no). The instruction
-and the text are tokenized separately (so the instruction's tokens are exactly known).
+BOS whenever the tokenizer has one (the layout of SSCL training in magnet/adapt.py). The
+instruction and the text are tokenized separately (so the instruction's tokens are exactly known).
 ``pooling="last"``: the final-layer state (after the final norm) at the appended EOS.
 ``pooling="mean"``: the mean of the final states of the text tokens and the EOS; BOS and
 instruction tokens are excluded. Without an EOS token in the tokenizer nothing is appended and
@@ -119,7 +119,7 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
 
     eos = tok.eos_id
     if level == "sentence":
-        prefix = [tok.bos_id] if tok.add_bos_default and tok.bos_id is not None else []
+        prefix = [tok.bos_id] if tok.bos_id is not None else []  # as SSCL training does
         suffix = [eos] if eos is not None else []
     else:
         first = tok.bos_id if tok.bos_id is not None else eos

@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     from magnet.infill import InfillResult
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+# Models shipped inside the package, loadable by name without any download.
+EMBEDDED_MODELS = {"stories260K": Path(__file__).resolve().parent / "models" / "stories260K"}
 
 
 def _resolve(path: str | os.PathLike, tokenizer: str | os.PathLike | None) -> Loaded:
     """Pick the format from what is at ``path``."""
+    if isinstance(path, str) and path in EMBEDDED_MODELS and not Path(path).exists():
+        path = EMBEDDED_MODELS[path]
     p = Path(path)
     if p.is_file():
         if p.suffix == ".gguf":
@@ -105,7 +109,8 @@ class Model:
                         ) -> Model:
         """Load a model.
 
-        ``path``: a Hugging Face model directory (config.json + safetensors, optional
+        ``path``: ``"stories260K"`` (the small model shipped with magnet), a Hugging Face
+        model directory (config.json + safetensors, optional
         tokenizer.json), a ``.gguf`` file, a llama2.c checkpoint ``.bin`` (or a directory holding
         one, with ``tokenizer=`` naming its tokenizer file when ambiguous), or a Hugging Face hub
         id (downloaded with the optional ``huggingface_hub``).
@@ -113,7 +118,13 @@ class Model:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         loaded = _resolve(path, tokenizer)
-        return cls(loaded.config, loaded.tensors, loaded.tokenizer)
+        model = cls(loaded.config, loaded.tensors, loaded.tokenizer)
+        p = Path(path)
+        if p.is_dir() and (p / "adapter_config.json").is_file():
+            from magnet.save import load_adapter
+
+            load_adapter(model, p)
+        return model
 
     @property
     def num_parameters(self) -> int:
@@ -254,6 +265,56 @@ class Model:
 
         return encode(self, sentences, batch_size, show_progress_bar, output_value,
                       convert_to_numpy, normalize_embeddings, **kwargs)
+
+    def adapt(self, data: Any, preset: str = "magnet", steps: int = 1000, batch_size: int = 8,
+              seq_len: int = 256, lr: float = 2e-4, lora_rank: int = 16,
+              lora_alpha: float = 32.0, full_finetune: bool = False,
+              weights: dict[str, float] | None = None, seed: int = 0,
+              pairs: list[tuple[str, str]] | None = None, eval_data: Any = None,
+              checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 200,
+              resume: bool = False, progress: bool = True, callback: Any = None,
+              **options: Any) -> Any:
+        """Adapt the model with MAGNET's objectives (in place); returns an ``AdaptResult``.
+
+        data: a list of str, a ``.txt`` path (one document per blank-line-separated block, or
+        per line when the file has no blank lines), a ``.jsonl`` path (``text`` field), or any
+        iterable of str (streamed). preset: ``"magnet"`` (MNTP + SSCL + MSG), ``"llm2vec"``
+        (bidirectional MNTP, then SimCSE with mean pooling) or ``"mntp"``. Each of ``steps``
+        optimizer steps trains on ``batch_size`` chunks of at most ``seq_len`` tokens (and their
+        two SSCL views). LoRA (rank ``lora_rank``, ``lora_alpha``; targets ``lora_targets``,
+        default every projection) unless ``full_finetune``; the adapters stay attached after
+        training (see :meth:`merge_lora`, :meth:`save_pretrained`). ``weights`` overrides the
+        loss weights, e.g. ``{"sscl": 0.5}``. ``pairs``: (text, positive) pairs for SSCL instead
+        of dropout twins. ``checkpoint_dir`` / ``checkpoint_every`` / ``resume`` write and
+        continue atomic checkpoints; ``callback(record)`` is called after every step.
+        Further options (keyword only): lora_targets, lora_dropout (0.05), resid_dropout (0.1),
+        warmup_steps (min(100, steps // 10)), weight_decay (0), clip_norm (1.0), grad_accum (1),
+        sscl_max_tokens (64), instruction, temperature (0.05), stages, eval_batches (4).
+        """
+        from magnet.adapt import adapt
+
+        return adapt(self, data, preset=preset, steps=steps, batch_size=batch_size,
+                     seq_len=seq_len, lr=lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                     full_finetune=full_finetune, weights=weights, seed=seed, pairs=pairs,
+                     eval_data=eval_data, checkpoint_dir=checkpoint_dir,
+                     checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                     callback=callback, **options)
+
+    def merge_lora(self) -> None:
+        """Fold attached LoRA adapters into the base weights (outputs unchanged)."""
+        self._c.merge_lora()
+
+    def save_pretrained(self, out_dir: str | os.PathLike, merge_lora: bool = True) -> Path:
+        """Write a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
+
+        Adapters are merged into the written weights (``merge_lora=True``) or saved beside
+        them as a PEFT-style adapter. The write is atomic: a crash leaves any previous
+        directory at ``out_dir`` intact. ``Model.from_pretrained(out_dir)`` gives identical
+        outputs.
+        """
+        from magnet.save import save_pretrained
+
+        return save_pretrained(self, out_dir, merge_lora=merge_lora)
 
     def __repr__(self) -> str:
         c = self.config

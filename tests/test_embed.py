@@ -24,7 +24,7 @@ def stories(stories_dir):
 
 def reference_sentence(m, text, pooling, instruction=DEFAULT_INSTRUCTION):
     tok = m.tokenizer
-    head = ([tok.bos_id] if tok.add_bos_default and tok.bos_id is not None else [])
+    head = [tok.bos_id] if tok.bos_id is not None else []
     head += tok.encode(instruction, add_bos=False) if instruction else []
     ids = head + tok.encode(text, add_bos=False) + [tok.eos_id]
     h = m.hidden_states(np.array(ids), roles=np.zeros(len(ids), np.uint8))

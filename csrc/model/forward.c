@@ -11,7 +11,9 @@
 #include "../ops/embedding.h"
 #include "../ops/matmul.h"
 #include "../ops/norm.h"
+#include "../ops/dropout.h"
 #include "../ops/rope.h"
+#include "activations.h"
 #include "model.h"
 
 int mg_segment_positions(int *pos, const int32_t *segments, int B, int T) {
@@ -69,28 +71,58 @@ static int validate_step(const mg_model *m, const mg_kv_cache *cache, const int3
     return MG_OK;
 }
 
+/* Adds the attached LoRA update of target t (if any) to out (row stride ldo). */
+static void apply_lora(float *out, int ldo, const float *inp, int N, const mg_model *m, int layer,
+                       mg_lora_target t, const mg_train_pass *train, float *drop_buf,
+                       float *u_scratch) {
+    const mg_lora_pair *pair = mg_lora_get(m->lora, layer, t);
+    if (pair == NULL) return;
+    float *u = train && train->acts ? train->acts->layers[layer].lora_u[t] : u_scratch;
+    const float p = train ? train->lora_dropout : 0.0f;
+    lora_forward(out, ldo, inp, N, pair, m->lora->scale, p, train ? train->seed : 0,
+                 MG_DROP_STREAM_LORA(layer, t), drop_buf, u);
+}
+
+/* x += drop(y) over n floats (y is overwritten when dropping). */
+static void residual_add(float *x, float *y, long n, const mg_train_pass *train, uint64_t stream) {
+    if (train && train->resid_dropout > 0.0f)
+        dropout_forward(y, y, n, train->resid_dropout, train->seed, stream);
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) x[i] += y[i];
+}
+
 /* Projects h[N, D] to queries (into q[N, QD]) and to keys/values written straight into the
  * cache rows after `length`. With q, k, v weights adjacent in the parameter block (params.c
  * lays them out so), one GEMM of width QD + 2 KD replaces three narrow ones. */
 static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, const float *h,
-                        const mg_layer_params *L, int B, int Tq, int D, int QD, int KD) {
+                        const mg_model *m, int layer, int B, int Tq, const mg_train_pass *train,
+                        float *drop_buf, float *u_scratch) {
+    const mg_config *c = &m->config;
+    const mg_layer_params *L = &m->params.layers[layer];
+    const int D = c->dim, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
     const long N = (long)B * Tq;
-    const int fused = L->wk == L->wq + (long)QD * D && L->wv == L->wk + (long)KD * D;
+    const int fused = mg_qkv_fused(L, QD, KD, D);
     const int W = QD + 2 * KD;
+    float *outs[3] = {qkv, qkv + QD, qkv + QD + KD};
+    int ld = W;
     if (fused) {
         matmul_forward(qkv, h, L->wq, NULL, (int)N, D, W, false);
     } else {
-        float *kbuf = qkv + N * QD, *vbuf = kbuf + N * KD;
-        matmul_forward(qkv, h, L->wq, NULL, (int)N, D, QD, false);
-        matmul_forward(kbuf, h, L->wk, NULL, (int)N, D, KD, false);
-        matmul_forward(vbuf, h, L->wv, NULL, (int)N, D, KD, false);
+        outs[1] = qkv + N * QD;
+        outs[2] = outs[1] + N * KD;
+        matmul_forward(outs[0], h, L->wq, NULL, (int)N, D, QD, false);
+        matmul_forward(outs[1], h, L->wk, NULL, (int)N, D, KD, false);
+        matmul_forward(outs[2], h, L->wv, NULL, (int)N, D, KD, false);
     }
+    for (int t = MG_LORA_Q; t <= MG_LORA_V; t++)
+        apply_lora(outs[t], fused ? ld : (t == MG_LORA_Q ? QD : KD), h, (int)N, m, layer, t, train,
+                   drop_buf, u_scratch);
 #pragma omp parallel for schedule(static)
     for (long n = 0; n < N; n++) {
         const int b = (int)(n / Tq), t = (int)(n % Tq);
-        const float *src_q = fused ? qkv + n * W : qkv + n * QD;
-        const float *src_k = fused ? src_q + QD : qkv + N * QD + n * KD;
-        const float *src_v = fused ? src_q + QD + KD : qkv + N * (QD + KD) + n * KD;
+        const float *src_q = fused ? qkv + n * W : outs[0] + n * QD;
+        const float *src_k = fused ? src_q + QD : outs[1] + n * KD;
+        const float *src_v = fused ? src_q + QD + KD : outs[2] + n * KD;
         float *dq = q + n * QD;
         float *dk = mg_kv_cache_rows(cache, cache->k, slot, b) + (long)(cache->length + t) * KD;
         float *dv = mg_kv_cache_rows(cache, cache->v, slot, b) + (long)(cache->length + t) * KD;
@@ -104,42 +136,63 @@ int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
                   const uint8_t *roles, const int32_t *segments, const int *positions, int B,
                   int Tq, float *hidden_out, float *logits_out, int logits_last_only,
                   mg_error *err) {
+    return mg_model_step_ex(m, cache, tokens, roles, segments, positions, B, Tq, hidden_out,
+                            logits_out, logits_last_only, NULL, err);
+}
+
+int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                     const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                     int Tq, float *hidden_out, float *logits_out, int logits_last_only,
+                     const mg_train_pass *train, mg_error *err) {
     const mg_config *c = &m->config;
     const mg_params *p = &m->params;
     if (validate_step(m, cache, tokens, roles, segments, positions, B, Tq, err) != MG_OK)
         return err->code;
+    mg_activations *rec = train ? train->acts : NULL;
+    if (rec && (rec->N != (long)B * Tq || cache->n_slots != c->n_layers || cache->length != 0))
+        return mg_fail(err, MG_ERR_VALUE, "internal: training pass buffers do not fit the batch");
     const long N = (long)B * Tq;
     const int D = c->dim, F = c->hidden_dim, V = c->vocab_size;
     const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
     const int Tk = cache->length + Tq;
     const int threads = omp_get_max_threads();
+    const int r = m->lora ? m->lora->rank : 0;
+    const int widest = F > D ? (F > QD ? F : QD) : (D > QD ? D : QD);
     const size_t plan[] = {(size_t)N * D,
-                           (size_t)N * D,
+                           rec ? 0 : (size_t)N * D,
                            (size_t)N * (QD + 2 * KD),
-                           (size_t)N * QD,
-                           (size_t)N * QD,
-                           (size_t)N * F,
-                           (size_t)N * F,
+                           rec ? 0 : (size_t)N * QD,
+                           rec ? 0 : (size_t)N * QD,
+                           rec ? 0 : (size_t)N * F,
+                           rec ? 0 : (size_t)N * F,
+                           (size_t)N * D,
                            (size_t)N,
                            ATTENTION_SCRATCH(B, c->n_kv_heads, c->head_dim, Tk, threads),
-                           hidden_out ? 0 : (size_t)N * D,
-                           (size_t)B * D};
+                           hidden_out || rec ? 0 : (size_t)N * D,
+                           (size_t)B * D,
+                           m->lora ? (size_t)N * widest : 0,
+                           m->lora ? (size_t)N * r : 0};
     size_t bytes = 0;
     for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         bytes += mg_arena_floats_bytes(plan[i]);
     mg_arena arena;
     if (mg_arena_init(&arena, bytes, err) != 0) return err->code;
     float *x = mg_arena_floats(&arena, plan[0], err);
-    float *h = mg_arena_floats(&arena, plan[1], err);
+    float *h_buf = mg_arena_floats(&arena, plan[1], err);
     float *qkv = mg_arena_floats(&arena, plan[2], err);
-    float *q = mg_arena_floats(&arena, plan[3], err);
-    float *att = mg_arena_floats(&arena, plan[4], err);
-    float *gate = mg_arena_floats(&arena, plan[5], err);
-    float *up = mg_arena_floats(&arena, plan[6], err);
-    int32_t *ids = (int32_t *)mg_arena_floats(&arena, plan[7], err);
-    float *scratch = mg_arena_floats(&arena, plan[8], err);
-    float *hidden = hidden_out ? hidden_out : mg_arena_floats(&arena, plan[9], err);
-    float *last = mg_arena_floats(&arena, plan[10], err);
+    float *q_buf = mg_arena_floats(&arena, plan[3], err);
+    float *att_buf = mg_arena_floats(&arena, plan[4], err);
+    float *gate_buf = mg_arena_floats(&arena, plan[5], err);
+    float *up_buf = mg_arena_floats(&arena, plan[6], err);
+    float *tmp = mg_arena_floats(&arena, plan[7], err);
+    int32_t *ids = (int32_t *)mg_arena_floats(&arena, plan[8], err);
+    float *scratch = mg_arena_floats(&arena, plan[9], err);
+    float *hidden = hidden_out ? hidden_out
+                    : rec      ? rec->hidden
+                               : mg_arena_floats(&arena, plan[10], err);
+    float *last = mg_arena_floats(&arena, plan[11], err);
+    float *drop_buf = mg_arena_floats(&arena, plan[12], err);
+    float *u_scratch = mg_arena_floats(&arena, plan[13], err);
     if (err->code != MG_OK) goto done;
 
     for (int b = 0; b < B; b++) {
@@ -156,12 +209,17 @@ int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
                                    c->n_kv_heads, c->head_dim};
     for (int l = 0; l < c->n_layers; l++) {
         const mg_layer_params *L = &p->layers[l];
+        mg_layer_activations *R = rec ? &rec->layers[l] : NULL;
+        float *h1 = R ? R->h1 : h_buf, *q = R ? R->q : q_buf, *att = R ? R->att : att_buf;
+        float *h2 = R ? R->h2 : h_buf, *gate = R ? R->gate : gate_buf, *up = R ? R->up : up_buf;
+        float *act = R ? R->act : up_buf;
         const int slot = l % cache->n_slots;
+        if (R) memcpy(R->x_in, x, sizeof(float) * N * D);
         if (gpt2)
-            layernorm_forward(h, x, L->attn_norm_w, L->attn_norm_b, (int)N, D, c->norm_eps);
+            layernorm_forward(h1, x, L->attn_norm_w, L->attn_norm_b, (int)N, D, c->norm_eps);
         else
-            rmsnorm_forward(h, x, L->attn_norm_w, (int)N, D, c->norm_eps);
-        project_qkv(q, qkv, cache, slot, h, L, B, Tq, D, QD, KD);
+            rmsnorm_forward(h1, x, L->attn_norm_w, (int)N, D, c->norm_eps);
+        project_qkv(q, qkv, cache, slot, h1, m, l, B, Tq, train, drop_buf, u_scratch);
         if (!gpt2) {
             rope_forward(q, positions, m->inv_freq, (int)N, c->n_heads, c->head_dim);
             for (int b = 0; b < B; b++)
@@ -172,26 +230,37 @@ int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
         attention_forward(att, q, mg_kv_cache_rows(cache, cache->k, slot, 0),
                           mg_kv_cache_rows(cache, cache->v, slot, 0), roles, segments,
                           cache->roles, cache->segments, shape, scratch);
-        matmul_forward(x, att, L->wo, L->bo, (int)N, QD, D, true);
+        matmul_forward(tmp, att, L->wo, L->bo, (int)N, QD, D, false);
+        apply_lora(tmp, D, att, (int)N, m, l, MG_LORA_O, train, drop_buf, u_scratch);
+        residual_add(x, tmp, N * D, train, MG_DROP_STREAM_ATTN(l));
+        if (R) memcpy(R->x_mid, x, sizeof(float) * N * D);
 
         if (gpt2) {
-            layernorm_forward(h, x, L->mlp_norm_w, L->mlp_norm_b, (int)N, D, c->norm_eps);
-            matmul_forward(up, h, L->w_up, L->b_up, (int)N, D, F, false);
-            gelu_tanh_forward(up, N * F);
+            layernorm_forward(h2, x, L->mlp_norm_w, L->mlp_norm_b, (int)N, D, c->norm_eps);
+            matmul_forward(up, h2, L->w_up, L->b_up, (int)N, D, F, false);
+            apply_lora(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
+            if (act != up) memcpy(act, up, sizeof(float) * N * F);
+            gelu_tanh_forward(act, N * F);
         } else {
-            rmsnorm_forward(h, x, L->mlp_norm_w, (int)N, D, c->norm_eps);
-            matmul_forward(gate, h, L->w_gate, L->b_gate, (int)N, D, F, false);
-            matmul_forward(up, h, L->w_up, L->b_up, (int)N, D, F, false);
-            swiglu_forward(up, gate, up, N * F);
+            rmsnorm_forward(h2, x, L->mlp_norm_w, (int)N, D, c->norm_eps);
+            matmul_forward(gate, h2, L->w_gate, L->b_gate, (int)N, D, F, false);
+            apply_lora(gate, F, h2, (int)N, m, l, MG_LORA_GATE, train, drop_buf, u_scratch);
+            matmul_forward(up, h2, L->w_up, L->b_up, (int)N, D, F, false);
+            apply_lora(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
+            swiglu_forward(act, gate, up, N * F);
         }
-        matmul_forward(x, up, L->w_down, L->b_down, (int)N, F, D, true);
+        matmul_forward(tmp, act, L->w_down, L->b_down, (int)N, F, D, false);
+        apply_lora(tmp, D, act, (int)N, m, l, MG_LORA_DOWN, train, drop_buf, u_scratch);
+        residual_add(x, tmp, N * D, train, MG_DROP_STREAM_MLP(l));
     }
+    if (rec) memcpy(rec->x_final, x, sizeof(float) * N * D);
     if (gpt2)
         layernorm_forward(hidden, x, p->final_norm_w, p->final_norm_b, (int)N, D, c->norm_eps);
     else
         rmsnorm_forward(hidden, x, p->final_norm_w, (int)N, D, c->norm_eps);
     for (long n = 0; n < N; n++)
         if (segments[n] < 0) memset(hidden + n * D, 0, sizeof(float) * D);
+    if (rec && hidden != rec->hidden) memcpy(rec->hidden, hidden, sizeof(float) * N * D);
     if (logits_out != NULL && logits_last_only) {
         for (int b = 0; b < B; b++)
             memcpy(last + (long)b * D, hidden + ((long)b * Tq + Tq - 1) * D, sizeof(float) * D);

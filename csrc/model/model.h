@@ -2,19 +2,36 @@
 #ifndef MG_MODEL_MODEL_H
 #define MG_MODEL_MODEL_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "config.h"
 #include "kv_cache.h"
+#include "lora.h"
 #include "params.h"
 
 #define MG_MAX_HEAD_DIM 512
 
-typedef struct {
+typedef struct mg_model_s {
     mg_config config;
     mg_params params;
     float *inv_freq; /* [head_dim / 2], LLaMA family only */
+    mg_lora *lora;   /* attached adapters (owned), applied by every forward; NULL when none */
+    /* Readers (forward passes, training forward/backward) share it; whatever changes weights
+     * or swaps adapters (optimizer step, merge, attach, load) holds it alone. Callers take it
+     * around their calls (the Python binding does, with the GIL released). */
+    pthread_rwlock_t guard;
 } mg_model;
+
+static inline void mg_model_lock_read(mg_model *m) {
+    pthread_rwlock_rdlock(&m->guard);
+}
+static inline void mg_model_lock_write(mg_model *m) {
+    pthread_rwlock_wrlock(&m->guard);
+}
+static inline void mg_model_unlock(mg_model *m) {
+    pthread_rwlock_unlock(&m->guard);
+}
 
 /* Builds a model from named float32 tensors (copied). Returns NULL with err set on failure. */
 mg_model *mg_model_create(const mg_config *config, const mg_named_tensor *tensors, int count,
@@ -39,6 +56,25 @@ int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
                   const uint8_t *roles, const int32_t *segments, const int *positions, int B,
                   int Tq, float *hidden_out, float *logits_out, int logits_last_only,
                   mg_error *err);
+
+struct mg_train_pass_s;
+
+/* mg_model_step with training settings: dropout, and recording activations for the backward
+ * pass (train may be NULL: inference). */
+int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                     const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                     int Tq, float *hidden_out, float *logits_out, int logits_last_only,
+                     const struct mg_train_pass_s *train, mg_error *err);
+
+/* Whether the q, k, v weights of a layer are adjacent: one [QD + 2 KD, D] matrix. */
+static inline int mg_qkv_fused(const mg_layer_params *L, int QD, int KD, int D) {
+    return L->wk == L->wq + (long)QD * D && L->wv == L->wk + (long)KD * D;
+}
+
+/* Attaches adapters (the model takes ownership; any previous ones are freed). */
+void mg_model_attach_lora(mg_model *m, mg_lora *lora);
+/* Folds the attached adapters into the base weights and detaches them. */
+void mg_model_merge_lora(mg_model *m);
 
 /* Each token's position within its segment (0 for padding); returns the longest segment. */
 int mg_segment_positions(int *pos, const int32_t *segments, int B, int T);

@@ -13,7 +13,7 @@
 
 #define MG_PARAM_NAME_MAX 64
 
-typedef struct {
+typedef struct mg_param_slot_s {
     char name[MG_PARAM_NAME_MAX]; /* e.g. "layers.3.wq.weight" */
     int ndim;
     int64_t shape[2];

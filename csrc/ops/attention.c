@@ -176,3 +176,118 @@ void attention_forward(float *out, const float *q, const float *k, const float *
         }
     }
 }
+
+/* dst[r] += sum_j w[r][j] rows[j] for the first nq queries of a group, rows[j] at stride
+ * row_stride: a [4, 32] block of accumulators stays in registers while the rows stream by. */
+static void group_accumulate(float *dst[ATT_GROUP], const float *w, const float *rows,
+                             long row_stride, int hd, int Tk, int lo, int hi, int nq) {
+    for (int d0 = 0; d0 < hd; d0 += 32) {
+        const int nd = hd - d0 < 32 ? hd - d0 : 32;
+        float acc[ATT_GROUP][32] = {{0}};
+        for (int j = lo; j <= hi; j++) {
+            const float *x = rows + (long)j * row_stride + d0;
+            const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
+            for (int dd = 0; dd < nd; dd++) {
+                acc[0][dd] += w0 * x[dd];
+                acc[1][dd] += w1 * x[dd];
+                acc[2][dd] += w2 * x[dd];
+                acc[3][dd] += w3 * x[dd];
+            }
+        }
+        for (int r = 0; r < nq; r++)
+            for (int dd = 0; dd < nd; dd++) dst[r][d0 + dd] += acc[r][dd];
+    }
+}
+
+/* rows[j] += sum_r w[r][j] src[r] for keys lo..hi (a rank-4 update of dK or dV rows). */
+static void group_scatter(float *rows, long row_stride, const float *w, const float *src[ATT_GROUP],
+                          int hd, int Tk, int lo, int hi) {
+    const float *s0 = src[0], *s1 = src[1], *s2 = src[2], *s3 = src[3];
+    for (int j = lo; j <= hi; j++) {
+        const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
+        if (w0 == 0.0f && w1 == 0.0f && w2 == 0.0f && w3 == 0.0f) continue;
+        float *x = rows + (long)j * row_stride;
+        for (int d = 0; d < hd; d++) x[d] += w0 * s0[d] + w1 * s1[d] + w2 * s2[d] + w3 * s3[d];
+    }
+}
+
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const uint8_t *q_roles,
+                        const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
+                        attention_shape s, float *scratch) {
+    const int group = s.Hq / s.Hkv, hd = s.hd, Tk = s.Tk;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const int n_groups = (s.Tq + ATT_GROUP - 1) / ATT_GROUP;
+    const size_t per_thread = 2 * (size_t)hd * Tk + 2 * (size_t)ATT_GROUP * Tk;
+#pragma omp parallel
+    {
+        float *kt = scratch + (size_t)omp_get_thread_num() * per_thread;
+        float *vt = kt + (size_t)hd * Tk;
+        float *pr = vt + (size_t)hd * Tk;        /* [ATT_GROUP, Tk] probabilities */
+        float *ds = pr + (size_t)ATT_GROUP * Tk; /* [ATT_GROUP, Tk] dP, then scale * dS */
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int b = 0; b < s.B; b++) {
+            for (int kh = 0; kh < s.Hkv; kh++) {
+                const long k0 = (long)b * s.kv_stride;
+                int lo, last_ctx;
+                row_key_bounds(k_seg + k0, k_roles + k0, Tk, &lo, &last_ctx);
+                if (lo >= Tk) continue; /* an all-padding row has no gradient */
+                const float *kb = k + k0 * kv_row + (long)kh * hd;
+                const float *vb = v + k0 * kv_row + (long)kh * hd;
+                for (int j = lo; j < Tk; j++)
+                    for (int d = 0; d < hd; d++) {
+                        kt[(long)d * Tk + j] = kb[(long)j * kv_row + d];
+                        vt[(long)d * Tk + j] = vb[(long)j * kv_row + d];
+                    }
+                float *dkb = dk != NULL ? dk + k0 * kv_row + (long)kh * hd : NULL;
+                float *dvb = dv != NULL ? dv + k0 * kv_row + (long)kh * hd : NULL;
+                for (int h = kh * group; h < (kh + 1) * group; h++) {
+                    for (int g = 0; g < n_groups; g++) {
+                        const int i0 = g * ATT_GROUP;
+                        const int nq = s.Tq - i0 < ATT_GROUP ? s.Tq - i0 : ATT_GROUP;
+                        int hi = s.q_start + i0 + nq - 1;
+                        if (last_ctx > hi) hi = last_ctx;
+                        if (hi > Tk - 1) hi = Tk - 1;
+                        if (lo > hi) continue;
+                        float qs[ATT_GROUP][MG_ATT_MAX_HD], gs[ATT_GROUP][MG_ATT_MAX_HD];
+                        const float *qv[ATT_GROUP], *gv[ATT_GROUP];
+                        float *dqv[ATT_GROUP];
+                        for (int r = 0; r < ATT_GROUP; r++) {
+                            const int rr = r < nq ? r : nq - 1;
+                            const long off = ((long)b * s.Tq + i0 + rr) * q_row + (long)h * hd;
+                            qv[r] = q + off;
+                            gv[r] = dout + off;
+                            dqv[r] = dq != NULL ? dq + off : NULL;
+                            for (int d = 0; d < hd; d++) {
+                                qs[r][d] = qv[r][d] * scale;
+                                gs[r][d] = gv[r][d];
+                            }
+                        }
+                        group_scores(pr, qs, kt, hd, Tk, lo, hi);
+                        group_scores(ds, gs, vt, hd, Tk, lo, hi);
+                        for (int r = 0; r < ATT_GROUP; r++) {
+                            const long qi = (long)b * s.Tq + i0 + (r < nq ? r : nq - 1);
+                            float *p = pr + (long)r * Tk, *dp = ds + (long)r * Tk;
+                            const int live =
+                                r < nq && masked_softmax_row(p, q_roles[qi], q_seg[qi],
+                                                             s.q_start + i0 + r, k_roles + k0,
+                                                             k_seg + k0, lo, hi, Tk);
+                            if (!live) {
+                                memset(p + lo, 0, sizeof(float) * (hi - lo + 1));
+                                memset(dp + lo, 0, sizeof(float) * (hi - lo + 1));
+                                continue;
+                            }
+                            float di = 0.0f;
+                            for (int j = lo; j <= hi; j++) di += p[j] * dp[j];
+                            for (int j = lo; j <= hi; j++) dp[j] = p[j] * (dp[j] - di) * scale;
+                        }
+                        if (dq != NULL) group_accumulate(dqv, ds, kb, kv_row, hd, Tk, lo, hi, nq);
+                        if (dkb != NULL) group_scatter(dkb, kv_row, ds, qv, hd, Tk, lo, hi);
+                        if (dvb != NULL) group_scatter(dvb, kv_row, pr, gv, hd, Tk, lo, hi);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -36,4 +36,24 @@ void attention_forward(float *out, const float *q, const float *k, const float *
                        const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
                        const int32_t *k_seg, attention_shape s, float *scratch);
 
+/* Floats of scratch attention_backward needs: per thread, K and V of one (row, kv head)
+ * transposed to [hd, Tk], and the probabilities and their gradients of one query group. */
+#define ATTENTION_BACKWARD_SCRATCH(hd, Tk, threads)                                               \
+    ((size_t)(threads) * (2 * (size_t)(hd) * (Tk) + 2 * (size_t)ATT_GROUP * (Tk)))
+
+/* Backward of attention_forward, same shapes and rule, accumulating into dq [B, Tq, Hq, hd] and
+ * dk/dv [B, kv_stride, Hkv, hd] (any may be NULL). Each query's probabilities P are recomputed
+ * from q and k exactly as the forward computes them; with dP_ij = dO_i . V_j and
+ * D_i = sum_j P_ij dP_ij (= dO_i . O_i, so O is not needed):
+ *     dV_j += sum_i P_ij dO_i,  dS_ij = P_ij (dP_ij - D_i),
+ *     dQ_i += scale sum_j dS_ij K_j,  dK_j += scale sum_i dS_ij Q_i.
+ * Work is split by (batch row, kv head): one thread owns that slice of dK/dV and the dQ of the
+ * query heads that share it (GQA groups sum into their kv head), and runs through it in a fixed
+ * order, so the result is the same for any thread count. No T x T array exists.
+ * scratch: ATTENTION_BACKWARD_SCRATCH(hd, Tk, omp_get_max_threads()). */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const uint8_t *q_roles,
+                        const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
+                        attention_shape s, float *scratch);
+
 #endif

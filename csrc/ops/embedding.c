@@ -14,3 +14,28 @@ void embedding_forward(float *out, const int *tokens, const int *pos, const floa
         }
     }
 }
+
+/* Columns per work item of the backward. */
+#define EMBEDDING_COLS 64
+
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
+                        const int *pos, int N, int D) {
+    const int chunks = (D + EMBEDDING_COLS - 1) / EMBEDDING_COLS;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        const int i0 = c * EMBEDDING_COLS;
+        const int ni = D - i0 < EMBEDDING_COLS ? D - i0 : EMBEDDING_COLS;
+        for (int n = 0; n < N; n++) {
+            if (tokens[n] < 0) continue;
+            const float *g = dout + (long)n * D + i0;
+            if (dwte != NULL) {
+                float *w = dwte + (long)tokens[n] * D + i0;
+                for (int i = 0; i < ni; i++) w[i] += g[i];
+            }
+            if (dwpe != NULL) {
+                float *p = dwpe + (long)pos[n] * D + i0;
+                for (int i = 0; i < ni; i++) p[i] += g[i];
+            }
+        }
+    }
+}

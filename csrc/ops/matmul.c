@@ -14,3 +14,28 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
         for (int o = 0; o < O; o++) row[o] += bias[o];
     }
 }
+
+/* Columns of dbias per work item: each item sums its columns over all rows in a fixed order. */
+#define MATMUL_BIAS_COLS 64
+
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int I, int O) {
+    if (N <= 0 || O <= 0) return;
+    if (dinp != NULL && I > 0)
+        mg_sgemm(false, false, N, I, O, 1.0f, dout, O, weight, I, 1.0f, dinp, I);
+    if (dweight != NULL && I > 0)
+        mg_sgemm(true, false, O, I, N, 1.0f, dout, O, inp, I, 1.0f, dweight, I);
+    if (dbias == NULL) return;
+    const int chunks = (O + MATMUL_BIAS_COLS - 1) / MATMUL_BIAS_COLS;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++) {
+        const int o0 = c * MATMUL_BIAS_COLS;
+        const int no = O - o0 < MATMUL_BIAS_COLS ? O - o0 : MATMUL_BIAS_COLS;
+        float acc[MATMUL_BIAS_COLS] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *row = dout + (long)n * O + o0;
+            for (int o = 0; o < no; o++) acc[o] += row[o];
+        }
+        for (int o = 0; o < no; o++) dbias[o0 + o] += acc[o];
+    }
+}

@@ -8,4 +8,10 @@
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int I, int O, bool accumulate);
 
+/* Backward of matmul_forward, accumulating: dinp[N, I] += dout @ weight, dweight[O, I] +=
+ * dout^T @ inp, dbias[O] += column sums of dout[N, O]. Any gradient pointer may be NULL. Calls the
+ * GEMM, so it must not be called from inside an OpenMP parallel region. Deterministic. */
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int I, int O);
+
 #endif

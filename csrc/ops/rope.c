@@ -23,3 +23,24 @@ void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H,
         }
     }
 }
+
+void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int H, int hd) {
+    int half = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float cs[512], sn[512]; /* hd/2 <= 512, as in the forward */
+        for (int k = 0; k < half; k++) {
+            float angle = (float)pos[n] * inv_freq[k];
+            cs[k] = cosf(angle);
+            sn[k] = sinf(angle);
+        }
+        for (int h = 0; h < H; h++) {
+            float *v = dx + ((long)n * H + h) * hd;
+            for (int k = 0; k < half; k++) {
+                float a = v[k], b = v[k + half];
+                v[k] = a * cs[k] + b * sn[k];
+                v[k + half] = b * cs[k] - a * sn[k];
+            }
+        }
+    }
+}

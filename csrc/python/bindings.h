@@ -6,7 +6,26 @@
 #include <Python.h>
 
 /* model_binding.c */
+struct mg_model_s;
+typedef struct {
+    PyObject_HEAD struct mg_model_s *model;
+} MgpyModel;
 extern PyTypeObject MgpyModelType;
+
+/* Runs `stmt` holding the model's lock (read or write). The lock is taken with the GIL released,
+ * so a thread waiting for it never blocks threads that hold it; `stmt` runs with the GIL held
+ * and may use the Python API. */
+#define MGPY_LOCKED(model, lockfn, stmt)                                                           \
+    Py_BEGIN_ALLOW_THREADS lockfn(model);                                                          \
+    Py_END_ALLOW_THREADS stmt;                                                                     \
+    mg_model_unlock(model)
+#define MGPY_LOCKED_READ(model, stmt) MGPY_LOCKED(model, mg_model_lock_read, stmt)
+#define MGPY_LOCKED_WRITE(model, stmt) MGPY_LOCKED(model, mg_model_lock_write, stmt)
+
+/* trainer_binding.c */
+extern PyTypeObject MgpyTrainerType;
+/* masked_view(tokens, config, seed, stream) -> (tokens, roles, mntp_labels, msg_labels) */
+PyObject *mgpy_masked_view(PyObject *self, PyObject *args);
 
 /* safetensors_binding.c: read_safetensors(path) -> dict[str, float32 ndarray] */
 PyObject *mgpy_read_safetensors(PyObject *self, PyObject *args);
@@ -20,5 +39,21 @@ PyObject *mgpy_read_llama2c_tokenizer(PyObject *self, PyObject *args);
  * start, end, mode, normalize) -> float32[B, D] */
 extern PyTypeObject MgpyGeneratorType;
 PyObject *mgpy_embed(PyObject *self, PyObject *args);
+
+/* ops_binding.c: single ops, forward and backward on NumPy arrays, for the gradient checks */
+PyObject *mgpy_op_matmul(PyObject *self, PyObject *args);
+PyObject *mgpy_op_rmsnorm(PyObject *self, PyObject *args);
+PyObject *mgpy_op_layernorm(PyObject *self, PyObject *args);
+PyObject *mgpy_op_rope(PyObject *self, PyObject *args);
+PyObject *mgpy_op_attention(PyObject *self, PyObject *args);
+PyObject *mgpy_op_swiglu(PyObject *self, PyObject *args);
+PyObject *mgpy_op_gelu_tanh(PyObject *self, PyObject *args);
+PyObject *mgpy_op_embedding(PyObject *self, PyObject *args);
+PyObject *mgpy_op_cross_entropy(PyObject *self, PyObject *args);
+PyObject *mgpy_op_infonce(PyObject *self, PyObject *args);
+PyObject *mgpy_op_dropout(PyObject *self, PyObject *args);
+PyObject *mgpy_op_adamw(PyObject *self, PyObject *args);
+PyObject *mgpy_op_grad_global_norm(PyObject *self, PyObject *arg);
+PyObject *mgpy_op_rng(PyObject *self, PyObject *args);
 
 #endif

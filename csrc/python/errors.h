@@ -16,4 +16,11 @@ PyObject *mgpy_raise(const mg_error *err);
  * mg_alloc); on failure frees data and returns NULL with an exception set. */
 PyObject *mgpy_array_take(int ndim, const int64_t *shape, float *data);
 
+struct mg_param_slot_s;
+/* A dict of float32 array copies of the slots of a parameter block. */
+PyObject *mgpy_slots_to_dict(const struct mg_param_slot_s *slots, int n_slots, const float *block);
+/* Copies every slot's array from dict (exact names and sizes required); -1 with an exception. */
+int mgpy_dict_to_slots(PyObject *dict, const struct mg_param_slot_s *slots, int n_slots,
+                       float *block);
+
 #endif

@@ -12,21 +12,24 @@
 #include "bindings.h"
 #include "errors.h"
 
-/* The layout of model_binding.c's MgpyModel (a PyObject header, then the model pointer); only
- * objects that pass the MgpyModelType check are read through it. */
-typedef struct {
-    PyObject_HEAD mg_model *model;
-} MgpyModelView;
-
-static const mg_model *model_of(PyObject *obj) {
+static mg_model *model_of(PyObject *obj) {
     if (!PyObject_TypeCheck(obj, &MgpyModelType)) {
         PyErr_SetString(PyExc_TypeError, "expected a magnet._C.Model");
         return NULL;
     }
-    const mg_model *m = ((MgpyModelView *)obj)->model;
+    mg_model *m = ((MgpyModel *)obj)->model;
     if (m == NULL) PyErr_SetString(PyExc_RuntimeError, "magnet._C.Model was not initialised");
     return m;
 }
+
+/* Runs `stmt` without the GIL, holding the model's read lock (weights cannot change under it;
+ * a session's cache does not survive a weight update between its calls, which is the caller's
+ * business). */
+#define RUN_READING(model, stmt)                                                                   \
+    Py_BEGIN_ALLOW_THREADS mg_model_lock_read(model);                                              \
+    stmt;                                                                                          \
+    mg_model_unlock(model);                                                                        \
+    Py_END_ALLOW_THREADS
 
 /* A C-contiguous array of `type` and `ndim` dims converted from obj (new reference); dims[i]
  * >= 0 are required sizes. */
@@ -51,6 +54,7 @@ static PyArrayObject *as_array(PyObject *obj, const char *name, int type, int nd
 
 typedef struct {
     PyObject_HEAD PyObject *model_obj; /* keeps the model alive */
+    mg_model *model;
     mg_generator gen;
     int ready;
     int busy; /* set (under the GIL) while a call runs without it */
@@ -81,7 +85,7 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
                                      &capacity, &keep_hidden, &do_sample, &temperature, &top_k,
                                      &top_p, &min_p, &rep, &seed, &eos_id))
         return -1;
-    const mg_model *m = model_of(model_obj);
+    mg_model *m = model_of(model_obj);
     if (m == NULL) return -1;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Generator already initialised");
@@ -99,6 +103,7 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
     }
     Py_INCREF(model_obj);
     self->model_obj = model_obj;
+    self->model = m;
     self->ready = 1;
     return 0;
 }
@@ -125,10 +130,10 @@ static PyObject *Generator_append(MgpyGenerator *self, PyObject *args) {
         mg_error err;
         mg_error_clear(&err);
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc =
-            mg_generator_append(&self->gen, PyArray_DATA(tok), PyArray_DATA(role),
-                                PyArray_DATA(seg), PyArray_DATA(pos), (int)dims[1], &err);
-        Py_END_ALLOW_THREADS self->busy = 0;
+        RUN_READING(self->model, rc = mg_generator_append(&self->gen, PyArray_DATA(tok),
+                                                          PyArray_DATA(role), PyArray_DATA(seg),
+                                                          PyArray_DATA(pos), (int)dims[1], &err));
+        self->busy = 0;
         if (rc != MG_OK)
             mgpy_raise(&err);
         else
@@ -151,8 +156,8 @@ static PyObject *Generator_logits_at(MgpyGenerator *self, PyObject *arg) {
         mg_error err;
         mg_error_clear(&err);
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = mg_generator_logits_at(&self->gen, PyArray_DATA(idx), &err);
-        Py_END_ALLOW_THREADS self->busy = 0;
+        RUN_READING(self->model, rc = mg_generator_logits_at(&self->gen, PyArray_DATA(idx), &err));
+        self->busy = 0;
         result = rc != MG_OK ? mgpy_raise(&err) : Py_NewRef(Py_None);
     }
     Py_DECREF(idx);
@@ -172,12 +177,15 @@ static PyObject *run_sampling_step(MgpyGenerator *self, PyArrayObject *positions
         int32_t *tok = PyArray_DATA((PyArrayObject *)t);
         float *lp = PyArray_DATA((PyArrayObject *)l);
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc =
-            positions == NULL
-                ? mg_generator_decode_step(&self->gen, tok, lp, &err)
-                : mg_generator_span_step(&self->gen, PyArray_DATA(positions), tok, lp, &err);
-        Py_END_ALLOW_THREADS if (rc != MG_OK) mgpy_raise(&err);
-        else result = Py_BuildValue("(OO)", t, l);
+        RUN_READING(
+            self->model,
+            rc = positions == NULL
+                     ? mg_generator_decode_step(&self->gen, tok, lp, &err)
+                     : mg_generator_span_step(&self->gen, PyArray_DATA(positions), tok, lp, &err));
+        if (rc != MG_OK)
+            mgpy_raise(&err);
+        else
+            result = Py_BuildValue("(OO)", t, l);
     }
     self->busy = 0;
     Py_XDECREF(t);
@@ -301,7 +309,7 @@ PyObject *mgpy_embed(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOip", &o_model, &o_tok, &o_seg, &o_start, &o_end, &mode,
                           &normalize))
         return NULL;
-    const mg_model *m = model_of(o_model);
+    mg_model *m = model_of(o_model);
     if (m == NULL) return NULL;
     npy_intp dims[2] = {-1, -1};
     PyArrayObject *tok = as_array(o_tok, "tokens", NPY_INT32, 2, dims);
@@ -322,10 +330,9 @@ PyObject *mgpy_embed(PyObject *self, PyObject *args) {
         else
             out = mg_alloc_uninit((size_t)B * D, sizeof(float), "embeddings", &err);
         if (out != NULL) {
-            Py_BEGIN_ALLOW_THREADS mg_model_embed(m, PyArray_DATA(tok), PyArray_DATA(seg),
-                                                  PyArray_DATA(start), PyArray_DATA(end), B, T,
-                                                  (mg_pooling)mode, normalize, out, &err);
-            Py_END_ALLOW_THREADS
+            RUN_READING(m, mg_model_embed(m, PyArray_DATA(tok), PyArray_DATA(seg),
+                                          PyArray_DATA(start), PyArray_DATA(end), B, T,
+                                          (mg_pooling)mode, normalize, out, &err));
         }
         if (err.code != MG_OK) {
             mg_free(out);

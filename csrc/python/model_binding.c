@@ -8,51 +8,9 @@
 #include "../core/alloc.h"
 #include "../model/model.h"
 #include "bindings.h"
+#include "dict_args.h"
 #include "errors.h"
 
-typedef struct {
-    PyObject_HEAD mg_model *model;
-} MgpyModel;
-
-/* Reads an int (required when dflt is NULL) from the config dict. */
-static int config_int(PyObject *cfg, const char *key, const int *dflt, int *out) {
-    PyObject *v = PyDict_GetItemString(cfg, key); /* borrowed */
-    if (v == NULL || v == Py_None) {
-        if (dflt) {
-            *out = *dflt;
-            return 0;
-        }
-        PyErr_Format(PyExc_ValueError, "model config is missing '%s'", key);
-        return -1;
-    }
-    if (!PyLong_Check(v) || PyBool_Check(v)) {
-        PyErr_Format(PyExc_TypeError, "model config '%s' must be an int", key);
-        return -1;
-    }
-    long x = PyLong_AsLong(v);
-    if ((x == -1 && PyErr_Occurred()) || x < -(1L << 30) || x > (1L << 30)) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "model config '%s' is out of range", key);
-        return -1;
-    }
-    *out = (int)x;
-    return 0;
-}
-
-static int config_float(PyObject *cfg, const char *key, float dflt, float *out) {
-    PyObject *v = PyDict_GetItemString(cfg, key);
-    if (v == NULL || v == Py_None) {
-        *out = dflt;
-        return 0;
-    }
-    double x = PyFloat_AsDouble(v);
-    if (x == -1.0 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "model config '%s' must be a number", key);
-        return -1;
-    }
-    *out = (float)x;
-    return 0;
-}
 
 static int config_choice(PyObject *cfg, const char *key, const char *const *names, int n,
                          int dflt, int *out) {
@@ -77,22 +35,22 @@ static int parse_config(PyObject *cfg, mg_config *c) {
     const int zero = 0, neg = -1;
     int arch, rope;
     memset(c, 0, sizeof(*c));
-    if (config_choice(cfg, "arch", archs, 2, -1, &arch) || config_int(cfg, "vocab_size", NULL, &c->vocab_size) ||
-        config_int(cfg, "hidden_size", NULL, &c->dim) ||
-        config_int(cfg, "num_layers", NULL, &c->n_layers) ||
-        config_int(cfg, "num_heads", NULL, &c->n_heads) ||
-        config_int(cfg, "num_kv_heads", NULL, &c->n_kv_heads) ||
-        config_int(cfg, "head_dim", NULL, &c->head_dim) ||
-        config_int(cfg, "intermediate_size", NULL, &c->hidden_dim) ||
-        config_int(cfg, "max_positions", &neg, &c->max_positions) ||
-        config_float(cfg, "norm_eps", 1e-5f, &c->norm_eps) ||
-        config_float(cfg, "rope_theta", 10000.0f, &c->rope_theta) ||
+    if (config_choice(cfg, "arch", archs, 2, -1, &arch) || mgpy_dict_int(cfg, "vocab_size", NULL, &c->vocab_size) ||
+        mgpy_dict_int(cfg, "hidden_size", NULL, &c->dim) ||
+        mgpy_dict_int(cfg, "num_layers", NULL, &c->n_layers) ||
+        mgpy_dict_int(cfg, "num_heads", NULL, &c->n_heads) ||
+        mgpy_dict_int(cfg, "num_kv_heads", NULL, &c->n_kv_heads) ||
+        mgpy_dict_int(cfg, "head_dim", NULL, &c->head_dim) ||
+        mgpy_dict_int(cfg, "intermediate_size", NULL, &c->hidden_dim) ||
+        mgpy_dict_int(cfg, "max_positions", &neg, &c->max_positions) ||
+        mgpy_dict_float(cfg, "norm_eps", 1e-5f, &c->norm_eps) ||
+        mgpy_dict_float(cfg, "rope_theta", 10000.0f, &c->rope_theta) ||
         config_choice(cfg, "rope_type", ropes, 3, 0, &rope) ||
-        config_float(cfg, "rope_factor", 1.0f, &c->rope_factor) ||
-        config_float(cfg, "rope_low_freq_factor", 1.0f, &c->rope_low_freq_factor) ||
-        config_float(cfg, "rope_high_freq_factor", 4.0f, &c->rope_high_freq_factor) ||
-        config_int(cfg, "rope_original_max_positions", &zero, &c->rope_original_max_positions) ||
-        config_int(cfg, "sliding_window", &zero, &c->sliding_window))
+        mgpy_dict_float(cfg, "rope_factor", 1.0f, &c->rope_factor) ||
+        mgpy_dict_float(cfg, "rope_low_freq_factor", 1.0f, &c->rope_low_freq_factor) ||
+        mgpy_dict_float(cfg, "rope_high_freq_factor", 4.0f, &c->rope_high_freq_factor) ||
+        mgpy_dict_int(cfg, "rope_original_max_positions", &zero, &c->rope_original_max_positions) ||
+        mgpy_dict_int(cfg, "sliding_window", &zero, &c->sliding_window))
         return -1;
     if (arch < 0) {
         PyErr_SetString(PyExc_ValueError, "model config is missing 'arch'");
@@ -216,9 +174,10 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     if (want_logits && err.code == MG_OK)
         logits = mg_alloc_uninit(n_logits, sizeof(float), "logits", &err);
     if (err.code == MG_OK) {
-        Py_BEGIN_ALLOW_THREADS mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles),
-                                                PyArray_DATA(seg), (int)B, (int)T, hidden, logits,
-                                                &err);
+        Py_BEGIN_ALLOW_THREADS mg_model_lock_read(self->model);
+        mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles), PyArray_DATA(seg),
+                         (int)B, (int)T, hidden, logits, &err);
+        mg_model_unlock(self->model);
         Py_END_ALLOW_THREADS
     }
     if (err.code != MG_OK) {
@@ -247,21 +206,18 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     return Py_BuildValue("(NN)", h, l);
 }
 
-/* state_dict() -> dict[str, float32 ndarray] (copies), in magnet's parameter names. */
-static PyObject *Model_state_dict(MgpyModel *self, PyObject *unused) {
-    (void)unused;
-    const mg_params *p = &self->model->params;
+PyObject *mgpy_slots_to_dict(const mg_param_slot *slots, int n_slots, const float *block) {
     PyObject *out = PyDict_New();
     if (out == NULL) return NULL;
-    for (int s = 0; s < p->n_slots; s++) {
-        const mg_param_slot *slot = &p->slots[s];
+    for (int s = 0; s < n_slots; s++) {
+        const mg_param_slot *slot = &slots[s];
         npy_intp dims[2] = {(npy_intp)slot->shape[0], (npy_intp)slot->shape[1]};
         PyObject *arr = PyArray_SimpleNew(slot->ndim, dims, NPY_FLOAT32);
         if (arr == NULL) {
             Py_DECREF(out);
             return NULL;
         }
-        memcpy(PyArray_DATA((PyArrayObject *)arr), p->block + slot->offset,
+        memcpy(PyArray_DATA((PyArrayObject *)arr), block + slot->offset,
                slot->numel * sizeof(float));
         int rc = PyDict_SetItemString(out, slot->name, arr);
         Py_DECREF(arr);
@@ -271,6 +227,111 @@ static PyObject *Model_state_dict(MgpyModel *self, PyObject *unused) {
         }
     }
     return out;
+}
+
+int mgpy_dict_to_slots(PyObject *dict, const mg_param_slot *slots, int n_slots, float *block) {
+    if (!PyDict_Check(dict)) {
+        PyErr_SetString(PyExc_TypeError, "expected a dict of float32 arrays");
+        return -1;
+    }
+    for (int s = 0; s < n_slots; s++) {
+        const mg_param_slot *slot = &slots[s];
+        PyObject *v = PyDict_GetItemString(dict, slot->name);
+        if (v == NULL) {
+            PyErr_Format(PyExc_ValueError, "missing parameter '%s'", slot->name);
+            return -1;
+        }
+        if (!PyArray_Check(v) || PyArray_TYPE((PyArrayObject *)v) != NPY_FLOAT32 ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v) ||
+            (size_t)PyArray_SIZE((PyArrayObject *)v) != slot->numel) {
+            PyErr_Format(PyExc_ValueError, "parameter '%s' must be a contiguous float32 array of "
+                         "%zu values", slot->name, slot->numel);
+            return -1;
+        }
+    }
+    if (PyDict_Size(dict) != n_slots) {
+        PyErr_Format(PyExc_ValueError, "expected %d parameters, got %zd", n_slots,
+                     PyDict_Size(dict));
+        return -1;
+    }
+    for (int s = 0; s < n_slots; s++) {
+        PyObject *v = PyDict_GetItemString(dict, slots[s].name);
+        memcpy(block + slots[s].offset, PyArray_DATA((PyArrayObject *)v),
+               slots[s].numel * sizeof(float));
+    }
+    return 0;
+}
+
+/* state_dict() -> dict[str, float32 ndarray] (copies), in magnet's parameter names. */
+static PyObject *Model_state_dict(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    const mg_params *p = &self->model->params;
+    MGPY_LOCKED_READ(self->model, PyObject *out = mgpy_slots_to_dict(p->slots, p->n_slots, p->block));
+    return out;
+}
+
+static PyObject *Model_load_state_dict(MgpyModel *self, PyObject *dict) {
+    mg_params *p = &self->model->params;
+    MGPY_LOCKED_WRITE(self->model, int rc = mgpy_dict_to_slots(dict, p->slots, p->n_slots, p->block));
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* attach_lora(rank, alpha, targets_mask, seed): fresh adapters (B = 0: outputs unchanged). */
+static PyObject *Model_attach_lora(MgpyModel *self, PyObject *args) {
+    int rank;
+    float alpha;
+    unsigned int targets;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "ifIK", &rank, &alpha, &targets, &seed)) return NULL;
+    mg_error err;
+    mg_error_clear(&err);
+    mg_lora *l = mg_lora_create(&self->model->config, rank, alpha, targets, seed, &err);
+    if (l == NULL) return mgpy_raise(&err);
+    MGPY_LOCKED_WRITE(self->model, mg_model_attach_lora(self->model, l));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_merge_lora(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS mg_model_lock_write(self->model);
+    mg_model_merge_lora(self->model);
+    mg_model_unlock(self->model);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *Model_detach_lora(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    MGPY_LOCKED_WRITE(self->model, mg_model_attach_lora(self->model, NULL));
+    Py_RETURN_NONE;
+}
+
+/* lora_info() -> None or (rank, alpha, targets_mask) */
+static PyObject *Model_lora_info(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    const mg_lora *l = self->model->lora;
+    if (l == NULL) Py_RETURN_NONE;
+    return Py_BuildValue("(ifI)", l->rank, l->alpha, l->targets);
+}
+
+static PyObject *Model_lora_state_dict(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    MGPY_LOCKED_READ(self->model, const mg_lora *l = self->model->lora;
+                     PyObject *out = l ? mgpy_slots_to_dict(l->slots, l->n_slots, l->block)
+                                       : PyDict_New());
+    return out;
+}
+
+static PyObject *Model_load_lora_state_dict(MgpyModel *self, PyObject *dict) {
+    mg_lora *l = self->model->lora;
+    if (l == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the model has no LoRA adapters attached");
+        return NULL;
+    }
+    MGPY_LOCKED_WRITE(self->model,
+                      int rc = mgpy_dict_to_slots(dict, l->slots, l->n_slots, l->block));
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Model_num_parameters(MgpyModel *self, PyObject *unused) {
@@ -285,6 +346,17 @@ static PyMethodDef Model_methods[] = {
     {"forward", (PyCFunction)Model_forward, METH_VARARGS,
      "forward(input_ids, roles, segments, hidden, logits) -> (hidden, logits)"},
     {"state_dict", (PyCFunction)Model_state_dict, METH_NOARGS, "Copies of all parameters."},
+    {"load_state_dict", (PyCFunction)Model_load_state_dict, METH_O,
+     "Overwrite every parameter from a dict like state_dict()."},
+    {"attach_lora", (PyCFunction)Model_attach_lora, METH_VARARGS,
+     "attach_lora(rank, alpha, targets_mask, seed)"},
+    {"merge_lora", (PyCFunction)Model_merge_lora, METH_NOARGS,
+     "Fold the adapters into the base weights and detach them."},
+    {"detach_lora", (PyCFunction)Model_detach_lora, METH_NOARGS, "Drop the adapters."},
+    {"lora_info", (PyCFunction)Model_lora_info, METH_NOARGS, "None or (rank, alpha, targets)."},
+    {"lora_state_dict", (PyCFunction)Model_lora_state_dict, METH_NOARGS, "Adapter copies."},
+    {"load_lora_state_dict", (PyCFunction)Model_load_lora_state_dict, METH_O,
+     "Overwrite the adapters from a dict like lora_state_dict()."},
     {"num_parameters", (PyCFunction)Model_num_parameters, METH_NOARGS, "Parameter count."},
     {NULL, NULL, 0, NULL},
 };

@@ -45,6 +45,33 @@ static PyMethodDef module_methods[] = {
      "read_llama2c_tokenizer(path, vocab_size) -> (pieces, scores, max_token_length)"},
     {"embed", mgpy_embed, METH_VARARGS,
      "embed(model, tokens, segments, start, end, mode, normalize) -> float32[B, D]"},
+    {"masked_view", mgpy_masked_view, METH_VARARGS,
+     "masked_view(tokens, config, vocab_size, seed, stream) -> (tokens, roles, mntp, msg)"},
+    {"op_matmul", mgpy_op_matmul, METH_VARARGS,
+     "op_matmul(inp, weight, bias|None, dout) -> (out, dinp, dweight, dbias|None)"},
+    {"op_rmsnorm", mgpy_op_rmsnorm, METH_VARARGS,
+     "op_rmsnorm(inp, weight, eps, dout) -> (out, dinp, dweight)"},
+    {"op_layernorm", mgpy_op_layernorm, METH_VARARGS,
+     "op_layernorm(inp, weight, bias, eps, dout) -> (out, dinp, dweight, dbias)"},
+    {"op_rope", mgpy_op_rope, METH_VARARGS, "op_rope(x, pos, inv_freq, dout) -> (out, dx)"},
+    {"op_attention", mgpy_op_attention, METH_VARARGS,
+     "op_attention(q, k, v, roles, segments, dout) -> (out, dq, dk, dv)"},
+    {"op_swiglu", mgpy_op_swiglu, METH_VARARGS, "op_swiglu(gate, up, dout) -> (out, dgate, dup)"},
+    {"op_gelu_tanh", mgpy_op_gelu_tanh, METH_VARARGS, "op_gelu_tanh(x, dout) -> (out, dx)"},
+    {"op_embedding", mgpy_op_embedding, METH_VARARGS,
+     "op_embedding(tokens, pos, wte, wpe|None, dout) -> (out, dwte, dwpe|None)"},
+    {"op_cross_entropy", mgpy_op_cross_entropy, METH_VARARGS,
+     "op_cross_entropy(logits, labels, grad_scale=1.0) -> (loss_sum, count, dlogits)"},
+    {"op_infonce", mgpy_op_infonce, METH_VARARGS,
+     "op_infonce(a, b, temperature, grad_scale=1.0) -> (loss, da, db)"},
+    {"op_dropout", mgpy_op_dropout, METH_VARARGS,
+     "op_dropout(x, p, seed, offset, dout) -> (out, dinp)"},
+    {"op_adamw", mgpy_op_adamw, METH_VARARGS,
+     "op_adamw(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> (param, m, v)"},
+    {"op_grad_global_norm", mgpy_op_grad_global_norm, METH_O,
+     "op_grad_global_norm(arrays) -> float"},
+    {"op_rng", mgpy_op_rng, METH_VARARGS,
+     "op_rng(seed, stream, first, n, high=0) -> uniform float32[n], or int64[n] in [0, high)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -55,12 +82,20 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
-    if (PyType_Ready(&MgpyModelType) < 0 || PyType_Ready(&MgpyGeneratorType) < 0) return NULL;
+    if (PyType_Ready(&MgpyModelType) < 0 || PyType_Ready(&MgpyTrainerType) < 0 ||
+        PyType_Ready(&MgpyGeneratorType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
     Py_INCREF(&MgpyModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&MgpyModelType) < 0) {
         Py_DECREF(&MgpyModelType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MgpyTrainerType);
+    if (PyModule_AddObject(m, "Trainer", (PyObject *)&MgpyTrainerType) < 0) {
+        Py_DECREF(&MgpyTrainerType);
         Py_DECREF(m);
         return NULL;
     }

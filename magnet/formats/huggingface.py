@@ -250,3 +250,109 @@ def load_huggingface(directory: str | os.PathLike) -> Loaded:
         raise ValueError(f"{cfg_path}: missing field {e}") from None
     tensors = tensors_from_hf(config, read_state(directory))
     return Loaded(config, tensors, read_tokenizer(directory, config))
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """A transformers `config.json` for ``config`` (what `config_from_hf` reads back)."""
+    common = {"vocab_size": config.vocab_size, "bos_token_id": config.bos_token_id,
+              "eos_token_id": config.eos_token_id, "torch_dtype": "float32",
+              "tie_word_embeddings": config.tie_word_embeddings}
+    if config.arch == "gpt2":
+        return {**common, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                "n_embd": config.hidden_size, "n_layer": config.num_layers,
+                "n_head": config.num_heads, "n_inner": config.intermediate_size,
+                "n_positions": config.max_positions, "layer_norm_epsilon": config.norm_eps,
+                "activation_function": "gelu_new", "tie_word_embeddings": True}
+    model_type = config.model_type if config.model_type in LLAMA_FAMILY else "llama"
+    arch = {"mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(
+        model_type, "LlamaForCausalLM")
+    rope: dict[str, Any] = {"rope_type": config.rope_type}
+    if config.rope_type in ("linear", "llama3"):
+        rope["factor"] = config.rope_factor
+    if config.rope_type == "llama3":
+        rope.update(low_freq_factor=config.rope_low_freq_factor,
+                    high_freq_factor=config.rope_high_freq_factor,
+                    original_max_position_embeddings=config.rope_original_max_positions)
+    out = {**common, "model_type": model_type, "architectures": [arch],
+           "hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,
+           "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+           "head_dim": config.head_dim, "intermediate_size": config.intermediate_size,
+           "max_position_embeddings": config.max_positions, "rms_norm_eps": config.norm_eps,
+           "hidden_act": "silu", "rope_theta": config.rope_theta,
+           "rope_scaling": rope if config.rope_type != "default" else None}
+    if model_type == "mistral":
+        out["sliding_window"] = config.sliding_window or None
+    if model_type == "llama":
+        out["attention_bias"] = bool(config.source.get("attention_bias", False))
+        out["mlp_bias"] = bool(config.source.get("mlp_bias", False))
+    return out
+
+
+def tensors_to_hf(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """magnet's parameter names back to transformers' (inverse of `tensors_from_hf`)."""
+    out: dict[str, np.ndarray] = {}
+    if config.arch == "gpt2":
+        layers: dict[str, dict[str, np.ndarray]] = {}
+        for name, arr in tensors.items():
+            m = re.fullmatch(r"layers\.(\d+)\.(wq|wk|wv)\.(weight|bias)", name)
+            if m:
+                layers.setdefault(f"{m.group(1)}.{m.group(3)}", {})[m.group(2)] = arr
+                continue
+            for pattern, target in _GPT2_NAMES:
+                target_re = re.escape(target).replace(r"\{\}", r"(\w+)")
+                mm = re.fullmatch(target_re, name)
+                if mm:
+                    hf = pattern.replace(r"\.", ".")
+                    for g in mm.groups():
+                        hf = re.sub(r"\([^)]*\)", g, hf, count=1)
+                    if name.endswith(".weight") and (".w_up." in name or ".w_down." in name
+                                                     or ".wo." in name):
+                        arr = arr.T  # Linear [out, in] -> Conv1D [in, out]
+                    out["transformer." + hf] = np.ascontiguousarray(arr)
+                    break
+            else:
+                raise ValueError(f"no GPT-2 name for parameter {name!r}")
+        for key, parts in layers.items():
+            layer, kind = key.split(".")
+            qkv = np.concatenate([parts["wq"], parts["wk"], parts["wv"]], axis=0)
+            out[f"transformer.h.{layer}.attn.c_attn.{kind}"] = np.ascontiguousarray(
+                qkv.T if kind == "weight" else qkv)
+        return out
+    for name, arr in tensors.items():
+        for pattern, target in _LLAMA_NAMES:
+            target_re = re.escape(target).replace(r"\{\}", r"(\w+)")
+            mm = re.fullmatch(target_re, name)
+            if mm:
+                hf = pattern.replace(r"\.", ".")
+                for g in mm.groups():
+                    hf = re.sub(r"\([^)]*\)", g, hf, count=1)
+                out[hf] = np.ascontiguousarray(arr)
+                break
+        else:
+            raise ValueError(f"no Hugging Face name for parameter {name!r}")
+    return out
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = None) -> None:
+    """A float32 safetensors file (header length, JSON header padded to 8 bytes, data)."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    offset = 0
+    arrays = []
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name], dtype="<f4")
+        header[name] = {"dtype": "F32", "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        arrays.append(arr)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for arr in arrays:
+            f.write(arr.tobytes())
+        f.flush()
+        os.fsync(f.fileno())

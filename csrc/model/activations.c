@@ -1,0 +1,52 @@
+#include "activations.h"
+
+#include <string.h>
+
+#include "../core/alloc.h"
+
+int mg_activations_init(mg_activations *a, const mg_config *c, const mg_lora *lora, long N,
+                        mg_error *err) {
+    memset(a, 0, sizeof(*a));
+    const size_t D = c->dim, F = c->hidden_dim, QD = (size_t)c->n_heads * c->head_dim;
+    size_t r = lora ? (size_t)lora->rank : 0;
+    int n_lora = 0;
+    for (int t = 0; lora && t < MG_LORA_TARGETS; t++) n_lora += (lora->targets >> t) & 1;
+    const size_t per_row = 4 * D + 2 * QD + 3 * F + (size_t)n_lora * r;
+    size_t rows = (size_t)N * ((size_t)c->n_layers * per_row + 2 * D + 1), floats = rows;
+    (void)floats;
+    a->layers = mg_alloc((size_t)c->n_layers, sizeof(mg_layer_activations), "activation table",
+                         err);
+    a->block = mg_alloc_uninit(rows, sizeof(float), "training activations", err);
+    if (err->code != MG_OK) {
+        mg_activations_release(a);
+        return err->code;
+    }
+    a->N = N;
+    float *p = a->block;
+#define TAKE(n) (p += (n), p - (n))
+    for (int l = 0; l < c->n_layers; l++) {
+        mg_layer_activations *L = &a->layers[l];
+        L->x_in = TAKE(N * D);
+        L->h1 = TAKE(N * D);
+        L->q = TAKE(N * QD);
+        L->att = TAKE(N * QD);
+        L->x_mid = TAKE(N * D);
+        L->h2 = TAKE(N * D);
+        L->gate = TAKE(N * F);
+        L->up = TAKE(N * F);
+        L->act = TAKE(N * F);
+        for (int t = 0; t < MG_LORA_TARGETS; t++)
+            L->lora_u[t] = lora && ((lora->targets >> t) & 1) ? TAKE(N * r) : NULL;
+    }
+    a->x_final = TAKE(N * D);
+    a->hidden = TAKE(N * D);
+    a->pos = (int *)TAKE(N);
+#undef TAKE
+    return MG_OK;
+}
+
+void mg_activations_release(mg_activations *a) {
+    mg_free(a->block);
+    mg_free(a->layers);
+    memset(a, 0, sizeof(*a));
+}

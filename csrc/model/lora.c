@@ -1,0 +1,169 @@
+#include "lora.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../backend/cpu/blas.h"
+#include "../core/alloc.h"
+#include "../core/rng.h"
+#include "../ops/dropout.h"
+
+static const char *const target_names[MG_LORA_TARGETS] = {"wq", "wk", "wv", "wo",
+                                                          "w_gate", "w_up", "w_down"};
+
+static void target_shape(const mg_config *c, mg_lora_target t, int *in, int *out) {
+    const int D = c->dim, F = c->hidden_dim;
+    const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    switch (t) {
+    case MG_LORA_Q: *in = D, *out = QD; break;
+    case MG_LORA_K:
+    case MG_LORA_V: *in = D, *out = KD; break;
+    case MG_LORA_O: *in = QD, *out = D; break;
+    case MG_LORA_GATE:
+    case MG_LORA_UP: *in = D, *out = F; break;
+    default: *in = F, *out = D; break;
+    }
+}
+
+mg_lora *mg_lora_create(const mg_config *c, int rank, float alpha, unsigned targets, uint64_t seed,
+                        mg_error *err) {
+    if (rank <= 0 || rank > 4096) {
+        mg_fail(err, MG_ERR_VALUE, "lora_rank must be in 1..4096, got %d", rank);
+        return NULL;
+    }
+    if (!(alpha > 0.0f) || !isfinite(alpha)) {
+        mg_fail(err, MG_ERR_VALUE, "lora_alpha must be positive, got %g", alpha);
+        return NULL;
+    }
+    if (c->arch == MG_ARCH_GPT2) targets &= ~(1u << MG_LORA_GATE);
+    if ((targets & ((1u << MG_LORA_TARGETS) - 1)) == 0) {
+        mg_fail(err, MG_ERR_VALUE, "no LoRA target selected");
+        return NULL;
+    }
+    mg_lora *l = mg_alloc(1, sizeof(mg_lora), "LoRA adapters", err);
+    if (l == NULL) return NULL;
+    l->rank = rank;
+    l->alpha = alpha;
+    l->scale = alpha / (float)rank;
+    l->targets = targets;
+    l->n_layers = c->n_layers;
+    l->pairs = mg_alloc((size_t)c->n_layers * MG_LORA_TARGETS, sizeof(mg_lora_pair), "LoRA table",
+                        err);
+    l->slots = mg_alloc((size_t)c->n_layers * MG_LORA_TARGETS * 2, sizeof(mg_param_slot),
+                        "LoRA slots", err);
+    if (err->code != MG_OK) goto fail;
+    size_t total = 0;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int t = 0; t < MG_LORA_TARGETS; t++) {
+            if (!(targets & (1u << t))) continue;
+            int in, out;
+            target_shape(c, t, &in, &out);
+            total += (size_t)rank * (in + out);
+        }
+    l->block = mg_alloc(total, sizeof(float), "LoRA parameters", err);
+    if (l->block == NULL) goto fail;
+    l->numel = total;
+    size_t off = 0;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int t = 0; t < MG_LORA_TARGETS; t++) {
+            if (!(targets & (1u << t))) continue;
+            mg_lora_pair *p = &l->pairs[layer * MG_LORA_TARGETS + t];
+            target_shape(c, t, &p->in, &p->out);
+            p->rank = rank;
+            p->A = l->block + off;
+            p->B = p->A + (size_t)rank * p->in;
+            const float bound = 1.0f / sqrtf((float)p->in);
+            const uint64_t stream = (uint64_t)layer * MG_LORA_TARGETS + t;
+            for (size_t i = 0; i < (size_t)rank * p->in; i++)
+                p->A[i] = (2.0f * mg_rng_uniform(seed, stream, i) - 1.0f) * bound;
+            const struct {
+                const char *suffix;
+                float *data;
+                int64_t rows, cols;
+            } parts[2] = {{"lora_A", p->A, rank, p->in}, {"lora_B", p->B, p->out, rank}};
+            for (int k = 0; k < 2; k++) {
+                mg_param_slot *s = &l->slots[l->n_slots++];
+                snprintf(s->name, sizeof(s->name), "layers.%d.%s.%s", layer, target_names[t],
+                         parts[k].suffix);
+                s->ndim = 2;
+                s->shape[0] = parts[k].rows;
+                s->shape[1] = parts[k].cols;
+                s->numel = (size_t)(parts[k].rows * parts[k].cols);
+                s->offset = (size_t)(parts[k].data - l->block);
+            }
+            off += (size_t)rank * (p->in + p->out);
+        }
+    return l;
+fail:
+    mg_lora_free(l);
+    return NULL;
+}
+
+void mg_lora_free(mg_lora *l) {
+    if (l == NULL) return;
+    mg_free(l->block);
+    mg_free(l->pairs);
+    mg_free(l->slots);
+    mg_free(l);
+}
+
+void lora_forward(float *out, int ldo, const float *inp, int N, const mg_lora_pair *pair,
+                  float scale, float p, uint64_t seed, uint64_t stream, float *drop_buf, float *u) {
+    const float *x = inp;
+    if (p > 0.0f) {
+        dropout_forward(drop_buf, inp, (long)N * pair->in, p, seed, stream);
+        x = drop_buf;
+    }
+    const int r = pair->rank;
+    mg_sgemm(false, true, N, r, pair->in, 1.0f, x, pair->in, pair->A, pair->in, 0.0f, u, r);
+    mg_sgemm(false, true, N, pair->out, r, scale, u, r, pair->B, r, 1.0f, out, ldo);
+}
+
+void lora_backward(float *dinp, float *dA, float *dB, const float *dout, int ldd, const float *inp,
+                   const float *u, int N, const mg_lora_pair *pair, float scale, float p,
+                   uint64_t seed, uint64_t stream, float *scratch) {
+    const int r = pair->rank;
+    float *du = scratch;                 /* [N, r] */
+    float *dx = scratch + (long)N * r;   /* [N, in]: also holds drop(inp) for dA */
+    /* dB += scale * dout^T u */
+    if (dB) mg_sgemm(true, false, pair->out, r, N, scale, dout, ldd, u, r, 1.0f, dB, r);
+    /* du = scale * dout B */
+    mg_sgemm(false, false, N, r, pair->out, scale, dout, ldd, pair->B, r, 0.0f, du, r);
+    if (dA) {
+        const float *x = inp;
+        if (p > 0.0f) {
+            dropout_forward(dx, inp, (long)N * pair->in, p, seed, stream);
+            x = dx;
+        }
+        mg_sgemm(true, false, r, pair->in, N, 1.0f, du, r, x, pair->in, 1.0f, dA, pair->in);
+    }
+    if (dinp) {
+        mg_sgemm(false, false, N, pair->in, r, 1.0f, du, r, pair->A, pair->in, 0.0f, dx,
+                 pair->in);
+        if (p > 0.0f) {
+            dropout_backward(dinp, dx, (long)N * pair->in, p, seed, stream);
+        } else {
+            const long n = (long)N * pair->in;
+#pragma omp parallel for schedule(static)
+            for (long i = 0; i < n; i++) dinp[i] += dx[i];
+        }
+    }
+}
+
+float *mg_lora_base_weight(mg_params *params, int layer, mg_lora_target t) {
+    mg_layer_params *L = &params->layers[layer];
+    float *const w[MG_LORA_TARGETS] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+    return w[t];
+}
+
+void mg_lora_merge(const mg_lora *l, mg_params *params, const mg_config *c) {
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int t = 0; t < MG_LORA_TARGETS; t++) {
+            const mg_lora_pair *p = mg_lora_get(l, layer, t);
+            if (p == NULL) continue;
+            float *W = mg_lora_base_weight(params, layer, t);
+            mg_sgemm(false, false, p->out, p->in, l->rank, l->scale, p->B, l->rank, p->A, p->in,
+                     1.0f, W, p->in);
+        }
+}

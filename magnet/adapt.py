@@ -1,0 +1,357 @@
+"""Model.adapt(): MAGNET adaptation (and the llm2vec / mntp baselines) driven from Python.
+
+Python reads and tokenizes the data, builds padded id arrays, keeps the history, writes
+checkpoints and shows progress. Masking, span sampling, the losses, backward and AdamW run in
+the C core (``magnet._C.Trainer``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from magnet import _C
+from magnet.data import ChunkStream, TextSource, pad_rows, read_texts
+
+if TYPE_CHECKING:
+    from magnet.model import Model
+
+DEFAULT_INSTRUCTION = "Given the sentence, find its representation: "
+
+# Bit of each LoRA target in the C core's mask (csrc/model/lora.h), under every accepted name.
+LORA_TARGETS = {
+    "q": 0, "q_proj": 0, "wq": 0,
+    "k": 1, "k_proj": 1, "wk": 1,
+    "v": 2, "v_proj": 2, "wv": 2,
+    "o": 3, "o_proj": 3, "wo": 3, "attn.c_proj": 3,
+    "gate": 4, "gate_proj": 4, "w_gate": 4,
+    "up": 5, "up_proj": 5, "w_up": 5, "c_fc": 5,
+    "down": 6, "down_proj": 6, "w_down": 6, "mlp.c_proj": 6,
+}
+GPT2_GROUPS = {"c_attn": (0, 1, 2)}
+
+
+@dataclass
+class Stage:
+    """A share of the steps with its own loss weights (mntp, sscl, msg) and SSCL pooling."""
+
+    fraction: float
+    weights: tuple[float, float, float]
+    pooling: str = "last"
+
+
+# MAGNET.md section 4: the three presets, so the paper's comparison runs in one engine.
+PRESETS: dict[str, dict[str, Any]] = {
+    "magnet": dict(stages=[Stage(1.0, (1.0, 1.0, 1.0), "last")], use_spans=1,
+                   all_span_frac=0.25),
+    "llm2vec": dict(stages=[Stage(0.5, (1.0, 0.0, 0.0)), Stage(0.5, (0.0, 1.0, 0.0), "mean")],
+                    use_spans=0, all_span_frac=0.0),
+    "mntp": dict(stages=[Stage(1.0, (1.0, 0.0, 0.0))], use_spans=0, all_span_frac=0.0),
+}
+
+
+@dataclass
+class AdaptResult:
+    """What ``Model.adapt`` returns: one dict per optimizer step in ``history`` (step, loss,
+    mntp, sscl, msg, lr, grad_norm, tokens_per_s), evaluation losses in ``eval_history``."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    wall_time_s: float = 0.0
+    checkpoint: str | None = None
+
+
+def lora_mask(targets: Iterable[str] | None) -> int:
+    """The C target bit mask of LoRA target names (None: every projection)."""
+    if targets is None:
+        return (1 << 7) - 1
+    if isinstance(targets, str):
+        targets = [targets]
+    mask = 0
+    for t in targets:
+        if t in GPT2_GROUPS:
+            for b in GPT2_GROUPS[t]:
+                mask |= 1 << b
+        elif t in LORA_TARGETS:
+            mask |= 1 << LORA_TARGETS[t]
+        else:
+            raise ValueError(
+                f"unknown LoRA target {t!r}; use q, k, v, o, gate, up, down (or the Hugging Face "
+                f"names q_proj..down_proj, GPT-2 c_attn, attn.c_proj, c_fc, mlp.c_proj)"
+            )
+    if mask == 0:
+        raise ValueError("lora_targets is empty")
+    return mask
+
+
+def mask_token_id(model: Model) -> int:
+    """The tokenizer's mask or unknown token, else ``_`` (LLM2Vec's choice for LLaMA)."""
+    backend = model.tokenizer.backend
+    for tok in ("<mask>", "[MASK]", "<unk>", "[UNK]"):
+        i = backend.token_to_id(tok)
+        if i is not None:
+            return int(i)
+    ids = model.tokenizer.encode("_", add_bos=False)
+    return int(ids[-1])
+
+
+def _stage_at(stages: list[Stage], step: int, steps: int) -> Stage:
+    edge = 0.0
+    for s in stages:
+        edge += s.fraction * steps
+        if step < edge:
+            return s
+    return stages[-1]
+
+
+def _fingerprint(model: Model) -> dict[str, Any]:
+    c = model.config
+    return {"arch": c.arch, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "num_layers": c.num_layers, "num_heads": c.num_heads,
+            "num_kv_heads": c.num_kv_heads, "intermediate_size": c.intermediate_size,
+            "num_parameters": model.num_parameters}
+
+
+def _seed_of(seed: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + step * 64 + micro) % (1 << 63)
+
+
+def _save_checkpoint(directory: Path, trainer: Any, model: Model, meta: dict[str, Any]) -> Path:
+    """Write the trainer state and metadata to ``directory/checkpoint.npz`` atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "checkpoint.npz"
+    state = trainer.state()
+    arrays = {"params": state["params"], "m": state["m"], "v": state["v"],
+              "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _load_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    path = directory / "checkpoint.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
+    try:
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            state = {"params": z["params"], "m": z["m"], "v": z["v"], "step": meta["step"]}
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"{path}: not a readable magnet checkpoint ({e})") from None
+    return state, meta
+
+
+def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1000,
+          batch_size: int = 8, seq_len: int = 256, lr: float = 2e-4, lora_rank: int = 16,
+          lora_alpha: float = 32.0, full_finetune: bool = False,
+          weights: dict[str, float] | None = None, seed: int = 0,
+          pairs: list[tuple[str, str]] | None = None, eval_data: TextSource | None = None,
+          checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 200,
+          resume: bool = False, progress: bool = True,
+          callback: Callable[[dict[str, float]], Any] | None = None, *,
+          lora_targets: Iterable[str] | None = None, lora_dropout: float = 0.05,
+          resid_dropout: float = 0.1, warmup_steps: int | None = None,
+          weight_decay: float = 0.0, clip_norm: float = 1.0, grad_accum: int = 1,
+          sscl_max_tokens: int = 64, instruction: str = DEFAULT_INSTRUCTION,
+          temperature: float = 0.05, stages: list[Stage] | None = None,
+          eval_batches: int = 4) -> AdaptResult:
+    """See :meth:`magnet.Model.adapt`."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
+                        ("checkpoint_every", checkpoint_every), ("grad_accum", grad_accum)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if batch_size < 1 or grad_accum < 1 or checkpoint_every < 1:
+        raise ValueError("batch_size, grad_accum and checkpoint_every must be >= 1")
+    if seq_len < 4:
+        raise ValueError(f"seq_len must be at least 4, got {seq_len}")
+    limit = model.config.max_positions
+    if model.config.sliding_window:
+        limit = min(limit, model.config.sliding_window)
+    if seq_len > limit:
+        raise ValueError(f"seq_len={seq_len} exceeds the model's context of {limit} tokens")
+    if not (lr >= 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a non-negative number, got {lr}")
+    if model.tokenizer is None:
+        raise ValueError("adapt needs a model with a tokenizer")
+    if model.tokenizer.eos_id is None:
+        raise ValueError("adapt needs a tokenizer with an EOS token (SSCL appends it)")
+    spec = PRESETS[preset]
+    stage_list = list(stages) if stages is not None else list(spec["stages"])
+    if weights is not None:
+        unknown = set(weights) - {"mntp", "sscl", "msg"}
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; use mntp, sscl, msg")
+        stage_list = [Stage(s.fraction, (weights.get("mntp", s.weights[0]),
+                                         weights.get("sscl", s.weights[1]),
+                                         weights.get("msg", s.weights[2])), s.pooling)
+                      for s in stage_list]
+    texts = read_texts(data)
+    if isinstance(texts, (list, tuple)) and not texts:
+        raise ValueError("the training data is empty")
+    if pairs is not None:
+        pairs = list(pairs)
+        if not pairs or not all(isinstance(p, (tuple, list)) and len(p) == 2
+                                and all(isinstance(s, str) for s in p) for p in pairs):
+            raise ValueError("pairs must be a non-empty list of (text, positive) string pairs")
+
+    tok = model.tokenizer
+    stream = ChunkStream(texts, tok, seq_len, seed)
+    checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = meta = None
+    if resume:
+        if checkpoint_path is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        state, meta = _load_checkpoint(checkpoint_path)
+        if meta.get("model") != _fingerprint(model):
+            raise ValueError(f"{checkpoint_path}: the checkpoint was made for another model")
+
+    targets = lora_mask(lora_targets)
+    if not full_finetune:
+        if resume and meta is not None:
+            lora = meta["lora"]
+            model._c.attach_lora(lora[0], float(lora[1]), lora[2], seed)
+        else:
+            model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
+    config = dict(
+        mask_token_id=mask_token_id(model), use_spans=spec["use_spans"],
+        all_span_frac=spec["all_span_frac"], temperature=temperature,
+        lora_dropout=lora_dropout, resid_dropout=resid_dropout,
+        full_finetune=int(full_finetune), lr=lr, weight_decay=weight_decay,
+        clip_norm=clip_norm, total_steps=steps,
+        warmup_steps=warmup_steps if warmup_steps is not None else min(100, steps // 10),
+    )
+    trainer = _C.Trainer(model._c, config)
+    start = 0
+    result = AdaptResult()
+    if state is not None and meta is not None:
+        trainer.load_state(state)
+        start = int(meta["step"])
+        stream.skip_to(int(meta["position"]))
+        result.history = list(meta.get("history", []))
+
+    instr = tok.encode(instruction, add_bos=True) if instruction else (
+        [tok.bos_id] if tok.bos_id is not None else [])
+    eos = tok.eos_id
+
+    def sscl_rows(bodies: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """BOS + instruction + text (at most sscl_max_tokens) + EOS; pooling starts at the text."""
+        rows = [np.concatenate([instr, b[:sscl_max_tokens], [eos]]).astype(np.int32)
+                for b in bodies]
+        ids, lengths = pad_rows(rows)
+        return ids, lengths, np.full(len(rows), len(instr), np.int32)
+
+    body_start = 1 if tok.bos_id is not None else 0
+
+    pair_rows = None
+    if pairs is not None:
+        enc_a = tok.encode_batch([a for a, _ in pairs], add_bos=False)
+        enc_b = tok.encode_batch([b for _, b in pairs], add_bos=False)
+        pair_rows = [(np.asarray(a[:sscl_max_tokens], np.int32),
+                      np.asarray(b[:sscl_max_tokens], np.int32)) for a, b in zip(enc_a, enc_b,
+                                                                                strict=True)]
+
+    def micro(chunks: list[np.ndarray], stage: Stage, micro_seed: int, train: bool,
+              grad_scale: float, pair_index: int) -> dict[str, float]:
+        masked, mlen = pad_rows(chunks)
+        b = bl = bp = None
+        if pair_rows is not None:
+            picked = [pair_rows[(pair_index + i) % len(pair_rows)] for i in range(len(chunks))]
+            a, al, ap = sscl_rows([x for x, _ in picked])
+            b, bl, bp = sscl_rows([y for _, y in picked])
+        else:
+            a, al, ap = sscl_rows([c[body_start:] for c in chunks])
+        w = stage.weights
+        return trainer.micro_step(masked, mlen, a, al, ap, b, bl, bp, float(w[0]), float(w[1]),
+                                  float(w[2]), 1 if stage.pooling == "mean" else 0, grad_scale,
+                                  micro_seed, train)
+
+    eval_chunks: list[list[np.ndarray]] = []
+    if eval_data is not None:
+        es = ChunkStream(read_texts(eval_data), tok, seq_len, seed + 1)
+        eval_chunks = [es.take(batch_size) for _ in range(eval_batches)]
+
+    def evaluate(step: int) -> None:
+        stage = _stage_at(stage_list, step, steps)
+        sums: dict[str, float] = {"mntp": 0.0, "sscl": 0.0, "msg": 0.0}
+        for i, chunks in enumerate(eval_chunks):
+            out = micro(chunks, stage, _seed_of(seed + 1, i, 0), False, 1.0, 0)
+            for k in sums:
+                sums[k] += out[k] / len(eval_chunks)
+        result.eval_history.append({"step": step, **sums})
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc=f"adapt[{preset}]", unit="step")
+    t_start = time.perf_counter()
+    try:
+        for step in range(start, steps):
+            stage = _stage_at(stage_list, step, steps)
+            t0 = time.perf_counter()
+            totals = {"mntp": 0.0, "sscl": 0.0, "msg": 0.0}
+            tokens = 0
+            for k in range(grad_accum):
+                chunks = stream.take(batch_size)
+                out = micro(chunks, stage, _seed_of(seed, step, k), True, 1.0 / grad_accum,
+                            (step * grad_accum + k) * batch_size)
+                for key in totals:
+                    totals[key] += out[key] / grad_accum
+                tokens += out["tokens"]
+            w = stage.weights
+            loss = w[0] * totals["mntp"] + w[1] * totals["sscl"] + w[2] * totals["msg"]
+            if not math.isfinite(loss):
+                where = f"; the last good checkpoint is in {checkpoint_path}" if (
+                    checkpoint_path) else ""
+                raise FloatingPointError(
+                    f"training loss became {loss} at step {step}{where}"
+                )
+            grad_norm, lr_used = trainer.apply()
+            dt = time.perf_counter() - t0
+            record = {"step": step, "loss": loss, **totals, "lr": lr_used,
+                      "grad_norm": grad_norm, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
+            result.history.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(mntp=f"{totals['mntp']:.3f}", sscl=f"{totals['sscl']:.3f}",
+                                msg=f"{totals['msg']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            if callback is not None:
+                callback(record)
+            done = step + 1
+            if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
+                meta_out = {"step": done, "position": stream.position, "seed": seed,
+                            "preset": preset, "model": _fingerprint(model),
+                            "lora": list(model._c.lora_info() or ()), "history": result.history}
+                result.checkpoint = str(_save_checkpoint(checkpoint_path, trainer, model,
+                                                         meta_out))
+            if eval_chunks and (done % checkpoint_every == 0 or done == steps):
+                evaluate(done)
+    finally:
+        if bar is not None:
+            bar.close()
+    result.steps = steps
+    result.wall_time_s = time.perf_counter() - t_start
+    return result
