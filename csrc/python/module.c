@@ -52,6 +52,8 @@ static PyMethodDef module_methods[] = {
      "read_llama2c(path) -> (header dict, dict of float32 arrays)"},
     {"read_llama2c_tokenizer", mgpy_read_llama2c_tokenizer, METH_VARARGS,
      "read_llama2c_tokenizer(path, vocab_size) -> (pieces, scores, max_token_length)"},
+    {"embed", mgpy_embed, METH_VARARGS,
+     "embed(model, tokens, segments, start, end, mode, normalize) -> float32[B, D]"},
     {"masked_view", mgpy_masked_view, METH_VARARGS,
      "masked_view(tokens, config, vocab_size, seed, stream) -> (tokens, roles, mntp, msg)"},
     {"op_matmul", mgpy_op_matmul, METH_VARARGS,
@@ -89,7 +91,9 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
-    if (PyType_Ready(&MgpyModelType) < 0 || PyType_Ready(&MgpyTrainerType) < 0) return NULL;
+    if (PyType_Ready(&MgpyModelType) < 0 || PyType_Ready(&MgpyTrainerType) < 0 ||
+        PyType_Ready(&MgpyGeneratorType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
     Py_INCREF(&MgpyModelType);
@@ -101,6 +105,12 @@ PyMODINIT_FUNC PyInit__C(void) {
     Py_INCREF(&MgpyTrainerType);
     if (PyModule_AddObject(m, "Trainer", (PyObject *)&MgpyTrainerType) < 0) {
         Py_DECREF(&MgpyTrainerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MgpyGeneratorType);
+    if (PyModule_AddObject(m, "Generator", (PyObject *)&MgpyGeneratorType) < 0) {
+        Py_DECREF(&MgpyGeneratorType);
         Py_DECREF(m);
         return NULL;
     }
