@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="adapt the embedded model briefly, then embed/infill/generate")
     d.add_argument("--model", default=DEFAULT_MODEL, help="any model (default stories260K)")
-    d.add_argument("--steps", type=int, default=120, help="adaptation steps (default 120)")
+    d.add_argument("--steps", type=int, default=60, help="adaptation steps (default 60)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0, help="worker threads (default: all cores)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")

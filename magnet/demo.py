@@ -36,7 +36,7 @@ def _similarity_table(model: magnet.Model, out: TextIO) -> None:
         out.write(f"{i:>3} " + " ".join(f"{x:5.2f}" for x in row) + f"  {SENTENCES[i]}\n")
 
 
-def run_demo(model_path: str = "stories260K", steps: int = 120, batch_size: int = 8,
+def run_demo(model_path: str = "stories260K", steps: int = 60, batch_size: int = 8,
              seq_len: int = 64, seed: int = 0, out: TextIO = sys.stdout,
              progress: bool = True) -> dict[str, object]:
     """Adapt ``model_path`` briefly with the ``magnet`` preset and show what it can do.

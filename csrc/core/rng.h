@@ -21,6 +21,16 @@ static inline uint64_t mg_rng_u64(uint64_t seed, uint64_t stream, uint64_t index
     return mg_rng_mix64(origin + (index + 1) * MG_RNG_GAMMA);
 }
 
+/* The origin of stream (seed, stream): hoisting it out of a loop leaves one hash per draw. */
+static inline uint64_t mg_rng_origin(uint64_t seed, uint64_t stream) {
+    return mg_rng_mix64(seed ^ mg_rng_mix64(stream + MG_RNG_GAMMA));
+}
+
+/* mg_rng_uniform(seed, stream, index) given origin = mg_rng_origin(seed, stream). */
+static inline float mg_rng_uniform_at(uint64_t origin, uint64_t index) {
+    return (float)(mg_rng_mix64(origin + (index + 1) * MG_RNG_GAMMA) >> 40) * (1.0f / 16777216.0f);
+}
+
 /* Uniform float in [0, 1), 24 random bits (every value is exactly representable). */
 static inline float mg_rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
     return (float)(mg_rng_u64(seed, stream, index) >> 40) * (1.0f / 16777216.0f);

@@ -7,10 +7,11 @@
 #include "../core/parallel.h"
 #include "fast_exp.h"
 
+/* The unified rule for one (query, key) pair, branch-free so the loops over keys vectorise. */
 static inline int key_visible(uint8_t q_role, int32_t q_seg, int q_index, uint8_t k_role,
                               int32_t k_seg, int k_index) {
-    if (k_seg != q_seg) return 0;
-    return k_role == MG_ROLE_CONTEXT || (q_role == MG_ROLE_SPAN && k_index <= q_index);
+    return (k_seg == q_seg) &
+           ((k_role == MG_ROLE_CONTEXT) | ((q_role == MG_ROLE_SPAN) & (k_index <= q_index)));
 }
 
 /* Softmax of score[lo..hi] over the keys the rule lets this query see; everything else in
@@ -20,10 +21,10 @@ static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_ind
                               int Tk) {
     float mx = -INFINITY;
     for (int j = lo; j <= hi; j++) {
-        if (!key_visible(role, seg, q_index, k_roles[j], k_seg[j], j))
-            score[j] = -INFINITY;
-        else if (score[j] > mx)
-            mx = score[j];
+        const float sc =
+            key_visible(role, seg, q_index, k_roles[j], k_seg[j], j) ? score[j] : -INFINITY;
+        score[j] = sc;
+        mx = sc > mx ? sc : mx;
     }
     if (seg < 0 || mx == -INFINITY) {
         memset(score, 0, sizeof(float) * Tk);
@@ -31,7 +32,8 @@ static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_ind
     }
     float sum = 0.0f;
     for (int j = lo; j <= hi; j++) {
-        float p = score[j] == -INFINITY ? 0.0f : mg_expf(score[j] - mx);
+        const float e = mg_expf(score[j] - mx);
+        const float p = score[j] == -INFINITY ? 0.0f : e;
         score[j] = p;
         sum += p;
     }

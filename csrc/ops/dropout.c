@@ -6,15 +6,17 @@
 void dropout_forward(float *out, const float *inp, long n, float p, uint64_t seed,
                      uint64_t offset) {
     const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const uint64_t origin = mg_rng_origin(seed, offset);
 #pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
     for (long i = 0; i < n; i++)
-        out[i] = mg_rng_uniform(seed, offset, (uint64_t)i) >= p ? inp[i] * keep_scale : 0.0f;
+        out[i] = mg_rng_uniform_at(origin, (uint64_t)i) >= p ? inp[i] * keep_scale : 0.0f;
 }
 
 void dropout_backward(float *dinp, const float *dout, long n, float p, uint64_t seed,
                       uint64_t offset) {
     const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const uint64_t origin = mg_rng_origin(seed, offset);
 #pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
     for (long i = 0; i < n; i++)
-        if (mg_rng_uniform(seed, offset, (uint64_t)i) >= p) dinp[i] += dout[i] * keep_scale;
+        if (mg_rng_uniform_at(origin, (uint64_t)i) >= p) dinp[i] += dout[i] * keep_scale;
 }
