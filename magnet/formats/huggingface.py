@@ -334,48 +334,38 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def _hf_name(name: str, table: list[tuple[str, str]]) -> str | None:
+    """Inverse of `_rename`: the transformers name whose pattern maps to magnet's ``name``."""
+    for pattern, target in table:
+        m = re.fullmatch(re.escape(target).replace(r"\{\}", r"(\w+)"), name)
+        if m:
+            hf = pattern.replace(r"\.", ".")
+            for g in m.groups():
+                hf = re.sub(r"\([^)]*\)", g, hf, count=1)
+            return hf
+    return None
+
+
 def tensors_to_hf(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """magnet's parameter names back to transformers' (inverse of `tensors_from_hf`)."""
     out: dict[str, np.ndarray] = {}
-    if config.arch == "gpt2":
-        layers: dict[str, dict[str, np.ndarray]] = {}
-        for name, arr in tensors.items():
-            m = re.fullmatch(r"layers\.(\d+)\.(wq|wk|wv)\.(weight|bias)", name)
-            if m:
-                layers.setdefault(f"{m.group(1)}.{m.group(3)}", {})[m.group(2)] = arr
-                continue
-            for pattern, target in _GPT2_NAMES:
-                target_re = re.escape(target).replace(r"\{\}", r"(\w+)")
-                mm = re.fullmatch(target_re, name)
-                if mm:
-                    hf = pattern.replace(r"\.", ".")
-                    for g in mm.groups():
-                        hf = re.sub(r"\([^)]*\)", g, hf, count=1)
-                    if name.endswith(".weight") and (".w_up." in name or ".w_down." in name
-                                                     or ".wo." in name):
-                        arr = arr.T  # Linear [out, in] -> Conv1D [in, out]
-                    out["transformer." + hf] = np.ascontiguousarray(arr)
-                    break
-            else:
-                raise ValueError(f"no GPT-2 name for parameter {name!r}")
-        for key, parts in layers.items():
-            layer, kind = key.split(".")
-            qkv = np.concatenate([parts["wq"], parts["wk"], parts["wv"]], axis=0)
-            out[f"transformer.h.{layer}.attn.c_attn.{kind}"] = np.ascontiguousarray(
-                qkv.T if kind == "weight" else qkv)
-        return out
+    gpt2 = config.arch == "gpt2"
+    qkv_parts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for name, arr in tensors.items():
-        for pattern, target in _LLAMA_NAMES:
-            target_re = re.escape(target).replace(r"\{\}", r"(\w+)")
-            mm = re.fullmatch(target_re, name)
-            if mm:
-                hf = pattern.replace(r"\.", ".")
-                for g in mm.groups():
-                    hf = re.sub(r"\([^)]*\)", g, hf, count=1)
-                out[hf] = np.ascontiguousarray(arr)
-                break
-        else:
-            raise ValueError(f"no Hugging Face name for parameter {name!r}")
+        m = re.fullmatch(r"layers\.(\d+)\.(wq|wk|wv)\.(weight|bias)", name) if gpt2 else None
+        if m:  # GPT-2 keeps q, k, v fused in c_attn
+            qkv_parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = arr
+            continue
+        hf = _hf_name(name, _GPT2_NAMES if gpt2 else _LLAMA_NAMES)
+        if hf is None:
+            raise ValueError(f"no {'GPT-2' if gpt2 else 'Hugging Face'} name for {name!r}")
+        if gpt2 and name.endswith(".weight") and name.split(".")[-2] in ("w_up", "w_down", "wo"):
+            arr = arr.T  # Linear [out, in] -> Conv1D [in, out]
+        out[("transformer." if gpt2 else "") + hf] = np.ascontiguousarray(arr)
+    for (layer, kind), parts in qkv_parts.items():
+        qkv = np.concatenate([parts["wq"], parts["wk"], parts["wv"]], axis=0)
+        out[f"transformer.h.{layer}.attn.c_attn.{kind}"] = np.ascontiguousarray(
+            qkv.T if kind == "weight" else qkv)
     return out
 
 
