@@ -119,35 +119,41 @@ static int token_loss(mg_trainer *t, const float *hidden, float *dhidden, const 
     return MG_OK;
 }
 
-/* Sentence vectors of SSCL rows: the last token's state, or the mean from pool_start on. */
-static void pool_rows(float *out, const float *hidden, int first_row, int rows, int T,
-                      const int32_t *lengths, const int32_t *pool_start, mg_pooling pooling,
-                      int D) {
-    for (int r = 0; r < rows; r++) {
-        const float *base = hidden + (size_t)(first_row + r) * T * D;
+/* Where an SSCL sequence sits in the combined batch: SSCL sequences are packed several to a row
+ * (each its own segment, positions restarting at 0), so short sentences do not pad to T. */
+typedef struct {
+    long first;    /* index of its first token in the [R * T] batch */
+    int len;       /* tokens, EOS included */
+    int pool_from; /* first pooled token (mean pooling): the text after the instruction */
+} sscl_place;
+
+/* Sentence vectors: the last token's state, or the mean from pool_from on. */
+static void pool_sentences(float *out, const float *hidden, const sscl_place *pl, int n,
+                           mg_pooling pooling, int D) {
+    for (int r = 0; r < n; r++) {
         float *o = out + (size_t)r * D;
+        const float *base = hidden + (size_t)pl[r].first * D;
         if (pooling == MG_POOL_LAST) {
-            memcpy(o, base + (size_t)(lengths[r] - 1) * D, sizeof(float) * D);
+            memcpy(o, base + (size_t)(pl[r].len - 1) * D, sizeof(float) * D);
             continue;
         }
-        const int s = pool_start ? pool_start[r] : 0;
         memset(o, 0, sizeof(float) * D);
-        for (int i = s; i < lengths[r]; i++)
+        for (int i = pl[r].pool_from; i < pl[r].len; i++)
             for (int d = 0; d < D; d++) o[d] += base[(size_t)i * D + d];
-        const float inv = 1.0f / (float)(lengths[r] - s);
+        const float inv = 1.0f / (float)(pl[r].len - pl[r].pool_from);
         for (int d = 0; d < D; d++) o[d] *= inv;
     }
 }
 
-static void unpool_rows(float *dhidden, const float *dvec, int first_row, int rows, int T,
-                        const int32_t *lengths, const int32_t *pool_start, mg_pooling pooling,
-                        int D) {
-    for (int r = 0; r < rows; r++) {
-        float *base = dhidden + (size_t)(first_row + r) * T * D;
+/* The backward of pool_sentences: spreads each vector's gradient over the pooled tokens. */
+static void unpool_sentences(float *dhidden, const float *dvec, const sscl_place *pl, int n,
+                             mg_pooling pooling, int D) {
+    for (int r = 0; r < n; r++) {
+        float *base = dhidden + (size_t)pl[r].first * D;
         const float *g = dvec + (size_t)r * D;
-        const int s = pooling == MG_POOL_LAST ? lengths[r] - 1 : (pool_start ? pool_start[r] : 0);
-        const float w = pooling == MG_POOL_LAST ? 1.0f : 1.0f / (float)(lengths[r] - s);
-        for (int i = s; i < lengths[r]; i++)
+        const int from = pooling == MG_POOL_LAST ? pl[r].len - 1 : pl[r].pool_from;
+        const float w = 1.0f / (float)(pl[r].len - from);
+        for (int i = from; i < pl[r].len; i++)
             for (int d = 0; d < D; d++) base[(size_t)i * D + d] += w * g[d];
     }
 }
@@ -178,12 +184,33 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
                                ps[i], r->lengths[i] - 1);
     }
     const int Bm = use_masked ? mb->masked.rows : 0, Bs = use_sscl ? mb->sscl_a.rows : 0;
-    const int R = Bm + 2 * Bs;
-    if (R == 0) return mg_fail(err, MG_ERR_VALUE, "micro-batch has nothing to train on");
+    const mg_token_rows *pos_rows = mb->sscl_b.tokens ? &mb->sscl_b : &mb->sscl_a;
+    const int32_t *ps_b = mb->sscl_b.tokens ? mb->pool_start_b : mb->pool_start_a;
     int T = 0;
     if (Bm) T = mb->masked.T;
     if (Bs && mb->sscl_a.T > T) T = mb->sscl_a.T;
     if (Bs && mb->sscl_b.tokens && mb->sscl_b.T > T) T = mb->sscl_b.T;
+    /* anchors then positives, first fit into rows of T tokens after the masked-view rows */
+    sscl_place *places = mg_alloc((size_t)2 * Bs + 1, sizeof(sscl_place), "SSCL layout", err);
+    if (places == NULL) return err->code;
+    int R = Bm, fill = T;
+    for (int i = 0; i < 2 * Bs; i++) {
+        const mg_token_rows *src = i < Bs ? &mb->sscl_a : pos_rows;
+        const int32_t *ps = i < Bs ? mb->pool_start_a : ps_b;
+        const int r = i % Bs, len = src->lengths[r];
+        if (fill + len > T) {
+            R++;
+            fill = 0;
+        }
+        places[i].first = (long)(R - 1) * T + fill;
+        places[i].len = len;
+        places[i].pool_from = ps ? ps[r] : 0;
+        fill += len;
+    }
+    if (R == 0) {
+        mg_free(places);
+        return mg_fail(err, MG_ERR_VALUE, "micro-batch has nothing to train on");
+    }
     const long N = (long)R * T;
     const int D = c->dim;
 
@@ -219,15 +246,14 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
                        (uint64_t)r, tokens + o, roles + o, mntp_lab + o, msg_lab + o);
         for (int i = 0; i < len; i++) segs[o + i] = 0;
     }
-    for (int v = 0; v < 2 && Bs; v++) {
-        const mg_token_rows *src = v && mb->sscl_b.tokens ? &mb->sscl_b : &mb->sscl_a;
-        for (int r = 0; r < Bs; r++) {
-            const long o = (long)(Bm + v * Bs + r) * T;
-            memcpy(tokens + o, src->tokens + (long)r * src->T, sizeof(int32_t) * src->lengths[r]);
-            for (int i = 0; i < src->lengths[r]; i++) {
-                segs[o + i] = 0;
-                roles[o + i] = MG_ROLE_CONTEXT;
-            }
+    for (int i = 0; i < 2 * Bs; i++) {
+        const mg_token_rows *src = i < Bs ? &mb->sscl_a : pos_rows;
+        const long o = places[i].first;
+        const int32_t seg = (int32_t)(o % T == 0 ? 0 : segs[o - 1] + 1); /* next id in its row */
+        memcpy(tokens + o, src->tokens + (long)(i % Bs) * src->T, sizeof(int32_t) * places[i].len);
+        for (int k = 0; k < places[i].len; k++) {
+            segs[o + k] = seg;
+            roles[o + k] = MG_ROLE_CONTEXT;
         }
     }
     for (long n = 0; n < N; n++) out->tokens += segs[n] >= 0;
@@ -267,24 +293,22 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     if (Bs) {
         float *a = pooled, *b = pooled + (size_t)Bs * D, *da = b + (size_t)Bs * D,
               *db = da + (size_t)Bs * D;
-        const mg_token_rows *pos_rows = mb->sscl_b.tokens ? &mb->sscl_b : &mb->sscl_a;
-        const int32_t *ps_b = mb->sscl_b.tokens ? mb->pool_start_b : mb->pool_start_a;
-        pool_rows(a, acts.hidden, Bm, Bs, T, mb->sscl_a.lengths, mb->pool_start_a, mb->pooling, D);
-        pool_rows(b, acts.hidden, Bm + Bs, Bs, T, pos_rows->lengths, ps_b, mb->pooling, D);
+        pool_sentences(a, acts.hidden, places, Bs, mb->pooling, D);
+        pool_sentences(b, acts.hidden, places + Bs, Bs, mb->pooling, D);
         float loss = 0.0f;
         infonce_forward_backward(&loss, da, db, a, b, Bs, D, t->cfg.temperature,
                                  mb->w_sscl * mb->grad_scale, nce);
         out->sscl = loss;
         out->sscl_count = Bs;
         if (train) {
-            unpool_rows(dhidden, da, Bm, Bs, T, mb->sscl_a.lengths, mb->pool_start_a, mb->pooling,
-                        D);
-            unpool_rows(dhidden, db, Bm + Bs, Bs, T, pos_rows->lengths, ps_b, mb->pooling, D);
+            unpool_sentences(dhidden, da, places, Bs, mb->pooling, D);
+            unpool_sentences(dhidden, db, places + Bs, Bs, mb->pooling, D);
         }
     }
     if (train)
         mg_model_backward(m, &t->grads, &pass, &cache, dhidden, tokens, roles, segs, R, T, err);
 done:
+    mg_free(places);
     mg_activations_release(&acts);
     mg_kv_cache_release(&cache);
     mg_free(tokens);
