@@ -51,6 +51,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
+# this checkout's magnet (built in place), before any installed copy
+sys.path[:0] = [str(ROOT), str(HERE)]
 LORA_RANK, LORA_ALPHA, LORA_SEED = 16, 32.0, 0
 LORA_DROPOUT, RESID_DROPOUT = 0.05, 0.1
 SSCL_MAX_TOKENS = 64
@@ -112,7 +115,6 @@ def machine() -> dict[str, Any]:
 def find_gguf(explicit: str | None) -> Path:
     if explicit:
         return Path(explicit)
-    sys.path.insert(0, str(ROOT))
     from tests.conftest import find_smollm2_gguf
 
     path = find_smollm2_gguf()
@@ -339,6 +341,7 @@ def worker_main(args: argparse.Namespace) -> None:
         base_cfg = dict(meta["masking"], temperature=0.05, full_finetune=0, lr=2e-4,
                         weight_decay=0.0, clip_norm=1.0, total_steps=1_000_000, warmup_steps=0)
         threads_used = magnet.get_num_threads()
+        module = magnet.__file__
     else:
         import torch
         import transformers
@@ -351,6 +354,7 @@ def worker_main(args: argparse.Namespace) -> None:
             str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
         params = attach_lora(hf, LORA_RANK, LORA_ALPHA, LORA_DROPOUT, RESID_DROPOUT, init)
         threads_used = torch.get_num_threads()
+        module = torch.__file__
 
         def to_batch(b: dict[str, np.ndarray]) -> Batch:
             bm = b["masked"].shape[0]
@@ -377,7 +381,8 @@ def worker_main(args: argparse.Namespace) -> None:
 
         def step(k: int) -> dict[str, Any]:
             return runner.step(tbatches[k])
-    proto.write(json.dumps({"ready": True, "load_s": load_s, "threads": threads_used}) + "\n")
+    proto.write(json.dumps({"ready": True, "load_s": load_s, "threads": threads_used,
+                            "module": module}) + "\n")
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["cmd"] == "quit":
@@ -481,8 +486,8 @@ def main() -> None:
             print(f"starting {peer} worker ...", file=sys.stderr)
             workers[peer] = Worker(peer, args, gguf, batches, n, tmp / f"{peer}.log")
             ready = workers[peer].read()
-            print(f"  {peer}: loaded in {ready['load_s']:.1f}s, {ready['threads']} threads",
-                  file=sys.stderr)
+            print(f"  {peer}: {ready['module']} loaded in {ready['load_s']:.1f}s, "
+                  f"{ready['threads']} threads", file=sys.stderr)
         order = ["magnet", "torch"]
         for peer in order:
             workers[peer].call(cmd="run", batches=[k % n for k in range(args.warmup)])
@@ -501,6 +506,7 @@ def main() -> None:
     finally:
         for w in workers.values():
             w.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
     print("sgemm calibration ...", file=sys.stderr)
     sg_after = sgemm_rates(shapes, args.threads)
