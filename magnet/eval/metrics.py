@@ -162,13 +162,13 @@ def perplexity(nll_sum: float, count: int) -> float:
     return math.exp(nll_sum / count)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+|\n+")
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``: cut after ``.``, ``!`` or ``?`` (and closing quotes/brackets)
-    followed by whitespace, and at newlines; each stripped, whitespace runs collapsed to one
-    space, empty pieces dropped."""
+    """Sentences of ``text``: cut after ``.``, ``!`` or ``?`` (possibly followed by one closing
+    quote or bracket) followed by whitespace, and at newlines; each stripped, whitespace runs
+    collapsed to one space, empty pieces dropped."""
     parts = _SENTENCE_END.split(text)
     return [" ".join(p.split()) for p in parts if p and p.strip()]
 

@@ -332,6 +332,18 @@ def _nll(logits: np.ndarray, rows: np.ndarray, cols: np.ndarray, labels: np.ndar
     return float(loss_sum), int(count)
 
 
+def infill_spans(n_windows: int, window: int, num_spans: int, span_min: int, span_max: int,
+                 min_context: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeded layout of :func:`evaluate_infill`: chosen window indices (sorted), and per
+    window the span's start (a position in the BOS-prefixed window) and length."""
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(n_windows, min(num_spans, n_windows), replace=False))
+    lengths = rng.integers(span_min, span_max + 1, size=len(chosen))
+    starts = np.array([rng.integers(1 + min_context, window - L - min_context + 1)
+                       for L in lengths], dtype=np.int64)
+    return chosen, starts, lengths
+
+
 def evaluate_infill(model: Model, path: str | os.PathLike, num_spans: int = 200,
                     window: int = 128, span_min: int = 8, span_max: int = 32,
                     min_context: int = 16, seed: int = 0, batch_size: int = 8,
@@ -356,11 +368,8 @@ def evaluate_infill(model: Model, path: str | os.PathLike, num_spans: int = 200,
     n_windows = len(stream) // body
     if n_windows == 0:
         raise ValueError(f"{path}: fewer than {body} tokens")
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(n_windows, min(num_spans, n_windows), replace=False))
-    lengths = rng.integers(span_min, span_max + 1, size=len(chosen))
-    starts = np.array([rng.integers(1 + min_context, window - L - min_context + 1)
-                       for L in lengths])
+    chosen, starts, lengths = infill_spans(n_windows, window, num_spans, span_min, span_max,
+                                           min_context, seed)
     bos = _bos(model)
     sums = {"both": [0.0, 0], "left": [0.0, 0]}
     batches = range(0, len(chosen), batch_size)
