@@ -15,10 +15,14 @@ from magnet.formats import Loaded
 from magnet.tokenizer import Tokenizer
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+# Models shipped inside the package, loadable by name without any download.
+EMBEDDED_MODELS = {"stories260K": Path(__file__).resolve().parent / "models" / "stories260K"}
 
 
 def _resolve(path: str | os.PathLike, tokenizer: str | os.PathLike | None) -> Loaded:
     """Pick the format from what is at ``path``."""
+    if isinstance(path, str) and path in EMBEDDED_MODELS and not Path(path).exists():
+        path = EMBEDDED_MODELS[path]
     p = Path(path)
     if p.is_file():
         if p.suffix == ".gguf":
@@ -99,7 +103,8 @@ class Model:
                         ) -> Model:
         """Load a model.
 
-        ``path``: a Hugging Face model directory (config.json + safetensors, optional
+        ``path``: ``"stories260K"`` (the small model shipped with magnet), a Hugging Face
+        model directory (config.json + safetensors, optional
         tokenizer.json), a ``.gguf`` file, a llama2.c checkpoint ``.bin`` (or a directory holding
         one, with ``tokenizer=`` naming its tokenizer file when ambiguous), or a Hugging Face hub
         id (downloaded with the optional ``huggingface_hub``).

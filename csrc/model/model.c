@@ -43,7 +43,13 @@ mg_model *mg_model_create(const mg_config *config, const mg_named_tensor *tensor
     mg_model *m = mg_alloc(1, sizeof(mg_model), "model", err);
     if (m == NULL) return NULL;
     m->config = *config;
+    if (pthread_rwlock_init(&m->guard, NULL) != 0) {
+        mg_fail(err, MG_ERR_NOMEM, "cannot create the model's lock");
+        mg_free(m);
+        return NULL;
+    }
     if (mg_params_create(&m->params, config, tensors, count, err) != MG_OK) {
+        pthread_rwlock_destroy(&m->guard);
         mg_free(m);
         return NULL;
     }
@@ -73,6 +79,7 @@ void mg_model_merge_lora(mg_model *m) {
 void mg_model_free(mg_model *m) {
     if (m == NULL) return;
     mg_lora_free(m->lora);
+    pthread_rwlock_destroy(&m->guard);
     mg_params_release(&m->params);
     mg_free(m->inv_freq);
     mg_free(m);

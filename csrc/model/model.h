@@ -2,6 +2,7 @@
 #ifndef MG_MODEL_MODEL_H
 #define MG_MODEL_MODEL_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -16,7 +17,21 @@ typedef struct mg_model_s {
     mg_params params;
     float *inv_freq; /* [head_dim / 2], LLaMA family only */
     mg_lora *lora;   /* attached adapters (owned), applied by every forward; NULL when none */
+    /* Readers (forward passes, training forward/backward) share it; whatever changes weights
+     * or swaps adapters (optimizer step, merge, attach, load) holds it alone. Callers take it
+     * around their calls (the Python binding does, with the GIL released). */
+    pthread_rwlock_t guard;
 } mg_model;
+
+static inline void mg_model_lock_read(mg_model *m) {
+    pthread_rwlock_rdlock(&m->guard);
+}
+static inline void mg_model_lock_write(mg_model *m) {
+    pthread_rwlock_wrlock(&m->guard);
+}
+static inline void mg_model_unlock(mg_model *m) {
+    pthread_rwlock_unlock(&m->guard);
+}
 
 /* Builds a model from named float32 tensors (copied). Returns NULL with err set on failure. */
 mg_model *mg_model_create(const mg_config *config, const mg_named_tensor *tensors, int count,

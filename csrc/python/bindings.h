@@ -12,6 +12,16 @@ typedef struct {
 } MgpyModel;
 extern PyTypeObject MgpyModelType;
 
+/* Runs `stmt` holding the model's lock (read or write). The lock is taken with the GIL released,
+ * so a thread waiting for it never blocks threads that hold it; `stmt` runs with the GIL held
+ * and may use the Python API. */
+#define MGPY_LOCKED(model, lockfn, stmt)                                                           \
+    Py_BEGIN_ALLOW_THREADS lockfn(model);                                                          \
+    Py_END_ALLOW_THREADS stmt;                                                                     \
+    mg_model_unlock(model)
+#define MGPY_LOCKED_READ(model, stmt) MGPY_LOCKED(model, mg_model_lock_read, stmt)
+#define MGPY_LOCKED_WRITE(model, stmt) MGPY_LOCKED(model, mg_model_lock_write, stmt)
+
 /* trainer_binding.c */
 extern PyTypeObject MgpyTrainerType;
 /* masked_view(tokens, config, seed, stream) -> (tokens, roles, mntp_labels, msg_labels) */

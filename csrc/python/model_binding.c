@@ -174,9 +174,10 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     if (want_logits && err.code == MG_OK)
         logits = mg_alloc_uninit(n_logits, sizeof(float), "logits", &err);
     if (err.code == MG_OK) {
-        Py_BEGIN_ALLOW_THREADS mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles),
-                                                PyArray_DATA(seg), (int)B, (int)T, hidden, logits,
-                                                &err);
+        Py_BEGIN_ALLOW_THREADS mg_model_lock_read(self->model);
+        mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles), PyArray_DATA(seg),
+                         (int)B, (int)T, hidden, logits, &err);
+        mg_model_unlock(self->model);
         Py_END_ALLOW_THREADS
     }
     if (err.code != MG_OK) {
@@ -265,12 +266,14 @@ int mgpy_dict_to_slots(PyObject *dict, const mg_param_slot *slots, int n_slots, 
 static PyObject *Model_state_dict(MgpyModel *self, PyObject *unused) {
     (void)unused;
     const mg_params *p = &self->model->params;
-    return mgpy_slots_to_dict(p->slots, p->n_slots, p->block);
+    MGPY_LOCKED_READ(self->model, PyObject *out = mgpy_slots_to_dict(p->slots, p->n_slots, p->block));
+    return out;
 }
 
 static PyObject *Model_load_state_dict(MgpyModel *self, PyObject *dict) {
     mg_params *p = &self->model->params;
-    if (mgpy_dict_to_slots(dict, p->slots, p->n_slots, p->block) != 0) return NULL;
+    MGPY_LOCKED_WRITE(self->model, int rc = mgpy_dict_to_slots(dict, p->slots, p->n_slots, p->block));
+    if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -285,19 +288,21 @@ static PyObject *Model_attach_lora(MgpyModel *self, PyObject *args) {
     mg_error_clear(&err);
     mg_lora *l = mg_lora_create(&self->model->config, rank, alpha, targets, seed, &err);
     if (l == NULL) return mgpy_raise(&err);
-    mg_model_attach_lora(self->model, l);
+    MGPY_LOCKED_WRITE(self->model, mg_model_attach_lora(self->model, l));
     Py_RETURN_NONE;
 }
 
 static PyObject *Model_merge_lora(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    Py_BEGIN_ALLOW_THREADS mg_model_merge_lora(self->model);
+    Py_BEGIN_ALLOW_THREADS mg_model_lock_write(self->model);
+    mg_model_merge_lora(self->model);
+    mg_model_unlock(self->model);
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
 static PyObject *Model_detach_lora(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    mg_model_attach_lora(self->model, NULL);
+    MGPY_LOCKED_WRITE(self->model, mg_model_attach_lora(self->model, NULL));
     Py_RETURN_NONE;
 }
 
@@ -311,9 +316,10 @@ static PyObject *Model_lora_info(MgpyModel *self, PyObject *unused) {
 
 static PyObject *Model_lora_state_dict(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    const mg_lora *l = self->model->lora;
-    if (l == NULL) return PyDict_New();
-    return mgpy_slots_to_dict(l->slots, l->n_slots, l->block);
+    MGPY_LOCKED_READ(self->model, const mg_lora *l = self->model->lora;
+                     PyObject *out = l ? mgpy_slots_to_dict(l->slots, l->n_slots, l->block)
+                                       : PyDict_New());
+    return out;
 }
 
 static PyObject *Model_load_lora_state_dict(MgpyModel *self, PyObject *dict) {
@@ -322,7 +328,9 @@ static PyObject *Model_load_lora_state_dict(MgpyModel *self, PyObject *dict) {
         PyErr_SetString(PyExc_ValueError, "the model has no LoRA adapters attached");
         return NULL;
     }
-    if (mgpy_dict_to_slots(dict, l->slots, l->n_slots, l->block) != 0) return NULL;
+    MGPY_LOCKED_WRITE(self->model,
+                      int rc = mgpy_dict_to_slots(dict, l->slots, l->n_slots, l->block));
+    if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
 

@@ -154,7 +154,9 @@ static PyObject *Trainer_micro_step(MgpyTrainer *self, PyObject *args) {
     mg_losses losses;
     mg_error err;
     mg_error_clear(&err);
-    Py_BEGIN_ALLOW_THREADS mg_trainer_micro_step(self->trainer, &mb, train, &losses, &err);
+    Py_BEGIN_ALLOW_THREADS mg_model_lock_read(self->trainer->model);
+    mg_trainer_micro_step(self->trainer, &mb, train, &losses, &err);
+    mg_model_unlock(self->trainer->model);
     Py_END_ALLOW_THREADS if (err.code != MG_OK) return mgpy_raise(&err);
     return Py_BuildValue("{s:d,s:d,s:d,s:l,s:l,s:l,s:l}", "mntp", losses.mntp, "msg", losses.msg,
                          "sscl", losses.sscl, "mntp_count", losses.mntp_count, "msg_count",
@@ -169,7 +171,9 @@ static PyObject *Trainer_apply(MgpyTrainer *self, PyObject *unused) {
     float lr = 0.0f;
     mg_error err;
     mg_error_clear(&err);
-    Py_BEGIN_ALLOW_THREADS mg_trainer_apply(self->trainer, &norm, &lr, &err);
+    Py_BEGIN_ALLOW_THREADS mg_model_lock_write(self->trainer->model);
+    mg_trainer_apply(self->trainer, &norm, &lr, &err);
+    mg_model_unlock(self->trainer->model);
     Py_END_ALLOW_THREADS if (err.code != MG_OK) return mgpy_raise(&err);
     return Py_BuildValue("(dd)", norm, (double)lr);
 }
@@ -237,9 +241,11 @@ static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
         PyErr_SetString(PyExc_ValueError, "trainer state has no valid 'step'");
         return NULL;
     }
-    for (int i = 0; i < 3; i++)
-        memcpy(dst[i], PyArray_DATA((PyArrayObject *)PyDict_GetItemString(state, keys[i])),
-               n * sizeof(float));
+    MGPY_LOCKED_WRITE(t->model, for (int i = 0; i < 3; i++) memcpy(
+                                     dst[i],
+                                     PyArray_DATA((PyArrayObject *)PyDict_GetItemString(
+                                         state, keys[i])),
+                                     n * sizeof(float)));
     memset(mg_trainer_grads(t), 0, n * sizeof(float));
     t->step = (int)s;
     Py_RETURN_NONE;
