@@ -183,7 +183,9 @@ def evaluate_sts(encoder: Any, path: str | os.PathLike, fmt: str | None = None,
     return {"task": "sts", "data": os.fspath(path),
             "spearman": float(np.mean([v["spearman"] for v in per.values()])),
             "pearson": float(np.mean([v["pearson"] for v in per.values()])),
-            "files": per, "pooling": pooling, "wall_s": time.perf_counter() - t0}
+            "files": per,
+            "pooling": pooling if hasattr(encoder, "hidden_states") else "the encoder's own",
+            "wall_s": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------------------------
