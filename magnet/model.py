@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from magnet import _C
 from magnet.config import ModelConfig
+from magnet.embedding import DEFAULT
 from magnet.formats import Loaded
 from magnet.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from magnet.embedding import TokenEmbeddings
+    from magnet.infill import InfillResult
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 # Models shipped inside the package, loadable by name without any download.
@@ -78,7 +84,12 @@ def _from_hub(repo_id: str) -> Loaded:
 
 
 def _as_int_array(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular integer array ({e})") from None
+    if arr.size == 0 and arr.dtype == np.float64 and not isinstance(x, np.ndarray):
+        arr = arr.astype(np.int64)  # [] and [[]] are empty input, not float input
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
     return arr
@@ -137,9 +148,10 @@ class Model:
         ids2 = ids[None, :] if single else ids
         if ids2.shape[0] == 0 or ids2.shape[1] == 0:
             raise ValueError(f"input_ids is empty (shape {ids.shape})")
-        if ids2.size and (ids2.min() < -(2**31) or ids2.max() >= 2**31):
-            raise ValueError("token ids out of range for vocab_size "
-                             f"{self.config.vocab_size}")
+        lo, hi = int(ids2.min()), int(ids2.max())
+        if lo < -(2**31) or hi >= 2**31:  # beyond int32; the C core checks against the vocab
+            raise ValueError(f"token id {lo if lo < -(2**31) else hi} is out of range for "
+                             f"vocab_size {self.config.vocab_size}")
 
         def layout(x: Any, name: str, default: int, dtype: type) -> np.ndarray:
             if x is None:
@@ -180,6 +192,85 @@ class Model:
         ids, r, s, single = self._prepare(input_ids, roles, segments)
         out, _ = self._c.forward(ids, r, s, True, False)
         return out[0] if single else out
+
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 64,
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 stop: str | Sequence[str] | None = None, seed: int | None = None,
+                 stream: bool = False) -> str | list[str] | Iterator[str]:
+        """Continue text left to right (all-SPAN, the causal decoder) with a KV cache.
+
+        ``prompt``: a str, or a list of str (a batch; left-padded so rows end together).
+        Returns the new text only (str, or list[str] for a list), without the EOS token and cut
+        before the first ``stop`` string (checked on the decoded text); a row ends at EOS, at a
+        stop string or after ``max_new_tokens`` tokens. Greedy unless ``do_sample``; sampling
+        applies ``repetition_penalty`` (Hugging Face semantics: prompt and generated tokens),
+        ``temperature``, ``top_k`` (0 = off), ``top_p`` in (0, 1], ``min_p`` in [0, 1], in that
+        order. The same ``seed`` gives the same output (None: a random seed). ``stream=True``
+        (one prompt only) returns an iterator of text pieces whose concatenation is the result.
+        See :mod:`magnet.generation`.
+        """
+        from magnet.generation import generate
+
+        return generate(self, prompt, max_new_tokens, do_sample, temperature, top_k, top_p,
+                        min_p, repetition_penalty, stop, seed, stream)
+
+    def infill(self, text: str | Sequence[str | None], blank: str = "[BLANK]",
+               span_tokens: int | Sequence[int | None] | None = None, **sampling: Any
+               ) -> InfillResult:
+        """Fill the blanks of ``text`` using the text on both sides (CONTEXT once, spans SPAN).
+
+        ``text``: a str with ``blank`` markers, or a list of segments where None is a blank
+        (``["left", None, "right"]``). ``span_tokens``: the length of every blank (int), one per
+        blank (list, None entries chosen), or None: chosen per blank by the rule of
+        :mod:`magnet.infill` (best of :data:`magnet.infill.LENGTH_CANDIDATES` by mean span
+        log-prob + log-prob of the next known token). ``sampling``: ``do_sample``,
+        ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``seed``,
+        ``length_candidates``. Returns an :class:`~magnet.infill.InfillResult` (``.text``,
+        ``.spans``, ``.span_tokens``). A text without a blank raises ValueError.
+        """
+        from magnet.infill import infill
+
+        return infill(self, text, blank, span_tokens, **sampling)
+
+    def embed(self, texts: str | Sequence[str], level: str = "sentence", pooling: str = "last",
+              instruction: str | None = DEFAULT, batch_size: int = 32,
+              normalize: bool = False, max_length: int | None = None, truncate: bool = True,
+              show_progress_bar: bool | None = None
+              ) -> np.ndarray | TokenEmbeddings | list[TokenEmbeddings]:
+        """Bidirectional (all-CONTEXT) embeddings; the input layout and pooling are documented
+        in :mod:`magnet.embedding`.
+
+        ``level="sentence"``: float32 [N, D] (a single str gives [D]); ``pooling`` "last" (the
+        appended EOS's final state) or "mean" (text tokens + EOS; BOS and instruction excluded);
+        ``instruction`` defaults to ``"Given the sentence, find its representation: "``.
+        ``level="token"``: per text a :class:`~magnet.embedding.TokenEmbeddings` (vectors
+        float32 [T_i, D], ids, token strings, character offsets); token t's vector is the final
+        state at t-1, the first token's comes from BOS; no instruction by default.
+        ``normalize``: unit L2 vectors. ``max_length`` (default: the model's positions) counts
+        all input tokens; a longer text is truncated (``truncate=True``) or rejected.
+        """
+        from magnet.embedding import embed
+
+        return embed(self, texts, level, pooling, instruction, batch_size, normalize,
+                     max_length, truncate, show_progress_bar)
+
+    def encode(self, sentences: str | Sequence[str], batch_size: int = 32,
+               show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False, **kwargs: Any
+               ) -> np.ndarray | list[np.ndarray]:
+        """sentence-transformers-style ``encode`` (for MTEB and similar callers).
+
+        ``output_value="sentence_embedding"``: float32 [N, D] ([D] for a str) with last-token
+        pooling and the default instruction (``prompt=`` overrides it, ``pooling=`` "mean"
+        switches pooling); ``"token_embeddings"``: a list of float32 [T_i, D] arrays.
+        ``convert_to_numpy=False`` gives a list of [D] arrays. Other keyword arguments are
+        accepted and ignored.
+        """
+        from magnet.embedding import encode
+
+        return encode(self, sentences, batch_size, show_progress_bar, output_value,
+                      convert_to_numpy, normalize_embeddings, **kwargs)
 
     def adapt(self, data: Any, preset: str = "magnet", steps: int = 1000, batch_size: int = 8,
               seq_len: int = 256, lr: float = 2e-4, lora_rank: int = 16,

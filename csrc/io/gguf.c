@@ -37,6 +37,29 @@ static size_t remaining(const cursor *c) {
     return c->size - c->pos;
 }
 
+/* A file's name or key as printable ASCII for an error message: at most 80 bytes, anything
+ * else escaped as \xNN, so a corrupt name cannot make the message invalid UTF-8. */
+typedef struct {
+    char s[4 * 80 + 4];
+} shown_str;
+
+static shown_str show(mg_gguf_str str) {
+    shown_str out;
+    size_t n = 0;
+    for (uint64_t i = 0; i < str.len && i < 80; i++) {
+        const unsigned char ch = (unsigned char)str.ptr[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
+            out.s[n++] = (char)ch;
+        } else {
+            snprintf(out.s + n, sizeof(out.s) - n, "\\x%02x", ch);
+            n += 4;
+        }
+    }
+    if (str.len > 80) out.s[n++] = '.', out.s[n++] = '.', out.s[n++] = '.';
+    out.s[n] = '\0';
+    return out;
+}
+
 static int take(cursor *c, void *dst, size_t n, const char *what) {
     if (n > remaining(c)) {
         mg_fail(c->err, MG_ERR_FORMAT,
@@ -323,9 +346,8 @@ static mg_code parse_metadata(mg_gguf_file *f, cursor *c, mg_error *err) {
             /* name the key so the user knows which entry is broken */
             if (err->code == MG_ERR_FORMAT && strlen(err->msg) + 40 < sizeof(err->msg)) {
                 size_t used = strlen(err->msg);
-                int klen = kv->key.len > 80 ? 80 : (int)kv->key.len;
-                snprintf(err->msg + used, sizeof(err->msg) - used, " (metadata key '%.*s')", klen,
-                         kv->key.ptr);
+                snprintf(err->msg + used, sizeof(err->msg) - used, " (metadata key '%s')",
+                         show(kv->key).s);
             }
             return err->code;
         }
@@ -350,17 +372,16 @@ static mg_code parse_tensor_info(mg_gguf_file *f, cursor *c, uint64_t idx, mg_er
     if (take_str(c, &t->name, GGUF_MAX_NAME_LEN, "tensor name") != 0 ||
         take_u32(c, &t->n_dims, "tensor dimension count") != 0)
         return err->code;
-    const int nl = t->name.len > 80 ? 80 : (int)t->name.len;
+    const shown_str nm = show(t->name);
     if (t->n_dims < 1 || t->n_dims > MG_GGUF_MAX_DIMS)
-        return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%.*s' has %u dimensions (1 to %d allowed)",
-                       nl, t->name.ptr, t->n_dims, MG_GGUF_MAX_DIMS);
+        return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%s' has %u dimensions (1 to %d allowed)",
+                       nm.s, t->n_dims, MG_GGUF_MAX_DIMS);
     int64_t numel = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) {
         uint64_t ne;
         if (take_u64(c, &ne, "tensor dimension") != 0) return err->code;
         if (ne > (uint64_t)INT64_MAX || __builtin_mul_overflow(numel, (int64_t)ne, &numel))
-            return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%.*s' has an absurd shape", nl,
-                           t->name.ptr);
+            return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%s' has an absurd shape", nm.s);
         t->ne[d] = (int64_t)ne;
     }
     for (uint32_t d = t->n_dims; d < MG_GGUF_MAX_DIMS; d++) t->ne[d] = 1;
@@ -371,23 +392,22 @@ static mg_code parse_tensor_info(mg_gguf_file *f, cursor *c, uint64_t idx, mg_er
     int64_t be;
     size_t bb;
     if (mg_ggml_block_geometry(t->type, &be, &bb) != 0)
-        return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%.*s' has unknown ggml type %u", nl,
-                       t->name.ptr, t->type);
+        return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%s' has unknown ggml type %u", nm.s,
+                       t->type);
     if (t->ne[0] % be != 0)
         return mg_fail(err, MG_ERR_FORMAT,
-                       "GGUF tensor '%.*s': row length %lld is not a multiple of the %s block "
+                       "GGUF tensor '%s': row length %lld is not a multiple of the %s block "
                        "size %lld",
-                       nl, t->name.ptr, (long long)t->ne[0], mg_ggml_type_name(t->type),
+                       nm.s, (long long)t->ne[0], mg_ggml_type_name(t->type),
                        (long long)be);
     uint64_t nbytes;
     if (__builtin_mul_overflow((uint64_t)(numel / be), (uint64_t)bb, &nbytes))
-        return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%.*s' is absurdly large", nl,
-                       t->name.ptr);
+        return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%s' is absurdly large", nm.s);
     t->nbytes = nbytes;
     if (rel % f->alignment != 0)
         return mg_fail(err, MG_ERR_FORMAT,
-                       "GGUF tensor '%.*s' offset %llu is not a multiple of the alignment %llu",
-                       nl, t->name.ptr, (unsigned long long)rel,
+                       "GGUF tensor '%s' offset %llu is not a multiple of the alignment %llu",
+                       nm.s, (unsigned long long)rel,
                        (unsigned long long)f->alignment);
     t->offset = rel; /* made absolute once the data section start is known */
     return MG_OK;
@@ -408,14 +428,14 @@ static mg_code parse_tensors(mg_gguf_file *f, cursor *c, mg_error *err) {
                        (unsigned long long)start, f->size);
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         mg_gguf_tensor *t = &f->tensors[i];
-        const int nl = t->name.len > 80 ? 80 : (int)t->name.len;
+        const shown_str nm = show(t->name);
         uint64_t begin, end;
         if (__builtin_add_overflow(start, t->offset, &begin) ||
             __builtin_add_overflow(begin, t->nbytes, &end) || end > f->size)
             return mg_fail(err, MG_ERR_FORMAT,
-                           "GGUF tensor '%.*s' data (offset %llu, %llu bytes) runs past the end "
+                           "GGUF tensor '%s' data (offset %llu, %llu bytes) runs past the end "
                            "of the file (%zu bytes): the file is truncated or corrupt",
-                           nl, t->name.ptr, (unsigned long long)t->offset,
+                           nm.s, (unsigned long long)t->offset,
                            (unsigned long long)t->nbytes, f->size);
         t->offset = begin;
     }
@@ -443,9 +463,8 @@ mg_code mg_gguf_read_tensor(const mg_gguf_file *f, uint64_t i, float *out, mg_er
         /* name the tensor: the type alone does not tell the user where to look */
         size_t used = strlen(err->msg);
         if (used + 40 < sizeof(err->msg)) {
-            int nl = t->name.len > 80 ? 80 : (int)t->name.len;
-            snprintf(err->msg + used, sizeof(err->msg) - used, " (tensor '%.*s')", nl,
-                     t->name.ptr);
+            snprintf(err->msg + used, sizeof(err->msg) - used, " (tensor '%s')",
+                     show(t->name).s);
         }
         return err->code;
     }

@@ -304,7 +304,9 @@ static mg_code st_grow(st_parser *p) {
 static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
     json_cursor *c = &p->c;
     mg_error *err = c->err;
-    const int nl = t->name_len > 200 ? 200 : (int)t->name_len;
+    int nl = t->name_len > 200 ? 200 : (int)t->name_len;
+    /* cut on a UTF-8 character boundary, or the message would not decode */
+    while (nl > 0 && nl < (int)t->name_len && ((unsigned char)t->name[nl] & 0xC0) == 0x80) nl--;
     bool have_dtype = false, have_shape = false, have_offsets = false;
     char *key = NULL, *dtype = NULL;
     if (json_expect(c, '{') != MG_OK) return err->code;
@@ -359,9 +361,11 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
             t->end = (uint64_t)off[1];
             have_offsets = true;
         } else {
+            int kl = (int)strnlen(key, 40);
+            while (kl > 0 && key[kl] && ((unsigned char)key[kl] & 0xC0) == 0x80) kl--;
             mg_fail(err, MG_ERR_FORMAT,
-                    "safetensors tensor '%.*s' has an unexpected or repeated key '%.40s'", nl,
-                    t->name, key);
+                    "safetensors tensor '%.*s' has an unexpected or repeated key '%.*s'", nl,
+                    t->name, kl, key);
             goto fail;
         }
         mg_free(key);

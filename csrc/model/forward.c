@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../core/alloc.h"
+#include "../core/parallel.h"
 #include "../core/arena.h"
 #include "../ops/activation.h"
 #include "../ops/attention.h"
@@ -87,7 +88,7 @@ static void apply_lora(float *out, int ldo, const float *inp, int N, const mg_mo
 static void residual_add(float *x, float *y, long n, const mg_train_pass *train, uint64_t stream) {
     if (train && train->resid_dropout > 0.0f)
         dropout_forward(y, y, n, train->resid_dropout, train->seed, stream);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
     for (long i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -117,7 +118,7 @@ static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, cons
     for (int t = MG_LORA_Q; t <= MG_LORA_V; t++)
         apply_lora(outs[t], fused ? ld : (t == MG_LORA_Q ? QD : KD), h, (int)N, m, layer, t, train,
                    drop_buf, u_scratch);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(N * (QD + 2 * KD)))
     for (long n = 0; n < N; n++) {
         const int b = (int)(n / Tq), t = (int)(n % Tq);
         const float *src_q = fused ? qkv + n * W : outs[0] + n * QD;

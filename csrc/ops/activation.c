@@ -1,4 +1,5 @@
 #include "activation.h"
+#include "../core/parallel.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -6,7 +7,7 @@
 #include "fast_exp.h"
 
 void swiglu_forward(float *out, const float *gate, const float *up, long n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
     for (long i = 0; i < n; i++) {
         float g = gate[i];
         out[i] = g / (1.0f + mg_expf(-g)) * up[i];
@@ -15,7 +16,7 @@ void swiglu_forward(float *out, const float *gate, const float *up, long n) {
 
 void gelu_tanh_forward(float *x, long n) {
     const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
     for (long i = 0; i < n; i++) {
         float v = x[i];
         /* 1 + tanh(z) = 2 - 2 / (e^{2z} + 1) */
@@ -26,7 +27,7 @@ void gelu_tanh_forward(float *x, long n) {
 
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
                      const float *up, long n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
     for (long i = 0; i < n; i++) {
         const float g = gate[i];
         const float s = 1.0f / (1.0f + mg_expf(-g));
@@ -39,7 +40,7 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
  *   dy/dx = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3 a x^2). */
 void gelu_tanh_backward(float *dx, const float *dout, const float *x, long n) {
     const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
     for (long i = 0; i < n; i++) {
         const float v = x[i];
         const float z = c * (v + 0.044715f * v * v * v);

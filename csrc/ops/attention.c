@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "../core/parallel.h"
 #include "fast_exp.h"
 
 static inline int key_visible(uint8_t q_role, int32_t q_seg, int q_index, uint8_t k_role,
@@ -124,7 +125,7 @@ void attention_forward(float *out, const float *q, const float *k, const float *
     const int n_groups = (s.Tq + ATT_GROUP - 1) / ATT_GROUP;
     float *kT = scratch;
     float *scores = scratch + (long)s.B * s.Hkv * hd * Tk;
-#pragma omp parallel
+#pragma omp parallel if (MG_WORTH_THREADS((long)s.B * s.Hq * s.Tq * Tk * hd))
     {
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < s.B; b++)

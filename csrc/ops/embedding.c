@@ -1,10 +1,11 @@
 #include "embedding.h"
+#include "../core/parallel.h"
 
 #include <string.h>
 
 void embedding_forward(float *out, const int *tokens, const int *pos, const float *wte,
                        const float *wpe, int N, int D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * D))
     for (int n = 0; n < N; n++) {
         float *y = out + (long)n * D;
         memcpy(y, wte + (long)tokens[n] * D, sizeof(float) * D);
@@ -21,7 +22,7 @@ void embedding_forward(float *out, const int *tokens, const int *pos, const floa
 void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens,
                         const int *pos, int N, int D) {
     const int chunks = (D + EMBEDDING_COLS - 1) / EMBEDDING_COLS;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * D))
     for (int c = 0; c < chunks; c++) {
         const int i0 = c * EMBEDDING_COLS;
         const int ni = D - i0 < EMBEDDING_COLS ? D - i0 : EMBEDDING_COLS;

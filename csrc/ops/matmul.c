@@ -1,4 +1,5 @@
 #include "matmul.h"
+#include "../core/parallel.h"
 
 #include <stddef.h>
 
@@ -8,7 +9,7 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
                     int I, int O, bool accumulate) {
     mg_sgemm(false, true, N, O, I, 1.0f, inp, I, weight, I, accumulate ? 1.0f : 0.0f, out, O);
     if (bias == NULL) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * O))
     for (int n = 0; n < N; n++) {
         float *row = out + (long)n * O;
         for (int o = 0; o < O; o++) row[o] += bias[o];
@@ -27,7 +28,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
         mg_sgemm(true, false, O, I, N, 1.0f, dout, O, inp, I, 1.0f, dweight, I);
     if (dbias == NULL) return;
     const int chunks = (O + MATMUL_BIAS_COLS - 1) / MATMUL_BIAS_COLS;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * O))
     for (int c = 0; c < chunks; c++) {
         const int o0 = c * MATMUL_BIAS_COLS;
         const int no = O - o0 < MATMUL_BIAS_COLS ? O - o0 : MATMUL_BIAS_COLS;

@@ -1,10 +1,11 @@
 #include "norm.h"
+#include "../core/parallel.h"
 
 #include <math.h>
 #include <stddef.h>
 
 void rmsnorm_forward(float *out, const float *inp, const float *weight, int N, int D, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * D))
     for (int n = 0; n < N; n++) {
         const float *x = inp + (long)n * D;
         float *y = out + (long)n * D;
@@ -17,7 +18,7 @@ void rmsnorm_forward(float *out, const float *inp, const float *weight, int N, i
 
 void layernorm_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                        int D, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * D))
     for (int n = 0; n < N; n++) {
         const float *x = inp + (long)n * D;
         float *y = out + (long)n * D;

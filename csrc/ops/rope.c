@@ -1,10 +1,11 @@
 #include "rope.h"
+#include "../core/parallel.h"
 
 #include <math.h>
 
 void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H, int hd) {
     int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * H * hd))
     for (int n = 0; n < N; n++) {
         float cs[512], sn[512]; /* hd/2 <= 512 is checked when the model is built */
         for (int k = 0; k < half; k++) {
@@ -26,7 +27,7 @@ void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H,
 
 void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int H, int hd) {
     int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * H * hd))
     for (int n = 0; n < N; n++) {
         float cs[512], sn[512]; /* hd/2 <= 512, as in the forward */
         for (int k = 0; k < half; k++) {

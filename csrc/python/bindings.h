@@ -35,6 +35,10 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args);
  * read_llama2c_tokenizer(path, vocab_size) -> (list[bytes], list[float], max_token_length) */
 PyObject *mgpy_read_llama2c(PyObject *self, PyObject *args);
 PyObject *mgpy_read_llama2c_tokenizer(PyObject *self, PyObject *args);
+/* generate_binding.c: the Generator type (decoding sessions) and embed(model, tokens, segments,
+ * start, end, mode, normalize) -> float32[B, D] */
+extern PyTypeObject MgpyGeneratorType;
+PyObject *mgpy_embed(PyObject *self, PyObject *args);
 
 /* ops_binding.c: single ops, forward and backward on NumPy arrays, for the gradient checks */
 PyObject *mgpy_op_matmul(PyObject *self, PyObject *args);

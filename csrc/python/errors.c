@@ -5,6 +5,8 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <string.h>
+
 #include "../core/alloc.h"
 
 PyObject *mgpy_raise(const mg_error *err) {
@@ -16,7 +18,13 @@ PyObject *mgpy_raise(const mg_error *err) {
     case MG_ERR_NOMEM: type = PyExc_MemoryError; break;
     default: type = PyExc_ValueError; break;
     }
-    PyErr_SetString(type, err->msg[0] ? err->msg : "magnet: unknown error");
+    /* a message may quote bytes from a corrupt file: never let decoding it raise instead */
+    PyObject *msg = PyUnicode_DecodeUTF8(err->msg[0] ? err->msg : "magnet: unknown error",
+                                         (Py_ssize_t)strlen(err->msg[0] ? err->msg : "magnet: unknown error"),
+                                         "replace");
+    if (msg == NULL) return NULL;
+    PyErr_SetObject(type, msg);
+    Py_DECREF(msg);
     return NULL;
 }
 

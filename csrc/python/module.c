@@ -9,8 +9,17 @@
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
     (void)self;
-    long n = PyLong_AsLong(arg);
+    if (!PyLong_Check(arg) || PyBool_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "num_threads must be an int");
+        return NULL;
+    }
+    int overflow = 0;
+    long n = PyLong_AsLongAndOverflow(arg, &overflow);
     if (n == -1 && PyErr_Occurred()) return NULL;
+    if (overflow) {
+        PyErr_SetString(PyExc_ValueError, "num_threads must be between 1 and 4096");
+        return NULL;
+    }
     if (n < 1 || n > 4096) {
         PyErr_Format(PyExc_ValueError, "num_threads must be between 1 and 4096, got %ld", n);
         return NULL;
@@ -43,6 +52,8 @@ static PyMethodDef module_methods[] = {
      "read_llama2c(path) -> (header dict, dict of float32 arrays)"},
     {"read_llama2c_tokenizer", mgpy_read_llama2c_tokenizer, METH_VARARGS,
      "read_llama2c_tokenizer(path, vocab_size) -> (pieces, scores, max_token_length)"},
+    {"embed", mgpy_embed, METH_VARARGS,
+     "embed(model, tokens, segments, start, end, mode, normalize) -> float32[B, D]"},
     {"masked_view", mgpy_masked_view, METH_VARARGS,
      "masked_view(tokens, config, vocab_size, seed, stream) -> (tokens, roles, mntp, msg)"},
     {"op_matmul", mgpy_op_matmul, METH_VARARGS,
@@ -83,7 +94,9 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
-    if (PyType_Ready(&MgpyModelType) < 0 || PyType_Ready(&MgpyTrainerType) < 0) return NULL;
+    if (PyType_Ready(&MgpyModelType) < 0 || PyType_Ready(&MgpyTrainerType) < 0 ||
+        PyType_Ready(&MgpyGeneratorType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
     Py_INCREF(&MgpyModelType);
@@ -95,6 +108,12 @@ PyMODINIT_FUNC PyInit__C(void) {
     Py_INCREF(&MgpyTrainerType);
     if (PyModule_AddObject(m, "Trainer", (PyObject *)&MgpyTrainerType) < 0) {
         Py_DECREF(&MgpyTrainerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&MgpyGeneratorType);
+    if (PyModule_AddObject(m, "Generator", (PyObject *)&MgpyGeneratorType) < 0) {
+        Py_DECREF(&MgpyGeneratorType);
         Py_DECREF(m);
         return NULL;
     }

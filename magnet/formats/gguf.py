@@ -38,10 +38,13 @@ def load_gguf(path: str | os.PathLike[str]) -> Loaded:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
     metadata, raw = _C.read_gguf(path)
-    config = gguf_config(metadata, raw)
-    tensors = _map_tensors(config, metadata["general.architecture"], raw)
-    config.tie_word_embeddings = "lm_head.weight" not in tensors
-    tokenizer = gguf_tokenizer(metadata) if "tokenizer.ggml.tokens" in metadata else None
+    try:
+        config = gguf_config(metadata, raw)
+        tensors = _map_tensors(config, metadata["general.architecture"], raw)
+        config.tie_word_embeddings = "lm_head.weight" not in tensors
+        tokenizer = gguf_tokenizer(metadata) if "tokenizer.ggml.tokens" in metadata else None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return Loaded(config=config, tensors=tensors, tokenizer=tokenizer)
 
 
@@ -230,11 +233,10 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
         }
         if not isinstance(merges_meta, list):
             raise ValueError("GGUF byte-level BPE tokenizer has no tokenizer.ggml.merges")
-        merges = [tuple(m.split(" ")) for m in merges_meta]
-        backend = tokenizers.Tokenizer(
-            models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                       end_of_word_suffix="", fuse_unk=False)
-        )
+        backend = tokenizers.Tokenizer(_bpe(
+            vocab, _split_merges(merges_meta), dropout=None, continuing_subword_prefix="",
+            end_of_word_suffix="", fuse_unk=False,
+        ))
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         control_ok = alphabet  # a "control" token outside the alphabet is a llama.cpp mislabel
@@ -244,15 +246,15 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     elif kind == "llama":
         vocab = {t: i for i, t in enumerate(tokens)}
         if isinstance(merges_meta, list):
-            merges = [tuple(m.split(" ")) for m in merges_meta]
+            merges = _split_merges(merges_meta)
         else:
             scores = meta.get("tokenizer.ggml.scores")
-            if not isinstance(scores, list) or len(scores) != len(tokens):
+            if (not isinstance(scores, list) or len(scores) != len(tokens)
+                    or not all(isinstance(x, (int, float)) for x in scores)):
                 raise ValueError("GGUF SentencePiece tokenizer has neither merges nor scores")
             merges = _merges_from_scores(vocab, dict(zip(tokens, scores, strict=False)))
         backend = tokenizers.Tokenizer(
-            models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True,
-                       dropout=None)
+            _bpe(vocab, merges, fuse_unk=True, byte_fallback=True, dropout=None)
         )
         backend.pre_tokenizer = pre_tokenizers.Metaspace(
             replacement="▁", prepend_scheme="first", split=False
@@ -291,6 +293,25 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     if user:
         backend.add_tokens(user)
     return Tokenizer(backend, special_ids["bos"], special_ids["eos"], add_bos_default)
+
+
+def _split_merges(merges_meta: list[Any]) -> list[tuple[str, str]]:
+    """tokenizer.ggml.merges entries ("a b") as pairs, split at the first space after the first
+    character as llama.cpp does; ValueError for anything else."""
+    merges = []
+    for m in merges_meta:
+        cut = m.find(" ", 1) if isinstance(m, str) else -1
+        if cut < 0:
+            raise ValueError(f"GGUF tokenizer.ggml.merges entry {m!r} is not two tokens")
+        merges.append((m[:cut], m[cut + 1:]))
+    return merges
+
+
+def _bpe(vocab: dict[str, int], merges: list[tuple[str, str]], **kwargs: Any) -> models.BPE:
+    try:
+        return models.BPE(vocab=vocab, merges=merges, **kwargs)
+    except Exception as e:  # the tokenizers library raises a bare Exception
+        raise ValueError(f"GGUF tokenizer cannot be built: {e}") from None
 
 
 def _merges_from_scores(

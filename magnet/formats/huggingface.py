@@ -31,6 +31,8 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
     params = dict(cfg.get("rope_parameters") or {})
     scaling = cfg.get("rope_scaling") or {}
     params.update({k: v for k, v in scaling.items() if v is not None})
+    if scaling.get("type") is not None and scaling.get("rope_type") is None:
+        params["rope_type"] = scaling["type"]  # legacy key; it must win over rope_parameters
     theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     out: dict[str, Any] = {"rope_theta": float(theta), "rope_type": rope_type}
@@ -48,8 +50,38 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# config.json fields read as numbers; a wrong JSON type is a ValueError naming the field.
+_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings",
+               "sliding_window", "n_embd", "n_head", "n_layer", "n_positions", "n_inner")
+_FLOAT_FIELDS = ("rms_norm_eps", "layer_norm_epsilon", "rope_theta")
+
+
+def _check_types(cfg: dict[str, Any]) -> None:
+    for key in _INT_FIELDS:
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"config field {key!r} must be an integer, got {v!r}")
+    for key in _FLOAT_FIELDS:
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"config field {key!r} must be a number, got {v!r}")
+    for key in ("rope_scaling", "rope_parameters"):
+        v = cfg.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise ValueError(f"config field {key!r} must be an object or null, got {v!r}")
+    for key in ("model_type", "hidden_act", "activation_function"):
+        v = cfg.get(key)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"config field {key!r} must be a string, got {v!r}")
+    for key in ("num_attention_heads", "n_head"):
+        if key in cfg and cfg[key] is not None and cfg[key] <= 0:
+            raise ValueError(f"config field {key!r} must be positive, got {cfg[key]!r}")
+
+
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     """Map a transformers `config.json` dict to a ModelConfig (ValueError when unsupported)."""
+    _check_types(cfg)
     model_type = cfg.get("model_type", "")
     if model_type == "gpt2":
         if cfg.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
@@ -197,9 +229,13 @@ def read_state(directory: Path) -> dict[str, np.ndarray]:
         return _C.read_safetensors(os.fspath(single))
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in weight_map.items()
+        ):
+            raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
         state: dict[str, np.ndarray] = {}
         for shard in sorted(set(weight_map.values())):
             shard_path = (directory / shard).resolve()
@@ -221,14 +257,19 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
     path = directory / "tokenizer.json"
     if not path.is_file():
         return None
-    backend = tokenizers.Tokenizer.from_file(os.fspath(path))
+    try:
+        backend = tokenizers.Tokenizer.from_file(os.fspath(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception
+        raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
     add_bos = config.arch == "llama" and config.model_type == "llama"
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():
         try:
-            add_bos = bool(json.loads(tok_cfg.read_text()).get("add_bos_token", add_bos))
+            tok_settings = json.loads(tok_cfg.read_text(encoding="utf-8"))
         except ValueError:
-            pass
+            tok_settings = None
+        if isinstance(tok_settings, dict):
+            add_bos = bool(tok_settings.get("add_bos_token", add_bos))
     return Tokenizer(backend, config.bos_token_id, config.eos_token_id, add_bos_default=add_bos)
 
 
@@ -239,7 +280,7 @@ def load_huggingface(directory: str | os.PathLike) -> Loaded:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory}: no config.json")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
     if not isinstance(cfg, dict):
@@ -248,6 +289,11 @@ def load_huggingface(directory: str | os.PathLike) -> Loaded:
         config = config_from_hf(cfg)
     except KeyError as e:
         raise ValueError(f"{cfg_path}: missing field {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+    except (TypeError, AttributeError, OverflowError, ZeroDivisionError) as e:
+        # a value of a type or size the field cannot take (e.g. a list where a number belongs)
+        raise ValueError(f"{cfg_path}: malformed config ({type(e).__name__}: {e})") from None
     tensors = tensors_from_hf(config, read_state(directory))
     return Loaded(config, tensors, read_tokenizer(directory, config))
 

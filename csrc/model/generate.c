@@ -1,0 +1,225 @@
+#include "generate.h"
+
+#include <string.h>
+
+#include "../core/alloc.h"
+#include "../ops/attention.h"
+#include "../ops/matmul.h"
+
+int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, int keep_hidden,
+                      const sampling_params *params, uint64_t seed, int eos_id, mg_error *err) {
+    memset(g, 0, sizeof(*g));
+    const mg_config *c = &m->config;
+    if (B <= 0 || capacity <= 0 || (long)B * capacity > (1L << 28))
+        return mg_fail(err, MG_ERR_VALUE, "invalid session size (%d rows x %d tokens)", B,
+                       capacity);
+    if (params->do_sample && !(params->temperature > 0.0f))
+        return mg_fail(err, MG_ERR_VALUE, "temperature must be > 0 when sampling");
+    if (!(params->top_p > 0.0f && params->top_p <= 1.0f))
+        return mg_fail(err, MG_ERR_VALUE, "top_p must lie in (0, 1]");
+    if (!(params->min_p >= 0.0f && params->min_p <= 1.0f))
+        return mg_fail(err, MG_ERR_VALUE, "min_p must lie in [0, 1]");
+    if (params->top_k < 0) return mg_fail(err, MG_ERR_VALUE, "top_k must be >= 0");
+    if (!(params->repetition_penalty > 0.0f))
+        return mg_fail(err, MG_ERR_VALUE, "repetition_penalty must be > 0");
+    if (eos_id >= c->vocab_size)
+        return mg_fail(err, MG_ERR_VALUE, "eos id %d is out of range", eos_id);
+    g->model = m;
+    g->B = B;
+    g->V = c->vocab_size;
+    g->D = c->dim;
+    g->params = *params;
+    g->seed = seed;
+    g->eos_id = eos_id < 0 ? -1 : eos_id;
+    if (mg_kv_cache_init(&g->cache, c, B, capacity, c->n_layers, err) != MG_OK) return err->code;
+    const size_t BV = (size_t)B * g->V;
+    g->logits = mg_alloc(BV, sizeof(float), "logits", err);
+    g->step_logits = mg_alloc_uninit(BV, sizeof(float), "step logits", err);
+    if (keep_hidden)
+        g->hidden = mg_alloc((size_t)B * capacity * g->D, sizeof(float), "hidden states", err);
+    g->seen = mg_alloc(BV, 1, "seen tokens", err);
+    g->finished = mg_alloc((size_t)B, 1, "finished rows", err);
+    g->pending = mg_alloc((size_t)B, sizeof(int32_t), "pending tokens", err);
+    g->next_pos = mg_alloc((size_t)B, sizeof(int32_t), "positions", err);
+    g->scratch = mg_alloc((size_t)B * SAMPLING_SCRATCH_WORDS(g->V), sizeof(uint64_t),
+                          "sampler scratch", err);
+    g->step_tok = mg_alloc((size_t)B, sizeof(int32_t), "step tokens", err);
+    g->step_seg = mg_alloc((size_t)B, sizeof(int32_t), "step segments", err);
+    g->step_pos = mg_alloc((size_t)B, sizeof(int), "step positions", err);
+    g->step_role = mg_alloc((size_t)B, 1, "step roles", err);
+    g->step_hidden = mg_alloc((size_t)B * g->D, sizeof(float), "step states", err);
+    if (err->code != MG_OK) {
+        mg_generator_release(g);
+        return err->code;
+    }
+    for (int b = 0; b < B; b++)
+        g->pending[b] = -1;
+    return MG_OK;
+}
+
+void mg_generator_release(mg_generator *g) {
+    mg_kv_cache_release(&g->cache);
+    mg_free(g->logits);
+    mg_free(g->step_logits);
+    mg_free(g->hidden);
+    mg_free(g->seen);
+    mg_free(g->finished);
+    mg_free(g->pending);
+    mg_free(g->next_pos);
+    mg_free(g->scratch);
+    mg_free(g->step_tok);
+    mg_free(g->step_seg);
+    mg_free(g->step_pos);
+    mg_free(g->step_role);
+    mg_free(g->step_hidden);
+    memset(g, 0, sizeof(*g));
+}
+
+/* Runs one model step of T tokens per row and keeps its states, and the logits of each row whose
+ * last token is not padding (an idle row keeps its prediction). */
+static int run_step(mg_generator *g, const int32_t *tokens, const uint8_t *roles,
+                    const int32_t *segments, const int *positions, int T, float *hidden_tmp,
+                    mg_error *err) {
+    const int start = g->cache.length;
+    if (mg_model_step(g->model, &g->cache, tokens, roles, segments, positions, g->B, T, hidden_tmp,
+                      g->step_logits, 1, err) != MG_OK)
+        return err->code;
+    const int D = g->D;
+    for (int b = 0; b < g->B; b++) {
+        if (segments[(long)b * T + T - 1] >= 0)
+            memcpy(g->logits + (long)b * g->V, g->step_logits + (long)b * g->V,
+                   sizeof(float) * g->V);
+        if (g->hidden != NULL)
+            memcpy(g->hidden + ((long)b * g->cache.capacity + start) * D,
+                   hidden_tmp + (long)b * T * D, sizeof(float) * T * D);
+        for (int t = 0; t < T; t++) {
+            const long n = (long)b * T + t;
+            if (segments[n] < 0) continue;
+            g->seen[(long)b * g->V + tokens[n]] = 1;
+            if (positions[n] + 1 > g->next_pos[b]) g->next_pos[b] = positions[n] + 1;
+        }
+    }
+    g->has_logits = 1;
+    return MG_OK;
+}
+
+int mg_generator_append(mg_generator *g, const int32_t *tokens, const uint8_t *roles,
+                        const int32_t *segments, const int32_t *positions, int T, mg_error *err) {
+    if (T <= 0) return mg_fail(err, MG_ERR_VALUE, "nothing to append");
+    if (T > g->cache.capacity - g->cache.length)
+        return mg_fail(err, MG_ERR_VALUE, "%d more tokens exceed the session (%d of %d used)", T,
+                       g->cache.length, g->cache.capacity);
+    const size_t N = (size_t)g->B * T;
+    int *pos = mg_alloc_uninit(N, sizeof(int), "positions", err);
+    float *hidden = mg_alloc_uninit(N * g->D, sizeof(float), "states", err);
+    if (err->code == MG_OK) {
+        for (size_t n = 0; n < N; n++)
+            pos[n] = segments[n] < 0 ? 0 : positions[n];
+        run_step(g, tokens, roles, segments, pos, T, hidden, err);
+    }
+    mg_free(pos);
+    mg_free(hidden);
+    return err->code;
+}
+
+int mg_generator_logits_at(mg_generator *g, const int32_t *index, mg_error *err) {
+    if (g->hidden == NULL)
+        return mg_fail(err, MG_ERR_VALUE, "this session does not keep hidden states");
+    int rows = 0;
+    for (int b = 0; b < g->B; b++) {
+        if (index[b] < 0) continue;
+        if (index[b] >= g->cache.length)
+            return mg_fail(err, MG_ERR_VALUE, "index %d is beyond the %d appended tokens", index[b],
+                           g->cache.length);
+        memcpy(g->step_hidden + (long)rows++ * g->D,
+               g->hidden + ((long)b * g->cache.capacity + index[b]) * g->D, sizeof(float) * g->D);
+    }
+    if (rows == 0) return MG_OK;
+    float *out = mg_alloc_uninit((size_t)rows * g->V, sizeof(float), "logits", err);
+    if (out == NULL) return err->code;
+    matmul_forward(out, g->step_hidden, g->model->params.lm_head, NULL, rows, g->D, g->V, false);
+    rows = 0;
+    for (int b = 0; b < g->B; b++)
+        if (index[b] >= 0)
+            memcpy(g->logits + (long)b * g->V, out + (long)rows++ * g->V, sizeof(float) * g->V);
+    mg_free(out);
+    return MG_OK;
+}
+
+/* Samples the rows with active[b] into tokens[b] (others -1); draws advance once per call. */
+static void sample_rows(mg_generator *g, const uint8_t *active, int32_t *tokens, float *logprobs) {
+    const int V = g->V;
+    const uint64_t step = g->draws++;
+#pragma omp parallel for schedule(static) if (g->B > 1)
+    for (int b = 0; b < g->B; b++) {
+        float lp = 0.0f;
+        int tok = -1;
+        if (active[b]) {
+            const double u = sampling_uniform(g->seed, step, (uint64_t)b);
+            tok = sampling_choose(g->logits + (long)b * V, V, g->seen + (long)b * V, &g->params, u,
+                                  g->scratch + (size_t)b * SAMPLING_SCRATCH_WORDS(V), &lp);
+        }
+        tokens[b] = tok;
+        if (logprobs != NULL) logprobs[b] = lp;
+    }
+}
+
+int mg_generator_decode_step(mg_generator *g, int32_t *tokens, float *logprobs, mg_error *err) {
+    if (!g->has_logits) return mg_fail(err, MG_ERR_VALUE, "append a prompt before decoding");
+    int any = 0;
+    for (int b = 0; b < g->B; b++)
+        any |= g->pending[b] >= 0;
+    if (any) {
+        if (g->cache.length >= g->cache.capacity)
+            return mg_fail(err, MG_ERR_VALUE, "the session is full (%d tokens per row)",
+                           g->cache.capacity);
+        for (int b = 0; b < g->B; b++) {
+            const int live = g->pending[b] >= 0;
+            g->step_tok[b] = live ? g->pending[b] : 0;
+            g->step_seg[b] = live ? 0 : -1;
+            g->step_pos[b] = live ? g->next_pos[b] : 0;
+            g->step_role[b] = MG_ROLE_SPAN;
+        }
+        if (run_step(g, g->step_tok, g->step_role, g->step_seg, g->step_pos, 1, g->step_hidden,
+                     err) != MG_OK)
+            return err->code;
+    }
+    for (int b = 0; b < g->B; b++)
+        g->step_role[b] = !g->finished[b];
+    sample_rows(g, g->step_role, tokens, logprobs);
+    for (int b = 0; b < g->B; b++) {
+        g->pending[b] = tokens[b];
+        if (tokens[b] >= 0 && tokens[b] == g->eos_id) g->finished[b] = 1;
+    }
+    return MG_OK;
+}
+
+int mg_generator_span_step(mg_generator *g, const int32_t *positions, int32_t *tokens,
+                           float *logprobs, mg_error *err) {
+    if (!g->has_logits) return mg_fail(err, MG_ERR_VALUE, "append the context before a span");
+    if (g->cache.length >= g->cache.capacity)
+        return mg_fail(err, MG_ERR_VALUE, "the session is full (%d tokens per row)",
+                       g->cache.capacity);
+    for (int b = 0; b < g->B; b++)
+        g->step_role[b] = positions[b] >= 0;
+    sample_rows(g, g->step_role, tokens, logprobs);
+    for (int b = 0; b < g->B; b++) {
+        const int live = tokens[b] >= 0;
+        g->step_tok[b] = live ? tokens[b] : 0;
+        g->step_seg[b] = live ? 0 : -1;
+        g->step_pos[b] = live ? positions[b] : 0;
+        g->step_role[b] = MG_ROLE_SPAN;
+    }
+    return run_step(g, g->step_tok, g->step_role, g->step_seg, g->step_pos, 1, g->step_hidden, err);
+}
+
+int mg_generator_logprob(const mg_generator *g, const int32_t *tokens, float *out, mg_error *err) {
+    if (!g->has_logits) return mg_fail(err, MG_ERR_VALUE, "no logits yet");
+    for (int b = 0; b < g->B; b++) {
+        if (tokens[b] >= g->V)
+            return mg_fail(err, MG_ERR_VALUE, "token id %d is out of range", tokens[b]);
+        out[b] =
+            tokens[b] < 0 ? 0.0f : sampling_logprob(g->logits + (long)b * g->V, g->V, tokens[b]);
+    }
+    return MG_OK;
+}

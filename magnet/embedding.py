@@ -1,0 +1,214 @@
+"""Sentence and token embeddings (MAGNET.md section 5): all-CONTEXT (bidirectional) passes.
+
+Sentence level, per text::
+
+    input = [BOS] + instruction tokens + text tokens + [EOS]      (all CONTEXT)
+
+BOS whenever the tokenizer has one (the layout of SSCL training in magnet/adapt.py). The
+instruction and the text are tokenized separately (so the instruction's tokens are exactly known).
+``pooling="last"``: the final-layer state (after the final norm) at the appended EOS.
+``pooling="mean"``: the mean of the final states of the text tokens and the EOS; BOS and
+instruction tokens are excluded. Without an EOS token in the tokenizer nothing is appended and
+"last" is the last text token.
+
+Token level, per text::
+
+    input = [BOS] + instruction tokens (none by default) + text tokens  (all CONTEXT, no EOS)
+
+Token t's vector is the final state at t-1 (the MNTP convention: the state at i-1 predicts token
+i), so the first text token's vector comes from BOS (or the instruction's last token); a
+tokenizer without BOS uses its EOS as BOS.
+
+``max_length`` counts every input token (BOS, instruction, text, EOS); ``truncate=True`` drops
+text tokens from the end to fit, else a longer text raises ValueError. Default: the model's
+``max_positions``. Texts are batched by length (sorted, then restored to input order); rows are
+right-padded with segment -1, which attends nowhere and is excluded from pooling. The forward
+pass and the pooling run in C (``magnet._C.embed``) with the GIL released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from magnet import _C
+
+if TYPE_CHECKING:
+    from magnet.model import Model
+
+DEFAULT_INSTRUCTION = "Given the sentence, find its representation: "
+LEVELS = ("sentence", "token")
+POOLINGS = {"last": 0, "mean": 1}
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+"""Sentinel: the level's default instruction (sentence: DEFAULT_INSTRUCTION; token: none)."""
+
+
+@dataclass
+class TokenEmbeddings:
+    """Token-level vectors of one text.
+
+    ``vectors``: float32 [T, D], row t for token t; ``ids``: the T token ids; ``tokens``: their
+    strings (tokenizer pieces); ``offsets``: (start, end) character offsets of each token in the
+    text.
+    """
+
+    vectors: np.ndarray
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+
+
+def _check_texts(texts: Any) -> tuple[list[str], bool]:
+    single = isinstance(texts, str)
+    items = [texts] if single else texts
+    if isinstance(items, np.ndarray):
+        items = items.tolist()
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    if not items:
+        raise ValueError("texts is an empty list")
+    for t in items:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be str, got {type(t).__name__}")
+    return list(items), single
+
+
+def _progress(batches: list[np.ndarray], show: bool | None, desc: str) -> Iterator[np.ndarray]:
+    if not show:
+        return iter(batches)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(batches, desc=desc))
+
+
+def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
+          pooling: str = "last", instruction: str | None = DEFAULT, batch_size: int = 32,
+          normalize: bool = False, max_length: int | None = None, truncate: bool = True,
+          show_progress_bar: bool | None = None) -> np.ndarray | TokenEmbeddings | list[Any]:
+    """See :meth:`magnet.Model.embed`."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("embed needs a tokenizer")
+    items, single = _check_texts(texts)
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError("batch_size must be an int")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if instruction is DEFAULT:
+        instruction = DEFAULT_INSTRUCTION if level == "sentence" else None
+    if instruction is not None and not isinstance(instruction, str):
+        raise TypeError("instruction must be a str or None")
+    if max_length is None:
+        max_length = model.config.max_positions if model.config.max_positions > 0 else 1 << 30
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+        raise TypeError("max_length must be an int or None")
+
+    eos = tok.eos_id
+    if level == "sentence":
+        prefix = [tok.bos_id] if tok.bos_id is not None else []  # as SSCL training does
+        suffix = [eos] if eos is not None else []
+    else:
+        first = tok.bos_id if tok.bos_id is not None else eos
+        if first is None:
+            raise ValueError("token embeddings need a BOS or EOS token to start from")
+        prefix, suffix = [first], []
+    head = prefix + (tok.encode(instruction, add_bos=False) if instruction else [])
+    room = int(max_length) - len(head) - len(suffix)
+    if room < 0 or (room == 0 and not suffix):
+        raise ValueError(f"max_length={max_length} leaves no room for text after the "
+                         f"{len(head)} BOS/instruction tokens")
+    encs = tok.backend.encode_batch(items, add_special_tokens=False)
+    text_ids = []
+    for i, e in enumerate(encs):
+        if len(e.ids) > room and not truncate:
+            raise ValueError(f"text {i} has {len(e.ids) + len(head) + len(suffix)} tokens, more "
+                             f"than max_length={max_length} (pass truncate=True to cut it)")
+        text_ids.append(e.ids[:room])
+    seqs = [head + t + suffix for t in text_ids]
+    if level == "sentence":
+        # pooling range [start, end): text tokens + EOS; "last" uses end - 1
+        ranges = [(len(head), len(s)) for s in seqs]
+        if any(a == b for a, b in ranges):  # empty text and no EOS: pool the last input token
+            ranges = [(a - 1, b) if a == b else (a, b) for a, b in ranges]
+        out = np.empty((len(seqs), model.config.hidden_size), np.float32)
+        for idx, ids, seg in _batches(seqs, batch_size, show_progress_bar, "embed"):
+            start = np.array([ranges[i][0] for i in idx], np.int32)
+            end = np.array([ranges[i][1] for i in idx], np.int32)
+            out[idx] = _C.embed(model._c, ids, seg, start, end, POOLINGS[pooling],
+                                bool(normalize))
+        return out[0] if single else out
+    results: list[Any] = [None] * len(seqs)
+    for idx, ids, seg in _batches(seqs, batch_size, show_progress_bar, "embed tokens"):
+        hidden, _ = model._c.forward(ids, np.zeros(ids.shape, np.uint8), seg, True, False)
+        for r, i in enumerate(idx):
+            n = len(text_ids[i])
+            vec = np.array(hidden[r, len(head) - 1:len(head) - 1 + n])
+            if normalize:
+                _normalize_rows(vec)
+            enc = encs[i]
+            results[i] = TokenEmbeddings(vec, list(text_ids[i]), list(enc.tokens[:n]),
+                                         [tuple(o) for o in enc.offsets[:n]])
+    return results[0] if single else results
+
+
+def _normalize_rows(x: np.ndarray) -> None:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+
+
+def _batches(seqs: list[list[int]], batch_size: int, show: bool | None, desc: str
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(indices, ids int32 [b, T], segments int32 [b, T]) per batch of similar lengths."""
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in _progress(chunks, show, desc):
+        T = max(len(seqs[i]) for i in idx)
+        ids = np.zeros((len(idx), T), np.int32)
+        seg = np.full((len(idx), T), -1, np.int32)
+        for r, i in enumerate(idx):
+            ids[r, :len(seqs[i])] = seqs[i]
+            seg[r, :len(seqs[i])] = 0
+        yield idx, ids, seg
+
+
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
+
+
+def encode(model: Model, sentences: str | Sequence[str], batch_size: int = 32,
+           show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
+           convert_to_numpy: bool = True, normalize_embeddings: bool = False,
+           **kwargs: Any) -> np.ndarray | list[np.ndarray]:
+    """See :meth:`magnet.Model.encode`."""
+    if output_value not in OUTPUT_VALUES:
+        raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, got {output_value!r}")
+    prompt = kwargs.get("prompt")
+    instruction = DEFAULT if prompt is None else prompt
+    pooling = kwargs.get("pooling", "last")
+    max_length = kwargs.get("max_length")
+    if output_value == "token_embeddings":
+        out = embed(model, sentences, level="token", instruction=instruction,
+                    batch_size=batch_size, normalize=normalize_embeddings, max_length=max_length,
+                    show_progress_bar=show_progress_bar)
+        if isinstance(out, TokenEmbeddings):
+            return out.vectors
+        return [t.vectors for t in out]
+    emb = embed(model, sentences, level="sentence", pooling=pooling, instruction=instruction,
+                batch_size=batch_size, normalize=normalize_embeddings, max_length=max_length,
+                show_progress_bar=show_progress_bar)
+    if convert_to_numpy or emb.ndim == 1:
+        return emb
+    return list(emb)

@@ -1,0 +1,276 @@
+"""Left-to-right generation (all-SPAN, the ordinary causal decoder) over a KV cache.
+
+The C ``Generator`` holds the key/value cache, the next-token logits and the sampler state;
+one ``decode_step()`` call appends the previous step's tokens and samples the next token of
+every row (Hugging Face's logits processors: repetition penalty, temperature, top-k, top-p,
+min-p; greedy when ``do_sample=False``). Python only orchestrates: it builds the prompt arrays,
+decodes text and checks stop strings.
+
+Batches: prompts of different lengths are left-padded (segment -1) so every row ends at the
+same cache index; each row's positions start at 0 at its first token. Sampling draws use a
+counter-based RNG of (seed, step, row), so the same seed gives the same output, and a prompt's
+output depends on its row index within the batch when sampling.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from magnet import _C
+
+if TYPE_CHECKING:
+    from magnet.model import Model
+    from magnet.tokenizer import Tokenizer
+
+SPAN = 1
+# Prompt tokens kept in front of new tokens when decoding them, so a tokenizer that strips the
+# first token's leading space (SentencePiece) strips it from the anchor, not from the new text.
+_ANCHOR = 4
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Validated sampling settings (the argument names of Hugging Face ``generate``)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                raise TypeError(f"{name} must be a number, got {v!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)):
+            raise TypeError(f"top_k must be an int, got {self.top_k!r}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when do_sample=True, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must lie in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    def c_kwargs(self) -> dict[str, Any]:
+        return dict(do_sample=bool(self.do_sample),
+                    temperature=float(self.temperature) if self.do_sample else 1.0,
+                    top_k=int(self.top_k), top_p=float(self.top_p), min_p=float(self.min_p),
+                    repetition_penalty=float(self.repetition_penalty))
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A 64-bit seed: ``seed`` itself, or a random one when None."""
+    if seed is None:
+        return secrets.randbits(64)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return int(seed) % (1 << 64)
+
+
+def eos_id_of(model: Model) -> int:
+    """The model's end-of-sequence id (tokenizer first, then config), or -1."""
+    tok = model.tokenizer
+    if tok is not None and tok.eos_id is not None:
+        return int(tok.eos_id)
+    return -1 if model.config.eos_token_id is None else int(model.config.eos_token_id)
+
+
+def continuation_text(tokenizer: Tokenizer, before: Sequence[int], ids: Sequence[int]) -> str:
+    """Text of ``ids`` as it reads after the tokens ``before`` (only the last few are used)."""
+    anchor = [int(i) for i in before[-_ANCHOR:]]
+    head = tokenizer.decode(anchor)
+    full = tokenizer.decode([*anchor, *ids])
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(ids)
+
+
+def _check_max_new_tokens(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"max_new_tokens must be an int, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {n}")
+    return int(n)
+
+
+def _check_stop(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, (list, tuple)):
+        raise TypeError("stop must be a str, a list of str or None")
+    for s in items:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+    return list(items)
+
+
+def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sampling: Sampling, seed: int, eos_id: int) -> Iterator[tuple[Any, np.ndarray]]:
+    """Yields ``(generator, tokens)`` once per new token: tokens int32 [B], -1 for finished rows.
+
+    The caller may ``generator.finish(row)`` between steps (stop strings). A row ends when it
+    samples ``eos_id`` (the EOS token is yielded) or is finished; the loop ends when every row
+    has ended or after ``max_new_tokens`` steps.
+    """
+    B = len(prompts)
+    T = max(len(p) for p in prompts)
+    ids = np.zeros((B, T), np.int32)
+    seg = np.full((B, T), -1, np.int32)
+    pos = np.zeros((B, T), np.int32)
+    for b, p in enumerate(prompts):
+        n = len(p)
+        ids[b, T - n:] = p
+        seg[b, T - n:] = 0
+        pos[b, T - n:] = np.arange(n, dtype=np.int32)
+    if max_new_tokens == 0:
+        return
+    gen = _C.Generator(model._c, B, T + max_new_tokens - 1, seed=seed, eos_id=eos_id,
+                       **sampling.c_kwargs())
+    gen.append(ids, np.full((B, T), SPAN, np.uint8), seg, pos)
+    for _ in range(max_new_tokens):
+        tokens, _ = gen.decode_step()
+        if (tokens < 0).all():
+            return
+        yield gen, tokens
+        if gen.finished.all():
+            return
+
+
+def generate_ids(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
+                 sampling: Sampling | None = None, seed: int | None = None,
+                 eos_id: int | None = None) -> list[list[int]]:
+    """Token-level generation: new token ids per prompt (EOS included when sampled).
+
+    ``prompts``: non-empty token-id lists (a batch; lengths may differ). ``eos_id`` defaults to
+    the model's (``-1``: none).
+    """
+    prompts = _check_id_prompts(model, prompts)
+    max_new_tokens = _check_max_new_tokens(max_new_tokens)
+    eos = eos_id_of(model) if eos_id is None else int(eos_id)
+    out: list[list[int]] = [[] for _ in prompts]
+    for _, tokens in decode_steps(model, prompts, max_new_tokens, sampling or Sampling(),
+                                  resolve_seed(seed if sampling and sampling.do_sample else 0),
+                                  eos):
+        for b, t in enumerate(tokens.tolist()):
+            if t >= 0:
+                out[b].append(t)
+    return out
+
+
+def _check_id_prompts(model: Model, prompts: Any) -> list[list[int]]:
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists")
+    out = []
+    for p in prompts:
+        arr = np.asarray(p)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError("each prompt must be a non-empty 1-D list of token ids")
+        if arr.min() < 0 or arr.max() >= model.config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {model.config.vocab_size})")
+        out.append(arr.astype(np.int64).tolist())
+    return out
+
+
+class _Row:
+    """Decoded text of one row so far, cut at the first stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt: list[int], stops: list[str]) -> None:
+        self.tokenizer, self.prompt, self.stops = tokenizer, prompt, stops
+        self.ids: list[int] = []
+        self.text = ""
+        self.stopped = False
+
+    def add(self, token: int, eos_id: int) -> None:
+        if token != eos_id:
+            self.ids.append(token)
+        self.text = continuation_text(self.tokenizer, self.prompt, self.ids)
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text, self.stopped = self.text[:cut], True
+
+    def safe_length(self) -> int:
+        """Length of the text that no later token can change: incomplete UTF-8 (shown as
+        U+FFFD) and a tail that could begin a stop string are held back."""
+        text = self.text
+        n = len(text)
+        while n > 0 and text[n - 1] == "\ufffd":
+            n -= 1
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, n), hold, -1):
+                if text.endswith(s[:k], 0, n):
+                    hold = k
+                    break
+        return n - hold
+
+
+def generate(model: Model, prompt: str | Sequence[str], max_new_tokens: int = 64,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             stop: str | Sequence[str] | None = None, seed: int | None = None,
+             stream: bool = False) -> str | list[str] | Iterator[str]:
+    """See :meth:`magnet.Model.generate`."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("this model has no tokenizer; use magnet.generation.generate_ids")
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else prompt
+    if not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
+    if not prompts:
+        raise ValueError("prompt is an empty list")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"prompts must be str, got {type(p).__name__}")
+    if stream and not single:
+        raise ValueError("stream=True takes a single prompt (a str), not a list")
+    max_new_tokens = _check_max_new_tokens(max_new_tokens)
+    sampling = Sampling(bool(do_sample), temperature, top_k, top_p, min_p, repetition_penalty)
+    stops = _check_stop(stop)
+    eos = eos_id_of(model)
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else (eos if eos >= 0 else None)
+    ids = tokenizer.encode_batch(list(prompts))
+    for i, p in enumerate(ids):
+        if not p:  # an empty prompt starts from BOS (or EOS, GPT-2's document separator)
+            if start is None:
+                raise ValueError("empty prompt and the tokenizer has no BOS or EOS to start from")
+            ids[i] = [start]
+    rows = [_Row(tokenizer, p, stops) for p in ids]
+    steps = decode_steps(model, ids, max_new_tokens, sampling,
+                         resolve_seed(seed if do_sample else 0), eos)
+    if stream:
+        return _stream(rows[0], steps, eos)
+    for gen, tokens in steps:
+        for b, t in enumerate(tokens.tolist()):
+            if t >= 0 and not rows[b].stopped:
+                rows[b].add(t, eos)
+                if rows[b].stopped:
+                    gen.finish(b)
+    texts = [r.text for r in rows]
+    return texts[0] if single else texts
+
+
+def _stream(row: _Row, steps: Iterator[tuple[Any, np.ndarray]], eos: int) -> Iterator[str]:
+    """Text pieces of one row; their concatenation equals the non-streaming result."""
+    sent = 0
+    for gen, tokens in steps:
+        row.add(int(tokens[0]), eos)
+        if row.stopped:
+            gen.finish(0)
+            break
+        safe = row.safe_length()
+        if safe > sent:
+            yield row.text[sent:safe]
+            sent = safe
+    if len(row.text) > sent:
+        yield row.text[sent:]

@@ -1,0 +1,172 @@
+"""Generation over the KV cache: greedy parity with full-sequence logits, transformers and the
+llama2.c golden decode; sampling filters, seeds, stop strings, streaming, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import magnet
+from magnet.generation import Sampling, generate_ids
+from tests.hf_models import VOCAB, make_checkpoint
+from tests.tiny_text import word_tokenizer, words
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+def tiny(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    ref = make_checkpoint(request.param, d)
+    return request.param, ref, magnet.Model.from_pretrained(d)
+
+
+@pytest.fixture(scope="module")
+def stories(stories_dir):
+    return magnet.Model.from_pretrained(stories_dir)
+
+
+def greedy_reference(m, prompt, n, eos=-1):
+    """Greedy loop over full-sequence logits: no cache anywhere."""
+    ids = list(prompt)
+    out = []
+    for _ in range(n):
+        t = int(np.argmax(m.logits(np.array(ids))[-1]))
+        out.append(t)
+        if t == eos:
+            break
+        ids.append(t)
+    return out
+
+
+def test_greedy_equals_full_logits_loop_batched(tiny):
+    name, _, m = tiny
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, VOCAB, n).tolist() for n in (5, 1, 9)]
+    out = generate_ids(m, prompts, max_new_tokens=12, eos_id=-1)
+    for p, o in zip(prompts, out, strict=True):
+        assert o == greedy_reference(m, p, 12), name
+        assert generate_ids(m, [p], max_new_tokens=12, eos_id=-1)[0] == o
+
+
+def test_greedy_equals_transformers_generate(tiny):
+    name, ref, m = tiny
+    import torch
+
+    prompt = np.random.default_rng(1).integers(3, VOCAB, 6)
+    for penalty in (1.0, 1.5):
+        with torch.no_grad():
+            hf = ref.generate(torch.as_tensor(prompt[None]), max_new_tokens=15, do_sample=False,
+                              repetition_penalty=penalty, pad_token_id=0,
+                              attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+        theirs = hf[0, len(prompt):].tolist()
+        ours = generate_ids(m, [prompt.tolist()], 15, Sampling(repetition_penalty=penalty))[0]
+        assert ours == theirs[:len(ours)], (name, penalty)
+        assert len(ours) == len(theirs) or ours[-1] == m.config.eos_token_id
+
+
+def test_stories_golden_greedy(stories, stories_dir):
+    text = (stories_dir / "greedy_golden.txt").read_text()
+    golden = [int(x) for x in text.split("ids: [")[1].split("]")[0].split(",")]
+    assert generate_ids(stories, [[1]], 64)[0] == golden
+    assert stories.generate("", max_new_tokens=64) == stories.tokenizer.decode(golden)
+
+
+def test_text_batch_equals_single(stories):
+    prompts = ["Once upon a time", "Tom had a big red", "The sun"]
+    batch = stories.generate(prompts, max_new_tokens=20)
+    assert batch == [stories.generate(p, max_new_tokens=20) for p in prompts]
+    assert stories.generate("The sun", max_new_tokens=0) == ""
+
+
+def test_tiny_text_api_and_eos(tiny, tmp_path):
+    _, _, m = tiny
+    m.tokenizer = word_tokenizer(eos_id=m.config.eos_token_id)
+    prompt = "w10 w11 w12"
+    ids = generate_ids(m, [m.tokenizer.encode(prompt)], 20)[0]
+    text = m.generate(prompt, max_new_tokens=20)
+    eos = m.config.eos_token_id
+    assert text == (" " + words(t for t in ids if t != eos) if ids and ids != [eos] else "")
+
+
+def test_stop_strings_and_stream(stories):
+    full = stories.generate("Once upon a time", max_new_tokens=40)
+    stop = "Lily"
+    assert stop in full
+    cut = stories.generate("Once upon a time", max_new_tokens=40, stop=[stop, "zzz"])
+    assert cut == full[:full.index(stop)]
+    pieces = list(stories.generate("Once upon a time", max_new_tokens=40, stream=True))
+    assert "".join(pieces) == full and len(pieces) > 5
+    pieces = list(stories.generate("Once upon a time", 40, stream=True, stop=stop))
+    assert "".join(pieces) == cut
+    sampled = dict(do_sample=True, temperature=0.9, top_p=0.95, seed=5)
+    assert "".join(stories.generate("Tom", 30, stream=True, **sampled)) == \
+        stories.generate("Tom", 30, **sampled)
+
+
+def test_seeded_sampling(stories):
+    kw = dict(max_new_tokens=30, do_sample=True, temperature=1.0, top_k=40, top_p=0.95,
+              min_p=0.01, repetition_penalty=1.1)
+    a = stories.generate(["Once", "Lily"], seed=7, **kw)
+    assert a == stories.generate(["Once", "Lily"], seed=7, **kw)
+    outs = {stories.generate("Once", seed=s, **kw) for s in range(6)}
+    assert len(outs) > 1
+
+
+def test_filters_that_leave_one_token_are_greedy(stories):
+    greedy = stories.generate("Once upon a time", max_new_tokens=25)
+    for kw in (dict(top_k=1), dict(top_p=1e-6), dict(min_p=1.0), dict(temperature=1e-4)):
+        got = stories.generate("Once upon a time", max_new_tokens=25, do_sample=True, seed=3,
+                               **kw)
+        assert got == greedy, kw
+
+
+def _first_token_samples(m, prompt, n, **kw):
+    return [generate_ids(m, [prompt], 1, Sampling(do_sample=True, **kw), seed=s)[0][0]
+            for s in range(n)]
+
+
+def test_sampled_tokens_respect_top_k_top_p_min_p(stories):
+    prompt = [1, 403, 407, 261]
+    logits = stories.logits(np.array(prompt))[-1].astype(np.float64)
+    order = np.argsort(-logits, kind="stable")
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    top5 = set(order[:5].tolist())
+    assert set(_first_token_samples(stories, prompt, 60, top_k=5)) <= top5
+    csum = np.cumsum(p[order])
+    nucleus = set(order[:int(np.searchsorted(csum, 0.6)) + 1].tolist())
+    assert set(_first_token_samples(stories, prompt, 60, top_p=0.6)) <= nucleus
+    minp = set(np.flatnonzero(p >= 0.2 * p.max()).tolist())
+    assert set(_first_token_samples(stories, prompt, 60, min_p=0.2)) <= minp
+    # plain sampling follows the distribution: the most likely token is the most frequent
+    draws = _first_token_samples(stories, prompt, 300, temperature=1.0)
+    freq = np.bincount(draws, minlength=len(p)) / len(draws)
+    assert np.abs(freq - p).max() < 0.1
+
+
+def test_bad_input(stories):
+    g = stories.generate
+    with pytest.raises(ValueError, match="empty"):
+        g([])
+    with pytest.raises(TypeError):
+        g(["ok", 3])
+    with pytest.raises(TypeError):
+        g(17)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        g("a", max_new_tokens=-1)
+    for top_p in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="top_p"):
+            g("a", top_p=top_p)
+    with pytest.raises(ValueError, match="temperature"):
+        g("a", do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        g("a", top_k=-1)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        g("a", repetition_penalty=0.0)
+    with pytest.raises(ValueError, match="stream"):
+        g(["a", "b"], stream=True)
+    with pytest.raises(ValueError, match="stop"):
+        g("a", stop=[""])
+    with pytest.raises(ValueError):
+        generate_ids(stories, [[]], 3)
+    with pytest.raises(ValueError):
+        generate_ids(stories, [[10**6]], 3)
