@@ -46,51 +46,13 @@ def token_vectors(model: Model, texts: Sequence[str], batch_size: int = 32,
                   max_length: int | None = None, progress: bool = False) -> list[TokenVectors]:
     """MNTP-convention token vectors of ``texts`` (see the module docstring).
 
-    Uses ``model.embed(level="token")`` where the model has it; otherwise the same layout is
-    run here through ``model.hidden_states``.
+    Runs ``model.embed(level="token")`` (magnet/embedding.py).
     """
     if max_length is None:
         max_length = model.config.max_positions if model.config.max_positions > 0 else 1 << 30
-    if hasattr(model, "embed"):
-        res = model.embed(list(texts), level="token", batch_size=batch_size,
-                          max_length=max_length, show_progress_bar=progress)
-        return [TokenVectors(np.asarray(r.vectors), list(r.tokens), list(r.offsets))
-                for r in res]
-    return _token_vectors_hidden(model, texts, batch_size, max_length, progress)
-
-
-def _token_vectors_hidden(model: Model, texts: Sequence[str], batch_size: int, max_length: int,
-                          progress: bool) -> list[TokenVectors]:
-    tok = model.tokenizer
-    if tok is None:
-        raise ValueError("token vectors need a model with a tokenizer")
-    first = tok.bos_id if tok.bos_id is not None else tok.eos_id
-    if first is None:
-        raise ValueError("token vectors need a BOS or EOS token to start from")
-    encs = tok.backend.encode_batch(list(texts), add_special_tokens=False)
-    room = max_length - 1
-    rows = [[first, *e.ids[:room]] for e in encs]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out: list[TokenVectors | None] = [None] * len(rows)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="token vectors")
-    for idx in batches:
-        width = max(len(rows[i]) for i in idx)
-        ids = np.zeros((len(idx), width), np.int32)
-        seg = np.full((len(idx), width), -1, np.int32)
-        for r, i in enumerate(idx):
-            ids[r, :len(rows[i])] = rows[i]
-            seg[r, :len(rows[i])] = 0
-        h = model.hidden_states(ids, np.zeros_like(ids, dtype=np.uint8), seg)
-        for r, i in enumerate(idx):
-            n = len(rows[i]) - 1
-            e = encs[i]
-            out[i] = TokenVectors(np.array(h[r, :n]), list(e.tokens[:n]),
-                                  [tuple(o) for o in e.offsets[:n]])
-    return out  # type: ignore[return-value]
+    res = model.embed(list(texts), level="token", batch_size=batch_size, max_length=max_length,
+                      show_progress_bar=progress)
+    return [TokenVectors(np.asarray(r.vectors), list(r.tokens), list(r.offsets)) for r in res]
 
 
 def _is_marker(token: str) -> bool:

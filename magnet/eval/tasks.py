@@ -74,43 +74,10 @@ def sentence_embeddings(encoder: Any, texts: Sequence[str], batch_size: int = 32
         return np.asarray(encoder.embed(texts, level="sentence", pooling=pooling,
                                         instruction=instruction, batch_size=batch_size,
                                         show_progress_bar=progress), dtype=np.float32)
-    if hasattr(encoder, "hidden_states") and hasattr(encoder, "tokenizer"):
-        return _sentence_embeddings_hidden(encoder, texts, batch_size, pooling, instruction,
-                                           progress)
     if hasattr(encoder, "encode"):
         return np.asarray(encoder.encode(texts, batch_size=batch_size,
                                          show_progress_bar=progress), dtype=np.float32)
     raise TypeError(f"cannot embed sentences with a {type(encoder).__name__}")
-
-
-def _sentence_embeddings_hidden(model: Model, texts: list[str], batch_size: int, pooling: str,
-                                instruction: str | None, progress: bool) -> np.ndarray:
-    """The layout of ``Model.embed(level="sentence")`` through ``hidden_states`` (for models
-    built before ``embed`` existed): [BOS] + instruction + text + [EOS], all CONTEXT."""
-    if pooling not in ("last", "mean"):
-        raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
-    tok = model.tokenizer
-    head = [tok.bos_id] if tok.add_bos_default and tok.bos_id is not None else []
-    if instruction:
-        head += tok.encode(instruction, add_bos=False)
-    tail = [tok.eos_id] if tok.eos_id is not None else []
-    limit = model.config.max_positions - len(head) - len(tail)
-    rows = [head + ids[:limit] + tail for ids in tok.encode_batch(texts, add_bos=False)]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out = np.zeros((len(rows), model.config.hidden_size), np.float32)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in _bar(batches, progress, "embed"):
-        width = max(len(rows[i]) for i in idx)
-        ids = np.zeros((len(idx), width), np.int32)
-        seg = np.full((len(idx), width), -1, np.int32)
-        for r, i in enumerate(idx):
-            ids[r, :len(rows[i])] = rows[i]
-            seg[r, :len(rows[i])] = 0
-        h = model.hidden_states(ids, np.zeros_like(ids, dtype=np.uint8), seg)
-        for r, i in enumerate(idx):
-            n = len(rows[i])
-            out[i] = h[r, n - 1] if pooling == "last" else h[r, len(head):n].mean(0)
-    return out
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
