@@ -56,4 +56,8 @@ PyObject *mgpy_op_adamw(PyObject *self, PyObject *args);
 PyObject *mgpy_op_grad_global_norm(PyObject *self, PyObject *arg);
 PyObject *mgpy_op_rng(PyObject *self, PyObject *args);
 
+/* probe_binding.c: linear probes (softmax regression with AdamW) for magnet.eval */
+PyObject *mgpy_probe_train(PyObject *self, PyObject *args);
+PyObject *mgpy_probe_predict(PyObject *self, PyObject *args);
+
 #endif

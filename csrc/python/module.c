@@ -81,6 +81,9 @@ static PyMethodDef module_methods[] = {
      "op_grad_global_norm(arrays) -> float"},
     {"op_rng", mgpy_op_rng, METH_VARARGS,
      "op_rng(seed, stream, first, n, high=0) -> uniform float32[n], or int64[n] in [0, high)"},
+    {"probe_train", mgpy_probe_train, METH_VARARGS,
+     "probe_train(X, y, num_classes, config) -> (W, b, epoch_loss)"},
+    {"probe_predict", mgpy_probe_predict, METH_VARARGS, "probe_predict(X, W, b) -> int32[N]"},
     {NULL, NULL, 0, NULL},
 };
 

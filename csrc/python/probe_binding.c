@@ -1,0 +1,142 @@
+/* magnet._C.probe_train / probe_predict: the evaluation suite's linear probes
+ * (csrc/model/probe.h), on NumPy arrays, with the GIL released while they run. */
+#define NO_IMPORT_ARRAY
+#define PY_ARRAY_UNIQUE_SYMBOL MAGNET_ARRAY_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "../core/alloc.h"
+#include "../model/probe.h"
+#include "bindings.h"
+#include "dict_args.h"
+#include "errors.h"
+
+/* obj as a C-contiguous array of dtype `type` with `ndim` dimensions (new reference), or NULL. */
+static PyArrayObject *probe_array(PyObject *obj, const char *name, int type, int ndim) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != type) {
+        PyErr_Format(PyExc_TypeError, "%s must be a %s numpy array", name,
+                     type == NPY_FLOAT32 ? "float32" : "int32");
+        return NULL;
+    }
+    if (PyArray_NDIM((PyArrayObject *)obj) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, got %d", name, ndim,
+                     PyArray_NDIM((PyArrayObject *)obj));
+        return NULL;
+    }
+    return PyArray_GETCONTIGUOUS((PyArrayObject *)obj);
+}
+
+static int parse_probe_config(PyObject *cfg, mg_probe_config *c) {
+    const int epochs = 10, batch = 256, one = 1, zero = 0;
+    int seed;
+    if (mgpy_dict_int(cfg, "epochs", &epochs, &c->epochs) ||
+        mgpy_dict_int(cfg, "batch_size", &batch, &c->batch_size) ||
+        mgpy_dict_float(cfg, "lr", 1e-3f, &c->lr) ||
+        mgpy_dict_float(cfg, "weight_decay", 0.0f, &c->weight_decay) ||
+        mgpy_dict_float(cfg, "beta1", 0.9f, &c->beta1) ||
+        mgpy_dict_float(cfg, "beta2", 0.999f, &c->beta2) ||
+        mgpy_dict_float(cfg, "eps", 1e-8f, &c->eps) ||
+        mgpy_dict_int(cfg, "standardize", &one, &c->standardize) ||
+        mgpy_dict_int(cfg, "seed", &zero, &seed))
+        return -1;
+    c->seed = (uint64_t)(int64_t)seed;
+    return 0;
+}
+
+/* probe_train(X float32[N, D], y int32[N], num_classes, config dict) -> (W[C, D], b[C],
+ * epoch_loss[epochs]) */
+PyObject *mgpy_probe_train(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o_x, *o_y, *cfg, *res = NULL;
+    int C;
+    if (!PyArg_ParseTuple(args, "OOiO!", &o_x, &o_y, &C, &PyDict_Type, &cfg)) return NULL;
+    mg_probe_config c;
+    if (parse_probe_config(cfg, &c)) return NULL;
+    PyArrayObject *x = NULL, *y = NULL;
+    PyObject *w_arr = NULL, *b_arr = NULL, *l_arr = NULL;
+    if (!(x = probe_array(o_x, "X", NPY_FLOAT32, 2)) ||
+        !(y = probe_array(o_y, "y", NPY_INT32, 1)))
+        goto done;
+    const npy_intp N = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
+    if (PyArray_DIM(y, 0) != N) {
+        PyErr_Format(PyExc_ValueError, "y has %zd labels for %zd rows of X", (Py_ssize_t)
+                     PyArray_DIM(y, 0), (Py_ssize_t)N);
+        goto done;
+    }
+    if (D > (1 << 30) || C < 1 || C > (1 << 20) || c.epochs < 1) {
+        PyErr_SetString(PyExc_ValueError, "probe needs 1 <= num_classes <= 2**20, epochs >= 1 "
+                        "and a sane feature count");
+        goto done;
+    }
+    npy_intp wd[2] = {C, D}, bd[1] = {C}, ld[1] = {c.epochs};
+    if (!(w_arr = PyArray_ZEROS(2, wd, NPY_FLOAT32, 0)) ||
+        !(b_arr = PyArray_ZEROS(1, bd, NPY_FLOAT32, 0)) ||
+        !(l_arr = PyArray_ZEROS(1, ld, NPY_FLOAT32, 0)))
+        goto done;
+    mg_error err;
+    mg_error_clear(&err);
+    Py_BEGIN_ALLOW_THREADS;
+    mg_probe_train((const float *)PyArray_DATA(x), (const int32_t *)PyArray_DATA(y), (long)N,
+                   (int)D, C, &c, (float *)PyArray_DATA((PyArrayObject *)w_arr),
+                   (float *)PyArray_DATA((PyArrayObject *)b_arr),
+                   (float *)PyArray_DATA((PyArrayObject *)l_arr), &err);
+    Py_END_ALLOW_THREADS;
+    if (err.code != MG_OK) {
+        mgpy_raise(&err);
+        goto done;
+    }
+    res = Py_BuildValue("(OOO)", w_arr, b_arr, l_arr);
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    Py_XDECREF(w_arr);
+    Py_XDECREF(b_arr);
+    Py_XDECREF(l_arr);
+    return res;
+}
+
+/* probe_predict(X float32[N, D], W float32[C, D], b float32[C]) -> int32[N] */
+PyObject *mgpy_probe_predict(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o_x, *o_w, *o_b, *res = NULL;
+    if (!PyArg_ParseTuple(args, "OOO", &o_x, &o_w, &o_b)) return NULL;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL;
+    PyObject *out = NULL;
+    if (!(x = probe_array(o_x, "X", NPY_FLOAT32, 2)) ||
+        !(w = probe_array(o_w, "W", NPY_FLOAT32, 2)) ||
+        !(b = probe_array(o_b, "b", NPY_FLOAT32, 1)))
+        goto done;
+    const npy_intp N = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1), C = PyArray_DIM(w, 0);
+    if (PyArray_DIM(w, 1) != D || PyArray_DIM(b, 0) != C || C > (1 << 20) || D > (1 << 30)) {
+        PyErr_Format(PyExc_ValueError, "W must be [C, %zd] and b [C] (got W %zdx%zd, b %zd)",
+                     (Py_ssize_t)D, (Py_ssize_t)C, (Py_ssize_t)PyArray_DIM(w, 1),
+                     (Py_ssize_t)PyArray_DIM(b, 0));
+        goto done;
+    }
+    npy_intp od[1] = {N};
+    if (!(out = PyArray_ZEROS(1, od, NPY_INT32, 0))) goto done;
+    if (N == 0) {
+        res = out;
+        out = NULL;
+        goto done;
+    }
+    mg_error err;
+    mg_error_clear(&err);
+    Py_BEGIN_ALLOW_THREADS;
+    mg_probe_predict((const float *)PyArray_DATA(x), (long)N, (int)D, (int)C,
+                     (const float *)PyArray_DATA(w), (const float *)PyArray_DATA(b),
+                     (int32_t *)PyArray_DATA((PyArrayObject *)out), &err);
+    Py_END_ALLOW_THREADS;
+    if (err.code != MG_OK) {
+        mgpy_raise(&err);
+        goto done;
+    }
+    res = out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(out);
+    return res;
+}

@@ -1,0 +1,119 @@
+"""``python -m magnet.eval TASK --model PATH --data PATH [--out results.json] [options]``.
+
+Tasks: ``sts``, the probes ``conll2003-ner``, ``conll2003-pos``, ``conll2003-chunk``,
+``conll2000-chunk``, ``ud-upos``, and ``infill``, ``retention``, ``repetition``. ``--data`` is a
+file or the data set's directory (probes: the directory with the default train/test files, or
+``--train``/``--test``). The result dict is printed as JSON and written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from magnet.eval.tasks import (
+    TAGGING_TASKS,
+    evaluate_infill,
+    evaluate_repetition,
+    evaluate_retention,
+    evaluate_sts,
+    evaluate_tagging,
+)
+
+TASKS = ("sts", *TAGGING_TASKS, "infill", "retention", "repetition")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    p = argparse.ArgumentParser(prog="python -m magnet.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--model", required=True, help="model path (magnet.Model.from_pretrained)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer file for a llama2.c checkpoint")
+    p.add_argument("--data", default=None, help="data file or directory")
+    p.add_argument("--out", default=None, help="write the result JSON here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="C core worker threads")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("sts")
+    g.add_argument("--format", choices=("stsb", "sick", "senteval"), default=None)
+    g.add_argument("--split", default="test")
+    g.add_argument("--pooling", choices=("last", "mean"), default="last")
+    g.add_argument("--max-pairs", type=int, default=None)
+    g = p.add_argument_group("probes")
+    g.add_argument("--train", default=None, help="train file (overrides --data's default)")
+    g.add_argument("--test", default=None, help="test file (overrides --data's default)")
+    g.add_argument("--max-sentences", type=int, default=None, help="train sentences (seeded)")
+    g.add_argument("--max-test-sentences", type=int, default=None,
+                   help="test sentences (default: --max-sentences)")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--lr", type=float, default=5e-3)
+    g.add_argument("--probe-batch-size", type=int, default=128)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g = p.add_argument_group("infill / retention / repetition")
+    g.add_argument("--num-spans", type=int, default=200)
+    g.add_argument("--window", type=int, default=None,
+                   help="tokens per window (infill 128, retention 256)")
+    g.add_argument("--stride", type=int, default=128)
+    g.add_argument("--max-tokens", type=int, default=None, help="retention: first N tokens")
+    g.add_argument("--num-prompts", type=int, default=50)
+    g.add_argument("--prompt-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--do-sample", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the model and run one task; the result dict."""
+    import magnet
+
+    if args.threads is not None:
+        magnet.set_num_threads(args.threads)
+    if args.data is None and (args.task not in TAGGING_TASKS or not (args.train and args.test)):
+        raise SystemExit(f"{args.task}: --data is required")
+    model = magnet.Model.from_pretrained(args.model, tokenizer=args.tokenizer)
+    progress = not args.no_progress
+    bs = args.batch_size
+    if args.task == "sts":
+        res = evaluate_sts(model, args.data, args.format, args.split, bs or 32, args.pooling,
+                           max_pairs=args.max_pairs, seed=args.seed, progress=progress)
+    elif args.task in TAGGING_TASKS:
+        res = evaluate_tagging(model, args.task, args.data, args.train, args.test,
+                               args.max_sentences, args.max_test_sentences, args.epochs, args.lr,
+                               args.probe_batch_size, args.weight_decay, args.seed,
+                               embed_batch_size=bs or 32, progress=progress)
+    elif args.task == "infill":
+        res = evaluate_infill(model, args.data, args.num_spans, args.window or 128,
+                              seed=args.seed, batch_size=bs or 8, progress=progress)
+    elif args.task == "retention":
+        res = evaluate_retention(model, args.data, args.window or 256, args.stride,
+                                 args.max_tokens, bs or 4, progress=progress)
+    else:
+        res = evaluate_repetition(model, args.data, args.num_prompts, args.prompt_tokens,
+                                  args.max_new_tokens, args.do_sample, seed=args.seed,
+                                  batch_size=bs or 8, progress=progress)
+    res["model"] = str(args.model)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        res = run(args)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(res, indent=2, default=float)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

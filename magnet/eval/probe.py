@@ -1,0 +1,149 @@
+"""Linear probes on frozen token vectors.
+
+Word vectors (:func:`word_vectors`). A sentence's words are joined with single spaces and the
+text runs all-CONTEXT (bidirectional) through the model, as ``Model.embed(level="token")`` lays
+it out: ``[BOS] + text tokens``, no instruction, no EOS. Token t's vector is the final hidden
+state (after the final norm) at position t-1, the MNTP convention, so the first text token's
+vector is BOS's state. A word's vector is the vector of its **first sub-token**: the first token
+whose character span overlaps the word and is not a bare word-boundary marker (``▁``, ``Ġ`` or
+whitespace, which some SentencePiece vocabularies emit as a token of its own); a word covered
+only by such markers falls back to the first overlapping token. Words past ``max_length`` tokens
+are dropped and counted.
+
+The probe (:func:`train_probe`) is softmax regression trained in the C core
+(``magnet._C.probe_train``, csrc/model/probe.c): features standardised per dimension (the scaling
+folded back into W and b), W and b from zero, AdamW (betas 0.9/0.999, eps 1e-8, decoupled weight
+decay on W only), a constant learning rate, a fixed number of epochs, and the minibatch order of
+each epoch a permutation drawn from ``(seed, epoch)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from magnet import _C
+
+if TYPE_CHECKING:
+    from magnet.model import Model
+
+_MARKERS = ("\u2581", "\u0120", "\u010a")
+
+
+@dataclass
+class TokenVectors:
+    """Token-level vectors of one text: ``vectors`` [T, D], token strings and char offsets."""
+
+    vectors: np.ndarray
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+
+
+def token_vectors(model: Model, texts: Sequence[str], batch_size: int = 32,
+                  max_length: int | None = None, progress: bool = False) -> list[TokenVectors]:
+    """MNTP-convention token vectors of ``texts`` (see the module docstring).
+
+    Runs ``model.embed(level="token")`` (magnet/embedding.py).
+    """
+    if max_length is None:
+        max_length = model.config.max_positions if model.config.max_positions > 0 else 1 << 30
+    res = model.embed(list(texts), level="token", batch_size=batch_size, max_length=max_length,
+                      show_progress_bar=progress)
+    return [TokenVectors(np.asarray(r.vectors), list(r.tokens), list(r.offsets)) for r in res]
+
+
+def _is_marker(token: str) -> bool:
+    stripped = token
+    for m in _MARKERS:
+        stripped = stripped.replace(m, "")
+    return not stripped.strip()
+
+
+def first_subtokens(words: Sequence[str], tokens: Sequence[str],
+                    offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """Index of each word's first sub-token (-1 where the word has no token, e.g. after
+    truncation), for words joined by single spaces (word i starts after words[:i] and i spaces)."""
+    result = []
+    start = 0
+    t = 0
+    n = len(tokens)
+    for w in words:
+        end = start + len(w)
+        while t < n and offsets[t][1] <= start:
+            t += 1
+        pick = -1
+        fallback = -1
+        j = t
+        while j < n and offsets[j][0] < end:
+            if offsets[j][1] > start:
+                if fallback < 0:
+                    fallback = j
+                if not _is_marker(tokens[j]):
+                    pick = j
+                    break
+            j += 1
+        result.append(pick if pick >= 0 else fallback)
+        start = end + 1
+    return result
+
+
+def word_vectors(model: Model, sentences: Sequence[Sequence[str]], batch_size: int = 32,
+                 max_length: int | None = None, progress: bool = False
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per sentence: the vectors of its kept words [K_i, D] and the indices of those words
+    (words past the length limit are dropped)."""
+    texts = [" ".join(ws) for ws in sentences]
+    tvs = token_vectors(model, texts, batch_size, max_length, progress)
+    vecs, kept = [], []
+    for ws, tv in zip(sentences, tvs, strict=True):
+        idx = np.asarray(first_subtokens(ws, tv.tokens, tv.offsets), dtype=np.int64)
+        keep = np.flatnonzero(idx >= 0)
+        vecs.append(np.asarray(tv.vectors[idx[keep]], dtype=np.float32))
+        kept.append(keep)
+    return vecs, kept
+
+
+@dataclass
+class Probe:
+    """A trained softmax-regression probe: ``W`` [C, D], ``b`` [C], class names, and the mean
+    training loss of each epoch."""
+
+    W: np.ndarray
+    b: np.ndarray
+    classes: list[str]
+    epoch_loss: list[float]
+
+    def predict(self, X: np.ndarray) -> list[str]:
+        """Class names of the rows of ``X`` [N, D] (argmax, in C)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.W.shape[1]:
+            raise ValueError(f"X must be [N, {self.W.shape[1]}], got {X.shape}")
+        if len(X) == 0:
+            return []
+        pred = _C.probe_predict(X, self.W, self.b)
+        return [self.classes[i] for i in pred]
+
+
+def train_probe(X: np.ndarray, labels: Sequence[str], epochs: int = 10, lr: float = 5e-3,
+                batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0,
+                standardize: bool = True, classes: Sequence[str] | None = None) -> Probe:
+    """Train a linear probe on ``X`` [N, D] for string ``labels`` (in C; see the module doc).
+
+    ``classes``: the label set (default: the sorted distinct labels)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] != len(labels):
+        raise ValueError(f"X must be [N, D] with N = {len(labels)} labels, got {X.shape}")
+    names = sorted(set(labels)) if classes is None else list(classes)
+    index = {c: i for i, c in enumerate(names)}
+    missing = {lab for lab in labels if lab not in index}
+    if missing:
+        raise ValueError(f"labels {sorted(missing)[:5]} are not among the classes")
+    y = np.fromiter((index[lab] for lab in labels), dtype=np.int32, count=len(labels))
+    config: dict[str, Any] = dict(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
+                                  weight_decay=float(weight_decay), seed=int(seed),
+                                  standardize=int(bool(standardize)))
+    W, b, losses = _C.probe_train(X, y, len(names), config)
+    return Probe(W, b, names, [float(v) for v in losses])

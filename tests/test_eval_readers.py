@@ -1,0 +1,114 @@
+"""magnet.eval.readers on small fixtures in each layout, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from magnet.eval import readers
+from magnet.eval.readers import EvalDataError
+
+FIX = Path(__file__).parent / "fixtures" / "eval"
+
+
+def test_sts_benchmark() -> None:
+    p = readers.read_sts_benchmark(FIX / "stsb" / "sts-test.csv")
+    assert len(p) == 4
+    assert p.s1[2] == "The cat sat on the mat." and p.s2[2] == "A cat is sitting on a mat."
+    assert p.scores.tolist() == [5.0, 0.5, 3.2, 1.0]
+
+
+def test_sick_splits() -> None:
+    test = readers.read_sick(FIX / "sick" / "SICK.txt")
+    assert test.s1 == ["A man is cooking.", "Two dogs play.", "A bird flies."]
+    assert test.scores.tolist() == [1.2, 4.9, 4.1]
+    assert len(readers.read_sick(FIX / "sick" / "SICK.txt", "TRAIN")) == 1
+    assert len(readers.read_sick(FIX / "sick" / "SICK.txt", None)) == 5
+
+
+def test_senteval_skips_empty_gold() -> None:
+    files = readers.read_senteval_sts(FIX / "senteval")
+    assert [f.name for f in files] == ["headlines", "images"]
+    assert len(files[0]) == 3 and files[0].scores.tolist() == [5.0, 0.4, 1.0]
+    assert files[0].s1[2] == "I like green tea."
+
+
+def test_conll2003() -> None:
+    sents = readers.read_conll2003(FIX / "conll2003.txt")
+    assert len(sents) == 4  # -DOCSTART- lines skipped
+    assert sents[0].words[:3] == ["EU", "rejects", "German"]
+    assert sents[0].tags["ner"][:3] == ["I-ORG", "O", "I-MISC"]
+    assert sents[3].tags["chunk"][:2] == ["I-NP", "B-NP"]
+    assert sents[1].tags["pos"] == ["NNP", "NNP"]
+
+
+def test_conll2000_and_conllu() -> None:
+    sents = readers.read_conll2000(FIX / "conll2000.txt")
+    assert len(sents) == 2 and sents[1].tags["chunk"] == ["B-NP", "B-PP", "B-NP", "I-NP"]
+    ud = readers.read_conllu(FIX / "tiny.conllu")
+    assert ud[0].words == ["Google", "'s", "office", "is", "big", "."]  # 1-2 and 5.1 skipped
+    assert ud[0].tags["upos"] == ["PROPN", "PART", "NOUN", "AUX", "ADJ", "PUNCT"]
+    assert ud[1].tags["upos"] == ["INTJ", "ADV"]
+
+
+def test_wikitext() -> None:
+    arts = readers.read_wikitext(FIX / "wiki.tokens")
+    assert len(arts) == 2
+    assert arts[0].startswith("= Alpha Story =")
+    assert "Part-two" in arts[0] and "1,000" in arts[1]
+    paras = readers.wikitext_paragraphs(FIX / "wiki.tokens")
+    assert len(paras) == 8 and not any(p.startswith("=") for p in paras)
+
+
+def test_missing_files_name_the_path(tmp_path: Path) -> None:
+    for fn in (readers.read_sts_benchmark, readers.read_sick, readers.read_conll2003,
+               readers.read_conll2000, readers.read_conllu, readers.read_wikitext):
+        with pytest.raises(FileNotFoundError, match="nope.txt"):
+            fn(tmp_path / "nope.txt")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        readers.read_senteval_sts(tmp_path / "missing")
+
+
+def test_malformed_lines_name_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "sts.csv"
+    f.write_text("g\tf\t2012\t1\t4.0\ta\tb\ng\tf\t2012\t2\tx.y\ta\tb\n")
+    with pytest.raises(EvalDataError, match=r"sts.csv:2: score 'x.y'"):
+        readers.read_sts_benchmark(f)
+    f.write_text("g\tf\t2012\t1\t4.0\tonly one sentence\n")
+    with pytest.raises(EvalDataError, match=r"sts.csv:1: expected 7"):
+        readers.read_sts_benchmark(f)
+
+    f = tmp_path / "SICK.txt"
+    f.write_text("pair_ID\tsentence_A\tsentence_B\n")
+    with pytest.raises(EvalDataError, match=r"SICK.txt:1: header lacks .*relatedness_score"):
+        readers.read_sick(f)
+    f.write_text("sentence_A\tsentence_B\trelatedness_score\tSemEval_set\na\tb\t3\tDEV\n")
+    with pytest.raises(EvalDataError, match=r"SICK.txt:2: SemEval_set 'DEV'"):
+        readers.read_sick(f)
+
+    f = tmp_path / "eng.train"
+    f.write_text("EU NNP I-NP I-ORG\nrejects VBZ I-VP\n")
+    with pytest.raises(EvalDataError, match=r"eng.train:2: expected 4 columns"):
+        readers.read_conll2003(f)
+    f.write_text("EU NNP I-NP I-ORG\n\nrejects VBZ I-VP X-ORG\n")
+    with pytest.raises(EvalDataError, match=r"eng.train:3: ner tag 'X-ORG'"):
+        readers.read_conll2003(f)
+
+    f = tmp_path / "t.conllu"
+    f.write_text("1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n2\tthere\tthere\tADV\n")
+    with pytest.raises(EvalDataError, match=r"t.conllu:2: expected 10"):
+        readers.read_conllu(f)
+
+
+def test_senteval_count_mismatch(tmp_path: Path) -> None:
+    (tmp_path / "STS.input.x.txt").write_text("a\tb\nc\td\ne\tf\n")
+    (tmp_path / "STS.gs.x.txt").write_text("1\n2\n")
+    with pytest.raises(EvalDataError, match=r"STS.gs.x.txt:3: 2 gold lines for 3"):
+        readers.read_senteval_sts(tmp_path)
+    (tmp_path / "STS.gs.x.txt").write_text("1\nfive\n2\n")
+    with pytest.raises(EvalDataError, match=r"STS.gs.x.txt:2: score 'five'"):
+        readers.read_senteval_sts(tmp_path)
+    (tmp_path / "STS.gs.x.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="STS.gs.x.txt"):
+        readers.read_senteval_sts(tmp_path)

@@ -1,0 +1,159 @@
+"""magnet.eval tasks and CLI on stories260K and the tiny fixtures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import magnet
+from magnet.eval import tasks
+from magnet.eval.__main__ import main as eval_main
+
+FIX = Path(__file__).parent / "fixtures" / "eval"
+
+
+@pytest.fixture(scope="module")
+def model(stories_dir: Path) -> Iterator[magnet.Model]:
+    # one thread: a tiny model on a shared machine runs fastest without a thread team
+    before = magnet.get_num_threads()
+    magnet.set_num_threads(1)
+    yield magnet.Model.from_pretrained(stories_dir / "stories260K.bin")
+    magnet.set_num_threads(before)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("sub", ["stsb", "sick", "senteval"])
+def test_sts_formats(model: magnet.Model, sub: str) -> None:
+    res = tasks.evaluate_sts(model, FIX / sub, progress=False)
+    assert np.isfinite(res["spearman"]) and -100 <= res["spearman"] <= 100
+    n_files = 2 if sub == "senteval" else 1
+    assert len(res["files"]) == n_files
+    # the year's score is the mean over its files (SentEval "all")
+    assert res["spearman"] == pytest.approx(np.mean([f["spearman"]
+                                                     for f in res["files"].values()]))
+
+
+def test_sts_uses_cosine_of_sentence_embeddings(model: magnet.Model) -> None:
+    class Fixed:
+        """An encoder whose vectors make the cosine ranking equal the gold ranking."""
+
+        def encode(self, texts: list[str], batch_size: int = 32, **_: Any) -> np.ndarray:
+            gold = {"A man is playing a guitar.": 0.0, "A man plays the guitar.": 0.1,
+                    "A woman is slicing an onion.": 0.0, "A dog runs in the park.": 3.0,
+                    "The cat sat on the mat.": 0.0, "A cat is sitting on a mat.": 0.5,
+                    "I like green tea.": 0.0, "The train was late again.": 1.5}
+            return np.array([[1.0, gold[t]] for t in texts])
+
+    res = tasks.evaluate_sts(Fixed(), FIX / "stsb" / "sts-test.csv", progress=False)
+    assert res["spearman"] == pytest.approx(100.0)
+
+
+def test_tagging_probe_runs(model: magnet.Model) -> None:
+    f = FIX / "conll2003.txt"
+    res = tasks.evaluate_tagging(model, "conll2003-ner", train_path=f, test_path=f, epochs=30,
+                                 lr=5e-2, progress=False)
+    assert res["train_words"] == res["test_words"] == 9 + 2 + 2 + 7
+    assert res["entities"] == 7 and 0 <= res["f1"] <= 100
+    assert res["probe_loss"][-1] < res["probe_loss"][0]
+    res = tasks.evaluate_tagging(model, "ud-upos", train_path=FIX / "tiny.conllu",
+                                 test_path=FIX / "tiny.conllu", epochs=50, lr=5e-2,
+                                 progress=False)
+    assert res["accuracy"] == pytest.approx(100.0)  # 8 words, 8 dims of room: memorised
+    res = tasks.evaluate_tagging(model, "conll2000-chunk", train_path=FIX / "conll2000.txt",
+                                 test_path=FIX / "conll2000.txt", max_sentences=1,
+                                 progress=False)
+    assert res["train_sentences"] == 1 and res["test_sentences"] == 1
+    with pytest.raises(ValueError, match="unknown tagging task"):
+        tasks.evaluate_tagging(model, "ner", FIX)
+
+
+def test_infill_matches_a_direct_computation(model: magnet.Model) -> None:
+    path = FIX / "wiki.tokens"
+    window, n = 64, 3
+    res = tasks.evaluate_infill(model, path, num_spans=n, window=window, span_min=8,
+                                span_max=12, min_context=8, seed=5, batch_size=2,
+                                progress=False)
+    stream = tasks._token_stream(model, path)
+    body = window - 1
+    chosen, starts, lengths = tasks.infill_spans(len(stream) // body, window, n, 8, 12, 8, 5)
+    nll = {"both": 0.0, "left": 0.0}
+    for w, s, L in zip(chosen, starts, lengths, strict=True):
+        ids = np.concatenate([[model.tokenizer.bos_id], stream[w * body:(w + 1) * body]])
+        roles = np.zeros(window, np.uint8)
+        roles[s:s + L] = 1
+        lp = _log_softmax(model.logits(ids, roles))
+        nll["both"] -= sum(lp[i - 1, ids[i]] for i in range(s, s + L))
+        cut = ids[:s + L]  # left context only: the causal model truncated at the span's end
+        lp = _log_softmax(model.logits(cut))
+        nll["left"] -= sum(lp[i - 1, cut[i]] for i in range(s, s + L))
+    count = int(lengths.sum())
+    assert res["span_tokens"] == count
+    assert res["ppl_both"] == pytest.approx(np.exp(nll["both"] / count), rel=1e-4)
+    assert res["ppl_left"] == pytest.approx(np.exp(nll["left"] / count), rel=1e-4)
+    assert res["ppl_both"] != pytest.approx(res["ppl_left"])
+
+
+def test_retention_sliding_windows(model: magnet.Model) -> None:
+    path = FIX / "wiki.tokens"
+    stream = tasks._token_stream(model, path)
+    n = 60
+    full = tasks.evaluate_retention(model, path, window=n + 1, stride=n, max_tokens=n,
+                                    progress=False)
+    ids = np.concatenate([[model.tokenizer.bos_id], stream[:n]])
+    lp = _log_softmax(model.logits(ids))
+    ref = -np.mean([lp[i - 1, ids[i]] for i in range(1, n + 1)])
+    assert full["tokens"] == n and full["windows"] == 1
+    assert full["ppl"] == pytest.approx(np.exp(ref), rel=1e-4)
+    strided = tasks.evaluate_retention(model, path, window=32, stride=16, max_tokens=200,
+                                       batch_size=3, progress=False)
+    assert strided["tokens"] == 200  # every token scored exactly once
+    assert strided["windows"] == len(range(0, 200 - 31 + 16, 16))
+
+
+def test_repetition_with_a_stub_generator(model: magnet.Model) -> None:
+    class Stub:
+        tokenizer = model.tokenizer
+
+        def generate(self, prompts: list[str], **kw: Any) -> list[str]:
+            assert kw["do_sample"] is False and kw["max_new_tokens"] == 20
+            return ["It rains. It rains. It rains." for _ in prompts]
+
+    res = tasks.evaluate_repetition(Stub(), FIX / "wiki.tokens", num_prompts=3, prompt_tokens=16,
+                                    max_new_tokens=20, batch_size=2, progress=False)
+    assert res["continuations"] == 3
+    assert res["repeated_sentence_share"] == pytest.approx(2 / 3)
+    assert res["repeated_4gram_share"] == pytest.approx(1 - 2 / 3)  # 6 words, 3 grams, 2 unique
+    assert len(res["samples"]) == 3 and res["samples"][0]["prompt"]
+    prompts = tasks.repetition_prompts(model, FIX / "wiki.tokens", 3, 16, seed=0)
+    assert all(len(model.tokenizer.encode(p, add_bos=False)) >= 14 for p in prompts)
+
+
+@pytest.mark.skipif(not hasattr(magnet.Model, "generate"), reason="Model.generate not merged")
+def test_repetition_with_the_model(model: magnet.Model) -> None:
+    res = tasks.evaluate_repetition(model, FIX / "wiki.tokens", num_prompts=2, prompt_tokens=8,
+                                    max_new_tokens=24, progress=False)
+    assert res["continuations"] == 2 and 0 <= res["repeated_4gram_share"] <= 1
+
+
+def test_cli_writes_json(stories_dir: Path, tmp_path: Path, model: magnet.Model,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    rc = eval_main(["sts", "--model", str(stories_dir / "stories260K.bin"), "--data",
+                    str(FIX / "sick"), "--out", str(out), "--no-progress", "--threads", "1"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["task"] == "sts" and "SICK-TEST" in res["files"]
+    rc = eval_main(["conll2003-ner", "--model", str(stories_dir / "stories260K.bin"), "--data",
+                    str(tmp_path), "--no-progress", "--threads", "1"])
+    assert rc == 2
+    assert "eng.train" in capsys.readouterr().err
