@@ -208,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:  # its own parser (python -m magnet.eval), options and all
+        args = argparse.Namespace(func=cmd_eval, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (FileNotFoundError, ValueError, TypeError, OSError, FloatingPointError) as e:

@@ -91,3 +91,16 @@ def test_errors_are_one_line_with_status_2(args, tmp_path):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_eval_sts_writes_results(tmp_path, shared_data):
+    sts = shared_data / "sts" / "stsbenchmark" / "sts-test.csv"
+    if not sts.is_file():
+        pytest.skip(f"{sts} not found")
+    out = tmp_path / "sts.json"
+    r = run("eval", "sts", "--model", "stories260K", "--data", str(sts), "--max-pairs", "40",
+            "--no-progress", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    flat = json.dumps(res)
+    assert "spearman" in flat.lower()
