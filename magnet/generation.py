@@ -134,6 +134,9 @@ def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens:
         pos[b, T - n:] = np.arange(n, dtype=np.int32)
     if max_new_tokens == 0:
         return
+    if T + max_new_tokens - 1 >= 2**31:  # the KV cache of such a session cannot exist
+        raise MemoryError(f"cannot hold a KV cache of {T + max_new_tokens - 1} positions "
+                          f"(max_new_tokens={max_new_tokens})")
     gen = _C.Generator(model._c, B, T + max_new_tokens - 1, seed=seed, eos_id=eos_id,
                        **sampling.c_kwargs())
     gen.append(ids, np.full((B, T), SPAN, np.uint8), seg, pos)

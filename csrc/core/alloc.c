@@ -1,7 +1,35 @@
 #include "alloc.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+size_t mg_memory_available(void) {
+    unsigned long long avail = 0, swap = 0;
+    int found = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f != NULL) {
+        char line[128];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f)) {
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = kb * 1024ull;
+                found = 1;
+            } else if (sscanf(line, "SwapFree: %llu kB", &kb) == 1) {
+                swap = kb * 1024ull;
+            }
+        }
+        fclose(f);
+    }
+    if (!found) {
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        if (pages <= 0 || page <= 0) return SIZE_MAX;
+        avail = (unsigned long long)pages * (unsigned long long)page;
+    }
+    avail += swap;
+    return avail > (unsigned long long)SIZE_MAX ? SIZE_MAX : (size_t)avail;
+}
 
 void *mg_alloc_uninit(size_t count, size_t elem_size, const char *what, mg_error *err) {
     size_t bytes;
@@ -9,6 +37,15 @@ void *mg_alloc_uninit(size_t count, size_t elem_size, const char *what, mg_error
         mg_fail(err, MG_ERR_NOMEM, "cannot allocate %s: %zu x %zu bytes is too large", what, count,
                 elem_size);
         return NULL;
+    }
+    if (bytes >= MG_CHECKED_ALLOC) {
+        size_t avail = mg_memory_available();
+        if (bytes > avail) {
+            mg_fail(err, MG_ERR_NOMEM,
+                    "cannot allocate %s: %zu bytes needed, only %zu bytes of memory available",
+                    what, bytes, avail);
+            return NULL;
+        }
     }
     if (bytes == 0) bytes = 64;
     size_t rounded = (bytes + 63) & ~(size_t)63;

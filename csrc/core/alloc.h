@@ -9,6 +9,14 @@
 
 /* Largest single allocation we attempt (bytes); beyond it we report MemoryError up front. */
 #define MG_MAX_ALLOC ((size_t)1 << 40)
+/* Allocations of at least this many bytes are also checked against the memory the system can
+ * still give (MemAvailable + SwapFree in /proc/meminfo, else the physical memory), so that a
+ * request whose buffers cannot exist raises MemoryError before anything is allocated instead of
+ * being granted by overcommit and killed by the OOM killer when touched. */
+#define MG_CHECKED_ALLOC ((size_t)64 << 20)
+
+/* Bytes the system can still provide (see MG_CHECKED_ALLOC); SIZE_MAX when unknown. */
+size_t mg_memory_available(void);
 
 /* Returns 0 and writes a*b to *out, or -1 on overflow. */
 static inline int mg_mul_size(size_t a, size_t b, size_t *out) {

@@ -10,8 +10,11 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
                       const sampling_params *params, uint64_t seed, int eos_id, mg_error *err) {
     memset(g, 0, sizeof(*g));
     const mg_config *c = &m->config;
-    if (B <= 0 || capacity <= 0 || (long)B * capacity > (1L << 28))
+    if (B <= 0 || capacity <= 0)
         return mg_fail(err, MG_ERR_VALUE, "invalid session size (%d rows x %d tokens)", B,
+                       capacity);
+    if ((long)B * capacity > (1L << 28))
+        return mg_fail(err, MG_ERR_NOMEM, "session of %d rows x %d tokens is too large", B,
                        capacity);
     if (params->do_sample && !(params->temperature > 0.0f))
         return mg_fail(err, MG_ERR_VALUE, "temperature must be > 0 when sampling");

@@ -16,6 +16,13 @@ int mg_kv_cache_init(mg_kv_cache *c, const mg_config *cfg, int B, int capacity, 
     size_t rows = (size_t)n_slots * (size_t)B * (size_t)capacity, floats;
     if (mg_mul_size(rows, (size_t)c->kv_dim, &floats) != 0)
         return mg_fail(err, MG_ERR_NOMEM, "key/value cache of %zu rows is too large", rows);
+    /* keys and values together (each alone may pass the per-allocation check) */
+    if (floats > SIZE_MAX / (2 * sizeof(float)) ||
+        (2 * sizeof(float) * floats >= MG_CHECKED_ALLOC &&
+         2 * sizeof(float) * floats > mg_memory_available()))
+        return mg_fail(err, MG_ERR_NOMEM,
+                       "cannot allocate the key/value cache: %zu bytes needed, more than the "
+                       "memory available", 2 * sizeof(float) * floats);
     c->k = mg_alloc_uninit(floats, sizeof(float), "key cache", err);
     c->v = mg_alloc_uninit(floats, sizeof(float), "value cache", err);
     c->roles = mg_alloc((size_t)B * capacity, sizeof(uint8_t), "cache roles", err);
