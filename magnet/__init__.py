@@ -4,7 +4,14 @@
 # extension's OpenBLAS symbols resolve whichever environment built it.
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
-from magnet import _C
+try:
+    from magnet import _C
+except ImportError as _e:  # the source tree shadows an installed copy, or the build is missing
+    raise ImportError(
+        f"magnet's C extension is not built next to {__file__}. From a source checkout, "
+        f"install it in place with `pip install -e .` (or run Python outside the checkout so "
+        f"that an installed copy is imported). Cause: {_e}"
+    ) from None
 from magnet.config import ModelConfig
 from magnet.model import Model
 from magnet.tokenizer import Tokenizer
