@@ -13,6 +13,7 @@ except ImportError as _e:  # the source tree shadows an installed copy, or the b
         f"that an installed copy is imported). Cause: {_e}"
     ) from None
 from magnet.config import ModelConfig
+from magnet.device import cuda_device_count, cuda_is_available
 from magnet.model import Model
 from magnet.tokenizer import Tokenizer
 
@@ -38,6 +39,8 @@ __all__ = [
     "Model",
     "ModelConfig",
     "Tokenizer",
+    "cuda_device_count",
+    "cuda_is_available",
     "get_num_threads",
     "set_num_threads",
 ]

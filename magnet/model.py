@@ -110,8 +110,8 @@ class Model:
         self._c = _C.Model(config.to_c(), tensors)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None
-                        ) -> Model:
+    def from_pretrained(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
+                        device: str = "cpu", precision: str | None = None) -> Model:
         """Load a model.
 
         ``path``: ``"stories260K"`` (the small model shipped with magnet), a Hugging Face
@@ -119,6 +119,9 @@ class Model:
         tokenizer.json), a ``.gguf`` file, a llama2.c checkpoint ``.bin`` (or a directory holding
         one, with ``tokenizer=`` naming its tokenizer file when ambiguous), or a Hugging Face hub
         id (downloaded with the optional ``huggingface_hub``).
+
+        ``device``: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"`` (see :meth:`to`);
+        ``precision``: ``"bf16"`` (the GPU default) or ``"fp32"`` for the GPU's matrix products.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -129,7 +132,36 @@ class Model:
             from magnet.save import load_adapter
 
             load_adapter(model, p)
+        if device != "cpu" or precision not in (None, "fp32"):
+            model.to(device, precision=precision)
         return model
+
+    def to(self, device: str, precision: str | None = None) -> Model:
+        """Move the parameters (and any adapters) to ``device`` and return this model.
+
+        ``"cuda"`` / ``"cuda:N"`` runs every method (logits, adapt, generate, infill, embed) on
+        that GPU with the same API; ``"cpu"`` brings the model back. ``precision`` applies to a
+        GPU's matrix products: ``"bf16"`` (default: bfloat16 inputs, float32 accumulation and
+        master weights) or ``"fp32"``. Raises ValueError naming the reason when the device is
+        not available (no CUDA in this build, no driver, no GPU).
+        """
+        from magnet.device import parse_device, parse_precision
+
+        kind, index = parse_device(device)
+        code = parse_precision(kind, precision)
+        self._c = self._c.to_device(kind, index, code)
+        return self
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda:N"``: where the parameters live and the ops run."""
+        kind, name, _ = self._c.device()
+        return "cpu" if kind == "cpu" else name.split(" ")[0]
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``: the precision of the matrix products."""
+        return "bf16" if self._c.device()[2] == 1 else "fp32"
 
     @property
     def num_parameters(self) -> int:

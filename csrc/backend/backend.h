@@ -60,10 +60,10 @@ struct mg_backend_s {
                   float alpha, const float *A, int lda, const float *B, int ldb, float beta,
                   float *C, int ldc);
     void (*matmul_forward)(const mg_backend *be, float *out, const float *inp, const float *weight,
-                           const float *bias, int N, int I, int O, bool accumulate);
+                           const float *bias, int N, int n_in, int n_out, bool accumulate);
     void (*matmul_backward)(const mg_backend *be, float *dinp, float *dweight, float *dbias,
-                            const float *dout, const float *inp, const float *weight, int N, int I,
-                            int O);
+                            const float *dout, const float *inp, const float *weight, int N,
+                            int n_in, int n_out);
 
     /* ---- layers (csrc/ops) ---- */
     void (*rmsnorm_forward)(const mg_backend *be, float *out, const float *inp, const float *weight,

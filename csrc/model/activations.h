@@ -4,34 +4,36 @@
 #ifndef MG_MODEL_ACTIVATIONS_H
 #define MG_MODEL_ACTIVATIONS_H
 
+#include "../backend/backend.h"
 #include "../core/error.h"
 #include "config.h"
 #include "lora.h"
 
 typedef struct {
-    float *x_in;  /* [N, D] residual stream entering the layer */
-    float *h1;    /* [N, D] attention-norm output */
-    float *q;     /* [N, QD] queries after RoPE */
-    float *att;   /* [N, QD] attention output (input of wo) */
-    float *x_mid; /* [N, D] residual stream after attention */
-    float *h2;    /* [N, D] MLP-norm output */
-    float *gate;  /* [N, F] gate projection (LLaMA) */
-    float *up;    /* [N, F] up projection, before the activation */
-    float *act;   /* [N, F] activation output (input of w_down) */
+    float *x_in;                    /* [N, D] residual stream entering the layer */
+    float *h1;                      /* [N, D] attention-norm output */
+    float *q;                       /* [N, QD] queries after RoPE */
+    float *att;                     /* [N, QD] attention output (input of wo) */
+    float *x_mid;                   /* [N, D] residual stream after attention */
+    float *h2;                      /* [N, D] MLP-norm output */
+    float *gate;                    /* [N, F] gate projection (LLaMA) */
+    float *up;                      /* [N, F] up projection, before the activation */
+    float *act;                     /* [N, F] activation output (input of w_down) */
     float *lora_u[MG_LORA_TARGETS]; /* [N, rank] drop(x) A^T per adapted target */
 } mg_layer_activations;
 
 typedef struct {
+    const mg_backend *be; /* whose memory holds the block */
     long N;
     float *block;
     mg_layer_activations *layers;
     float *x_final; /* [N, D] residual stream entering the final norm */
     float *hidden;  /* [N, D] final-norm output */
-    int *pos;       /* [N] positions */
+    int *pos;       /* [N] positions (backend memory) */
 } mg_activations;
 
-int mg_activations_init(mg_activations *a, const mg_config *c, const mg_lora *lora, long N,
-                        mg_error *err);
+int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config *c,
+                        const mg_lora *lora, long N, mg_error *err);
 void mg_activations_release(mg_activations *a);
 
 /* Settings of one training (or evaluation) pass of the forward. */

@@ -2,17 +2,12 @@
  * accumulates into gradient buffers that are zeroed once before use. */
 #include "backward.h"
 
-#include <omp.h>
 #include <string.h>
 
-#include "../core/arena.h"
-#include "../ops/activation.h"
+#include "../core/alloc.h"
 #include "../ops/attention.h"
-#include "../ops/dropout.h"
-#include "../ops/embedding.h"
-#include "../ops/matmul.h"
-#include "../ops/norm.h"
-#include "../ops/rope.h"
+#include "transfer.h"
+#include "workspace.h"
 
 /* Gradient of a parameter: its place in the mirrored block, or NULL when frozen or absent. */
 static inline float *grad_of(const mg_model *m, const mg_grads *g, const float *param) {
@@ -20,25 +15,21 @@ static inline float *grad_of(const mg_model *m, const mg_grads *g, const float *
     return g->params + (param - m->params.block);
 }
 
-static void zero(float *p, long n) {
-    memset(p, 0, sizeof(float) * (size_t)n);
-}
-
 /* Gradient through x_out = x_in + drop(y): dy = drop'(dx), written to dy. */
-static void residual_backward(float *dy, const float *dx, long n, const mg_train_pass *train,
-                              uint64_t stream) {
+static void residual_backward(const mg_backend *be, float *dy, const float *dx, long n,
+                              const mg_train_pass *train, uint64_t stream) {
     if (train->resid_dropout > 0.0f) {
-        zero(dy, n);
-        dropout_backward(dy, dx, n, train->resid_dropout, train->seed, stream);
+        be->zero(be, dy, sizeof(float) * (size_t)n);
+        be->dropout_backward(be, dy, dx, n, train->resid_dropout, train->seed, stream);
     } else {
-        memcpy(dy, dx, sizeof(float) * (size_t)n);
+        be->copy(be, dy, dx, sizeof(float) * (size_t)n);
     }
 }
 
 /* LoRA backward of target t of layer l, when adapted. */
 static void lora_grad(float *dinp, const float *dout, int ldd, const float *inp, const mg_model *m,
-                      const mg_grads *g, const mg_train_pass *train, int l, mg_lora_target t,
-                      int N, float *scratch) {
+                      const mg_grads *g, const mg_train_pass *train, int l, mg_lora_target t, int N,
+                      float *scratch) {
     const mg_lora_pair *pair = mg_lora_get(m->lora, l, t);
     if (pair == NULL) return;
     float *dA = NULL, *dB = NULL;
@@ -47,7 +38,7 @@ static void lora_grad(float *dinp, const float *dout, int ldd, const float *inp,
         dA = gp.A;
         dB = gp.B;
     }
-    lora_backward(dinp, dA, dB, dout, ldd, inp, train->acts->layers[l].lora_u[t], N, pair,
+    lora_backward(m->be, dinp, dA, dB, dout, ldd, inp, train->acts->layers[l].lora_u[t], N, pair,
                   m->lora->scale, train->lora_dropout, train->seed, MG_DROP_STREAM_LORA(l, t),
                   scratch);
 }
@@ -65,131 +56,154 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
     const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim, W = QD + 2 * KD;
     const int r = m->lora ? m->lora->rank : 0;
     const int widest = F > D ? (F > QD ? F : QD) : (D > QD ? D : QD);
-    const int threads = omp_get_max_threads();
-    const size_t plan[] = {(size_t)N * D,       (size_t)N * D,  (size_t)N * D,
-                           (size_t)N * F,       (size_t)N * F,  (size_t)N * F,
-                           (size_t)N * QD,      (size_t)N * W,  (size_t)N * KD,
-                           (size_t)N * KD,      (size_t)N,
-                           ATTENTION_BACKWARD_SCRATCH(c->head_dim, T, threads),
-                           m->lora ? (size_t)N * (r + widest) : 0};
+    const mg_backend *be = m->be;
+    const attention_shape shape = {B, T, T, 0, T, c->n_heads, c->n_kv_heads, c->head_dim};
+    const size_t plan[] = {(size_t)N * D,
+                           (size_t)N * D,
+                           (size_t)N * D,
+                           (size_t)N * F,
+                           (size_t)N * F,
+                           (size_t)N * F,
+                           (size_t)N * QD,
+                           (size_t)N * W,
+                           (size_t)N * KD,
+                           (size_t)N * KD,
+                           (size_t)N,
+                           be->attention_scratch(be, &shape, true),
+                           m->lora ? (size_t)N * (r + widest) : 0,
+                           mg_stage_bytes(be, (size_t)N) / 4 + 1,
+                           mg_stage_bytes(be, (size_t)N * 4) / 4};
     size_t bytes = 0;
     for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         bytes += mg_arena_floats_bytes(plan[i]);
-    mg_arena arena;
-    if (mg_arena_init(&arena, bytes, err) != 0) return err->code;
-    float *dx = mg_arena_floats(&arena, plan[0], err);
-    float *dy = mg_arena_floats(&arena, plan[1], err);
-    float *dh = mg_arena_floats(&arena, plan[2], err);
-    float *dact = mg_arena_floats(&arena, plan[3], err);
-    float *dgate = mg_arena_floats(&arena, plan[4], err);
-    float *dup = mg_arena_floats(&arena, plan[5], err);
-    float *datt = mg_arena_floats(&arena, plan[6], err);
-    float *dqkv = mg_arena_floats(&arena, plan[7], err);
-    float *dk = mg_arena_floats(&arena, plan[8], err);
-    float *dv = mg_arena_floats(&arena, plan[9], err);
-    int32_t *ids = (int32_t *)mg_arena_floats(&arena, plan[10], err);
-    float *scratch = mg_arena_floats(&arena, plan[11], err);
-    float *lscratch = mg_arena_floats(&arena, plan[12], err);
+    int32_t *ids_host = mg_alloc_uninit((size_t)N, sizeof(int32_t), "token ids", err);
+    if (ids_host == NULL) return err->code;
+    mg_workspace arena;
+    if (mg_workspace_init(&arena, be, bytes, err) != 0) {
+        mg_free(ids_host);
+        return err->code;
+    }
+    float *dx = mg_workspace_floats(&arena, plan[0], err);
+    float *dy = mg_workspace_floats(&arena, plan[1], err);
+    float *dh = mg_workspace_floats(&arena, plan[2], err);
+    float *dact = mg_workspace_floats(&arena, plan[3], err);
+    float *dgate = mg_workspace_floats(&arena, plan[4], err);
+    float *dup = mg_workspace_floats(&arena, plan[5], err);
+    float *datt = mg_workspace_floats(&arena, plan[6], err);
+    float *dqkv = mg_workspace_floats(&arena, plan[7], err);
+    float *dk = mg_workspace_floats(&arena, plan[8], err);
+    float *dv = mg_workspace_floats(&arena, plan[9], err);
+    int32_t *ids = (int32_t *)mg_workspace_floats(&arena, plan[10], err);
+    float *scratch = mg_workspace_floats(&arena, plan[11], err);
+    float *lscratch = mg_workspace_floats(&arena, plan[12], err);
+    void *roles_dev = mg_workspace_floats(&arena, plan[13], err);
+    void *segs_dev = mg_workspace_floats(&arena, plan[14], err);
     if (err->code != MG_OK) goto done;
+    const uint8_t *d_roles = mg_stage(be, roles_dev, roles, (size_t)N);
+    const int32_t *d_segs = mg_stage(be, segs_dev, segments, (size_t)N * 4);
     const int gpt2 = c->arch == MG_ARCH_GPT2;
     float *dq = dqkv; /* [N, QD]; for a fused GEMM the three are packed into [N, W] below */
 
-    zero(dx, N * D);
+    be->zero(be, dx, sizeof(float) * N * D);
     if (gpt2)
-        layernorm_backward(dx, grad_of(m, g, p->final_norm_w), grad_of(m, g, p->final_norm_b),
-                           dhidden, rec->x_final, p->final_norm_w, (int)N, D, c->norm_eps);
+        be->layernorm_backward(be, dx, grad_of(m, g, p->final_norm_w),
+                               grad_of(m, g, p->final_norm_b), dhidden, rec->x_final,
+                               p->final_norm_w, (int)N, D, c->norm_eps);
     else
-        rmsnorm_backward(dx, grad_of(m, g, p->final_norm_w), dhidden, rec->x_final,
-                         p->final_norm_w, (int)N, D, c->norm_eps);
+        be->rmsnorm_backward(be, dx, grad_of(m, g, p->final_norm_w), dhidden, rec->x_final,
+                             p->final_norm_w, (int)N, D, c->norm_eps);
 
-    const attention_shape shape = {B, T, T, 0, T, c->n_heads, c->n_kv_heads, c->head_dim};
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const mg_layer_params *L = &p->layers[l];
         const mg_layer_activations *R = &rec->layers[l];
 
         /* MLP: x_out = x_mid + drop(act W_down^T + b_down) */
-        residual_backward(dy, dx, N * D, train, MG_DROP_STREAM_MLP(l));
-        zero(dact, N * F);
-        matmul_backward(dact, grad_of(m, g, L->w_down), grad_of(m, g, L->b_down), dy, R->act,
-                        L->w_down, (int)N, F, D);
+        residual_backward(be, dy, dx, N * D, train, MG_DROP_STREAM_MLP(l));
+        be->zero(be, dact, sizeof(float) * N * F);
+        be->matmul_backward(be, dact, grad_of(m, g, L->w_down), grad_of(m, g, L->b_down), dy,
+                            R->act, L->w_down, (int)N, F, D);
         lora_grad(dact, dy, D, R->act, m, g, train, l, MG_LORA_DOWN, (int)N, lscratch);
-        zero(dh, N * D);
-        zero(dup, N * F);
+        be->zero(be, dh, sizeof(float) * N * D);
+        be->zero(be, dup, sizeof(float) * N * F);
         if (gpt2) {
-            gelu_tanh_backward(dup, dact, R->up, N * F);
+            be->gelu_tanh_backward(be, dup, dact, R->up, N * F);
         } else {
-            zero(dgate, N * F);
-            swiglu_backward(dgate, dup, dact, R->gate, R->up, N * F);
-            matmul_backward(dh, grad_of(m, g, L->w_gate), grad_of(m, g, L->b_gate), dgate, R->h2,
-                            L->w_gate, (int)N, D, F);
+            be->zero(be, dgate, sizeof(float) * N * F);
+            be->swiglu_backward(be, dgate, dup, dact, R->gate, R->up, N * F);
+            be->matmul_backward(be, dh, grad_of(m, g, L->w_gate), grad_of(m, g, L->b_gate), dgate,
+                                R->h2, L->w_gate, (int)N, D, F);
             lora_grad(dh, dgate, F, R->h2, m, g, train, l, MG_LORA_GATE, (int)N, lscratch);
         }
-        matmul_backward(dh, grad_of(m, g, L->w_up), grad_of(m, g, L->b_up), dup, R->h2, L->w_up,
-                        (int)N, D, F);
+        be->matmul_backward(be, dh, grad_of(m, g, L->w_up), grad_of(m, g, L->b_up), dup, R->h2,
+                            L->w_up, (int)N, D, F);
         lora_grad(dh, dup, F, R->h2, m, g, train, l, MG_LORA_UP, (int)N, lscratch);
         if (gpt2)
-            layernorm_backward(dx, grad_of(m, g, L->mlp_norm_w), grad_of(m, g, L->mlp_norm_b), dh,
-                               R->x_mid, L->mlp_norm_w, (int)N, D, c->norm_eps);
+            be->layernorm_backward(be, dx, grad_of(m, g, L->mlp_norm_w),
+                                   grad_of(m, g, L->mlp_norm_b), dh, R->x_mid, L->mlp_norm_w,
+                                   (int)N, D, c->norm_eps);
         else
-            rmsnorm_backward(dx, grad_of(m, g, L->mlp_norm_w), dh, R->x_mid, L->mlp_norm_w,
-                             (int)N, D, c->norm_eps);
+            be->rmsnorm_backward(be, dx, grad_of(m, g, L->mlp_norm_w), dh, R->x_mid, L->mlp_norm_w,
+                                 (int)N, D, c->norm_eps);
 
         /* attention: x_mid = x_in + drop(att W_o^T + b_o) */
-        residual_backward(dy, dx, N * D, train, MG_DROP_STREAM_ATTN(l));
-        zero(datt, N * QD);
-        matmul_backward(datt, grad_of(m, g, L->wo), grad_of(m, g, L->bo), dy, R->att, L->wo,
-                        (int)N, QD, D);
+        residual_backward(be, dy, dx, N * D, train, MG_DROP_STREAM_ATTN(l));
+        be->zero(be, datt, sizeof(float) * N * QD);
+        be->matmul_backward(be, datt, grad_of(m, g, L->wo), grad_of(m, g, L->bo), dy, R->att, L->wo,
+                            (int)N, QD, D);
         lora_grad(datt, dy, D, R->att, m, g, train, l, MG_LORA_O, (int)N, lscratch);
-        zero(dq, N * QD);
-        zero(dk, N * KD);
-        zero(dv, N * KD);
-        attention_backward(dq, dk, dv, datt, R->q, mg_kv_cache_rows(cache, cache->k, l, 0),
-                           mg_kv_cache_rows(cache, cache->v, l, 0), roles, segments, roles,
-                           segments, shape, scratch);
+        be->zero(be, dq, sizeof(float) * N * QD);
+        be->zero(be, dk, sizeof(float) * N * KD);
+        be->zero(be, dv, sizeof(float) * N * KD);
+        be->attention_backward(be, dq, dk, dv, datt, R->q, mg_kv_cache_rows(cache, cache->k, l, 0),
+                               mg_kv_cache_rows(cache, cache->v, l, 0), d_roles, d_segs, d_roles,
+                               d_segs, shape, scratch);
         if (!gpt2) {
-            rope_backward(dq, rec->pos, m->inv_freq, (int)N, c->n_heads, c->head_dim);
-            rope_backward(dk, rec->pos, m->inv_freq, (int)N, c->n_kv_heads, c->head_dim);
+            be->rope_backward(be, dq, rec->pos, m->inv_freq, (int)N, c->n_heads, c->head_dim);
+            be->rope_backward(be, dk, rec->pos, m->inv_freq, (int)N, c->n_kv_heads, c->head_dim);
         }
-        zero(dh, N * D);
+        be->zero(be, dh, sizeof(float) * N * D);
         const float *douts[3] = {dq, dk, dv};
         const float *const ws[3] = {L->wq, L->wk, L->wv}, *const bs[3] = {L->bq, L->bk, L->bv};
         const int widths[3] = {QD, KD, KD};
         for (int t = 0; t < 3; t++)
             if (bs[t] && grad_of(m, g, bs[t]))
-                matmul_backward(NULL, NULL, grad_of(m, g, bs[t]), douts[t], R->h1, ws[t], (int)N,
-                                D, widths[t]);
+                be->matmul_backward(be, NULL, NULL, grad_of(m, g, bs[t]), douts[t], R->h1, ws[t],
+                                    (int)N, D, widths[t]);
         for (int t = 0; t < 3; t++)
             lora_grad(dh, douts[t], widths[t], R->h1, m, g, train, l, (mg_lora_target)t, (int)N,
                       lscratch);
         if (mg_qkv_fused(L, QD, KD, D)) {
-            /* pack [dq | dk | dv] per row (dq already sits at the front of dqkv: move it last) */
-            for (long n = N - 1; n >= 0; n--) {
-                memmove(dqkv + n * W, dq + n * QD, sizeof(float) * QD);
-            }
-#pragma omp parallel for schedule(static)
-            for (long n = 0; n < N; n++) {
-                memcpy(dqkv + n * W + QD, dk + n * KD, sizeof(float) * KD);
-                memcpy(dqkv + n * W + QD + KD, dv + n * KD, sizeof(float) * KD);
-            }
-            matmul_backward(dh, grad_of(m, g, L->wq), NULL, dqkv, R->h1, L->wq, (int)N, D, W);
+            /* pack [dq | dk | dv] per row into the GEMM's [N, W] layout; dq moves out of the
+             * way first (into datt, consumed by now) since it sits at dqkv's front */
+            be->copy(be, datt, dq, sizeof(float) * N * QD);
+            be->copy_rows(be, dqkv, W, datt, QD, N, QD);
+            be->copy_rows(be, dqkv + QD, W, dk, KD, N, KD);
+            be->copy_rows(be, dqkv + QD + KD, W, dv, KD, N, KD);
+            be->matmul_backward(be, dh, grad_of(m, g, L->wq), NULL, dqkv, R->h1, L->wq, (int)N, D,
+                                W);
         } else {
             for (int t = 0; t < 3; t++)
-                matmul_backward(dh, grad_of(m, g, ws[t]), NULL, douts[t], R->h1, ws[t], (int)N, D,
-                                widths[t]);
+                be->matmul_backward(be, dh, grad_of(m, g, ws[t]), NULL, douts[t], R->h1, ws[t],
+                                    (int)N, D, widths[t]);
         }
         if (gpt2)
-            layernorm_backward(dx, grad_of(m, g, L->attn_norm_w), grad_of(m, g, L->attn_norm_b),
-                               dh, R->x_in, L->attn_norm_w, (int)N, D, c->norm_eps);
+            be->layernorm_backward(be, dx, grad_of(m, g, L->attn_norm_w),
+                                   grad_of(m, g, L->attn_norm_b), dh, R->x_in, L->attn_norm_w,
+                                   (int)N, D, c->norm_eps);
         else
-            rmsnorm_backward(dx, grad_of(m, g, L->attn_norm_w), dh, R->x_in, L->attn_norm_w,
-                             (int)N, D, c->norm_eps);
+            be->rmsnorm_backward(be, dx, grad_of(m, g, L->attn_norm_w), dh, R->x_in, L->attn_norm_w,
+                                 (int)N, D, c->norm_eps);
     }
     if (grad_of(m, g, p->tok_embeddings)) {
-        for (long n = 0; n < N; n++) ids[n] = segments[n] < 0 ? 0 : tokens[n];
-        embedding_backward(grad_of(m, g, p->tok_embeddings), grad_of(m, g, p->pos_embeddings), dx,
-                           ids, rec->pos, (int)N, D);
+        for (long n = 0; n < N; n++)
+            ids_host[n] = segments[n] < 0 ? 0 : tokens[n];
+        be->upload(be, ids, ids_host, (size_t)N * 4);
+        be->embedding_backward(be, grad_of(m, g, p->tok_embeddings),
+                               grad_of(m, g, p->pos_embeddings), dx, ids, rec->pos, (int)N, D);
     }
+    be->sync(be, err);
 done:
-    mg_arena_release(&arena);
+    mg_workspace_release(&arena);
+    mg_free(ids_host);
     return err->code;
 }

@@ -10,15 +10,18 @@ int mg_config_validate(const mg_config *c, mg_error *err) {
         int value;
         int max;
     } sizes[] = {
-        {"vocab_size", c->vocab_size, 1 << 22}, {"hidden_size", c->dim, 1 << 16},
-        {"num_layers", c->n_layers, 1024},      {"num_heads", c->n_heads, 1024},
-        {"num_kv_heads", c->n_kv_heads, 1024},  {"head_dim", c->head_dim, 1024},
+        {"vocab_size", c->vocab_size, 1 << 22},
+        {"hidden_size", c->dim, 1 << 16},
+        {"num_layers", c->n_layers, 1024},
+        {"num_heads", c->n_heads, 1024},
+        {"num_kv_heads", c->n_kv_heads, 1024},
+        {"head_dim", c->head_dim, 1024},
         {"intermediate_size", c->hidden_dim, 1 << 18},
     };
     for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         if (sizes[i].value <= 0 || sizes[i].value > sizes[i].max)
-            return mg_fail(err, MG_ERR_VALUE, "config %s=%d is out of range (1..%d)",
-                           sizes[i].name, sizes[i].value, sizes[i].max);
+            return mg_fail(err, MG_ERR_VALUE, "config %s=%d is out of range (1..%d)", sizes[i].name,
+                           sizes[i].value, sizes[i].max);
     if (c->n_heads % c->n_kv_heads != 0)
         return mg_fail(err, MG_ERR_VALUE, "num_heads=%d is not a multiple of num_kv_heads=%d",
                        c->n_heads, c->n_kv_heads);

@@ -11,10 +11,10 @@ typedef enum { MG_ROPE_DEFAULT = 0, MG_ROPE_LINEAR = 1, MG_ROPE_LLAMA3 = 2 } mg_
 typedef struct {
     mg_arch arch;
     int vocab_size;
-    int dim;           /* hidden size D */
+    int dim; /* hidden size D */
     int n_layers;
-    int n_heads;       /* query heads */
-    int n_kv_heads;    /* key/value heads (GQA when fewer than n_heads) */
+    int n_heads;    /* query heads */
+    int n_kv_heads; /* key/value heads (GQA when fewer than n_heads) */
     int head_dim;
     int hidden_dim;    /* MLP inner size F */
     int max_positions; /* learned-position table size (GPT-2); informative for RoPE models */

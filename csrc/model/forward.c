@@ -1,21 +1,14 @@
 /* The decoder's forward pass, shared by both families: a step appends tokens to a key/value
  * cache and runs them through every layer; a full-sequence forward is one step on a fresh,
  * single-slot cache. */
-#include <omp.h>
 #include <string.h>
 
 #include "../core/alloc.h"
-#include "../core/parallel.h"
-#include "../core/arena.h"
-#include "../ops/activation.h"
 #include "../ops/attention.h"
-#include "../ops/embedding.h"
-#include "../ops/matmul.h"
-#include "../ops/norm.h"
-#include "../ops/dropout.h"
-#include "../ops/rope.h"
 #include "activations.h"
 #include "model.h"
+#include "transfer.h"
+#include "workspace.h"
 
 int mg_segment_positions(int *pos, const int32_t *segments, int B, int T) {
     int longest = 0;
@@ -37,8 +30,8 @@ int mg_segment_positions(int *pos, const int32_t *segments, int B, int T) {
 }
 
 static int validate_step(const mg_model *m, const mg_kv_cache *cache, const int32_t *tokens,
-                         const uint8_t *roles, const int32_t *segments, const int *positions,
-                         int B, int Tq, mg_error *err) {
+                         const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                         int Tq, mg_error *err) {
     const mg_config *c = &m->config;
     if (B <= 0 || Tq <= 0) return mg_fail(err, MG_ERR_VALUE, "empty input (batch %d x %d)", B, Tq);
     if (B != cache->B)
@@ -61,7 +54,8 @@ static int validate_step(const mg_model *m, const mg_kv_cache *cache, const int3
         if (positions[n] < 0)
             return mg_fail(err, MG_ERR_VALUE, "negative position %d", positions[n]);
         if (c->arch == MG_ARCH_GPT2 && positions[n] >= c->max_positions)
-            return mg_fail(err, MG_ERR_VALUE, "sequence of %d tokens exceeds the model's %d positions",
+            return mg_fail(err, MG_ERR_VALUE,
+                           "sequence of %d tokens exceeds the model's %d positions",
                            positions[n] + 1, c->max_positions);
         if (c->sliding_window > 0 && positions[n] >= c->sliding_window)
             return mg_fail(err, MG_ERR_UNSUPPORTED,
@@ -80,16 +74,16 @@ static void apply_lora(float *out, int ldo, const float *inp, int N, const mg_mo
     if (pair == NULL) return;
     float *u = train && train->acts ? train->acts->layers[layer].lora_u[t] : u_scratch;
     const float p = train ? train->lora_dropout : 0.0f;
-    lora_forward(out, ldo, inp, N, pair, m->lora->scale, p, train ? train->seed : 0,
+    lora_forward(m->be, out, ldo, inp, N, pair, m->lora->scale, p, train ? train->seed : 0,
                  MG_DROP_STREAM_LORA(layer, t), drop_buf, u);
 }
 
 /* x += drop(y) over n floats (y is overwritten when dropping). */
-static void residual_add(float *x, float *y, long n, const mg_train_pass *train, uint64_t stream) {
+static void residual_add(const mg_backend *be, float *x, float *y, long n,
+                         const mg_train_pass *train, uint64_t stream) {
     if (train && train->resid_dropout > 0.0f)
-        dropout_forward(y, y, n, train->resid_dropout, train->seed, stream);
-#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
-    for (long i = 0; i < n; i++) x[i] += y[i];
+        be->dropout_forward(be, y, y, n, train->resid_dropout, train->seed, stream);
+    be->add_inplace(be, x, y, n);
 }
 
 /* Projects h[N, D] to queries (into q[N, QD]) and to keys/values written straight into the
@@ -98,6 +92,7 @@ static void residual_add(float *x, float *y, long n, const mg_train_pass *train,
 static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, const float *h,
                         const mg_model *m, int layer, int B, int Tq, const mg_train_pass *train,
                         float *drop_buf, float *u_scratch) {
+    const mg_backend *be = m->be;
     const mg_config *c = &m->config;
     const mg_layer_params *L = &m->params.layers[layer];
     const int D = c->dim, QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
@@ -105,32 +100,22 @@ static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, cons
     const int fused = mg_qkv_fused(L, QD, KD, D);
     const int W = QD + 2 * KD;
     float *outs[3] = {qkv, qkv + QD, qkv + QD + KD};
-    int ld = W;
     if (fused) {
-        matmul_forward(qkv, h, L->wq, NULL, (int)N, D, W, false);
+        be->matmul_forward(be, qkv, h, L->wq, NULL, (int)N, D, W, false);
     } else {
         outs[1] = qkv + N * QD;
         outs[2] = outs[1] + N * KD;
-        matmul_forward(outs[0], h, L->wq, NULL, (int)N, D, QD, false);
-        matmul_forward(outs[1], h, L->wk, NULL, (int)N, D, KD, false);
-        matmul_forward(outs[2], h, L->wv, NULL, (int)N, D, KD, false);
+        be->matmul_forward(be, outs[0], h, L->wq, NULL, (int)N, D, QD, false);
+        be->matmul_forward(be, outs[1], h, L->wk, NULL, (int)N, D, KD, false);
+        be->matmul_forward(be, outs[2], h, L->wv, NULL, (int)N, D, KD, false);
     }
     for (int t = MG_LORA_Q; t <= MG_LORA_V; t++)
-        apply_lora(outs[t], fused ? ld : (t == MG_LORA_Q ? QD : KD), h, (int)N, m, layer, t, train,
+        apply_lora(outs[t], fused ? W : (t == MG_LORA_Q ? QD : KD), h, (int)N, m, layer, t, train,
                    drop_buf, u_scratch);
-#pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(N * (QD + 2 * KD)))
-    for (long n = 0; n < N; n++) {
-        const int b = (int)(n / Tq), t = (int)(n % Tq);
-        const float *src_q = fused ? qkv + n * W : outs[0] + n * QD;
-        const float *src_k = fused ? src_q + QD : outs[1] + n * KD;
-        const float *src_v = fused ? src_q + QD + KD : outs[2] + n * KD;
-        float *dq = q + n * QD;
-        float *dk = mg_kv_cache_rows(cache, cache->k, slot, b) + (long)(cache->length + t) * KD;
-        float *dv = mg_kv_cache_rows(cache, cache->v, slot, b) + (long)(cache->length + t) * KD;
-        for (int i = 0; i < QD; i++) dq[i] = src_q[i] + (L->bq ? L->bq[i] : 0.0f);
-        for (int i = 0; i < KD; i++) dk[i] = src_k[i] + (L->bk ? L->bk[i] : 0.0f);
-        for (int i = 0; i < KD; i++) dv[i] = src_v[i] + (L->bv ? L->bv[i] : 0.0f);
-    }
+    be->qkv_split(be, q, mg_kv_cache_rows(cache, cache->k, slot, 0),
+                  mg_kv_cache_rows(cache, cache->v, slot, 0), outs[0], outs[1], outs[2],
+                  fused ? W : QD, fused ? W : KD, L->bq, L->bk, L->bv, B, Tq, QD, KD,
+                  cache->capacity, cache->length);
 }
 
 int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
@@ -145,10 +130,13 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
                      const uint8_t *roles, const int32_t *segments, const int *positions, int B,
                      int Tq, float *hidden_out, float *logits_out, int logits_last_only,
                      const mg_train_pass *train, mg_error *err) {
+    const mg_backend *be = m->be;
     const mg_config *c = &m->config;
     const mg_params *p = &m->params;
     if (validate_step(m, cache, tokens, roles, segments, positions, B, Tq, err) != MG_OK)
         return err->code;
+    if (cache->be != be)
+        return mg_fail(err, MG_ERR_VALUE, "internal: the cache lives on another backend");
     mg_activations *rec = train ? train->acts : NULL;
     if (rec && (rec->N != (long)B * Tq || cache->n_slots != c->n_layers || cache->length != 0))
         return mg_fail(err, MG_ERR_VALUE, "internal: training pass buffers do not fit the batch");
@@ -156,58 +144,75 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
     const int D = c->dim, F = c->hidden_dim, V = c->vocab_size;
     const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
     const int Tk = cache->length + Tq;
-    const int threads = omp_get_max_threads();
     const int r = m->lora ? m->lora->rank : 0;
     const int widest = F > D ? (F > QD ? F : QD) : (D > QD ? D : QD);
-    const size_t plan[] = {(size_t)N * D,
-                           rec ? 0 : (size_t)N * D,
-                           (size_t)N * (QD + 2 * KD),
-                           rec ? 0 : (size_t)N * QD,
-                           rec ? 0 : (size_t)N * QD,
-                           rec ? 0 : (size_t)N * F,
-                           rec ? 0 : (size_t)N * F,
-                           (size_t)N * D,
-                           (size_t)N,
-                           ATTENTION_SCRATCH(B, c->n_kv_heads, c->head_dim, Tk, threads),
-                           hidden_out || rec ? 0 : (size_t)N * D,
-                           (size_t)B * D,
-                           m->lora ? (size_t)N * widest : 0,
-                           m->lora ? (size_t)N * r : 0};
+    const attention_shape shape = {
+        B, Tq, Tk, cache->length, cache->capacity, c->n_heads, c->n_kv_heads, c->head_dim};
+    const size_t plan[] = {
+        (size_t)N * D, rec ? 0 : (size_t)N * D, (size_t)N * (QD + 2 * KD), rec ? 0 : (size_t)N * QD,
+        rec ? 0 : (size_t)N * QD, rec ? 0 : (size_t)N * F, rec ? 0 : (size_t)N * F, (size_t)N * D,
+        be->attention_scratch(be, &shape, false), hidden_out || rec ? 0 : (size_t)N * D,
+        (size_t)B * D, m->lora ? (size_t)N * widest : 0, m->lora ? (size_t)N * r : 0,
+        /* host arrays staged into backend memory (none on the CPU) */
+        mg_stage_bytes(be, (size_t)N * 4) / 4, rec ? 0 : mg_stage_bytes(be, (size_t)N * 4) / 4,
+        mg_stage_bytes(be, (size_t)N * 4) / 4, mg_stage_bytes(be, (size_t)N * 4) / 4,
+        mg_stage_bytes(be, (size_t)B * 8) / 4};
     size_t bytes = 0;
     for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         bytes += mg_arena_floats_bytes(plan[i]);
-    mg_arena arena;
-    if (mg_arena_init(&arena, bytes, err) != 0) return err->code;
-    float *x = mg_arena_floats(&arena, plan[0], err);
-    float *h_buf = mg_arena_floats(&arena, plan[1], err);
-    float *qkv = mg_arena_floats(&arena, plan[2], err);
-    float *q_buf = mg_arena_floats(&arena, plan[3], err);
-    float *att_buf = mg_arena_floats(&arena, plan[4], err);
-    float *gate_buf = mg_arena_floats(&arena, plan[5], err);
-    float *up_buf = mg_arena_floats(&arena, plan[6], err);
-    float *tmp = mg_arena_floats(&arena, plan[7], err);
-    int32_t *ids = (int32_t *)mg_arena_floats(&arena, plan[8], err);
-    float *scratch = mg_arena_floats(&arena, plan[9], err);
+    int32_t *ids_host = mg_alloc_uninit((size_t)N, sizeof(int32_t), "token ids", err);
+    int64_t *last_rows = mg_alloc_uninit((size_t)B, sizeof(int64_t), "last rows", err);
+    if (err->code != MG_OK) {
+        mg_free(ids_host);
+        mg_free(last_rows);
+        return err->code;
+    }
+    mg_workspace ws;
+    if (mg_workspace_init(&ws, be, bytes, err) != 0) {
+        mg_free(ids_host);
+        mg_free(last_rows);
+        return err->code;
+    }
+    float *x = mg_workspace_floats(&ws, plan[0], err);
+    float *h_buf = mg_workspace_floats(&ws, plan[1], err);
+    float *qkv = mg_workspace_floats(&ws, plan[2], err);
+    float *q_buf = mg_workspace_floats(&ws, plan[3], err);
+    float *att_buf = mg_workspace_floats(&ws, plan[4], err);
+    float *gate_buf = mg_workspace_floats(&ws, plan[5], err);
+    float *up_buf = mg_workspace_floats(&ws, plan[6], err);
+    float *tmp = mg_workspace_floats(&ws, plan[7], err);
+    float *scratch = mg_workspace_floats(&ws, plan[8], err);
     float *hidden = hidden_out ? hidden_out
                     : rec      ? rec->hidden
-                               : mg_arena_floats(&arena, plan[10], err);
-    float *last = mg_arena_floats(&arena, plan[11], err);
-    float *drop_buf = mg_arena_floats(&arena, plan[12], err);
-    float *u_scratch = mg_arena_floats(&arena, plan[13], err);
+                               : mg_workspace_floats(&ws, plan[9], err);
+    float *last = mg_workspace_floats(&ws, plan[10], err);
+    float *drop_buf = mg_workspace_floats(&ws, plan[11], err);
+    float *u_scratch = mg_workspace_floats(&ws, plan[12], err);
+    void *ids_dev = mg_workspace_floats(&ws, plan[13], err);
+    void *pos_dev = mg_workspace_floats(&ws, plan[14], err);
+    void *roles_dev = mg_workspace_floats(&ws, plan[15], err);
+    void *segs_dev = mg_workspace_floats(&ws, plan[16], err);
+    void *last_dev = mg_workspace_floats(&ws, plan[17], err);
     if (err->code != MG_OK) goto done;
 
+    for (long n = 0; n < N; n++)
+        ids_host[n] = segments[n] < 0 ? 0 : tokens[n];
+    const int32_t *ids = mg_stage(be, ids_dev, ids_host, (size_t)N * 4);
+    /* a training pass keeps the positions for the backward pass */
+    const int *pos = mg_stage(be, rec ? (void *)rec->pos : pos_dev, positions, (size_t)N * 4);
+    if (rec && mg_on_host(be)) memcpy(rec->pos, positions, (size_t)N * sizeof(int));
+    const uint8_t *q_roles = mg_stage(be, roles_dev, roles, (size_t)N);
+    const int32_t *q_segs = mg_stage(be, segs_dev, segments, (size_t)N * 4);
     for (int b = 0; b < B; b++) {
-        memcpy(cache->roles + (long)b * cache->capacity + cache->length, roles + (long)b * Tq, Tq);
-        memcpy(cache->segments + (long)b * cache->capacity + cache->length,
-               segments + (long)b * Tq, sizeof(int32_t) * Tq);
+        be->upload(be, cache->roles + (long)b * cache->capacity + cache->length,
+                   roles + (long)b * Tq, (size_t)Tq);
+        be->upload(be, cache->segments + (long)b * cache->capacity + cache->length,
+                   segments + (long)b * Tq, sizeof(int32_t) * Tq);
     }
-    for (long n = 0; n < N; n++) ids[n] = segments[n] < 0 ? 0 : tokens[n];
 
     const int gpt2 = c->arch == MG_ARCH_GPT2;
-    embedding_forward(x, ids, positions, p->tok_embeddings, gpt2 ? p->pos_embeddings : NULL,
-                      (int)N, D);
-    const attention_shape shape = {B, Tq, Tk, cache->length, cache->capacity, c->n_heads,
-                                   c->n_kv_heads, c->head_dim};
+    be->embedding_forward(be, x, ids, pos, p->tok_embeddings, gpt2 ? p->pos_embeddings : NULL,
+                          (int)N, D);
     for (int l = 0; l < c->n_layers; l++) {
         const mg_layer_params *L = &p->layers[l];
         mg_layer_activations *R = rec ? &rec->layers[l] : NULL;
@@ -215,65 +220,69 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
         float *h2 = R ? R->h2 : h_buf, *gate = R ? R->gate : gate_buf, *up = R ? R->up : up_buf;
         float *act = R ? R->act : up_buf;
         const int slot = l % cache->n_slots;
-        if (R) memcpy(R->x_in, x, sizeof(float) * N * D);
+        if (R) be->copy(be, R->x_in, x, sizeof(float) * N * D);
         if (gpt2)
-            layernorm_forward(h1, x, L->attn_norm_w, L->attn_norm_b, (int)N, D, c->norm_eps);
+            be->layernorm_forward(be, h1, x, L->attn_norm_w, L->attn_norm_b, (int)N, D,
+                                  c->norm_eps);
         else
-            rmsnorm_forward(h1, x, L->attn_norm_w, (int)N, D, c->norm_eps);
+            be->rmsnorm_forward(be, h1, x, L->attn_norm_w, (int)N, D, c->norm_eps);
         project_qkv(q, qkv, cache, slot, h1, m, l, B, Tq, train, drop_buf, u_scratch);
         if (!gpt2) {
-            rope_forward(q, positions, m->inv_freq, (int)N, c->n_heads, c->head_dim);
+            be->rope_forward(be, q, pos, m->inv_freq, (int)N, c->n_heads, c->head_dim);
             for (int b = 0; b < B; b++)
-                rope_forward(mg_kv_cache_rows(cache, cache->k, slot, b) + (long)cache->length * KD,
-                             positions + (long)b * Tq, m->inv_freq, Tq, c->n_kv_heads,
-                             c->head_dim);
+                be->rope_forward(
+                    be, mg_kv_cache_rows(cache, cache->k, slot, b) + (long)cache->length * KD,
+                    pos + (long)b * Tq, m->inv_freq, Tq, c->n_kv_heads, c->head_dim);
         }
-        attention_forward(att, q, mg_kv_cache_rows(cache, cache->k, slot, 0),
-                          mg_kv_cache_rows(cache, cache->v, slot, 0), roles, segments,
-                          cache->roles, cache->segments, shape, scratch);
-        matmul_forward(tmp, att, L->wo, L->bo, (int)N, QD, D, false);
+        be->attention_forward(be, att, q, mg_kv_cache_rows(cache, cache->k, slot, 0),
+                              mg_kv_cache_rows(cache, cache->v, slot, 0), q_roles, q_segs,
+                              cache->roles, cache->segments, shape, scratch);
+        be->matmul_forward(be, tmp, att, L->wo, L->bo, (int)N, QD, D, false);
         apply_lora(tmp, D, att, (int)N, m, l, MG_LORA_O, train, drop_buf, u_scratch);
-        residual_add(x, tmp, N * D, train, MG_DROP_STREAM_ATTN(l));
-        if (R) memcpy(R->x_mid, x, sizeof(float) * N * D);
+        residual_add(be, x, tmp, N * D, train, MG_DROP_STREAM_ATTN(l));
+        if (R) be->copy(be, R->x_mid, x, sizeof(float) * N * D);
 
         if (gpt2) {
-            layernorm_forward(h2, x, L->mlp_norm_w, L->mlp_norm_b, (int)N, D, c->norm_eps);
-            matmul_forward(up, h2, L->w_up, L->b_up, (int)N, D, F, false);
+            be->layernorm_forward(be, h2, x, L->mlp_norm_w, L->mlp_norm_b, (int)N, D, c->norm_eps);
+            be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)N, D, F, false);
             apply_lora(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
-            if (act != up) memcpy(act, up, sizeof(float) * N * F);
-            gelu_tanh_forward(act, N * F);
+            if (act != up) be->copy(be, act, up, sizeof(float) * N * F);
+            be->gelu_tanh_forward(be, act, N * F);
         } else {
-            rmsnorm_forward(h2, x, L->mlp_norm_w, (int)N, D, c->norm_eps);
-            matmul_forward(gate, h2, L->w_gate, L->b_gate, (int)N, D, F, false);
+            be->rmsnorm_forward(be, h2, x, L->mlp_norm_w, (int)N, D, c->norm_eps);
+            be->matmul_forward(be, gate, h2, L->w_gate, L->b_gate, (int)N, D, F, false);
             apply_lora(gate, F, h2, (int)N, m, l, MG_LORA_GATE, train, drop_buf, u_scratch);
-            matmul_forward(up, h2, L->w_up, L->b_up, (int)N, D, F, false);
+            be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)N, D, F, false);
             apply_lora(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
-            swiglu_forward(act, gate, up, N * F);
+            be->swiglu_forward(be, act, gate, up, N * F);
         }
-        matmul_forward(tmp, act, L->w_down, L->b_down, (int)N, F, D, false);
+        be->matmul_forward(be, tmp, act, L->w_down, L->b_down, (int)N, F, D, false);
         apply_lora(tmp, D, act, (int)N, m, l, MG_LORA_DOWN, train, drop_buf, u_scratch);
-        residual_add(x, tmp, N * D, train, MG_DROP_STREAM_MLP(l));
+        residual_add(be, x, tmp, N * D, train, MG_DROP_STREAM_MLP(l));
     }
-    if (rec) memcpy(rec->x_final, x, sizeof(float) * N * D);
+    if (rec) be->copy(be, rec->x_final, x, sizeof(float) * N * D);
     if (gpt2)
-        layernorm_forward(hidden, x, p->final_norm_w, p->final_norm_b, (int)N, D, c->norm_eps);
+        be->layernorm_forward(be, hidden, x, p->final_norm_w, p->final_norm_b, (int)N, D,
+                              c->norm_eps);
     else
-        rmsnorm_forward(hidden, x, p->final_norm_w, (int)N, D, c->norm_eps);
-    for (long n = 0; n < N; n++)
-        if (segments[n] < 0) memset(hidden + n * D, 0, sizeof(float) * D);
-    if (rec && hidden != rec->hidden) memcpy(rec->hidden, hidden, sizeof(float) * N * D);
+        be->rmsnorm_forward(be, hidden, x, p->final_norm_w, (int)N, D, c->norm_eps);
+    be->zero_padding_rows(be, hidden, q_segs, N, D);
+    if (rec && hidden != rec->hidden) be->copy(be, rec->hidden, hidden, sizeof(float) * N * D);
     if (logits_out != NULL && logits_last_only) {
         for (int b = 0; b < B; b++)
-            memcpy(last + (long)b * D, hidden + ((long)b * Tq + Tq - 1) * D, sizeof(float) * D);
-        matmul_forward(logits_out, last, p->lm_head, NULL, B, D, V, false);
+            last_rows[b] = (int64_t)b * Tq + Tq - 1;
+        const int64_t *rows = mg_stage(be, last_dev, last_rows, (size_t)B * 8);
+        be->gather_rows(be, last, hidden, rows, B, D);
+        be->matmul_forward(be, logits_out, last, p->lm_head, NULL, B, D, V, false);
     } else if (logits_out != NULL) {
-        matmul_forward(logits_out, hidden, p->lm_head, NULL, (int)N, D, V, false);
-        for (long n = 0; n < N; n++)
-            if (segments[n] < 0) memset(logits_out + n * V, 0, sizeof(float) * V);
+        be->matmul_forward(be, logits_out, hidden, p->lm_head, NULL, (int)N, D, V, false);
+        be->zero_padding_rows(be, logits_out, q_segs, N, V);
     }
-    cache->length += Tq;
+    if (be->sync(be, err) == MG_OK) cache->length += Tq;
 done:
-    mg_arena_release(&arena);
+    mg_workspace_release(&ws);
+    mg_free(ids_host);
+    mg_free(last_rows);
     return err->code;
 }
 
@@ -287,10 +296,30 @@ int mg_model_forward(const mg_model *m, const int32_t *tokens, const uint8_t *ro
     if (pos == NULL) return err->code;
     mg_segment_positions(pos, segments, B, T);
     mg_kv_cache cache;
-    if (mg_kv_cache_init(&cache, &m->config, B, T, 1, err) == MG_OK) {
-        mg_model_step(m, &cache, tokens, roles, segments, pos, B, T, hidden_out, logits_out, 0,
-                      err);
+    const mg_backend *be = m->be;
+    const size_t hidden_bytes = hidden_out ? (size_t)B * T * m->config.dim * sizeof(float) : 0;
+    const size_t logits_bytes =
+        logits_out ? (size_t)B * T * m->config.vocab_size * sizeof(float) : 0;
+    /* outputs land in backend memory first when the model is not on the host */
+    float *hidden_dev = hidden_out, *logits_dev = logits_out;
+    if (!mg_on_host(be)) {
+        if (hidden_bytes) hidden_dev = be->alloc(be, hidden_bytes, "hidden states", err);
+        if (logits_bytes && err->code == MG_OK)
+            logits_dev = be->alloc(be, logits_bytes, "logits", err);
+    }
+    if (err->code == MG_OK && mg_kv_cache_init(&cache, be, &m->config, B, T, 1, err) == MG_OK) {
+        if (mg_model_step(m, &cache, tokens, roles, segments, pos, B, T, hidden_dev, logits_dev, 0,
+                          err) == MG_OK &&
+            !mg_on_host(be)) {
+            if (hidden_bytes) be->download(be, hidden_out, hidden_dev, hidden_bytes);
+            if (logits_bytes) be->download(be, logits_out, logits_dev, logits_bytes);
+            be->sync(be, err);
+        }
         mg_kv_cache_release(&cache);
+    }
+    if (!mg_on_host(be)) {
+        if (hidden_bytes && hidden_dev) be->free(be, hidden_dev);
+        if (logits_bytes && logits_dev) be->free(be, logits_dev);
     }
     mg_free(pos);
     return err->code;

@@ -4,7 +4,6 @@
 
 #include "../core/alloc.h"
 #include "../ops/attention.h"
-#include "../ops/matmul.h"
 
 int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, int keep_hidden,
                       const sampling_params *params, uint64_t seed, int eos_id, mg_error *err) {
@@ -34,12 +33,18 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     g->params = *params;
     g->seed = seed;
     g->eos_id = eos_id < 0 ? -1 : eos_id;
-    if (mg_kv_cache_init(&g->cache, c, B, capacity, c->n_layers, err) != MG_OK) return err->code;
+    const mg_backend *be = m->be;
+    if (mg_kv_cache_init(&g->cache, be, c, B, capacity, c->n_layers, err) != MG_OK)
+        return err->code;
     const size_t BV = (size_t)B * g->V;
     g->logits = mg_alloc(BV, sizeof(float), "logits", err);
-    g->step_logits = mg_alloc_uninit(BV, sizeof(float), "step logits", err);
-    if (keep_hidden)
-        g->hidden = mg_alloc((size_t)B * capacity * g->D, sizeof(float), "hidden states", err);
+    /* in the model's backend memory: what the model writes */
+    if (err->code == MG_OK) g->step_logits = be->alloc(be, BV * sizeof(float), "step logits", err);
+    if (keep_hidden && err->code == MG_OK)
+        g->hidden =
+            be->alloc(be, (size_t)B * capacity * g->D * sizeof(float), "hidden states", err);
+    if (err->code == MG_OK)
+        g->step_hidden = be->alloc(be, (size_t)B * g->D * sizeof(float), "step states", err);
     g->seen = mg_alloc(BV, 1, "seen tokens", err);
     g->finished = mg_alloc((size_t)B, 1, "finished rows", err);
     g->pending = mg_alloc((size_t)B, sizeof(int32_t), "pending tokens", err);
@@ -50,7 +55,6 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     g->step_seg = mg_alloc((size_t)B, sizeof(int32_t), "step segments", err);
     g->step_pos = mg_alloc((size_t)B, sizeof(int), "step positions", err);
     g->step_role = mg_alloc((size_t)B, 1, "step roles", err);
-    g->step_hidden = mg_alloc((size_t)B * g->D, sizeof(float), "step states", err);
     if (err->code != MG_OK) {
         mg_generator_release(g);
         return err->code;
@@ -63,8 +67,12 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
 void mg_generator_release(mg_generator *g) {
     mg_kv_cache_release(&g->cache);
     mg_free(g->logits);
-    mg_free(g->step_logits);
-    mg_free(g->hidden);
+    if (g->model != NULL) {
+        const mg_backend *be = g->model->be;
+        be->free(be, g->step_logits);
+        be->free(be, g->hidden);
+        be->free(be, g->step_hidden);
+    }
     mg_free(g->seen);
     mg_free(g->finished);
     mg_free(g->pending);
@@ -74,7 +82,6 @@ void mg_generator_release(mg_generator *g) {
     mg_free(g->step_seg);
     mg_free(g->step_pos);
     mg_free(g->step_role);
-    mg_free(g->step_hidden);
     memset(g, 0, sizeof(*g));
 }
 
@@ -88,13 +95,14 @@ static int run_step(mg_generator *g, const int32_t *tokens, const uint8_t *roles
                       g->step_logits, 1, err) != MG_OK)
         return err->code;
     const int D = g->D;
+    const mg_backend *be = g->model->be;
     for (int b = 0; b < g->B; b++) {
         if (segments[(long)b * T + T - 1] >= 0)
-            memcpy(g->logits + (long)b * g->V, g->step_logits + (long)b * g->V,
-                   sizeof(float) * g->V);
+            be->download(be, g->logits + (long)b * g->V, g->step_logits + (long)b * g->V,
+                         sizeof(float) * g->V);
         if (g->hidden != NULL)
-            memcpy(g->hidden + ((long)b * g->cache.capacity + start) * D,
-                   hidden_tmp + (long)b * T * D, sizeof(float) * T * D);
+            be->copy(be, g->hidden + ((long)b * g->cache.capacity + start) * D,
+                     hidden_tmp + (long)b * T * D, sizeof(float) * T * D);
         for (int t = 0; t < T; t++) {
             const long n = (long)b * T + t;
             if (segments[n] < 0) continue;
@@ -113,40 +121,45 @@ int mg_generator_append(mg_generator *g, const int32_t *tokens, const uint8_t *r
         return mg_fail(err, MG_ERR_VALUE, "%d more tokens exceed the session (%d of %d used)", T,
                        g->cache.length, g->cache.capacity);
     const size_t N = (size_t)g->B * T;
+    const mg_backend *be = g->model->be;
     int *pos = mg_alloc_uninit(N, sizeof(int), "positions", err);
-    float *hidden = mg_alloc_uninit(N * g->D, sizeof(float), "states", err);
+    float *hidden = NULL;
+    if (err->code == MG_OK) hidden = be->alloc(be, N * g->D * sizeof(float), "states", err);
     if (err->code == MG_OK) {
         for (size_t n = 0; n < N; n++)
             pos[n] = segments[n] < 0 ? 0 : positions[n];
         run_step(g, tokens, roles, segments, pos, T, hidden, err);
     }
     mg_free(pos);
-    mg_free(hidden);
+    if (hidden) be->free(be, hidden);
     return err->code;
 }
 
 int mg_generator_logits_at(mg_generator *g, const int32_t *index, mg_error *err) {
     if (g->hidden == NULL)
         return mg_fail(err, MG_ERR_VALUE, "this session does not keep hidden states");
+    const mg_backend *be = g->model->be;
     int rows = 0;
     for (int b = 0; b < g->B; b++) {
         if (index[b] < 0) continue;
         if (index[b] >= g->cache.length)
             return mg_fail(err, MG_ERR_VALUE, "index %d is beyond the %d appended tokens", index[b],
                            g->cache.length);
-        memcpy(g->step_hidden + (long)rows++ * g->D,
-               g->hidden + ((long)b * g->cache.capacity + index[b]) * g->D, sizeof(float) * g->D);
+        be->copy(be, g->step_hidden + (long)rows++ * g->D,
+                 g->hidden + ((long)b * g->cache.capacity + index[b]) * g->D, sizeof(float) * g->D);
     }
     if (rows == 0) return MG_OK;
-    float *out = mg_alloc_uninit((size_t)rows * g->V, sizeof(float), "logits", err);
+    float *out = be->alloc(be, (size_t)rows * g->V * sizeof(float), "logits", err);
     if (out == NULL) return err->code;
-    matmul_forward(out, g->step_hidden, g->model->params.lm_head, NULL, rows, g->D, g->V, false);
+    be->matmul_forward(be, out, g->step_hidden, g->model->params.lm_head, NULL, rows, g->D, g->V,
+                       false);
     rows = 0;
     for (int b = 0; b < g->B; b++)
         if (index[b] >= 0)
-            memcpy(g->logits + (long)b * g->V, out + (long)rows++ * g->V, sizeof(float) * g->V);
-    mg_free(out);
-    return MG_OK;
+            be->download(be, g->logits + (long)b * g->V, out + (long)rows++ * g->V,
+                         sizeof(float) * g->V);
+    be->free(be, out);
+    return be->sync(be, err);
 }
 
 /* Samples the rows with active[b] into tokens[b] (others -1); draws advance once per call. */

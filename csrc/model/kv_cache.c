@@ -4,11 +4,12 @@
 
 #include "../core/alloc.h"
 
-int mg_kv_cache_init(mg_kv_cache *c, const mg_config *cfg, int B, int capacity, int n_slots,
-                     mg_error *err) {
+int mg_kv_cache_init(mg_kv_cache *c, const mg_backend *be, const mg_config *cfg, int B,
+                     int capacity, int n_slots, mg_error *err) {
     memset(c, 0, sizeof(*c));
     if (B <= 0 || capacity <= 0 || n_slots <= 0)
         return mg_fail(err, MG_ERR_VALUE, "invalid cache size (%d rows x %d tokens)", B, capacity);
+    c->be = be;
     c->n_slots = n_slots;
     c->B = B;
     c->capacity = capacity;
@@ -22,11 +23,21 @@ int mg_kv_cache_init(mg_kv_cache *c, const mg_config *cfg, int B, int capacity, 
          2 * sizeof(float) * floats > mg_memory_available()))
         return mg_fail(err, MG_ERR_NOMEM,
                        "cannot allocate the key/value cache: %zu bytes needed, more than the "
-                       "memory available", 2 * sizeof(float) * floats);
-    c->k = mg_alloc_uninit(floats, sizeof(float), "key cache", err);
-    c->v = mg_alloc_uninit(floats, sizeof(float), "value cache", err);
-    c->roles = mg_alloc((size_t)B * capacity, sizeof(uint8_t), "cache roles", err);
-    c->segments = mg_alloc((size_t)B * capacity, sizeof(int32_t), "cache segments", err);
+                       "memory available",
+                       2 * sizeof(float) * floats);
+    if (be->device == MG_DEVICE_CPU) {
+        c->k = mg_alloc_uninit(floats, sizeof(float), "key cache", err);
+        c->v = mg_alloc_uninit(floats, sizeof(float), "value cache", err);
+        c->roles = mg_alloc((size_t)B * capacity, sizeof(uint8_t), "cache roles", err);
+        c->segments = mg_alloc((size_t)B * capacity, sizeof(int32_t), "cache segments", err);
+    } else {
+        c->k = be->alloc(be, floats * sizeof(float), "key cache", err);
+        if (c->k) c->v = be->alloc(be, floats * sizeof(float), "value cache", err);
+        if (c->v) c->roles = be->alloc(be, (size_t)B * capacity, "cache roles", err);
+        if (c->roles)
+            c->segments =
+                be->alloc(be, (size_t)B * capacity * sizeof(int32_t), "cache segments", err);
+    }
     if (err->code != MG_OK) {
         mg_kv_cache_release(c);
         return err->code;
@@ -35,9 +46,16 @@ int mg_kv_cache_init(mg_kv_cache *c, const mg_config *cfg, int B, int capacity, 
 }
 
 void mg_kv_cache_release(mg_kv_cache *c) {
-    mg_free(c->k);
-    mg_free(c->v);
-    mg_free(c->roles);
-    mg_free(c->segments);
+    if (c->be != NULL && c->be->device != MG_DEVICE_CPU) {
+        c->be->free(c->be, c->k);
+        c->be->free(c->be, c->v);
+        c->be->free(c->be, c->roles);
+        c->be->free(c->be, c->segments);
+    } else {
+        mg_free(c->k);
+        mg_free(c->v);
+        mg_free(c->roles);
+        mg_free(c->segments);
+    }
     memset(c, 0, sizeof(*c));
 }

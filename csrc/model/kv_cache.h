@@ -6,22 +6,24 @@
 
 #include <stdint.h>
 
+#include "../backend/backend.h"
 #include "../core/error.h"
 #include "config.h"
 
 typedef struct {
-    int n_slots;  /* layer slots: n_layers, or 1 when layers need not be kept */
-    int B;        /* rows */
-    int capacity; /* tokens per row */
-    int length;   /* tokens filled per row (the same for every row; padding fills gaps) */
-    int kv_dim;   /* n_kv_heads * head_dim */
-    float *k, *v; /* [n_slots, B, capacity, kv_dim] */
-    uint8_t *roles;    /* [B, capacity] */
-    int32_t *segments; /* [B, capacity], -1 = padding */
+    const mg_backend *be; /* whose memory holds k, v, roles and segments */
+    int n_slots;          /* layer slots: n_layers, or 1 when layers need not be kept */
+    int B;                /* rows */
+    int capacity;         /* tokens per row */
+    int length;           /* tokens filled per row (the same for every row; padding fills gaps) */
+    int kv_dim;           /* n_kv_heads * head_dim */
+    float *k, *v;         /* [n_slots, B, capacity, kv_dim] */
+    uint8_t *roles;       /* [B, capacity] */
+    int32_t *segments;    /* [B, capacity], -1 = padding */
 } mg_kv_cache;
 
-int mg_kv_cache_init(mg_kv_cache *c, const mg_config *cfg, int B, int capacity, int n_slots,
-                     mg_error *err);
+int mg_kv_cache_init(mg_kv_cache *c, const mg_backend *be, const mg_config *cfg, int B,
+                     int capacity, int n_slots, mg_error *err);
 void mg_kv_cache_release(mg_kv_cache *c);
 
 /* Keys (or values) of layer slot `slot`, row b, from token 0. */

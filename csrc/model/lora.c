@@ -4,25 +4,34 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../backend/cpu/blas.h"
 #include "../core/alloc.h"
 #include "../core/rng.h"
-#include "../ops/dropout.h"
+#include "transfer.h"
 
-static const char *const target_names[MG_LORA_TARGETS] = {"wq", "wk", "wv", "wo",
+static const char *const target_names[MG_LORA_TARGETS] = {"wq",     "wk",   "wv",    "wo",
                                                           "w_gate", "w_up", "w_down"};
 
 static void target_shape(const mg_config *c, mg_lora_target t, int *in, int *out) {
     const int D = c->dim, F = c->hidden_dim;
     const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
     switch (t) {
-    case MG_LORA_Q: *in = D, *out = QD; break;
+    case MG_LORA_Q:
+        *in = D, *out = QD;
+        break;
     case MG_LORA_K:
-    case MG_LORA_V: *in = D, *out = KD; break;
-    case MG_LORA_O: *in = QD, *out = D; break;
+    case MG_LORA_V:
+        *in = D, *out = KD;
+        break;
+    case MG_LORA_O:
+        *in = QD, *out = D;
+        break;
     case MG_LORA_GATE:
-    case MG_LORA_UP: *in = D, *out = F; break;
-    default: *in = F, *out = D; break;
+    case MG_LORA_UP:
+        *in = D, *out = F;
+        break;
+    default:
+        *in = F, *out = D;
+        break;
     }
 }
 
@@ -48,8 +57,9 @@ mg_lora *mg_lora_create(const mg_config *c, int rank, float alpha, unsigned targ
     l->scale = alpha / (float)rank;
     l->targets = targets;
     l->n_layers = c->n_layers;
-    l->pairs = mg_alloc((size_t)c->n_layers * MG_LORA_TARGETS, sizeof(mg_lora_pair), "LoRA table",
-                        err);
+    l->be = mg_backend_cpu();
+    l->pairs =
+        mg_alloc((size_t)c->n_layers * MG_LORA_TARGETS, sizeof(mg_lora_pair), "LoRA table", err);
     l->slots = mg_alloc((size_t)c->n_layers * MG_LORA_TARGETS * 2, sizeof(mg_param_slot),
                         "LoRA slots", err);
     if (err->code != MG_OK) goto fail;
@@ -102,51 +112,83 @@ fail:
 
 void mg_lora_free(mg_lora *l) {
     if (l == NULL) return;
-    mg_free(l->block);
+    if (l->be != NULL && l->be->device != MG_DEVICE_CPU)
+        l->be->free(l->be, l->block);
+    else
+        mg_free(l->block);
     mg_free(l->pairs);
     mg_free(l->slots);
     mg_free(l);
 }
 
-void lora_forward(float *out, int ldo, const float *inp, int N, const mg_lora_pair *pair,
-                  float scale, float p, uint64_t seed, uint64_t stream, float *drop_buf, float *u) {
+mg_lora *mg_lora_copy_to(const mg_lora *l, const mg_backend *be, mg_error *err) {
+    mg_lora *c = mg_alloc(1, sizeof(mg_lora), "LoRA adapters", err);
+    if (c == NULL) return NULL;
+    *c = *l;
+    c->be = be;
+    c->block = NULL;
+    const size_t n_pairs = (size_t)l->n_layers * MG_LORA_TARGETS;
+    c->pairs = mg_alloc(n_pairs, sizeof(mg_lora_pair), "LoRA table", err);
+    c->slots =
+        mg_alloc((size_t)(l->n_slots ? l->n_slots : 1), sizeof(mg_param_slot), "LoRA slots", err);
+    if (err->code == MG_OK)
+        c->block = be->device == MG_DEVICE_CPU
+                       ? mg_alloc_uninit(l->numel, sizeof(float), "LoRA parameters", err)
+                       : be->alloc(be, l->numel * sizeof(float), "LoRA parameters", err);
+    if (err->code != MG_OK) {
+        mg_lora_free(c);
+        return NULL;
+    }
+    memcpy(c->slots, l->slots, sizeof(mg_param_slot) * (size_t)l->n_slots);
+    for (size_t i = 0; i < n_pairs; i++) {
+        c->pairs[i] = l->pairs[i];
+        if (l->pairs[i].A) {
+            c->pairs[i].A = c->block + (l->pairs[i].A - l->block);
+            c->pairs[i].B = c->block + (l->pairs[i].B - l->block);
+        }
+    }
+    copy_between(l->be, be, c->block, l->block, l->numel * sizeof(float));
+    return c;
+}
+
+void lora_forward(const mg_backend *be, float *out, int ldo, const float *inp, int N,
+                  const mg_lora_pair *pair, float scale, float p, uint64_t seed, uint64_t stream,
+                  float *drop_buf, float *u) {
     const float *x = inp;
     if (p > 0.0f) {
-        dropout_forward(drop_buf, inp, (long)N * pair->in, p, seed, stream);
+        be->dropout_forward(be, drop_buf, inp, (long)N * pair->in, p, seed, stream);
         x = drop_buf;
     }
     const int r = pair->rank;
-    mg_sgemm(false, true, N, r, pair->in, 1.0f, x, pair->in, pair->A, pair->in, 0.0f, u, r);
-    mg_sgemm(false, true, N, pair->out, r, scale, u, r, pair->B, r, 1.0f, out, ldo);
+    be->sgemm(be, false, true, N, r, pair->in, 1.0f, x, pair->in, pair->A, pair->in, 0.0f, u, r);
+    be->sgemm(be, false, true, N, pair->out, r, scale, u, r, pair->B, r, 1.0f, out, ldo);
 }
 
-void lora_backward(float *dinp, float *dA, float *dB, const float *dout, int ldd, const float *inp,
-                   const float *u, int N, const mg_lora_pair *pair, float scale, float p,
-                   uint64_t seed, uint64_t stream, float *scratch) {
+void lora_backward(const mg_backend *be, float *dinp, float *dA, float *dB, const float *dout,
+                   int ldd, const float *inp, const float *u, int N, const mg_lora_pair *pair,
+                   float scale, float p, uint64_t seed, uint64_t stream, float *scratch) {
     const int r = pair->rank;
-    float *du = scratch;                 /* [N, r] */
-    float *dx = scratch + (long)N * r;   /* [N, in]: also holds drop(inp) for dA */
+    float *du = scratch;               /* [N, r] */
+    float *dx = scratch + (long)N * r; /* [N, in]: also holds drop(inp) for dA */
     /* dB += scale * dout^T u */
-    if (dB) mg_sgemm(true, false, pair->out, r, N, scale, dout, ldd, u, r, 1.0f, dB, r);
+    if (dB) be->sgemm(be, true, false, pair->out, r, N, scale, dout, ldd, u, r, 1.0f, dB, r);
     /* du = scale * dout B */
-    mg_sgemm(false, false, N, r, pair->out, scale, dout, ldd, pair->B, r, 0.0f, du, r);
+    be->sgemm(be, false, false, N, r, pair->out, scale, dout, ldd, pair->B, r, 0.0f, du, r);
     if (dA) {
         const float *x = inp;
         if (p > 0.0f) {
-            dropout_forward(dx, inp, (long)N * pair->in, p, seed, stream);
+            be->dropout_forward(be, dx, inp, (long)N * pair->in, p, seed, stream);
             x = dx;
         }
-        mg_sgemm(true, false, r, pair->in, N, 1.0f, du, r, x, pair->in, 1.0f, dA, pair->in);
+        be->sgemm(be, true, false, r, pair->in, N, 1.0f, du, r, x, pair->in, 1.0f, dA, pair->in);
     }
     if (dinp) {
-        mg_sgemm(false, false, N, pair->in, r, 1.0f, du, r, pair->A, pair->in, 0.0f, dx,
-                 pair->in);
+        be->sgemm(be, false, false, N, pair->in, r, 1.0f, du, r, pair->A, pair->in, 0.0f, dx,
+                  pair->in);
         if (p > 0.0f) {
-            dropout_backward(dinp, dx, (long)N * pair->in, p, seed, stream);
+            be->dropout_backward(be, dinp, dx, (long)N * pair->in, p, seed, stream);
         } else {
-            const long n = (long)N * pair->in;
-#pragma omp parallel for schedule(static)
-            for (long i = 0; i < n; i++) dinp[i] += dx[i];
+            be->add_inplace(be, dinp, dx, (long)N * pair->in);
         }
     }
 }
@@ -157,13 +199,13 @@ float *mg_lora_base_weight(mg_params *params, int layer, mg_lora_target t) {
     return w[t];
 }
 
-void mg_lora_merge(const mg_lora *l, mg_params *params, const mg_config *c) {
+void mg_lora_merge(const mg_backend *be, const mg_lora *l, mg_params *params, const mg_config *c) {
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int t = 0; t < MG_LORA_TARGETS; t++) {
             const mg_lora_pair *p = mg_lora_get(l, layer, t);
             if (p == NULL) continue;
             float *W = mg_lora_base_weight(params, layer, t);
-            mg_sgemm(false, false, p->out, p->in, l->rank, l->scale, p->B, l->rank, p->A, p->in,
-                     1.0f, W, p->in);
+            be->sgemm(be, false, false, p->out, p->in, l->rank, l->scale, p->B, l->rank, p->A,
+                      p->in, 1.0f, W, p->in);
         }
 }

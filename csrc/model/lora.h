@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../backend/backend.h"
 #include "../core/error.h"
 #include "config.h"
 #include "params.h"
@@ -35,7 +36,8 @@ typedef struct {
     float scale;      /* alpha / rank */
     unsigned targets; /* bit t set: target t adapted */
     int n_layers;
-    float *block; /* every A then B, pair by pair */
+    const mg_backend *be; /* whose memory holds the block */
+    float *block;         /* every A then B, pair by pair */
     size_t numel;
     mg_lora_pair *pairs; /* [n_layers * MG_LORA_TARGETS] */
     mg_param_slot *slots;
@@ -48,6 +50,9 @@ typedef struct {
 mg_lora *mg_lora_create(const mg_config *c, int rank, float alpha, unsigned targets, uint64_t seed,
                         mg_error *err);
 void mg_lora_free(mg_lora *l);
+
+/* A copy of l whose block lives in the memory of `be`. */
+mg_lora *mg_lora_copy_to(const mg_lora *l, const mg_backend *be, mg_error *err);
 
 static inline const mg_lora_pair *mg_lora_get(const mg_lora *l, int layer, mg_lora_target t) {
     if (l == NULL) return NULL;
@@ -65,17 +70,18 @@ static inline mg_lora_pair mg_lora_mirror(const mg_lora *l, const mg_lora_pair *
 
 /* out[N, O] (row stride ldo) += scale * u B^T with u = drop(inp) A^T stored in u[N, rank].
  * Dropout (rate p, stream (seed, stream)) is applied to a copy of inp in drop_buf[N, in]. */
-void lora_forward(float *out, int ldo, const float *inp, int N, const mg_lora_pair *pair,
-                  float scale, float p, uint64_t seed, uint64_t stream, float *drop_buf, float *u);
+void lora_forward(const mg_backend *be, float *out, int ldo, const float *inp, int N,
+                  const mg_lora_pair *pair, float scale, float p, uint64_t seed, uint64_t stream,
+                  float *drop_buf, float *u);
 
 /* Backward of lora_forward given dout (row stride ldd): accumulates dA, dB (may be NULL) and
  * dinp[N, in] (may be NULL). scratch: N * (rank + in) floats. */
-void lora_backward(float *dinp, float *dA, float *dB, const float *dout, int ldd, const float *inp,
-                   const float *u, int N, const mg_lora_pair *pair, float scale, float p,
-                   uint64_t seed, uint64_t stream, float *scratch);
+void lora_backward(const mg_backend *be, float *dinp, float *dA, float *dB, const float *dout,
+                   int ldd, const float *inp, const float *u, int N, const mg_lora_pair *pair,
+                   float scale, float p, uint64_t seed, uint64_t stream, float *scratch);
 
 /* W += scale * B A for every adapted projection of the model's parameters. */
-void mg_lora_merge(const mg_lora *l, mg_params *params, const mg_config *c);
+void mg_lora_merge(const mg_backend *be, const mg_lora *l, mg_params *params, const mg_config *c);
 
 /* The base weight (and its row offset inside it, for q/k/v of fused GPT-2 c_attn export) that
  * target t of layer l adapts. */

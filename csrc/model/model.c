@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "transfer.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -43,6 +45,7 @@ mg_model *mg_model_create(const mg_config *config, const mg_named_tensor *tensor
     mg_model *m = mg_alloc(1, sizeof(mg_model), "model", err);
     if (m == NULL) return NULL;
     m->config = *config;
+    m->be = mg_backend_cpu();
     if (pthread_rwlock_init(&m->guard, NULL) != 0) {
         mg_fail(err, MG_ERR_NOMEM, "cannot create the model's lock");
         mg_free(m);
@@ -64,23 +67,112 @@ mg_model *mg_model_create(const mg_config *config, const mg_named_tensor *tensor
     return m;
 }
 
-void mg_model_attach_lora(mg_model *m, mg_lora *lora) {
+int mg_model_attach_lora(mg_model *m, mg_lora *lora, mg_error *err) {
+    if (lora != NULL && lora->be != m->be) {
+        mg_lora *moved = mg_lora_copy_to(lora, m->be, err);
+        mg_lora_free(lora);
+        if (moved == NULL) return err->code;
+        lora = moved;
+    }
     mg_lora_free(m->lora);
     m->lora = lora;
+    return MG_OK;
 }
 
 void mg_model_merge_lora(mg_model *m) {
     if (m->lora == NULL) return;
-    mg_lora_merge(m->lora, &m->params, &m->config);
+    mg_lora_merge(m->be, m->lora, &m->params, &m->config);
     mg_lora_free(m->lora);
     m->lora = NULL;
+}
+
+/* Frees what lives in the backend's memory and forgets it, so the host-side release that
+ * follows frees only host memory. */
+static void release_backend_memory(mg_model *m) {
+    if (m->be == NULL || m->be->device == MG_DEVICE_CPU) return;
+    m->be->free(m->be, m->params.block);
+    m->be->free(m->be, m->inv_freq);
+    m->params.block = NULL;
+    m->inv_freq = NULL;
 }
 
 void mg_model_free(mg_model *m) {
     if (m == NULL) return;
     mg_lora_free(m->lora);
     pthread_rwlock_destroy(&m->guard);
+    release_backend_memory(m);
     mg_params_release(&m->params);
     mg_free(m->inv_freq);
+    if (m->owned_be) mg_backend_cuda_free(m->owned_be);
     mg_free(m);
+}
+
+/* Moves a pointer into `from`'s block to the same offset in `to`'s. */
+static float *rebase(float *p, const float *from, float *to) {
+    return p == NULL ? NULL : to + (p - from);
+}
+
+mg_model *mg_model_copy_to(const mg_model *src, const mg_backend *be, int owns_be, mg_error *err) {
+    mg_model *m = mg_alloc(1, sizeof(mg_model), "model", err);
+    if (m == NULL) {
+        if (owns_be) mg_backend_cuda_free((mg_backend *)be);
+        return NULL;
+    }
+    m->config = src->config;
+    m->be = be;
+    m->owned_be = owns_be ? (mg_backend *)be : NULL;
+    if (pthread_rwlock_init(&m->guard, NULL) != 0) {
+        mg_fail(err, MG_ERR_NOMEM, "cannot create the model's lock");
+        if (owns_be) mg_backend_cuda_free((mg_backend *)be);
+        mg_free(m);
+        return NULL;
+    }
+    const mg_params *sp = &src->params;
+    mg_params *p = &m->params;
+    const int on_host = be->device == MG_DEVICE_CPU;
+    *p = *sp;
+    p->block = NULL;
+    p->slots = NULL;
+    p->layers = NULL;
+    p->slots = mg_alloc((size_t)sp->n_slots, sizeof(mg_param_slot), "parameter slots", err);
+    p->layers = mg_alloc((size_t)src->config.n_layers, sizeof(mg_layer_params), "layer table", err);
+    if (on_host)
+        p->block = mg_alloc_uninit(sp->numel, sizeof(float), "parameters", err);
+    else if (err->code == MG_OK)
+        p->block = be->alloc(be, sp->numel * sizeof(float), "parameters", err);
+    if (src->inv_freq != NULL && err->code == MG_OK) {
+        const size_t bytes = sizeof(float) * (size_t)(src->config.head_dim / 2);
+        m->inv_freq = on_host ? mg_alloc(bytes, 1, "rope table", err)
+                              : be->alloc(be, bytes, "rope table", err);
+        if (m->inv_freq) copy_between(src->be, be, m->inv_freq, src->inv_freq, bytes);
+    }
+    if (err->code != MG_OK) {
+        mg_model_free(m);
+        return NULL;
+    }
+    memcpy(p->slots, sp->slots, sizeof(mg_param_slot) * (size_t)sp->n_slots);
+    copy_between(src->be, be, p->block, sp->block, sp->numel * sizeof(float));
+    float *const from = sp->block, *to = p->block;
+    p->tok_embeddings = rebase(sp->tok_embeddings, from, to);
+    p->pos_embeddings = rebase(sp->pos_embeddings, from, to);
+    p->final_norm_w = rebase(sp->final_norm_w, from, to);
+    p->final_norm_b = rebase(sp->final_norm_b, from, to);
+    p->lm_head = rebase(sp->lm_head, from, to);
+    for (int l = 0; l < src->config.n_layers; l++) {
+        const mg_layer_params *a = &sp->layers[l];
+        mg_layer_params *b = &p->layers[l];
+        float *const *fa = (float *const *)a;
+        float **fb = (float **)b;
+        /* every field of mg_layer_params is a float pointer into the block */
+        for (size_t k = 0; k < sizeof(mg_layer_params) / sizeof(float *); k++)
+            fb[k] = rebase(fa[k], from, to);
+    }
+    if (src->lora != NULL) {
+        m->lora = mg_lora_copy_to(src->lora, be, err);
+        if (m->lora == NULL) {
+            mg_model_free(m);
+            return NULL;
+        }
+    }
+    return m;
 }

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "../backend/backend.h"
 #include "config.h"
 #include "kv_cache.h"
 #include "lora.h"
@@ -14,6 +15,9 @@
 
 typedef struct mg_model_s {
     mg_config config;
+    /* Where the parameters, the rope table and the adapters live, and whose ops run them. */
+    const mg_backend *be;
+    mg_backend *owned_be; /* a GPU backend this model created and frees; NULL on the CPU */
     mg_params params;
     float *inv_freq; /* [head_dim / 2], LLaMA family only */
     mg_lora *lora;   /* attached adapters (owned), applied by every forward; NULL when none */
@@ -71,8 +75,13 @@ static inline int mg_qkv_fused(const mg_layer_params *L, int QD, int KD, int D) 
     return L->wk == L->wq + (long)QD * D && L->wv == L->wk + (long)KD * D;
 }
 
-/* Attaches adapters (the model takes ownership; any previous ones are freed). */
-void mg_model_attach_lora(mg_model *m, mg_lora *lora);
+/* A copy of `src` (parameters, adapters) in the memory of `be`. The copy takes ownership of `be`
+ * when owns_be (a GPU backend made for it); the CPU backend is never owned. */
+mg_model *mg_model_copy_to(const mg_model *src, const mg_backend *be, int owns_be, mg_error *err);
+
+/* Attaches adapters made on the CPU (the model takes ownership; any previous ones are freed);
+ * on another backend they are moved into its memory first. */
+int mg_model_attach_lora(mg_model *m, mg_lora *lora, mg_error *err);
 /* Folds the attached adapters into the base weights and detaches them. */
 void mg_model_merge_lora(mg_model *m);
 

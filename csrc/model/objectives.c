@@ -20,14 +20,16 @@ void mg_masked_view(const int32_t *tokens, int len, const mg_masking_config *cfg
     }
     if (len < 2) return;
     if (cfg->use_spans && mg_rng_uniform(seed, stream, DRAW_ALL_SPAN) < cfg->all_span_frac) {
-        for (int i = 0; i < len; i++) roles_out[i] = MG_ROLE_SPAN;
-        for (int i = 1; i < len; i++) msg_label[i - 1] = tokens[i];
+        for (int i = 0; i < len; i++)
+            roles_out[i] = MG_ROLE_SPAN;
+        for (int i = 1; i < len; i++)
+            msg_label[i - 1] = tokens[i];
         return;
     }
     if (cfg->use_spans && cfg->spans_max > 0) {
-        const int n_spans =
-            cfg->spans_min + (int)mg_rng_uniform_int(seed, stream, DRAW_N_SPANS,
-                                                     (uint32_t)(cfg->spans_max - cfg->spans_min + 1));
+        const int n_spans = cfg->spans_min + (int)mg_rng_uniform_int(
+                                                 seed, stream, DRAW_N_SPANS,
+                                                 (uint32_t)(cfg->spans_max - cfg->spans_min + 1));
         int budget = (int)(cfg->span_max_frac * (float)len);
         uint64_t draw = DRAW_SPANS;
         for (int s = 0; s < n_spans && budget > 0; s++) {
@@ -39,10 +41,11 @@ void mg_masked_view(const int32_t *tokens, int len, const mg_masking_config *cfg
             if (L < 1) break;
             /* a few tries for a place that overlaps no span and keeps a context token before */
             for (int attempt = 0; attempt < 8; attempt++) {
-                const int start = 1 + (int)mg_rng_uniform_int(seed, stream, draw++,
-                                                               (uint32_t)(len - L));
+                const int start =
+                    1 + (int)mg_rng_uniform_int(seed, stream, draw++, (uint32_t)(len - L));
                 int free = roles_out[start - 1] == MG_ROLE_CONTEXT;
-                for (int i = start; i < start + L && free; i++) free = roles_out[i] == MG_ROLE_CONTEXT;
+                for (int i = start; i < start + L && free; i++)
+                    free = roles_out[i] == MG_ROLE_CONTEXT;
                 if (!free) continue;
                 for (int i = start; i < start + L; i++) {
                     roles_out[i] = MG_ROLE_SPAN;
@@ -62,7 +65,7 @@ void mg_masked_view(const int32_t *tokens, int len, const mg_masking_config *cfg
         if (u < cfg->mask_token_frac)
             tok_out[i] = cfg->mask_token_id;
         else if (u < cfg->mask_token_frac + cfg->random_token_frac)
-            tok_out[i] = (int32_t)mg_rng_uniform_int(seed, stream, base + 2,
-                                                      (uint32_t)cfg->vocab_size);
+            tok_out[i] =
+                (int32_t)mg_rng_uniform_int(seed, stream, base + 2, (uint32_t)cfg->vocab_size);
     }
 }

@@ -13,11 +13,11 @@ typedef struct {
     float random_token_frac; /* of those, replaced by a uniform random token (0.1); rest kept */
     int mask_token_id;
     int vocab_size;
-    int use_spans;           /* sample SPAN regions (MSG); 0 gives an all-CONTEXT view */
-    int spans_min, spans_max;        /* spans per sequence (1..3) */
-    int span_len_min, span_len_max;  /* span length, uniform (8..32) */
-    float span_max_frac;     /* all spans together at most this share of the sequence (0.3) */
-    float all_span_frac;     /* share of sequences made all-SPAN: plain next-token LM (0.25) */
+    int use_spans;                  /* sample SPAN regions (MSG); 0 gives an all-CONTEXT view */
+    int spans_min, spans_max;       /* spans per sequence (1..3) */
+    int span_len_min, span_len_max; /* span length, uniform (8..32) */
+    float span_max_frac; /* all spans together at most this share of the sequence (0.3) */
+    float all_span_frac; /* share of sequences made all-SPAN: plain next-token LM (0.25) */
 } mg_masking_config;
 
 /* The masked view of tokens[len] under draws from (seed, stream): writes tok_out, roles_out and

@@ -139,7 +139,8 @@ int mg_params_create(mg_params *p, const mg_config *c, const mg_named_tensor *te
             }
             continue;
         }
-        size_t numel = (size_t)plan[s].shape[0] * (size_t)(plan[s].ndim == 2 ? plan[s].shape[1] : 1);
+        size_t numel =
+            (size_t)plan[s].shape[0] * (size_t)(plan[s].ndim == 2 ? plan[s].shape[1] : 1);
         total += (numel + 15) & ~(size_t)15; /* 64-byte aligned tensors */
         kept++;
     }
@@ -162,7 +163,8 @@ int mg_params_create(mg_params *p, const mg_config *c, const mg_named_tensor *te
         offset += (slot->numel + 15) & ~(size_t)15;
         for (int i = 0; i < count; i++)
             if (strcmp(tensors[i].name, slot->name) == 0) {
-                memcpy(p->block + slot->offset, tensors[i].tensor.data, slot->numel * sizeof(float));
+                memcpy(p->block + slot->offset, tensors[i].tensor.data,
+                       slot->numel * sizeof(float));
                 break;
             }
     }

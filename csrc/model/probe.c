@@ -16,8 +16,10 @@
 
 static int check_args(long N, int D, int C, mg_error *err) {
     if (N < 1 || D < 1 || C < 1)
-        return mg_fail(err, MG_ERR_VALUE, "probe needs N >= 1 rows, D >= 1 features and C >= 1 "
-                       "classes (got N=%ld, D=%d, C=%d)", N, D, C);
+        return mg_fail(err, MG_ERR_VALUE,
+                       "probe needs N >= 1 rows, D >= 1 features and C >= 1 "
+                       "classes (got N=%ld, D=%d, C=%d)",
+                       N, D, C);
     if (N > (1L << 31) - 1) return mg_fail(err, MG_ERR_VALUE, "probe: too many rows (%ld)", N);
     return MG_OK;
 }
@@ -27,7 +29,8 @@ static void feature_moments(const float *X, long N, int D, float *mean, float *s
 #pragma omp parallel for schedule(static)
     for (int d = 0; d < D; d++) {
         double s = 0.0, ss = 0.0;
-        for (long n = 0; n < N; n++) s += X[n * D + d];
+        for (long n = 0; n < N; n++)
+            s += X[n * D + d];
         const double mu = s / (double)N;
         for (long n = 0; n < N; n++) {
             const double t = X[n * D + d] - mu;
@@ -41,7 +44,8 @@ static void feature_moments(const float *X, long N, int D, float *mean, float *s
 
 /* In-place Fisher-Yates shuffle of perm[N] with draws from (seed, stream = epoch). */
 static void shuffle(int32_t *perm, long N, uint64_t seed, uint64_t epoch) {
-    for (long i = 0; i < N; i++) perm[i] = (int32_t)i;
+    for (long i = 0; i < N; i++)
+        perm[i] = (int32_t)i;
     for (long i = N - 1; i > 0; i--) {
         const long j = (long)mg_rng_uniform_int(seed, epoch, (uint64_t)i, (uint32_t)(i + 1));
         const int32_t t = perm[i];
@@ -57,12 +61,13 @@ int mg_probe_train(const float *X, const int32_t *y, long N, int D, int C,
     if (cfg->epochs < 1 || cfg->batch_size < 1 || !(cfg->lr >= 0.0f) ||
         !(cfg->weight_decay >= 0.0f) || !(cfg->beta1 >= 0.0f && cfg->beta1 < 1.0f) ||
         !(cfg->beta2 >= 0.0f && cfg->beta2 < 1.0f) || !(cfg->eps > 0.0f))
-        return mg_fail(err, MG_ERR_VALUE, "probe needs epochs >= 1, batch_size >= 1, lr >= 0, "
+        return mg_fail(err, MG_ERR_VALUE,
+                       "probe needs epochs >= 1, batch_size >= 1, lr >= 0, "
                        "weight_decay >= 0, betas in [0, 1) and eps > 0");
     for (long n = 0; n < N; n++)
         if (y[n] < 0 || y[n] >= C)
-            return mg_fail(err, MG_ERR_VALUE, "probe label %d at row %ld is outside [0, %d)",
-                           y[n], n, C);
+            return mg_fail(err, MG_ERR_VALUE, "probe label %d at row %ld is outside [0, %d)", y[n],
+                           n, C);
     const int B = cfg->batch_size < N ? cfg->batch_size : (int)N;
     const size_t CD = (size_t)C * (size_t)D;
     float *mean = mg_alloc((size_t)D, sizeof(float), "probe feature means", err);
@@ -82,7 +87,8 @@ int mg_probe_train(const float *X, const int32_t *y, long N, int D, int C,
     if (cfg->standardize) {
         feature_moments(X, N, D, mean, std);
     } else {
-        for (int d = 0; d < D; d++) std[d] = 1.0f;
+        for (int d = 0; d < D; d++)
+            std[d] = 1.0f;
     }
     int step = 0;
     for (int e = 0; e < cfg->epochs; e++) {
@@ -94,9 +100,11 @@ int mg_probe_train(const float *X, const int32_t *y, long N, int D, int C,
             for (int i = 0; i < nb; i++) {
                 const float *src = X + (long)perm[start + i] * D;
                 float *dst = xb + (long)i * D;
-                for (int d = 0; d < D; d++) dst[d] = (src[d] - mean[d]) / std[d];
+                for (int d = 0; d < D; d++)
+                    dst[d] = (src[d] - mean[d]) / std[d];
             }
-            for (int i = 0; i < nb; i++) yb[i] = y[perm[start + i]];
+            for (int i = 0; i < nb; i++)
+                yb[i] = y[perm[start + i]];
             matmul_forward(logits, xb, W, b, nb, D, C, false);
             double loss_sum;
             long count;
@@ -151,7 +159,8 @@ int mg_probe_predict(const float *X, long N, int D, int C, const float *W, const
         for (int i = 0; i < nb; i++) {
             const float *s = scores + (long)i * C;
             int best = 0;
-            for (int c = 1; c < C; c++) best = s[c] > s[best] ? c : best;
+            for (int c = 1; c < C; c++)
+                best = s[c] > s[best] ? c : best;
             pred[start + i] = best;
         }
     }

@@ -13,8 +13,8 @@ typedef struct {
     float lr;           /* constant AdamW learning rate */
     float weight_decay; /* decoupled decay on W (never on b) */
     float beta1, beta2, eps;
-    int standardize;    /* 1: train on features scaled to zero mean, unit variance per dimension */
-    uint64_t seed;      /* the minibatch order of epoch e is a permutation drawn from (seed, e) */
+    int standardize; /* 1: train on features scaled to zero mean, unit variance per dimension */
+    uint64_t seed;   /* the minibatch order of epoch e is a permutation drawn from (seed, e) */
 } mg_probe_config;
 
 /* Trains W[C, D] and b[C] (written; start from zero) to minimise the mean cross-entropy of

@@ -8,6 +8,8 @@
 #include "../ops/attention.h"
 #include "../ops/loss.h"
 #include "../ops/matmul.h"
+#include "transfer.h"
+#include "workspace.h"
 
 /* Rows of logits materialised at once for the token losses: bounds memory by 256 x V. */
 #define LOSS_CHUNK 256
@@ -20,8 +22,9 @@ mg_trainer *mg_trainer_create(mg_model *model, const mg_train_config *cfg, mg_er
     if (!(cfg->lr >= 0.0f) || !(cfg->temperature > 0.0f) || cfg->total_steps < 0 ||
         cfg->warmup_steps < 0 || !(cfg->lora_dropout >= 0.0f && cfg->lora_dropout < 1.0f) ||
         !(cfg->resid_dropout >= 0.0f && cfg->resid_dropout < 1.0f)) {
-        mg_fail(err, MG_ERR_VALUE, "invalid training configuration (learning rate, temperature, "
-                                   "steps or dropout out of range)");
+        mg_fail(err, MG_ERR_VALUE,
+                "invalid training configuration (learning rate, temperature, "
+                "steps or dropout out of range)");
         return NULL;
     }
     mg_trainer *t = mg_alloc(1, sizeof(mg_trainer), "trainer", err);
@@ -32,9 +35,16 @@ mg_trainer *mg_trainer_create(mg_model *model, const mg_train_config *cfg, mg_er
     float **g = cfg->full_finetune ? &t->grads.params : &t->grads.lora;
     float **m = cfg->full_finetune ? &t->m_params : &t->m_lora;
     float **v = cfg->full_finetune ? &t->v_params : &t->v_lora;
-    *g = mg_alloc(n, sizeof(float), "gradients", err);
-    *m = mg_alloc(n, sizeof(float), "optimizer moments", err);
-    *v = mg_alloc(n, sizeof(float), "optimizer moments", err);
+    const mg_backend *be = model->be;
+    if (mg_on_host(be)) {
+        *g = mg_alloc(n, sizeof(float), "gradients", err);
+        *m = mg_alloc(n, sizeof(float), "optimizer moments", err);
+        *v = mg_alloc(n, sizeof(float), "optimizer moments", err);
+    } else {
+        *g = be->alloc(be, n * sizeof(float), "gradients", err);
+        if (*g) *m = be->alloc(be, n * sizeof(float), "optimizer moments", err);
+        if (*m) *v = be->alloc(be, n * sizeof(float), "optimizer moments", err);
+    }
     if (err->code != MG_OK) {
         mg_trainer_free(t);
         return NULL;
@@ -44,12 +54,15 @@ mg_trainer *mg_trainer_create(mg_model *model, const mg_train_config *cfg, mg_er
 
 void mg_trainer_free(mg_trainer *t) {
     if (t == NULL) return;
-    mg_free(t->grads.params);
-    mg_free(t->grads.lora);
-    mg_free(t->m_params);
-    mg_free(t->v_params);
-    mg_free(t->m_lora);
-    mg_free(t->v_lora);
+    float *blocks[6] = {t->grads.params, t->grads.lora, t->m_params,
+                        t->v_params,     t->m_lora,     t->v_lora};
+    const mg_backend *be = t->model->be;
+    for (int i = 0; i < 6; i++) {
+        if (mg_on_host(be))
+            mg_free(blocks[i]);
+        else if (blocks[i])
+            be->free(be, blocks[i]);
+    }
     mg_free(t);
 }
 
@@ -87,36 +100,35 @@ static int check_rows(const mg_token_rows *r, const char *what, int min_len, mg_
 }
 
 /* Gathers hidden rows at `idx`, scores them with the LM head, and adds the cross-entropy
- * gradient (scaled by grad_scale) back into dhidden (and the LM head's gradient when trained). */
-static int token_loss(mg_trainer *t, const float *hidden, float *dhidden, const long *idx,
+ * gradient (scaled by grad_scale) back into dhidden (and the LM head's gradient when trained).
+ * idx and labels are host arrays; buf is LOSS_CHUNK * (2 D + V) floats plus the staging of one
+ * chunk's rows and labels, in backend memory. */
+static int token_loss(mg_trainer *t, const float *hidden, float *dhidden, const int64_t *idx,
                       const int32_t *labels, long count, float grad_scale, int train,
                       double *loss_sum, float *buf, mg_error *err) {
     const mg_model *m = t->model;
+    const mg_backend *be = m->be;
     const int D = m->config.dim, V = m->config.vocab_size;
     float *h = buf, *logits = buf + (size_t)LOSS_CHUNK * D, *dh = logits + (size_t)LOSS_CHUNK * V;
-    int32_t lab[LOSS_CHUNK];
+    void *idx_dev = dh + (size_t)LOSS_CHUNK * D;
+    void *lab_dev = (char *)idx_dev + sizeof(int64_t) * LOSS_CHUNK;
     float *dhead = t->grads.params ? t->grads.params + (m->params.lm_head - m->params.block) : NULL;
     for (long c0 = 0; c0 < count; c0 += LOSS_CHUNK) {
         const int c = (int)(count - c0 < LOSS_CHUNK ? count - c0 : LOSS_CHUNK);
-        for (int i = 0; i < c; i++) {
-            memcpy(h + (size_t)i * D, hidden + idx[c0 + i] * D, sizeof(float) * D);
-            lab[i] = labels[c0 + i];
-        }
-        matmul_forward(logits, h, m->params.lm_head, NULL, c, D, V, false);
+        const int64_t *rows = mg_stage(be, idx_dev, idx + c0, sizeof(int64_t) * c);
+        const int32_t *lab = mg_stage(be, lab_dev, labels + c0, sizeof(int32_t) * c);
+        be->gather_rows(be, h, hidden, rows, c, D);
+        be->matmul_forward(be, logits, h, m->params.lm_head, NULL, c, D, V, false);
         double part = 0.0;
         long n = 0;
-        if (cross_entropy_forward_backward(logits, lab, c, V, grad_scale, &part, &n, err) != MG_OK)
-            return err->code;
+        be->cross_entropy(be, logits, lab, c, V, grad_scale, &part, &n);
         *loss_sum += part;
         if (!train) continue;
-        memset(dh, 0, sizeof(float) * (size_t)c * D);
-        matmul_backward(dh, dhead, NULL, logits, h, m->params.lm_head, c, D, V);
-        for (int i = 0; i < c; i++) {
-            float *dst = dhidden + idx[c0 + i] * D;
-            for (int d = 0; d < D; d++) dst[d] += dh[(size_t)i * D + d];
-        }
+        be->zero(be, dh, sizeof(float) * (size_t)c * D);
+        be->matmul_backward(be, dh, dhead, NULL, logits, h, m->params.lm_head, c, D, V);
+        be->scatter_add_rows(be, dhidden, dh, rows, c, D);
     }
-    return MG_OK;
+    return be->sync(be, err);
 }
 
 /* Where an SSCL sequence sits in the combined batch: SSCL sequences are packed several to a row
@@ -127,34 +139,12 @@ typedef struct {
     int pool_from; /* first pooled token (mean pooling): the text after the instruction */
 } sscl_place;
 
-/* Sentence vectors: the last token's state, or the mean from pool_from on. */
-static void pool_sentences(float *out, const float *hidden, const sscl_place *pl, int n,
-                           mg_pooling pooling, int D) {
+/* The flat row ranges the SSCL vectors pool, in places[first .. first + n). */
+static void pool_ranges(int64_t *start, int64_t *end, const sscl_place *pl, int n,
+                        mg_pooling pooling) {
     for (int r = 0; r < n; r++) {
-        float *o = out + (size_t)r * D;
-        const float *base = hidden + (size_t)pl[r].first * D;
-        if (pooling == MG_POOL_LAST) {
-            memcpy(o, base + (size_t)(pl[r].len - 1) * D, sizeof(float) * D);
-            continue;
-        }
-        memset(o, 0, sizeof(float) * D);
-        for (int i = pl[r].pool_from; i < pl[r].len; i++)
-            for (int d = 0; d < D; d++) o[d] += base[(size_t)i * D + d];
-        const float inv = 1.0f / (float)(pl[r].len - pl[r].pool_from);
-        for (int d = 0; d < D; d++) o[d] *= inv;
-    }
-}
-
-/* The backward of pool_sentences: spreads each vector's gradient over the pooled tokens. */
-static void unpool_sentences(float *dhidden, const float *dvec, const sscl_place *pl, int n,
-                             mg_pooling pooling, int D) {
-    for (int r = 0; r < n; r++) {
-        float *base = dhidden + (size_t)pl[r].first * D;
-        const float *g = dvec + (size_t)r * D;
-        const int from = pooling == MG_POOL_LAST ? pl[r].len - 1 : pl[r].pool_from;
-        const float w = 1.0f / (float)(pl[r].len - from);
-        for (int i = from; i < pl[r].len; i++)
-            for (int d = 0; d < D; d++) base[(size_t)i * D + d] += w * g[d];
+        end[r] = pl[r].first + pl[r].len;
+        start[r] = pooling == MG_POOL_LAST ? end[r] - 1 : pl[r].first + pl[r].pool_from;
     }
 }
 
@@ -218,21 +208,37 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     masking.use_spans = masking.use_spans && mb->w_msg > 0.0f;
     if (!(mb->w_msg > 0.0f)) masking.all_span_frac = 0.0f;
 
+    const mg_backend *be = m->be;
     int32_t *tokens = mg_alloc((size_t)N * 4, sizeof(int32_t), "training batch", err);
     uint8_t *roles = mg_alloc((size_t)N, 1, "training roles", err);
-    long *idx = mg_alloc((size_t)N, sizeof(long), "loss rows", err);
-    float *dhidden = mg_alloc((size_t)N, sizeof(float) * (size_t)D, "hidden gradients", err);
-    float *loss_buf = mg_alloc_uninit((size_t)LOSS_CHUNK * (2 * (size_t)D + c->vocab_size),
-                                      sizeof(float), "loss buffers", err);
-    float *pooled = mg_alloc((size_t)Bs * 4 + 1, sizeof(float) * (size_t)D, "sentence vectors",
-                             err);
-    float *nce = mg_alloc(INFONCE_SCRATCH(Bs > 0 ? Bs : 1, D), sizeof(float), "InfoNCE scratch",
-                          err);
+    int64_t *idx = mg_alloc((size_t)N + 4 * (size_t)Bs, sizeof(int64_t), "loss rows", err);
+    int *positions = mg_alloc((size_t)N, sizeof(int), "positions", err);
+    /* backend memory: hidden gradients, loss chunk, sentence vectors, InfoNCE scratch, ranges */
+    const size_t plan[] = {
+        (size_t)N * D, (size_t)LOSS_CHUNK * (2 * (size_t)D + c->vocab_size) + 3 * LOSS_CHUNK,
+        ((size_t)Bs * 4 + 1) * D, be->infonce_scratch(be, Bs > 0 ? Bs : 1, D), (size_t)Bs * 8 + 2};
+    size_t ws_bytes = 0;
+    for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
+        ws_bytes += mg_arena_floats_bytes(plan[i]);
+    mg_workspace ws;
+    memset(&ws, 0, sizeof(ws));
+    ws.be = be;
+    float *dhidden = NULL, *loss_buf = NULL, *pooled = NULL, *nce = NULL;
+    int64_t *ranges_dev = NULL;
     mg_activations acts;
     mg_kv_cache cache;
     memset(&acts, 0, sizeof(acts));
     memset(&cache, 0, sizeof(cache));
     if (err->code != MG_OK) goto done;
+    if (mg_workspace_init(&ws, be, ws_bytes, err) != 0) goto done;
+    dhidden = mg_workspace_floats(&ws, plan[0], err);
+    loss_buf = mg_workspace_floats(&ws, plan[1], err);
+    pooled = mg_workspace_floats(&ws, plan[2], err);
+    nce = mg_workspace_floats(&ws, plan[3], err);
+    ranges_dev = (int64_t *)mg_workspace_floats(&ws, plan[4], err);
+    if (err->code != MG_OK) goto done;
+    /* the losses accumulate into their buffers (hidden gradients, InfoNCE scratch) */
+    be->zero(be, ws.arena.base, ws.arena.size);
     int32_t *segs = tokens + N, *mntp_lab = segs + N, *msg_lab = mntp_lab + N;
     for (long n = 0; n < N; n++) {
         tokens[n] = 0;
@@ -244,7 +250,8 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
         const long o = (long)r * T;
         mg_masked_view(mb->masked.tokens + (long)r * mb->masked.T, len, &masking, mb->seed,
                        (uint64_t)r, tokens + o, roles + o, mntp_lab + o, msg_lab + o);
-        for (int i = 0; i < len; i++) segs[o + i] = 0;
+        for (int i = 0; i < len; i++)
+            segs[o + i] = 0;
     }
     for (int i = 0; i < 2 * Bs; i++) {
         const mg_token_rows *src = i < Bs ? &mb->sscl_a : pos_rows;
@@ -256,14 +263,15 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
             roles[o + k] = MG_ROLE_CONTEXT;
         }
     }
-    for (long n = 0; n < N; n++) out->tokens += segs[n] >= 0;
+    for (long n = 0; n < N; n++)
+        out->tokens += segs[n] >= 0;
 
-    if (mg_activations_init(&acts, c, m->lora, N, err) != MG_OK) goto done;
-    if (mg_kv_cache_init(&cache, c, R, T, c->n_layers, err) != MG_OK) goto done;
-    mg_segment_positions(acts.pos, segs, R, T);
+    if (mg_activations_init(&acts, be, c, m->lora, N, err) != MG_OK) goto done;
+    if (mg_kv_cache_init(&cache, be, c, R, T, c->n_layers, err) != MG_OK) goto done;
+    mg_segment_positions(positions, segs, R, T);
     const mg_train_pass pass = {&acts, train ? t->cfg.resid_dropout : 0.0f,
                                 train ? t->cfg.lora_dropout : 0.0f, mb->seed};
-    if (mg_model_step_ex(m, &cache, tokens, roles, segs, acts.pos, R, T, NULL, NULL, 0, &pass,
+    if (mg_model_step_ex(m, &cache, tokens, roles, segs, positions, R, T, NULL, NULL, 0, &pass,
                          err) != MG_OK)
         goto done;
 
@@ -280,7 +288,8 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
         if (count == 0) continue;
         int32_t *lab = (int32_t *)mg_alloc((size_t)count, sizeof(int32_t), "labels", err);
         if (lab == NULL) goto done;
-        for (long i = 0; i < count; i++) lab[i] = label_sets[s][idx[i]];
+        for (long i = 0; i < count; i++)
+            lab[i] = label_sets[s][idx[i]];
         double sum = 0.0;
         token_loss(t, acts.hidden, dhidden, idx, lab, count,
                    weights[s] * mb->grad_scale / (float)count, train, &sum, loss_buf, err);
@@ -293,20 +302,22 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     if (Bs) {
         float *a = pooled, *b = pooled + (size_t)Bs * D, *da = b + (size_t)Bs * D,
               *db = da + (size_t)Bs * D;
-        pool_sentences(a, acts.hidden, places, Bs, mb->pooling, D);
-        pool_sentences(b, acts.hidden, places + Bs, Bs, mb->pooling, D);
+        /* host ranges [start a | start b | end a | end b] after the loss rows in idx */
+        int64_t *start = idx + N, *end = start + 2 * (size_t)Bs;
+        pool_ranges(start, end, places, 2 * Bs, mb->pooling);
+        const int64_t *d_ranges = mg_stage(be, ranges_dev, start, sizeof(int64_t) * 4 * Bs);
+        const int64_t *d_start = d_ranges, *d_end = d_ranges + 2 * (size_t)Bs;
+        be->range_pool_forward(be, a, acts.hidden, d_start, d_end, 2 * Bs, D, mb->pooling);
         float loss = 0.0f;
-        infonce_forward_backward(&loss, da, db, a, b, Bs, D, t->cfg.temperature,
-                                 mb->w_sscl * mb->grad_scale, nce);
+        be->infonce(be, &loss, da, db, a, b, Bs, D, t->cfg.temperature, mb->w_sscl * mb->grad_scale,
+                    nce);
         out->sscl = loss;
         out->sscl_count = Bs;
-        if (train) {
-            unpool_sentences(dhidden, da, places, Bs, mb->pooling, D);
-            unpool_sentences(dhidden, db, places + Bs, Bs, mb->pooling, D);
-        }
+        if (train) be->range_pool_backward(be, dhidden, da, d_start, d_end, 2 * Bs, D, mb->pooling);
     }
     if (train)
         mg_model_backward(m, &t->grads, &pass, &cache, dhidden, tokens, roles, segs, R, T, err);
+    be->sync(be, err);
 done:
     mg_free(places);
     mg_activations_release(&acts);
@@ -314,10 +325,8 @@ done:
     mg_free(tokens);
     mg_free(roles);
     mg_free(idx);
-    mg_free(dhidden);
-    mg_free(loss_buf);
-    mg_free(pooled);
-    mg_free(nce);
+    mg_free(positions);
+    if (ws.arena.base) mg_workspace_release(&ws);
     return err->code;
 }
 
@@ -326,24 +335,21 @@ int mg_trainer_apply(mg_trainer *t, double *grad_norm, float *lr_used, mg_error 
     float *grads = mg_trainer_grads(t), *params = mg_trainer_params(t);
     float *m = t->cfg.full_finetune ? t->m_params : t->m_lora;
     float *v = t->cfg.full_finetune ? t->v_params : t->v_lora;
-    const float *bufs[1] = {grads};
-    const long lens[1] = {(long)n};
-    const double norm = grad_global_norm(bufs, lens, 1);
+    const mg_backend *be = t->model->be;
+    const double norm = sqrt(be->sum_squares(be, grads, (long)n));
     *grad_norm = norm;
     if (!isfinite(norm))
         return mg_fail(err, MG_ERR_VALUE, "gradient norm is not finite at step %d", t->step);
     if (t->cfg.clip_norm > 0.0f) {
         const float f = grad_clip_factor(norm, t->cfg.clip_norm);
-        if (f < 1.0f) {
-#pragma omp parallel for schedule(static)
-            for (long i = 0; i < (long)n; i++) grads[i] *= f;
-        }
+        if (f < 1.0f) be->scale(be, grads, f, (long)n);
     }
     const float lr = mg_trainer_lr(&t->cfg, t->step);
     *lr_used = lr;
-    adamw_update(params, grads, m, v, (long)n, lr, t->cfg.beta1, t->cfg.beta2, t->cfg.eps,
-                 t->cfg.weight_decay, t->step + 1);
-    memset(grads, 0, sizeof(float) * n);
+    be->adamw_update(be, params, grads, m, v, (long)n, lr, t->cfg.beta1, t->cfg.beta2, t->cfg.eps,
+                     t->cfg.weight_decay, t->step + 1);
+    be->zero(be, grads, sizeof(float) * n);
+    if (be->sync(be, err) != MG_OK) return err->code;
     t->step++;
     return MG_OK;
 }

@@ -6,11 +6,10 @@
 
 #include <stdint.h>
 
+#include "../ops/pooling.h"
 #include "backward.h"
 #include "model.h"
 #include "objectives.h"
-
-typedef enum { MG_POOL_LAST = 0, MG_POOL_MEAN = 1 } mg_pooling;
 
 typedef struct {
     mg_masking_config masking;
@@ -32,9 +31,9 @@ typedef struct {
 } mg_token_rows;
 
 typedef struct {
-    mg_token_rows masked;   /* texts for the MNTP/MSG view (rows may be 0) */
-    mg_token_rows sscl_a;   /* instruction + text + EOS rows (rows may be 0) */
-    mg_token_rows sscl_b;   /* their positives; tokens NULL: dropout twins of sscl_a */
+    mg_token_rows masked; /* texts for the MNTP/MSG view (rows may be 0) */
+    mg_token_rows sscl_a; /* instruction + text + EOS rows (rows may be 0) */
+    mg_token_rows sscl_b; /* their positives; tokens NULL: dropout twins of sscl_a */
     const int32_t *pool_start_a, *pool_start_b; /* first text token (mean pooling) */
     float w_mntp, w_sscl, w_msg;
     mg_pooling pooling;

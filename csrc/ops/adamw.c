@@ -1,10 +1,9 @@
 #include "adamw.h"
 
+#include "rows.h"
+
 #include <math.h>
 #include <stddef.h>
-
-/* Fixed number of partial sums per buffer in grad_global_norm. */
-#define NORM_CHUNKS 64
 
 void adamw_update(float *param, const float *grad, float *m, float *v, long n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step) {
@@ -26,19 +25,7 @@ void adamw_update(float *param, const float *grad, float *m, float *v, long n, f
 
 double grad_global_norm(const float *const *bufs, const long *lens, int count) {
     double total = 0.0;
-    for (int b = 0; b < count; b++) {
-        const float *x = bufs[b];
-        const long n = lens[b], per = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
-        if (x == NULL || n <= 0) continue;
-        double part[NORM_CHUNKS];
-#pragma omp parallel for schedule(static)
-        for (int c = 0; c < NORM_CHUNKS; c++) {
-            const long i0 = c * per, i1 = i0 + per < n ? i0 + per : n;
-            double acc = 0.0;
-            for (long i = i0; i < i1; i++) acc += (double)x[i] * x[i];
-            part[c] = acc;
-        }
-        for (int c = 0; c < NORM_CHUNKS; c++) total += part[c];
-    }
+    for (int b = 0; b < count; b++)
+        if (bufs[b] != NULL && lens[b] > 0) total += rows_sum_squares(bufs[b], lens[b]);
     return sqrt(total);
 }

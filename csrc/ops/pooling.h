@@ -4,6 +4,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { MG_POOL_LAST = 0, MG_POOL_MEAN = 1 } mg_pooling;
 
 /* out[B, D] from hidden[B, T, D]: row b pools the states t in [start[b], end[b]) (the caller's
@@ -15,5 +19,9 @@ void pooling_forward(float *out, const float *hidden, const int32_t *start, cons
 
 /* Scales each row of x[N, D] to unit L2 norm (rows of norm 0 stay 0). */
 void l2_normalize_rows(float *x, int N, int D);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,7 @@
 #include <Python.h>
 #include <stdint.h>
 
+#include "../backend/backend.h"
 #include "../core/error.h"
 
 /* Raises the Python exception matching err->code with err->msg; returns NULL. */
@@ -18,9 +19,10 @@ PyObject *mgpy_array_take(int ndim, const int64_t *shape, float *data);
 
 struct mg_param_slot_s;
 /* A dict of float32 array copies of the slots of a parameter block. */
-PyObject *mgpy_slots_to_dict(const struct mg_param_slot_s *slots, int n_slots, const float *block);
+PyObject *mgpy_slots_to_dict(const mg_backend *be, const struct mg_param_slot_s *slots, int n_slots,
+                             const float *block);
 /* Copies every slot's array from dict (exact names and sizes required); -1 with an exception. */
-int mgpy_dict_to_slots(PyObject *dict, const struct mg_param_slot_s *slots, int n_slots,
-                       float *block);
+int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const struct mg_param_slot_s *slots,
+                       int n_slots, float *block);
 
 #endif

@@ -11,9 +11,8 @@
 #include "dict_args.h"
 #include "errors.h"
 
-
-static int config_choice(PyObject *cfg, const char *key, const char *const *names, int n,
-                         int dflt, int *out) {
+static int config_choice(PyObject *cfg, const char *key, const char *const *names, int n, int dflt,
+                         int *out) {
     PyObject *v = PyDict_GetItemString(cfg, key);
     if (v == NULL || v == Py_None) {
         *out = dflt;
@@ -35,7 +34,8 @@ static int parse_config(PyObject *cfg, mg_config *c) {
     const int zero = 0, neg = -1;
     int arch, rope;
     memset(c, 0, sizeof(*c));
-    if (config_choice(cfg, "arch", archs, 2, -1, &arch) || mgpy_dict_int(cfg, "vocab_size", NULL, &c->vocab_size) ||
+    if (config_choice(cfg, "arch", archs, 2, -1, &arch) ||
+        mgpy_dict_int(cfg, "vocab_size", NULL, &c->vocab_size) ||
         mgpy_dict_int(cfg, "hidden_size", NULL, &c->dim) ||
         mgpy_dict_int(cfg, "num_layers", NULL, &c->n_layers) ||
         mgpy_dict_int(cfg, "num_heads", NULL, &c->n_heads) ||
@@ -98,7 +98,8 @@ static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
         }
         named[i].name = PyUnicode_AsUTF8(key);
         named[i].tensor.ndim = PyArray_NDIM(arr);
-        for (int d = 0; d < PyArray_NDIM(arr); d++) named[i].tensor.shape[d] = PyArray_DIM(arr, d);
+        for (int d = 0; d < PyArray_NDIM(arr); d++)
+            named[i].tensor.shape[d] = PyArray_DIM(arr, d);
         named[i].tensor.data = (float *)PyArray_DATA(arr);
         i++;
     }
@@ -146,8 +147,7 @@ static PyArrayObject *expect_array(PyObject *obj, const char *name, int type, np
 static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     PyObject *tok_obj, *role_obj, *seg_obj;
     int want_hidden, want_logits;
-    if (!PyArg_ParseTuple(args, "OOOpp", &tok_obj, &role_obj, &seg_obj, &want_hidden,
-                          &want_logits))
+    if (!PyArg_ParseTuple(args, "OOOpp", &tok_obj, &role_obj, &seg_obj, &want_hidden, &want_logits))
         return NULL;
     PyArrayObject *tok = expect_array(tok_obj, "input_ids", NPY_INT32, -1, -1);
     if (tok == NULL) return NULL;
@@ -167,7 +167,8 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     size_t N = (size_t)B * (size_t)T;
     float *hidden = NULL, *logits = NULL;
     size_t n_hidden = 0, n_logits = 0;
-    if (mg_mul_size(N, (size_t)c->dim, &n_hidden) || mg_mul_size(N, (size_t)c->vocab_size, &n_logits))
+    if (mg_mul_size(N, (size_t)c->dim, &n_hidden) ||
+        mg_mul_size(N, (size_t)c->vocab_size, &n_logits))
         mg_fail(&err, MG_ERR_NOMEM, "output of %zu tokens is too large", N);
     if (want_hidden && err.code == MG_OK)
         hidden = mg_alloc_uninit(n_hidden, sizeof(float), "hidden states", &err);
@@ -206,7 +207,8 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     return Py_BuildValue("(NN)", h, l);
 }
 
-PyObject *mgpy_slots_to_dict(const mg_param_slot *slots, int n_slots, const float *block) {
+PyObject *mgpy_slots_to_dict(const mg_backend *be, const mg_param_slot *slots, int n_slots,
+                             const float *block) {
     PyObject *out = PyDict_New();
     if (out == NULL) return NULL;
     for (int s = 0; s < n_slots; s++) {
@@ -217,8 +219,8 @@ PyObject *mgpy_slots_to_dict(const mg_param_slot *slots, int n_slots, const floa
             Py_DECREF(out);
             return NULL;
         }
-        memcpy(PyArray_DATA((PyArrayObject *)arr), block + slot->offset,
-               slot->numel * sizeof(float));
+        be->download(be, PyArray_DATA((PyArrayObject *)arr), block + slot->offset,
+                     slot->numel * sizeof(float));
         int rc = PyDict_SetItemString(out, slot->name, arr);
         Py_DECREF(arr);
         if (rc != 0) {
@@ -229,7 +231,8 @@ PyObject *mgpy_slots_to_dict(const mg_param_slot *slots, int n_slots, const floa
     return out;
 }
 
-int mgpy_dict_to_slots(PyObject *dict, const mg_param_slot *slots, int n_slots, float *block) {
+int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const mg_param_slot *slots,
+                       int n_slots, float *block) {
     if (!PyDict_Check(dict)) {
         PyErr_SetString(PyExc_TypeError, "expected a dict of float32 arrays");
         return -1;
@@ -244,8 +247,10 @@ int mgpy_dict_to_slots(PyObject *dict, const mg_param_slot *slots, int n_slots, 
         if (!PyArray_Check(v) || PyArray_TYPE((PyArrayObject *)v) != NPY_FLOAT32 ||
             !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v) ||
             (size_t)PyArray_SIZE((PyArrayObject *)v) != slot->numel) {
-            PyErr_Format(PyExc_ValueError, "parameter '%s' must be a contiguous float32 array of "
-                         "%zu values", slot->name, slot->numel);
+            PyErr_Format(PyExc_ValueError,
+                         "parameter '%s' must be a contiguous float32 array of "
+                         "%zu values",
+                         slot->name, slot->numel);
             return -1;
         }
     }
@@ -256,8 +261,8 @@ int mgpy_dict_to_slots(PyObject *dict, const mg_param_slot *slots, int n_slots, 
     }
     for (int s = 0; s < n_slots; s++) {
         PyObject *v = PyDict_GetItemString(dict, slots[s].name);
-        memcpy(block + slots[s].offset, PyArray_DATA((PyArrayObject *)v),
-               slots[s].numel * sizeof(float));
+        be->upload(be, block + slots[s].offset, PyArray_DATA((PyArrayObject *)v),
+                   slots[s].numel * sizeof(float));
     }
     return 0;
 }
@@ -266,13 +271,15 @@ int mgpy_dict_to_slots(PyObject *dict, const mg_param_slot *slots, int n_slots, 
 static PyObject *Model_state_dict(MgpyModel *self, PyObject *unused) {
     (void)unused;
     const mg_params *p = &self->model->params;
-    MGPY_LOCKED_READ(self->model, PyObject *out = mgpy_slots_to_dict(p->slots, p->n_slots, p->block));
+    MGPY_LOCKED_READ(self->model, PyObject *out = mgpy_slots_to_dict(self->model->be, p->slots,
+                                                                     p->n_slots, p->block));
     return out;
 }
 
 static PyObject *Model_load_state_dict(MgpyModel *self, PyObject *dict) {
     mg_params *p = &self->model->params;
-    MGPY_LOCKED_WRITE(self->model, int rc = mgpy_dict_to_slots(dict, p->slots, p->n_slots, p->block));
+    MGPY_LOCKED_WRITE(self->model, int rc = mgpy_dict_to_slots(self->model->be, dict, p->slots,
+                                                               p->n_slots, p->block));
     if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -288,7 +295,8 @@ static PyObject *Model_attach_lora(MgpyModel *self, PyObject *args) {
     mg_error_clear(&err);
     mg_lora *l = mg_lora_create(&self->model->config, rank, alpha, targets, seed, &err);
     if (l == NULL) return mgpy_raise(&err);
-    MGPY_LOCKED_WRITE(self->model, mg_model_attach_lora(self->model, l));
+    MGPY_LOCKED_WRITE(self->model, int rc = mg_model_attach_lora(self->model, l, &err));
+    if (rc != MG_OK) return mgpy_raise(&err);
     Py_RETURN_NONE;
 }
 
@@ -302,7 +310,9 @@ static PyObject *Model_merge_lora(MgpyModel *self, PyObject *unused) {
 
 static PyObject *Model_detach_lora(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    MGPY_LOCKED_WRITE(self->model, mg_model_attach_lora(self->model, NULL));
+    mg_error err;
+    mg_error_clear(&err);
+    MGPY_LOCKED_WRITE(self->model, mg_model_attach_lora(self->model, NULL, &err));
     Py_RETURN_NONE;
 }
 
@@ -317,7 +327,7 @@ static PyObject *Model_lora_info(MgpyModel *self, PyObject *unused) {
 static PyObject *Model_lora_state_dict(MgpyModel *self, PyObject *unused) {
     (void)unused;
     MGPY_LOCKED_READ(self->model, const mg_lora *l = self->model->lora;
-                     PyObject *out = l ? mgpy_slots_to_dict(l->slots, l->n_slots, l->block)
+                     PyObject *out = l ? mgpy_slots_to_dict(l->be, l->slots, l->n_slots, l->block)
                                        : PyDict_New());
     return out;
 }
@@ -329,7 +339,7 @@ static PyObject *Model_load_lora_state_dict(MgpyModel *self, PyObject *dict) {
         return NULL;
     }
     MGPY_LOCKED_WRITE(self->model,
-                      int rc = mgpy_dict_to_slots(dict, l->slots, l->n_slots, l->block));
+                      int rc = mgpy_dict_to_slots(l->be, dict, l->slots, l->n_slots, l->block));
     if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -342,7 +352,54 @@ static PyObject *Model_num_parameters(MgpyModel *self, PyObject *unused) {
     return PyLong_FromSize_t(total);
 }
 
+/* to_device(kind, index, precision) -> a new Model: this model's parameters and adapters copied
+ * into the memory of the CPU ("cpu") or of GPU `index` ("cuda", precision 0 fp32 / 1 bf16). */
+static PyObject *Model_to_device(MgpyModel *self, PyObject *args) {
+    const char *kind;
+    int index = 0, precision = 0;
+    if (!PyArg_ParseTuple(args, "sii", &kind, &index, &precision)) return NULL;
+    mg_error err;
+    mg_error_clear(&err);
+    mg_backend *owned = NULL;
+    const mg_backend *be = NULL;
+    if (strcmp(kind, "cpu") == 0) {
+        be = mg_backend_cpu();
+    } else if (strcmp(kind, "cuda") == 0) {
+        if (precision != MG_PRECISION_FP32 && precision != MG_PRECISION_BF16) {
+            PyErr_Format(PyExc_ValueError, "unknown precision %d", precision);
+            return NULL;
+        }
+        Py_BEGIN_ALLOW_THREADS owned = mg_backend_cuda_create(index, (mg_precision)precision, &err);
+        Py_END_ALLOW_THREADS if (owned == NULL) return mgpy_raise(&err);
+        be = owned;
+    } else {
+        PyErr_Format(PyExc_ValueError, "unknown device '%s' (expected 'cpu' or 'cuda')", kind);
+        return NULL;
+    }
+    mg_model *copy = NULL;
+    MGPY_LOCKED_READ(self->model, copy = mg_model_copy_to(self->model, be, owned != NULL, &err));
+    if (copy == NULL) return mgpy_raise(&err);
+    MgpyModel *out = (MgpyModel *)MgpyModelType.tp_alloc(&MgpyModelType, 0);
+    if (out == NULL) {
+        mg_model_free(copy);
+        return NULL;
+    }
+    out->model = copy;
+    return (PyObject *)out;
+}
+
+/* device() -> (kind, name, precision) of the memory and ops this model runs on. */
+static PyObject *Model_device(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    const mg_backend *be = self->model->be;
+    return Py_BuildValue("(ssi)", be->device == MG_DEVICE_CPU ? "cpu" : "cuda", be->name,
+                         (int)be->precision);
+}
+
 static PyMethodDef Model_methods[] = {
+    {"to_device", (PyCFunction)Model_to_device, METH_VARARGS,
+     "to_device(kind, index, precision) -> Model copy on that device."},
+    {"device", (PyCFunction)Model_device, METH_NOARGS, "(kind, name, precision)."},
     {"forward", (PyCFunction)Model_forward, METH_VARARGS,
      "forward(input_ids, roles, segments, hidden, logits) -> (hidden, logits)"},
     {"state_dict", (PyCFunction)Model_state_dict, METH_NOARGS, "Copies of all parameters."},

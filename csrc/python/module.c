@@ -3,6 +3,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include "../backend/backend.h"
 #include "../backend/cpu/blas.h"
 #include "../core/threads.h"
 #include "bindings.h"
@@ -40,7 +41,20 @@ static PyObject *cpu_count(PyObject *self, PyObject *unused) {
     return PyLong_FromLong(mg_cpu_count());
 }
 
+/* cuda_device_count() -> (count, reason): reason says why there is none (no CUDA in this build,
+ * no driver, no device). */
+static PyObject *cuda_device_count(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    char why[512] = "";
+    int n;
+    Py_BEGIN_ALLOW_THREADS n = mg_cuda_device_count(why, sizeof(why));
+    Py_END_ALLOW_THREADS return Py_BuildValue("(is)", n, why);
+}
+
 static PyMethodDef module_methods[] = {
+    {"cuda_device_count", cuda_device_count, METH_NOARGS,
+     "cuda_device_count() -> (count, reason when 0)."},
     {"set_num_threads", set_num_threads, METH_O, "Set the worker threads (OpenMP and OpenBLAS)."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Worker threads in use."},
     {"cpu_count", cpu_count, METH_NOARGS, "Online CPU cores."},
@@ -88,8 +102,15 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "magnet._C", "magnet's C core.", -1, module_methods,
-    NULL,                  NULL,        NULL,               NULL,
+    PyModuleDef_HEAD_INIT,
+    "magnet._C",
+    "magnet's C core.",
+    -1,
+    module_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC PyInit__C(void) {

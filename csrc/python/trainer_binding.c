@@ -52,7 +52,8 @@ static int Trainer_init(MgpyTrainer *self, PyObject *args, PyObject *kwds) {
     mg_train_config c;
     memset(&c, 0, sizeof(c));
     const int zero = 0, thousand = 1000;
-    if (parse_masking(cfg, &c.masking) || mgpy_dict_float(cfg, "temperature", 0.05f, &c.temperature) ||
+    if (parse_masking(cfg, &c.masking) ||
+        mgpy_dict_float(cfg, "temperature", 0.05f, &c.temperature) ||
         mgpy_dict_float(cfg, "resid_dropout", 0.0f, &c.resid_dropout) ||
         mgpy_dict_float(cfg, "lora_dropout", 0.05f, &c.lora_dropout) ||
         mgpy_dict_int(cfg, "full_finetune", &zero, &c.full_finetune) ||
@@ -184,10 +185,10 @@ static PyObject *Trainer_lr(MgpyTrainer *self, PyObject *arg) {
     return PyFloat_FromDouble(mg_trainer_lr(&self->trainer->cfg, (int)step));
 }
 
-static PyObject *flat_copy(const float *src, size_t n) {
+static PyObject *flat_copy(const mg_backend *be, const float *src, size_t n) {
     npy_intp dims[1] = {(npy_intp)n};
     PyObject *arr = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
-    if (arr) memcpy(PyArray_DATA((PyArrayObject *)arr), src, n * sizeof(float));
+    if (arr) be->download(be, PyArray_DATA((PyArrayObject *)arr), src, n * sizeof(float));
     return arr;
 }
 
@@ -196,9 +197,10 @@ static PyObject *Trainer_grad_dict(MgpyTrainer *self, PyObject *unused) {
     (void)unused;
     const mg_trainer *t = self->trainer;
     if (t->cfg.full_finetune)
-        return mgpy_slots_to_dict(t->model->params.slots, t->model->params.n_slots,
+        return mgpy_slots_to_dict(t->model->be, t->model->params.slots, t->model->params.n_slots,
                                   t->grads.params);
-    return mgpy_slots_to_dict(t->model->lora->slots, t->model->lora->n_slots, t->grads.lora);
+    return mgpy_slots_to_dict(t->model->be, t->model->lora->slots, t->model->lora->n_slots,
+                              t->grads.lora);
 }
 
 /* state() -> {"params", "m", "v": flat float32 copies, "step": int}: all that resuming needs. */
@@ -208,8 +210,9 @@ static PyObject *Trainer_state(MgpyTrainer *self, PyObject *unused) {
     const size_t n = mg_trainer_numel(t);
     const float *m = t->cfg.full_finetune ? t->m_params : t->m_lora;
     const float *v = t->cfg.full_finetune ? t->v_params : t->v_lora;
-    return Py_BuildValue("{s:N,s:N,s:N,s:i}", "params", flat_copy(mg_trainer_params(t), n), "m",
-                         flat_copy(m, n), "v", flat_copy(v, n), "step", t->step);
+    return Py_BuildValue(
+        "{s:N,s:N,s:N,s:i}", "params", flat_copy(t->model->be, mg_trainer_params(t), n), "m",
+        flat_copy(t->model->be, m, n), "v", flat_copy(t->model->be, v, n), "step", t->step);
 }
 
 static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
@@ -241,19 +244,21 @@ static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
         PyErr_SetString(PyExc_ValueError, "trainer state has no valid 'step'");
         return NULL;
     }
-    MGPY_LOCKED_WRITE(t->model, for (int i = 0; i < 3; i++) memcpy(
-                                     dst[i],
-                                     PyArray_DATA((PyArrayObject *)PyDict_GetItemString(
-                                         state, keys[i])),
-                                     n * sizeof(float)));
-    memset(mg_trainer_grads(t), 0, n * sizeof(float));
+    const mg_backend *be = t->model->be;
+    MGPY_LOCKED_WRITE(t->model,
+                      for (int i = 0; i < 3; i++) be->upload(
+                          be, dst[i],
+                          PyArray_DATA((PyArrayObject *)PyDict_GetItemString(state, keys[i])),
+                          n * sizeof(float)));
+    be->zero(be, mg_trainer_grads(t), n * sizeof(float));
     t->step = (int)s;
     Py_RETURN_NONE;
 }
 
 static PyObject *Trainer_zero_grad(MgpyTrainer *self, PyObject *unused) {
     (void)unused;
-    memset(mg_trainer_grads(self->trainer), 0, mg_trainer_numel(self->trainer) * sizeof(float));
+    const mg_backend *be = self->trainer->model->be;
+    be->zero(be, mg_trainer_grads(self->trainer), mg_trainer_numel(self->trainer) * sizeof(float));
     Py_RETURN_NONE;
 }
 

@@ -20,10 +20,10 @@ int cuda_sync(const mg_backend *be, mg_error *err);
 void cuda_sgemm(const mg_backend *be, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 void cuda_matmul_forward(const mg_backend *be, float *out, const float *inp, const float *weight,
-                         const float *bias, int N, int I, int O, bool accumulate);
+                         const float *bias, int N, int n_in, int n_out, bool accumulate);
 void cuda_matmul_backward(const mg_backend *be, float *dinp, float *dweight, float *dbias,
-                          const float *dout, const float *inp, const float *weight, int N, int I,
-                          int O);
+                          const float *dout, const float *inp, const float *weight, int N, int n_in,
+                          int n_out);
 void cuda_rmsnorm_forward(const mg_backend *be, float *out, const float *inp, const float *weight,
                           int N, int D, float eps);
 void cuda_rmsnorm_backward(const mg_backend *be, float *dinp, float *dweight, const float *dout,

@@ -1,0 +1,57 @@
+"""Where a model runs: the CPU (always) or an NVIDIA GPU through the CUDA backend.
+
+Device strings follow PyTorch: ``"cpu"``, ``"cuda"`` (GPU 0) and ``"cuda:N"``. On a GPU the
+matrix products run in ``precision="bf16"`` (bfloat16 inputs, float32 accumulation; the
+default there) or ``"fp32"`` (float32 throughout, for parity with the CPU); everything else is
+float32. The CPU computes in float32 only.
+"""
+
+from __future__ import annotations
+
+from magnet import _C
+
+PRECISIONS = {"fp32": 0, "bf16": 1}
+
+
+def cuda_device_count() -> int:
+    """GPUs the CUDA backend can use (0 without a CUDA build, a driver or a device)."""
+    return _C.cuda_device_count()[0]
+
+
+def cuda_is_available() -> bool:
+    """Whether ``device="cuda"`` can be used on this machine."""
+    return cuda_device_count() > 0
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ``cuda_is_available()`` is False (empty when it is True)."""
+    count, why = _C.cuda_device_count()
+    return "" if count else why
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``"cpu"`` -> ("cpu", 0); ``"cuda"`` / ``"cuda:N"`` -> ("cuda", N)."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str such as 'cpu' or 'cuda:0', got "
+                        f"{type(device).__name__}")
+    kind, _, index = device.strip().lower().partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", 0
+    if kind == "cuda":
+        if not index:
+            return "cuda", 0
+        if index.isdigit():
+            return "cuda", int(index)
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def parse_precision(kind: str, precision: str | None) -> int:
+    """The C precision code for a device; None picks bf16 on a GPU and fp32 on the CPU."""
+    if precision is None:
+        precision = "bf16" if kind == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: expected 'fp32' or 'bf16'")
+    if kind == "cpu" and precision != "fp32":
+        raise ValueError("the CPU computes in float32 only: use precision='fp32' (or leave it "
+                         "unset) with device='cpu'")
+    return PRECISIONS[precision]
