@@ -13,7 +13,10 @@
  * - a launch that deadlocks (threads of a block waiting at different barriers) fails with
  *   cudaErrorLaunchFailure instead of hanging.
  * Launches are serialised by a mutex (Python threads may launch concurrently); cudaGetLastError
- * is per host thread, as in CUDA. Device memory is host memory. */
+ * is per host thread, as in CUDA. Device memory is host memory.
+ *
+ * Cost (one core of the development machine): ~0.1 us per emulated thread without barriers,
+ * ~0.15 us more per barrier or shuffle it passes; keep test sizes to thousands of threads. */
 #ifndef MG_BACKEND_CUDA_EMULATE_EMULATOR_H
 #define MG_BACKEND_CUDA_EMULATE_EMULATOR_H
 
