@@ -154,7 +154,9 @@ class BuildExt(build_ext):
 
     def _host_flags(self) -> list[str]:
         flags = ["-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
-        return flags + (["-O0", "-g"] if _flag("MAGNET_DEBUG") else ["-O3" if CUDA["mode"] == "cuda" else "-O2"])
+        if _flag("MAGNET_DEBUG"):
+            return flags + ["-O0", "-g"]
+        return flags + ["-O3" if CUDA["mode"] == "cuda" else "-O2"]
 
     def _cu_command(self, src: str) -> list[str]:
         if CUDA["mode"] == "emulate":
