@@ -398,6 +398,10 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream) {
     return *stream ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags) {
+    return flags <= cudaStreamNonBlocking ? cudaStreamCreate(stream) : cudaErrorInvalidValue;
+}
+
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     delete stream;
     return cudaSuccess;

@@ -86,6 +86,8 @@ typedef enum cudaDeviceAttr {
 } cudaDeviceAttr;
 
 struct CUstream_st;
+#define cudaStreamDefault 0x00
+#define cudaStreamNonBlocking 0x01
 typedef CUstream_st *cudaStream_t;
 
 struct cudaDeviceProp {
@@ -120,6 +122,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 cudaError_t cudaMemset(void *dst, int value, size_t bytes);
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream = nullptr);
 cudaError_t cudaStreamCreate(cudaStream_t *stream);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaDeviceSynchronize(void);
