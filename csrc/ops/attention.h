@@ -9,6 +9,11 @@
 
 #include <stdint.h>
 
+/* C linkage for the CUDA checks (C++), which call the CPU ops as references. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum { MG_ROLE_CONTEXT = 0, MG_ROLE_SPAN = 1 };
 
 typedef struct {
@@ -55,5 +60,9 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *k, const float *v, const uint8_t *q_roles,
                         const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
                         attention_shape s, float *scratch);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

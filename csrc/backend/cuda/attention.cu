@@ -302,7 +302,7 @@ __device__ inline void load_key_info(int *kinfo, const uint8_t *kr, const int32_
     if (t < COLS) {
         const int j = j0 + t;
         kinfo[t] = j < Tk ? ks[j] : -1;
-        kinfo[COLS + t] = j < Tk ? kr[j] : MG_ROLE_CONTEXT;
+        kinfo[COLS + t] = j < Tk ? (int)kr[j] : (int)MG_ROLE_CONTEXT;
     }
 }
 
@@ -624,7 +624,7 @@ __global__ void MG_BOUNDS(kThreads)
                 const int i = i0 + tid;
                 const long si = ((long)b * s.Hq + h) * s.Tq + i;
                 qinfo[tid] = tid < nq ? qs[i] : -1;
-                qinfo[T::COLS + tid] = tid < nq ? qr[i] : MG_ROLE_CONTEXT;
+                qinfo[T::COLS + tid] = tid < nq ? (int)qr[i] : (int)MG_ROLE_CONTEXT;
                 qstat[tid] = tid < nq ? lse[si] : -INFINITY;
                 qstat[T::COLS + tid] = tid < nq ? dsum[si] : 0.0f;
             }
@@ -709,9 +709,6 @@ template <class K> bool allow_smem(const mg_backend *be, K kernel, size_t bytes)
                      "attention: head size needs more shared memory than this GPU has");
         return false;
     }
-#ifdef MG_CUDA_EMULATE
-    (void)kernel;
-#else
     if (bytes > 48 * 1024) {
         const cudaError_t st =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
@@ -720,7 +717,6 @@ template <class K> bool allow_smem(const mg_backend *be, K kernel, size_t bytes)
             return false;
         }
     }
-#endif
     return true;
 }
 
