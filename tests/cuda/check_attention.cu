@@ -6,7 +6,8 @@
  * Errors are max |gpu - cpu| / max |cpu| per tensor (for the backward: of the gradient added,
  * since dq/dk/dv start from random values to check that both sides accumulate). Limits:
  * 1e-5 forward, 1e-4 backward. Beyond the tolerance, exact checks: a query that sees no key
- * gets an output of exactly 0, and the dK/dV rows past Tk in a KV cache are left untouched. */
+ * gets an output of exactly 0 and leaves dq untouched, the dK/dV rows past Tk in a KV cache are
+ * left untouched, and a second run reproduces every bit. */
 #include <omp.h>
 
 #include <cstring>
@@ -104,6 +105,16 @@ void run(const Case &c, uint64_t seed) {
                             d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, bwd_scratch.p);
     check::sync(c.name.c_str());
     const std::vector<float> dq = gq.get(), dk = gk.get(), dv = gv.get();
+
+    /* Deterministic: a second run gives the same bits (no atomics, fixed orders). */
+    Dev<float> gq2(dq0), gk2(dk0), gv2(dv0), d_out2(std::vector<float>(nq, 7.0f));
+    cuda_attention_forward(be, d_out2.p, d_q.p, d_k.p, d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s,
+                           fwd_scratch.p);
+    cuda_attention_backward(be, gq2.p, c.null_dk ? nullptr : gk2.p, gv2.p, d_dout.p, d_q.p, d_k.p,
+                            d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, bwd_scratch.p);
+    check::sync(c.name.c_str());
+    const bool repeatable =
+        d_out2.get() == out && gq2.get() == dq && gk2.get() == dk && gv2.get() == dv;
     const double e_dq = grad_err(dq, dq_ref, dq0);
     const double e_dk = c.null_dk ? (dk == dk0 ? 0.0 : INFINITY) : grad_err(dk, dk_ref, dk0);
     const double e_dv = grad_err(dv, dv_ref, dv0);
@@ -134,6 +145,7 @@ void run(const Case &c, uint64_t seed) {
                 if (dk[at] != dk0[at] || dv[at] != dv0[at]) exact = "dk/dv row past Tk changed";
             }
 
+    if (!repeatable) exact += " a second run differs";
     const bool ok =
         e_out <= kFwdTol && e_dq <= kBwdTol && e_dk <= kBwdTol && e_dv <= kBwdTol && exact.empty();
     std::printf("%-4s %-34s B=%d Tq=%-3d Tk=%-3d q0=%-2d Hq=%d Hkv=%d hd=%-3d  out %.2e  dq %.2e  "

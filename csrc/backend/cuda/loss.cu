@@ -261,7 +261,8 @@ void gemm(const mg_backend *be, bool trans_a, bool trans_b, int M, int N, int K,
               N, K, alpha, A, lda, B, ldb, C, ldc);
 }
 
-/* Device -> host copy of `bytes` from the backend's stream, complete on return. */
+/* Device -> host copy of `bytes` from the backend's stream, complete on return. dst is the
+ * context's pinned result slot when it has one (a true asynchronous copy), else host memory. */
 void fetch(const mg_backend *be, void *dst, const void *src, size_t bytes) {
     mg_cuda_note(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, mg_cuda_stream(be)),
                  "cudaMemcpyAsync (loss)");
@@ -289,8 +290,9 @@ void cuda_cross_entropy(const mg_backend *be, float *logits, const int32_t *labe
         MG_LAUNCH(cross_entropy_total, 1, kReduceThreads, 0, be, result, row_loss, labels + n0,
                   rows, V, n0 == 0 ? 1 : 0);
     }
-    double host[2] = {0.0, 0.0};
-    fetch(be, host, result, sizeof(host));
+    double local[2] = {0.0, 0.0};
+    double *host = ctx->host_result != NULL ? ctx->host_result : local;
+    fetch(be, host, result, 2 * sizeof(double));
     *loss_sum = host[0];
     *count = (long)host[1];
 }
@@ -333,7 +335,8 @@ void cuda_infonce(const mg_backend *be, float *loss, float *da, float *db, const
         gemm(be, true, false, n, D, n, inv_t, S, n, an, D, dbn, D);
         MG_LAUNCH(infonce_normalise_backward, n, kNormThreads, 0, be, db, dbn, bn, norm_b, D);
     }
-    double host = 0.0;
-    fetch(be, &host, result, sizeof(host));
-    *loss = (float)host;
+    double local = 0.0;
+    double *host = ctx->host_result != NULL ? ctx->host_result : &local;
+    fetch(be, host, result, sizeof(double));
+    *loss = (float)*host;
 }
