@@ -1,8 +1,10 @@
 # Builds the standalone CUDA check programs (tests/cuda/check_*.cu); run through
 # tests/cuda/build_checks.sh, which sets MODE (emulate | cuda), OUT and the OpenBLAS/CUDA paths.
 # Each program links the whole C core (csrc/**/*.c but the Python binding) and the CUDA backend
-# (csrc/backend/cuda/*.cu, plus the emulator in emulate mode), as archives so that a check pulls
-# in only what it uses.
+# (csrc/backend/cuda/*.cu, plus the emulator in emulate mode). The backend is linked whole, so
+# that a real entry overrides its weak stand-in of pending.cu (from an archive, the linker would
+# stop at whichever member defines a symbol first); the core is an archive, so that a check
+# pulls in only what it uses.
 
 C_SRCS := $(shell find csrc -name '*.c' -not -path 'csrc/python/*' -not -name cuda_absent.c | sort)
 CU_SRCS := $(sort $(wildcard csrc/backend/cuda/*.cu))
@@ -58,8 +60,8 @@ $(OUT)/libmg_cuda.a: $(CU_OBJS) $(EMU_OBJS)
 	ar rcs $@ $^
 
 $(OUT)/%: $(OBJ)/tests/cuda/%.o $(OUT)/libmg_cuda.a $(OUT)/libmg_core.a
-	$(CXX) -fopenmp $< -Wl,--start-group $(OUT)/libmg_cuda.a $(OUT)/libmg_core.a -Wl,--end-group \
-		$(LDLIBS) -o $@
+	$(CXX) -fopenmp $< -Wl,--whole-archive $(OUT)/libmg_cuda.a -Wl,--no-whole-archive \
+		$(OUT)/libmg_core.a $(LDLIBS) -o $@
 
 .PHONY: all
 .SECONDARY:

@@ -112,29 +112,31 @@ void resume(Slot *s) {
     swapcontext(&g_sched_uc, &s->uc);
 }
 
-/* Releases the warp barriers whose lanes have all arrived; true if any was released. */
+/* Releases the warp barriers whose lanes have all arrived; true if any was released. A waiting
+ * lane is satisfied when every lane of its mask has arrived at a warp barrier or finished (a
+ * finished lane can never arrive: CUDA leaves that undefined, we let the others go). */
 bool release_warps() {
     bool released = false;
     for (int w = 0; w * 32 < g_nthreads; w++) {
         const int first = w * 32;
         const int n = g_nthreads - first < 32 ? g_nthreads - first : 32;
-        bool any = false, complete = true;
-        for (int l = 0; l < n && complete; l++) {
-            const Slot &s = g_slots[first + l];
-            if (s.state != State::AtWarpBarrier) continue;
-            any = true;
-            for (int m = 0; m < n; m++) {
-                if (!(s.warp_mask & (1u << m))) continue;
-                const State other = g_slots[first + m].state;
-                /* A finished lane cannot arrive; CUDA leaves this undefined, we let the others go.
-                 */
-                if (other != State::AtWarpBarrier && other != State::Done) complete = false;
-            }
+        unsigned waiting = 0, done = 0;
+        for (int l = 0; l < n; l++) {
+            const State st = g_slots[first + l].state;
+            if (st == State::AtWarpBarrier)
+                waiting |= 1u << l;
+            else if (st == State::Done)
+                done |= 1u << l;
         }
-        if (!any || !complete) continue;
+        if (waiting == 0) continue;
+        const unsigned exists = n == 32 ? 0xffffffffu : (1u << n) - 1u;
+        bool complete = true;
+        for (int l = 0; l < n && complete; l++)
+            if (waiting & (1u << l))
+                complete = (g_slots[first + l].warp_mask & exists & ~(waiting | done)) == 0;
+        if (!complete) continue;
         for (int l = 0; l < n; l++)
-            if (g_slots[first + l].state == State::AtWarpBarrier)
-                g_slots[first + l].state = State::Ready;
+            if (waiting & (1u << l)) g_slots[first + l].state = State::Ready;
         g_warps[w].phase ^= 1u;
         released = true;
     }
@@ -396,6 +398,10 @@ struct CUstream_st {
 cudaError_t cudaStreamCreate(cudaStream_t *stream) {
     *stream = new (std::nothrow) CUstream_st{0};
     return *stream ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags) {
+    return flags <= cudaStreamNonBlocking ? cudaStreamCreate(stream) : cudaErrorInvalidValue;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {

@@ -13,7 +13,10 @@
  * - a launch that deadlocks (threads of a block waiting at different barriers) fails with
  *   cudaErrorLaunchFailure instead of hanging.
  * Launches are serialised by a mutex (Python threads may launch concurrently); cudaGetLastError
- * is per host thread, as in CUDA. Device memory is host memory. */
+ * is per host thread, as in CUDA. Device memory is host memory.
+ *
+ * Cost (one core of the development machine): ~0.1 us per emulated thread without barriers,
+ * ~0.15 us more per barrier or shuffle it passes; keep test sizes to thousands of threads. */
 #ifndef MG_BACKEND_CUDA_EMULATE_EMULATOR_H
 #define MG_BACKEND_CUDA_EMULATE_EMULATOR_H
 
@@ -86,6 +89,8 @@ typedef enum cudaDeviceAttr {
 } cudaDeviceAttr;
 
 struct CUstream_st;
+#define cudaStreamDefault 0x00
+#define cudaStreamNonBlocking 0x01
 typedef CUstream_st *cudaStream_t;
 
 struct cudaDeviceProp {
@@ -120,6 +125,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 cudaError_t cudaMemset(void *dst, int value, size_t bytes);
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream = nullptr);
 cudaError_t cudaStreamCreate(cudaStream_t *stream);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaDeviceSynchronize(void);
