@@ -220,6 +220,7 @@ int main() {
         self("causal hd 48", 1, 29, 3, 1, 48, causal),
         self("mixed hd 128", 1, 40, 2, 2, 128, mixed),
         self("causal hd 256, GQA 2/1", 1, 35, 2, 1, 256, causal),
+        self("mixed hd 512, two segments", 1, 21, 1, 1, 512, packed),
         /* KV cache: queries are keys q_start .. q_start+Tq-1 of rows kv_stride apart */
         Case{"decode Tq=1 (KV cache)", 2, 1, 21, 20, 32, 4, 2, 16, causal},
         Case{"decode Tq=3 (KV cache)", 2, 3, 21, 18, 32, 4, 2, 16, causal},
