@@ -11,7 +11,7 @@
  * matter to them, COLS keys at a time through shared memory, with an online softmax (running
  * max m and sum l per query; when the max grows the partial output and sum are rescaled by
  * 2^(m_old - m_new)). Scores are taken in base 2: q is pre-multiplied by log2(e)/sqrt(hd), so
- * P = 2^(s2 - m) is exactly e^(s - m) of the natural-log scores.
+ * P = 2^(s2 - m) equals e^(s - m) of the natural-log scores (up to rounding).
  *
  * Backward. With S = scale Q K^T, P = softmax_rows(S) (masked), O = P V and dO given:
  *     dV = P^T dO,  dP = dO V^T,  dS_ij = P_ij (dP_ij - D_i) with D_i = sum_j P_ij dP_ij,
