@@ -117,8 +117,12 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         if CUDA["mode"] != "none":
+            objects = self._build_cuda()
             for ext in self.extensions:
-                ext.extra_objects = [*ext.extra_objects, *self._build_cuda()]
+                ext.extra_objects = [*ext.extra_objects, *objects]
+                # setuptools relinks only when a source or a dependency is newer than the
+                # extension: the freshly compiled CUDA objects must count
+                ext.depends = [*ext.depends, *objects]
         super().build_extensions()
 
     def _build_cuda(self) -> list[str]:
