@@ -125,6 +125,11 @@ mg_backend *mg_backend_cuda_create(int device, mg_precision precision, mg_error 
     ctx->sm_count = prop.multiProcessorCount;
     ctx->smem_optin = (int)prop.sharedMemPerBlockOptin;
     mg_error_clear(&ctx->sticky);
+    if (mg_cuda_pool_create(ctx) != 0) {
+        mg_fail(err, MG_ERR_NOMEM, "out of host memory creating the CUDA backend");
+        free(box);
+        return NULL;
+    }
 
     /* non-blocking: our work does not serialise with the legacy default stream that other
      * libraries in the process (a framework, a viewer) may use */
@@ -178,6 +183,7 @@ void mg_backend_cuda_free(mg_backend *be) {
         if (api != NULL) api->destroy(ctx->cublas);
     }
     if (ctx->workspace != NULL) (void)cudaFree(ctx->workspace);
+    mg_cuda_pool_free(ctx);
     if (ctx->host_result != NULL) (void)cudaFreeHost(ctx->host_result);
     if (ctx->stream != NULL) (void)cudaStreamDestroy(ctx->stream);
     (void)cudaGetLastError();

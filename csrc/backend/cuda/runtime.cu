@@ -6,8 +6,10 @@
  * returns to Python. Only `alloc` reports at once, because its caller needs the pointer. */
 #include "runtime.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 /* A failed runtime call also sets the runtime's per-thread last error; clearing it keeps the
  * next launch check (cudaGetLastError in MG_LAUNCH) from blaming the wrong kernel. Sticky
@@ -34,16 +36,106 @@ void mg_cuda_fail(const mg_backend *be, mg_code code, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* A block cache: passes allocate their workspaces per call, and cudaMalloc / cudaFree cost
+ * tens of microseconds each (cudaFree also waits for the device), which a decode step of a few
+ * hundred microseconds cannot afford. Freed blocks are kept and handed out again to a request
+ * they fit closely; reuse is safe without waiting because all of a backend's work runs on its
+ * one stream, in order. The cache is emptied when the device runs out of memory, and on free. */
+#define MG_POOL_SLOTS 64
+
+typedef struct {
+    void *p;
+    size_t bytes;
+} mg_cuda_block;
+
+struct mg_cuda_pool_s {
+    pthread_mutex_t lock;
+    mg_cuda_block cached[MG_POOL_SLOTS];
+    int n_cached;
+    mg_cuda_block *live; /* every block handed out, with its size */
+    int n_live, cap_live;
+};
+
+int mg_cuda_pool_create(mg_cuda_ctx *ctx) {
+    ctx->pool = static_cast<mg_cuda_pool_s *>(calloc(1, sizeof(mg_cuda_pool_s)));
+    if (ctx->pool == NULL) return -1;
+    pthread_mutex_init(&ctx->pool->lock, NULL);
+    return 0;
+}
+
+static void pool_release_cached(mg_cuda_pool_s *pool) {
+    for (int i = 0; i < pool->n_cached; i++)
+        (void)cudaFree(pool->cached[i].p);
+    pool->n_cached = 0;
+}
+
+void mg_cuda_pool_free(mg_cuda_ctx *ctx) {
+    mg_cuda_pool_s *pool = ctx->pool;
+    if (pool == NULL) return;
+    pool_release_cached(pool);
+    for (int i = 0; i < pool->n_live; i++)
+        (void)cudaFree(pool->live[i].p);
+    free(pool->live);
+    pthread_mutex_destroy(&pool->lock);
+    free(pool);
+    ctx->pool = NULL;
+}
+
+/* The smallest cached block that holds `bytes` without wasting more than a quarter, or NULL. */
+static void *pool_take(mg_cuda_pool_s *pool, size_t bytes, size_t *got) {
+    int best = -1;
+    for (int i = 0; i < pool->n_cached; i++) {
+        const size_t b = pool->cached[i].bytes;
+        if (b >= bytes && b - bytes <= bytes / 4 + 4096 &&
+            (best < 0 || b < pool->cached[best].bytes))
+            best = i;
+    }
+    if (best < 0) return NULL;
+    void *p = pool->cached[best].p;
+    *got = pool->cached[best].bytes;
+    pool->cached[best] = pool->cached[--pool->n_cached];
+    return p;
+}
+
+static int pool_track(mg_cuda_pool_s *pool, void *p, size_t bytes) {
+    if (pool->n_live == pool->cap_live) {
+        const int cap = pool->cap_live ? 2 * pool->cap_live : 64;
+        void *grown = realloc(pool->live, sizeof(mg_cuda_block) * (size_t)cap);
+        if (grown == NULL) return -1;
+        pool->live = static_cast<mg_cuda_block *>(grown);
+        pool->cap_live = cap;
+    }
+    pool->live[pool->n_live++] = {p, bytes};
+    return 0;
+}
+
 void *cuda_alloc(const mg_backend *be, size_t bytes, const char *what, mg_error *err) {
-    void *p = NULL;
+    mg_cuda_pool_s *pool = mg_cuda_ctx_of(be)->pool;
     /* cudaMalloc(0) may return NULL with success; a real block keeps NULL meaning failure */
     const size_t request = bytes > 0 ? bytes : 256;
-    cudaError_t status = cudaMalloc(&p, request);
-    if (status == cudaSuccess) {
+    pthread_mutex_lock(&pool->lock);
+    size_t got = request;
+    void *p = pool_take(pool, request, &got);
+    cudaError_t status = cudaSuccess;
+    if (p == NULL) {
+        status = cudaMalloc(&p, request);
+        if (status == cudaErrorMemoryAllocation && pool->n_cached > 0) {
+            (void)cudaGetLastError();
+            pool_release_cached(pool); /* give the cache back and try once more */
+            status = cudaMalloc(&p, request);
+        }
+        if (status != cudaSuccess) p = NULL;
+    }
+    if (p != NULL && pool_track(pool, p, got) != 0) {
+        (void)cudaFree(p);
+        p = NULL;
+        status = cudaErrorMemoryAllocation;
+    }
+    pthread_mutex_unlock(&pool->lock);
+    if (p != NULL) {
         status = cudaMemsetAsync(p, 0, request, mg_cuda_stream(be));
         if (status == cudaSuccess) return p;
-        cudaFree(p);
-        p = NULL;
+        cuda_free(be, p);
     }
     (void)cudaGetLastError();
     mg_fail(err, mg_cuda_code(status), "cannot allocate %zu bytes of GPU memory for %s on %s: %s",
@@ -53,8 +145,27 @@ void *cuda_alloc(const mg_backend *be, size_t bytes, const char *what, mg_error 
 
 void cuda_free(const mg_backend *be, void *p) {
     if (p == NULL) return;
-    /* cudaFree waits for the device, so work still reading p finishes first */
-    mg_cuda_note(be, cudaFree(p), "cudaFree");
+    mg_cuda_pool_s *pool = mg_cuda_ctx_of(be)->pool;
+    pthread_mutex_lock(&pool->lock);
+    size_t bytes = 0;
+    int found = 0;
+    for (int i = pool->n_live - 1; i >= 0; i--)
+        if (pool->live[i].p == p) {
+            bytes = pool->live[i].bytes;
+            pool->live[i] = pool->live[--pool->n_live];
+            found = 1;
+            break;
+        }
+    if (found && pool->n_cached == MG_POOL_SLOTS) { /* full: the oldest block goes back */
+        (void)cudaFree(pool->cached[0].p);
+        pool->cached[0] = pool->cached[--pool->n_cached];
+    }
+    if (found) pool->cached[pool->n_cached++] = {p, bytes};
+    pthread_mutex_unlock(&pool->lock);
+    if (!found)
+        mg_cuda_fail(be, MG_ERR_VALUE,
+                     "internal: freeing GPU memory this backend did not "
+                     "allocate");
 }
 
 /* Uploads and downloads wait for the copy: the caller may reuse or read its host buffer as soon

@@ -22,6 +22,11 @@ extern "C" {
 void mg_cuda_fail(const mg_backend *be, mg_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The backend's block cache (runtime.cu): created with the backend, freed (with every block
+ * still cached or handed out) when it is. */
+int mg_cuda_pool_create(mg_cuda_ctx *ctx);
+void mg_cuda_pool_free(mg_cuda_ctx *ctx);
+
 #ifdef __cplusplus
 }
 #endif
