@@ -96,8 +96,13 @@ static int run_step(mg_generator *g, const int32_t *tokens, const uint8_t *roles
         return err->code;
     const int D = g->D;
     const mg_backend *be = g->model->be;
+    int all_live = 1;
+    for (int b = 0; b < g->B; b++)
+        all_live &= segments[(long)b * T + T - 1] >= 0;
+    if (all_live) /* one transfer instead of one per row (each waits for the device) */
+        be->download(be, g->logits, g->step_logits, sizeof(float) * (size_t)g->B * g->V);
     for (int b = 0; b < g->B; b++) {
-        if (segments[(long)b * T + T - 1] >= 0)
+        if (!all_live && segments[(long)b * T + T - 1] >= 0)
             be->download(be, g->logits + (long)b * g->V, g->step_logits + (long)b * g->V,
                          sizeof(float) * g->V);
         if (g->hidden != NULL)
