@@ -210,17 +210,22 @@ def build_batches(gguf: Path, text: Path, n: int, batch: int, seq: int, out: Pat
     for name, arr in model._c.lora_state_dict().items():
         arrays[f"lora.{name}"] = arr
     np.savez(out, **arrays)
-    c = model.config
-    qd, kd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    d, f = c.hidden_size, c.intermediate_size
-    shape = {"L": c.num_layers, "D": d, "F": f, "QD": qd, "KD": kd, "V": c.vocab_size,
-             "P_layer": d * (qd + 2 * kd) + qd * d + 3 * d * f,
-             "P_lora": c.num_layers * LORA_RANK * ((d + qd) + 2 * (d + kd) + (qd + d)
-                                                   + 3 * (d + f)),
-             "params": model.num_parameters, "mask_token_id": masking["mask_token_id"]}
+    shape = {**model_shape(model.config), "params": model.num_parameters,
+             "mask_token_id": masking["mask_token_id"]}
     del model
     gc.collect()
     return {"stats": stats, "shape": shape, "masking": masking}
+
+
+def model_shape(c: Any) -> dict[str, int]:
+    """The sizes ``step_flops`` needs, from a ``magnet.ModelConfig`` (LLaMA layout): layers,
+    widths, vocabulary, the weights of one layer's projections and of all LoRA adapters."""
+    qd, kd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    d, f = c.hidden_size, c.intermediate_size
+    return {"L": c.num_layers, "D": d, "F": f, "QD": qd, "KD": kd, "V": c.vocab_size,
+            "P_layer": d * (qd + 2 * kd) + qd * d + 3 * d * f,
+            "P_lora": c.num_layers * LORA_RANK * ((d + qd) + 2 * (d + kd) + (qd + d)
+                                                  + 3 * (d + f))}
 
 
 def step_flops(s: dict[str, Any], sh: dict[str, Any]) -> tuple[float, float]:
