@@ -109,7 +109,13 @@ def set_dropout(model: nn.Module, lora_dropout: float, resid_dropout: float) -> 
 
 @dataclass
 class Batch:
-    """One combined micro-batch: rows [0, bm) masked view, then bs anchors, then bs positives."""
+    """One combined micro-batch: rows [0, bm) masked view, then bs anchors, then bs positives.
+
+    Packed layout (optional): ``positions`` [R, T] gives each token's position (restarting at 0
+    in each segment) and ``sscl_pool`` = (rows, columns), each [2 * bs], the pooled (last) token
+    of every anchor then every positive, so that several SSCL sequences can share a row as
+    separate segments. Without them each SSCL sequence has its own row, from column 0.
+    """
 
     tokens: np.ndarray      # [R, T] int64 (0 at padding)
     roles: np.ndarray       # [R, T] uint8, 0 CONTEXT, 1 SPAN
@@ -119,6 +125,8 @@ class Batch:
     bm: int
     bs: int
     sscl_lengths: np.ndarray  # [bs] int64
+    positions: np.ndarray | None = None
+    sscl_pool: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def real_tokens(self) -> int:
@@ -188,7 +196,7 @@ class TorchMagnetStep:
         roles = self._on_device(b.roles)
         segs = self._on_device(b.segments)
         mask = unified_mask(roles, segs, mask_dtype)
-        pos = segment_positions(segs)
+        pos = self._on_device(b.positions) if b.positions is not None else segment_positions(segs)
         hidden = self.model.model(input_ids=tokens, attention_mask=mask,
                                   position_ids=pos).last_hidden_state
         R, T, D = hidden.shape
@@ -207,10 +215,14 @@ class TorchMagnetStep:
             total = total + w * loss
             parts[name] = loss.detach()
         if b.bs >= 2 and self.weights[1] > 0:
-            last = self._on_device(np.asarray(b.sscl_lengths) - 1)
             rows = torch.arange(b.bs, device=self.device)
-            a = hidden[b.bm + rows, last]
-            p = hidden[b.bm + b.bs + rows, last]
+            if b.sscl_pool is not None:
+                at = hidden[self._on_device(b.sscl_pool[0]), self._on_device(b.sscl_pool[1])]
+                a, p = at[:b.bs], at[b.bs:]
+            else:
+                last = self._on_device(np.asarray(b.sscl_lengths) - 1)
+                a = hidden[b.bm + rows, last]
+                p = hidden[b.bm + b.bs + rows, last]
             logits = F.normalize(a, dim=-1) @ F.normalize(p, dim=-1).T / self.temperature
             loss = F.cross_entropy(logits.float(), rows)
             total = total + self.weights[1] * loss
