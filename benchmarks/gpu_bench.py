@@ -22,8 +22,11 @@ batch, for both engines):
   (large) a Llama-3.2-1B-like architecture with a 32000-token vocabulary (hidden 2048, 16
   layers, 32 heads, 8 KV heads, intermediate 8192, untied head; 1.10B parameters, 973M in the
   layers' projections). Sequence length 512; batch 32 (small) and 16 (large) chunks, plus twice
-  as many SSCL sentences (instruction + 64 tokens + EOS: 77 tokens), so a step holds 21,056
-  (small) / 10,528 (large) real tokens. The tokens are random ids.
+  as many SSCL sentences (instruction + 64 tokens + EOS: 77 tokens), so a step holds 21,312
+  (small) / 10,656 (large) real tokens (PyTorch: 43 / 22 rows of 512) and 17.2 / 65.5 model
+  TFLOP (6x convention below). The tokens are random ids. The batches leave room on an 80 GB
+  card (PyTorch's activations at these sizes are an estimated 40 / 45 GB); a section that runs
+  out of memory is retried at half the batch.
   magnet: ``Model.to(device, precision="bf16")`` (bf16 matrix products, float32 master weights).
   PyTorch: ``benchmarks/torch_magnet_step.py`` on a transformers ``LlamaForCausalLM`` holding
   the same weights and LoRA initial values, float32 weights under ``torch.autocast(bf16)``,
