@@ -698,31 +698,59 @@ def summarize(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
     report: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "func"},
                               "env": env, "peak_tflops": peak, "peak_source": peak_source,
                               "sections": results}
-    crit: dict[str, Any] = {}
+    # criterion -> True / False, or None where it could not be measured
+    crit: dict[str, bool | None] = {}
     for sec in ("train-small", "train-large"):
-        r = results.get(sec, {})
+        if sec not in results:
+            continue
+        r = results[sec]
         m, t = r.get("magnet", {}), r.get("torch", {})
         for eng in (m, t):
             _finish_partial(eng, r)
+        name = f"{sec}: magnet tokens/s >= PyTorch"
+        crit[name] = None
         if "tokens_per_s" in m and "tokens_per_s" in t:
             r["ratio"] = m["tokens_per_s"] / t["tokens_per_s"]
-            crit[f"{sec}: magnet tokens/s >= PyTorch"] = r["ratio"] >= 1.0
+            crit[name] = r["ratio"] >= 1.0
         for eng in (m, t):
             if "model_flops_per_s" in eng and peak:
                 eng["mfu"] = eng["model_flops_per_s"] / (peak * 1e12)
                 eng["executed_utilisation"] = eng["executed_flops_per_s"] / (peak * 1e12)
-    large = results.get("train-large", {}).get("magnet", {})
-    if "mfu" in large:
-        crit["train-large: magnet MFU >= 40%"] = large["mfu"] >= 0.40
-    dec = results.get("decode", {})
-    for B in DECODE_BATCHES:
-        m = dec.get("magnet", {}).get(str(B), {})
-        t = dec.get("torch", {}).get(str(B), {})
-        if "tokens_per_s" in m and "tokens_per_s" in t:
-            dec[f"ratio_{B}"] = m["tokens_per_s"] / t["tokens_per_s"]
-            crit[f"decode batch {B}: magnet tokens/s >= transformers"] = dec[f"ratio_{B}"] >= 1.0
+        if sec == "train-large":
+            crit["train-large: magnet MFU >= 40%"] = m["mfu"] >= 0.40 if "mfu" in m else None
+    if "decode" in results:
+        dec = results["decode"]
+        for B in DECODE_BATCHES:
+            m = dec.get("magnet", {}).get(str(B), {})
+            t = dec.get("torch", {}).get(str(B), {})
+            name = f"decode batch {B}: magnet tokens/s >= transformers"
+            crit[name] = None
+            if "tokens_per_s" in m and "tokens_per_s" in t:
+                dec[f"ratio_{B}"] = m["tokens_per_s"] / t["tokens_per_s"]
+                crit[name] = dec[f"ratio_{B}"] >= 1.0
     report["criteria"] = crit
+    report["failures"] = failures(results)
     return report
+
+
+def failures(results: dict[str, Any]) -> list[str]:
+    """What did not run to the end: sections that were skipped, killed or crashed, engines
+    that raised."""
+    out = []
+    for name, r in results.items():
+        if "skipped" in r:
+            out.append(f"{name}: skipped ({r['skipped']})")
+        elif r.get("returncode") not in (0, OOM_EXIT):
+            out.append(f"{name}: exit {r.get('returncode')}")
+        for eng in ("magnet", "torch"):
+            e = r.get(eng, {})
+            if isinstance(e, dict) and "error" in e:
+                out.append(f"{name} / {eng}: {e['error'][:200]}")
+            elif isinstance(e, dict) and e.get("partial"):
+                out.append(f"{name} / {eng}: killed after {len(e.get('times_s', []))} timed steps")
+        if r.get("returncode") == OOM_EXIT:
+            out.append(f"{name}: out of memory at batch {r.get('batch')}")
+    return out
 
 
 def _finish_partial(eng: dict[str, Any], r: dict[str, Any]) -> None:
@@ -799,16 +827,19 @@ def render(report: dict[str, Any]) -> str:
                      else f" (greedy prefix agree {agree}/{dec.get('new_tokens')})")
             lines.append(f"| decode tokens/s, batch {B}, {dec.get('prompt_tokens')}-token prompt, "
                          f"{dec.get('new_tokens')} new{extra} | "
-                         f"{m.get('error') or _f(mb.get('tokens_per_s'))} | "
-                         f"{t.get('error') or _f(tb.get('tokens_per_s'))} | "
+                         f"{_err(m) or _f(mb.get('tokens_per_s'))} | "
+                         f"{_err(t) or _f(tb.get('tokens_per_s'))} | "
                          f"{_f(dec.get(f'ratio_{B}'), '{:.2f}')} |")
         if "skipped" in dec:
             lines.append(f"| decode | not run: {dec['skipped']} | | |")
     lines += ["", "Issue 8 performance criteria:"]
-    for k, v in report["criteria"].items():
-        lines.append(f"- {k}: {'PASS' if v else 'FAIL'}")
-    if not report["criteria"]:
-        lines.append("- none evaluated (an engine failed or was not run)")
+    crit = report["criteria"]
+    for k, v in crit.items():
+        lines.append(f"- {k}: {'NOT MEASURED' if v is None else 'PASS' if v else 'FAIL'}")
+    met = sum(1 for v in crit.values() if v)
+    lines.append(f"criteria: {met} of {len(crit)} met")
+    if report["failures"]:
+        lines += ["", "Did not complete:"] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines)
 
 
@@ -885,6 +916,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     print(render(report))
+    sys.exit(1 if report["failures"] else 0)
 
 
 if __name__ == "__main__":
