@@ -470,6 +470,8 @@ def train_section(sec: Section) -> None:
                          "traceback": traceback.format_exc()[-3000:]}
         print(part["torch"]["traceback"], file=sys.stderr)
     sec.save()
+    if part["torch"].get("oom"):
+        sys.exit(OOM_EXIT)  # retried at half the batch: no point timing magnet at this one
     runner = params = hf = None
     gc.collect()
     if args.torch_device.startswith("cuda"):
