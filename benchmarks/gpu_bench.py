@@ -798,6 +798,9 @@ def render(report: dict[str, Any]) -> str:
         st = r["batch_stats"][0]
         what = (f"{name}, {r['params'] / 1e6:.1f}M params, batch {r['batch']} x {r['seq']} + "
                 f"{2 * r['batch']} SSCL ({st['tokens']} tokens/step)")
+        if len(r.get("attempts", [])) > 1:
+            what += " [after out of memory at batch " + ", ".join(
+                str(x["batch"]) for x in r["attempts"][:-1]) + "]"
         lines.append(f"| train tokens/s: {what} | {_err(m) or _f(m.get('tokens_per_s'))}"
                      f"{_short(m)} | {_err(t) or _f(t.get('tokens_per_s'))}{_short(t)} | "
                      f"{_f(r.get('ratio'), '{:.2f}')} |")
