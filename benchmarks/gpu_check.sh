@@ -233,7 +233,7 @@ else
     fi
     run_step "f. gpu_bench.py" "$((BENCH_BUDGET + 20))" 0 \
         "$PY benchmarks/gpu_bench.py $BENCH_ARGS --budget-s $BENCH_BUDGET --out \"$OUT/bench.json\" >\"$OUT/bench.md.tmp\"; rc=\$?; cat \"$OUT/bench.md.tmp\"; mv \"$OUT/bench.md.tmp\" \"$OUT/bench.md\"; exit \$rc"
-    NOTE="$(grep -E '^criteria: ' "$OUT/bench.md" 2>/dev/null | sed 's/^criteria: //') performance criteria met"
+    NOTE="performance $(grep -E '^criteria: ' "$OUT/bench.md" 2>/dev/null)"
     ((STEP_RC != 0)) && NOTE="$NOTE; incomplete: see bench.md"
     record "f. gpu_bench.py${BENCH_ARGS:+ $BENCH_ARGS}" "$(verdict "$STEP_RC")" "$STEP_S" "$NOTE"
 fi
