@@ -831,7 +831,10 @@ def render(report: dict[str, Any]) -> str:
                          f"{lc['max_abs_diff']:.3g} ({lc['rel_to_max_logit']:.2g}), "
                          f"{100 * lc['argmax_agree']:.0f}% | | |")
     dec = secs.get("decode")
-    if dec is not None:
+    if dec is not None and ("skipped" in dec or ("magnet" not in dec and "torch" not in dec)):
+        why = dec.get("skipped") or f"exit {dec.get('returncode')}"
+        lines.append(f"| decode | not run: {why} | | |")
+    elif dec is not None:
         m, t = dec.get("magnet", {}), dec.get("torch", {})
         for B in DECODE_BATCHES:
             mb, tb = m.get(str(B), {}), t.get(str(B), {})
@@ -843,8 +846,6 @@ def render(report: dict[str, Any]) -> str:
                          f"{_err(m) or _f(mb.get('tokens_per_s'))} | "
                          f"{_err(t) or _f(tb.get('tokens_per_s'))} | "
                          f"{_f(dec.get(f'ratio_{B}'), '{:.2f}')} |")
-        if "skipped" in dec:
-            lines.append(f"| decode | not run: {dec['skipped']} | | |")
     lines += ["", "Issue 8 performance criteria:"]
     crit = report["criteria"]
     for k, v in crit.items():
