@@ -258,7 +258,8 @@ fi
     fi
     echo "## Parity failures (from the log)"
     echo
-    grep -E '^(== check_.*FAILED|FAILED |E  +assert|run_checks.sh: .*failed)' "$LOG" | head -n 40 || true
+    grep -E '^(FAIL |== check_.*FAILED|FAILED |E  +assert|run_checks.sh: .*failed)' "$LOG" \
+        | head -n 40 || true
 } >"$SUMMARY"
 log ""
 cat "$SUMMARY"
