@@ -113,6 +113,7 @@ class Arch:
     max_positions: int
 
     def config(self) -> Any:
+        """The ``magnet.ModelConfig`` of this architecture (BOS 1, EOS 2)."""
         from magnet.config import ModelConfig
 
         return ModelConfig(arch="llama", vocab_size=self.vocab, hidden_size=self.hidden,
@@ -355,6 +356,7 @@ class Section:
 
 
 def _environment(args: argparse.Namespace) -> dict[str, Any]:
+    """Versions, thread counts and, on a GPU, its name, memory and multiprocessors."""
     import platform
     from importlib.metadata import version
 
@@ -377,6 +379,8 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sync_fn(torch_device: str) -> Callable[[], None]:
+    """``torch.cuda.synchronize`` on a GPU (it waits for magnet's work on the device too, in
+    the same primary context), else nothing."""
     import torch
 
     if torch_device.startswith("cuda"):
@@ -385,6 +389,7 @@ def _sync_fn(torch_device: str) -> Callable[[], None]:
 
 
 def _device_index(args: argparse.Namespace) -> int | None:
+    """The GPU's index for NVML, None on the CPU."""
     if not args.torch_device.startswith("cuda"):
         return None
     _, _, idx = args.torch_device.partition(":")
@@ -632,6 +637,7 @@ def decode_section(sec: Section) -> None:
 
 def _child_args(args: argparse.Namespace, section: str, part: Path, deadline: float,
                 batch: int | None) -> list[str]:
+    """The command line of one section's subprocess."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--section", section, "--part",
            str(part), "--deadline", f"{deadline:.3f}", "--device", args.device,
            "--torch-device", args.torch_device, "--precision", args.precision,
@@ -879,6 +885,7 @@ def _check(e: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    """Parent: run the sections and report; child (``--section``): run one section."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda", help="magnet's device: cuda, cuda:N or cpu")
     ap.add_argument("--torch-device", default=None, help="PyTorch's device (default: --device)")
