@@ -5,14 +5,29 @@ Environment switches:
   MAGNET_SYSTEM_OPENBLAS=1 link the system's libopenblas instead of the scipy-openblas32 wheel
   MAGNET_SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer build
   MAGNET_DEBUG=1           -O0 -g
+  MAGNET_CUDA=auto|0|1|emulate
+                           the CUDA backend (csrc/backend/cuda/*.cu): auto (default) builds it iff
+                           nvcc is found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin); 0 never; 1
+                           requires it; emulate compiles the .cu files as C++ with the host
+                           compiler and the CPU emulator (csrc/backend/cuda/emulate), for tests
+  MAGNET_CUDA_ARCH         nvcc target flags (default: sm_80 and sm_90 code, compute_90 PTX)
 """
 
 import glob
 import os
+import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CUDA_DIR = "csrc/backend/cuda"
+DEFAULT_CUDA_ARCH = (
+    "-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 "
+    "-gencode arch=compute_90,code=compute_90"
+)
 
 
 def _flag(name: str) -> bool:
@@ -37,10 +52,135 @@ def _openblas():
             [lib_dir], [])
 
 
+def _find_nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.access(os.path.join(root, "bin", "nvcc"), os.X_OK):
+            return os.path.join(root, "bin", "nvcc")
+    return None
+
+
+def _cuda_lib_dir(nvcc: str) -> str:
+    """The folder of libcudart_static.a in nvcc's toolkit (nvcc may be a wrapper script: its dry
+    run names the toolkit it belongs to)."""
+    roots = []
+    try:
+        dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+        for line in (dry.stdout + dry.stderr).splitlines():
+            if line.startswith("#$ TOP="):
+                roots.append(line[len("#$ TOP="):].strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    roots.append(os.path.join(os.path.dirname(nvcc), ".."))
+    for root in roots:
+        for sub in (f"targets/{os.uname().machine}-linux/lib", "lib64", "lib"):
+            if os.path.isfile(os.path.join(root, sub, "libcudart_static.a")):
+                return os.path.normpath(os.path.join(root, sub))
+    raise SystemExit(f"MAGNET_CUDA: libcudart_static.a not found in the CUDA toolkit of {nvcc}")
+
+
+def _cuda_config() -> dict:
+    """How the CUDA backend is built: {"mode": "none" | "cuda" | "emulate", ...}."""
+    mode = os.environ.get("MAGNET_CUDA", "auto").strip().lower() or "auto"
+    if mode in ("false", "no", "off"):
+        mode = "0"
+    if mode in ("true", "yes", "on", "require", "required"):
+        mode = "1"
+    if mode not in ("auto", "0", "1", "emulate"):
+        raise SystemExit(f"MAGNET_CUDA must be auto, 0, 1 or emulate, not {mode!r}")
+    if mode == "0":
+        return {"mode": "none"}
+    if mode == "emulate":
+        return {"mode": "emulate"}
+    nvcc = _find_nvcc()
+    if nvcc is None:
+        if mode == "1":
+            raise SystemExit(
+                "MAGNET_CUDA=1 but nvcc was not found (looked on PATH, in $CUDA_HOME/bin, "
+                "$CUDA_PATH/bin and /usr/local/cuda/bin): install the CUDA toolkit or set "
+                "CUDA_HOME"
+            )
+        return {"mode": "none"}
+    arch = os.environ.get("MAGNET_CUDA_ARCH", "").split() or DEFAULT_CUDA_ARCH.split()
+    return {"mode": "cuda", "nvcc": nvcc, "lib_dir": _cuda_lib_dir(nvcc), "arch": arch}
+
+
+CUDA = _cuda_config()
+
+
+class BuildExt(build_ext):
+    """Compiles the CUDA backend (nvcc, or the host C++ compiler in emulation) into objects
+    that are linked into the extension with the C sources."""
+
+    def build_extensions(self):
+        if CUDA["mode"] != "none":
+            objects = self._build_cuda()
+            for ext in self.extensions:
+                ext.extra_objects = [*ext.extra_objects, *objects]
+                # setuptools relinks only when a source or a dependency is newer than the
+                # extension: the freshly compiled CUDA objects must count
+                ext.depends = [*ext.depends, *objects]
+        super().build_extensions()
+
+    def _build_cuda(self) -> list[str]:
+        sources = sorted(glob.glob(f"{CUDA_DIR}/*.cu"))
+        jobs = [(src, self._cu_command(src)) for src in sources]
+        if CUDA["mode"] == "emulate":
+            for src in sorted(glob.glob(f"{CUDA_DIR}/emulate/*.cc")):
+                jobs.append((src, self._cc_command(src)))
+        objects = [self._object(src) for src, _ in jobs]
+        for obj in objects:
+            os.makedirs(os.path.dirname(obj), exist_ok=True)
+
+        def run(job):
+            src, cmd = job
+            print(" ".join(cmd), flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            return src, proc
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for src, proc in pool.map(run, jobs):
+                if proc.stdout or proc.stderr:
+                    print(proc.stdout + proc.stderr, flush=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"compiling {src} failed (MAGNET_CUDA={CUDA['mode']})")
+        return objects
+
+    def _object(self, src: str) -> str:
+        return os.path.join(self.build_temp, "cuda", os.path.splitext(src)[0] + ".o")
+
+    def _defines(self) -> list[str]:
+        defines = ["-D_DEFAULT_SOURCE=1", "-DMG_HAVE_CUDA=1", "-Icsrc"]
+        return defines + (["-DMG_CUDA_EMULATE=1"] if CUDA["mode"] == "emulate" else [])
+
+    def _host_flags(self) -> list[str]:
+        flags = ["-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
+        if _flag("MAGNET_DEBUG"):
+            return flags + ["-O0", "-g"]
+        return flags + ["-O3" if CUDA["mode"] == "cuda" else "-O2"]
+
+    def _cu_command(self, src: str) -> list[str]:
+        if CUDA["mode"] == "emulate":
+            return ["g++", "-x", "c++", "-std=c++17", "-Werror", *self._host_flags(),
+                    *self._defines(), "-c", src, "-o", self._object(src)]
+        return [CUDA["nvcc"], "-std=c++17", "-O3", *CUDA["arch"], "-Werror", "all-warnings",
+                "-Xcompiler", ",".join(self._host_flags()), *self._defines(), "-c", src, "-o",
+                self._object(src)]
+
+    def _cc_command(self, src: str) -> list[str]:
+        return ["g++", "-std=c++17", "-Werror", *self._host_flags(), *self._defines(), "-c", src,
+                "-o", self._object(src)]
+
+
 def _extension() -> Extension:
     sources = sorted(
         s for s in glob.glob("csrc/**/*.c", recursive=True) if "/backend/cuda/" not in s
     )
+    if CUDA["mode"] != "none":
+        sources = [s for s in sources if not s.endswith("/cuda_absent.c")]
     include, lib_dirs, libs, rpath, macros = _openblas()
     compile_args = ["-std=c11", "-fopenmp", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
     link_args = ["-fopenmp"]
@@ -54,6 +194,19 @@ def _extension() -> Extension:
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
         compile_args += san + ["-g"]
         link_args += san
+    if CUDA["mode"] != "none":
+        macros = [*macros, ("MG_HAVE_CUDA", "1")]
+        # the backend is C++: its runtime support comes from libstdc++
+        libs = [*libs, "stdc++"]
+    if CUDA["mode"] == "emulate":
+        macros = [*macros, ("MG_CUDA_EMULATE", "1")]
+        libs = [*libs, "pthread"]
+    if CUDA["mode"] == "cuda":
+        # the static CUDA runtime: the wheel needs only the driver. Its symbols stay inside the
+        # extension, so another CUDA runtime in the process (a framework's) cannot clash.
+        lib_dirs = [*lib_dirs, CUDA["lib_dir"]]
+        libs = [*libs, "cudart_static", "dl", "rt", "pthread"]
+        link_args += ["-Wl,--exclude-libs,libcudart_static.a"]
     return Extension(
         "magnet._C",
         sources=sources,
@@ -67,4 +220,4 @@ def _extension() -> Extension:
     )
 
 
-setup(ext_modules=[_extension()])
+setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExt})

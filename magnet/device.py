@@ -8,6 +8,11 @@ float32. The CPU computes in float32 only.
 
 from __future__ import annotations
 
+import ctypes.util
+import glob
+import importlib.util
+import os
+
 from magnet import _C
 
 PRECISIONS = {"fp32": 0, "bf16": 1}
@@ -55,3 +60,19 @@ def parse_precision(kind: str, precision: str | None) -> int:
         raise ValueError("the CPU computes in float32 only: use precision='fp32' (or leave it "
                          "unset) with device='cpu'")
     return PRECISIONS[precision]
+
+
+def point_to_cublas() -> None:
+    """Let the CUDA backend find cuBLAS inside the ``nvidia-cublas`` wheel (as PyTorch installs
+    it) when the system has none on its library path: sets ``MAGNET_CUBLAS_PATH`` to the
+    wheel's library folder, unless the variable is already set or no such folder exists."""
+    if os.environ.get("MAGNET_CUBLAS_PATH") or ctypes.util.find_library("cublas"):
+        return
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        for lib in ("cublas/lib", "cu13/lib", "cu12/lib"):
+            folder = os.path.join(root, lib)
+            if glob.glob(os.path.join(folder, "libcublas.so*")):
+                os.environ["MAGNET_CUBLAS_PATH"] = folder
+                return

@@ -145,10 +145,12 @@ class Model:
         master weights) or ``"fp32"``. Raises ValueError naming the reason when the device is
         not available (no CUDA in this build, no driver, no GPU).
         """
-        from magnet.device import parse_device, parse_precision
+        from magnet.device import parse_device, parse_precision, point_to_cublas
 
         kind, index = parse_device(device)
         code = parse_precision(kind, precision)
+        if kind == "cuda":
+            point_to_cublas()
         self._c = self._c.to_device(kind, index, code)
         return self
 

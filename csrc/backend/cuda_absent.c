@@ -1,12 +1,12 @@
-/* The CUDA entry points of a build without the CUDA backend: every request for a GPU is
- * answered with the reason, so Python raises a clear error instead of failing to import. */
-#include <stdio.h>
-
+/* The CUDA entry points of backend.h in a build without the CUDA backend (setup.py compiles this
+ * file only then; nvcc was not found, or MAGNET_CUDA=0). */
 #include "backend.h"
 
+#include <stdio.h>
+
 #define MG_NO_CUDA_REASON                                                                          \
-    "magnet was built without CUDA (nvcc was not found at build time; reinstall with "             \
-    "MAGNET_CUDA=1 and nvcc on PATH to require it)"
+    "magnet was built without CUDA (nvcc not found at build time; set MAGNET_CUDA=1 to require "   \
+    "it)"
 
 int mg_cuda_device_count(char *why, size_t why_len) {
     if (why != NULL && why_len > 0) snprintf(why, why_len, "%s", MG_NO_CUDA_REASON);

@@ -2,6 +2,11 @@
 #ifndef MG_CORE_ERROR_H
 #define MG_CORE_ERROR_H
 
+/* C linkage for the CUDA backend's C++ (.cu) files, which include this header. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     MG_OK = 0,
     MG_ERR_VALUE,          /* bad argument value or shape -> ValueError */
@@ -26,5 +31,9 @@ static inline void mg_error_clear(mg_error *err) {
     err->code = MG_OK;
     err->msg[0] = '\0';
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -203,11 +203,12 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
     if (rec && mg_on_host(be)) memcpy(rec->pos, positions, (size_t)N * sizeof(int));
     const uint8_t *q_roles = mg_stage(be, roles_dev, roles, (size_t)N);
     const int32_t *q_segs = mg_stage(be, segs_dev, segments, (size_t)N * 4);
+    /* the keys' roles and segments join the cache (copies within the backend: no host waits) */
     for (int b = 0; b < B; b++) {
-        be->upload(be, cache->roles + (long)b * cache->capacity + cache->length,
-                   roles + (long)b * Tq, (size_t)Tq);
-        be->upload(be, cache->segments + (long)b * cache->capacity + cache->length,
-                   segments + (long)b * Tq, sizeof(int32_t) * Tq);
+        be->copy(be, cache->roles + (long)b * cache->capacity + cache->length,
+                 q_roles + (long)b * Tq, (size_t)Tq);
+        be->copy(be, cache->segments + (long)b * cache->capacity + cache->length,
+                 q_segs + (long)b * Tq, sizeof(int32_t) * Tq);
     }
 
     const int gpt2 = c->arch == MG_ARCH_GPT2;

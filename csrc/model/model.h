@@ -28,7 +28,11 @@ typedef struct mg_model_s {
 } mg_model;
 
 static inline void mg_model_lock_read(mg_model *m) {
-    pthread_rwlock_rdlock(&m->guard);
+    /* a GPU backend has one stream and one scratch workspace: its passes take turns */
+    if (m->be->device == MG_DEVICE_CPU)
+        pthread_rwlock_rdlock(&m->guard);
+    else
+        pthread_rwlock_wrlock(&m->guard);
 }
 static inline void mg_model_lock_write(mg_model *m) {
     pthread_rwlock_wrlock(&m->guard);

@@ -99,29 +99,46 @@ static int check_rows(const mg_token_rows *r, const char *what, int min_len, mg_
     return MG_OK;
 }
 
+/* Rows of logits materialised at once for the token losses: LOSS_CHUNK on the CPU (cache
+ * sized); on a GPU as many as fit in 256 MiB, so each chunk's GEMMs fill the device and the
+ * per-chunk loss readback is rare. */
+static long loss_chunk(const mg_backend *be, int V) {
+    if (mg_on_host(be)) return LOSS_CHUNK;
+    const long rows = (256L << 20) / ((long)V * (long)sizeof(float));
+    return rows < LOSS_CHUNK ? LOSS_CHUNK : (rows > 4096 ? 4096 : rows);
+}
+
+/* Floats of backend memory that token_loss needs for up to `count` rows. */
+static size_t token_loss_floats(const mg_backend *be, int D, int V, long count) {
+    const size_t chunk = (size_t)loss_chunk(be, V);
+    return chunk * (2 * (size_t)D + (size_t)V) + mg_stage_bytes(be, (size_t)count * 12) / 4 + 4;
+}
+
 /* Gathers hidden rows at `idx`, scores them with the LM head, and adds the cross-entropy
  * gradient (scaled by grad_scale) back into dhidden (and the LM head's gradient when trained).
- * idx and labels are host arrays; buf is LOSS_CHUNK * (2 D + V) floats plus the staging of one
- * chunk's rows and labels, in backend memory. */
+ * idx and labels are host arrays (staged into backend memory once); buf holds
+ * token_loss_floats(count) floats of backend memory. */
 static int token_loss(mg_trainer *t, const float *hidden, float *dhidden, const int64_t *idx,
                       const int32_t *labels, long count, float grad_scale, int train,
                       double *loss_sum, float *buf, mg_error *err) {
     const mg_model *m = t->model;
     const mg_backend *be = m->be;
     const int D = m->config.dim, V = m->config.vocab_size;
-    float *h = buf, *logits = buf + (size_t)LOSS_CHUNK * D, *dh = logits + (size_t)LOSS_CHUNK * V;
-    void *idx_dev = dh + (size_t)LOSS_CHUNK * D;
-    void *lab_dev = (char *)idx_dev + sizeof(int64_t) * LOSS_CHUNK;
+    const long chunk = loss_chunk(be, V);
+    float *h = buf, *logits = buf + (size_t)chunk * D, *dh = logits + (size_t)chunk * V;
+    void *idx_dev = dh + (size_t)chunk * D;
+    void *lab_dev = (char *)idx_dev + sizeof(int64_t) * (size_t)count;
+    const int64_t *all_rows = mg_stage(be, idx_dev, idx, sizeof(int64_t) * (size_t)count);
+    const int32_t *all_labels = mg_stage(be, lab_dev, labels, sizeof(int32_t) * (size_t)count);
     float *dhead = t->grads.params ? t->grads.params + (m->params.lm_head - m->params.block) : NULL;
-    for (long c0 = 0; c0 < count; c0 += LOSS_CHUNK) {
-        const int c = (int)(count - c0 < LOSS_CHUNK ? count - c0 : LOSS_CHUNK);
-        const int64_t *rows = mg_stage(be, idx_dev, idx + c0, sizeof(int64_t) * c);
-        const int32_t *lab = mg_stage(be, lab_dev, labels + c0, sizeof(int32_t) * c);
+    for (long c0 = 0; c0 < count; c0 += chunk) {
+        const int c = (int)(count - c0 < chunk ? count - c0 : chunk);
+        const int64_t *rows = all_rows + c0;
         be->gather_rows(be, h, hidden, rows, c, D);
         be->matmul_forward(be, logits, h, m->params.lm_head, NULL, c, D, V, false);
         double part = 0.0;
         long n = 0;
-        be->cross_entropy(be, logits, lab, c, V, grad_scale, &part, &n);
+        be->cross_entropy(be, logits, all_labels + c0, c, V, grad_scale, &part, &n);
         *loss_sum += part;
         if (!train) continue;
         be->zero(be, dh, sizeof(float) * (size_t)c * D);
@@ -214,9 +231,9 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     int64_t *idx = mg_alloc((size_t)N + 4 * (size_t)Bs, sizeof(int64_t), "loss rows", err);
     int *positions = mg_alloc((size_t)N, sizeof(int), "positions", err);
     /* backend memory: hidden gradients, loss chunk, sentence vectors, InfoNCE scratch, ranges */
-    const size_t plan[] = {
-        (size_t)N * D, (size_t)LOSS_CHUNK * (2 * (size_t)D + c->vocab_size) + 3 * LOSS_CHUNK,
-        ((size_t)Bs * 4 + 1) * D, be->infonce_scratch(be, Bs > 0 ? Bs : 1, D), (size_t)Bs * 8 + 2};
+    const size_t plan[] = {(size_t)N * D, token_loss_floats(be, D, c->vocab_size, N),
+                           ((size_t)Bs * 4 + 1) * D, be->infonce_scratch(be, Bs > 0 ? Bs : 1, D),
+                           (size_t)Bs * 8 + 2};
     size_t ws_bytes = 0;
     for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         ws_bytes += mg_arena_floats_bytes(plan[i]);

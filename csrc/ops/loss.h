@@ -8,6 +8,11 @@
 
 #include "../core/error.h"
 
+/* C linkage for the CUDA checks (C++), which call the CPU ops as references. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Label of a row that carries no loss. */
 #define MG_IGNORE_LABEL (-100)
 
@@ -35,5 +40,9 @@ int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N,
  * scratch: INFONCE_SCRATCH(n, D) floats. */
 void infonce_forward_backward(float *loss, float *da, float *db, const float *a, const float *b,
                               int n, int D, float temperature, float grad_scale, float *scratch);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

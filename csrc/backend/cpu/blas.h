@@ -5,6 +5,10 @@
 
 #include <stdbool.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Row-major C[M,N] = alpha * op(A) op(B) + beta * C, op = transpose when trans_* is true.
  * lda/ldb/ldc are the row strides of A, B, C as stored. */
 void mg_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A, int lda,
@@ -14,5 +18,9 @@ void mg_blas_set_num_threads(int n);
 
 /* Once, at module load: route OpenBLAS's threading through our OpenMP pool where supported. */
 void mg_blas_init(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -33,8 +33,9 @@ typedef struct {
     int smem_optin;  /* largest dynamic shared memory a block may opt in to (bytes) */
     void *workspace; /* GEMM and reduction scratch (device) */
     size_t workspace_bytes;
-    double *host_result; /* pinned host slot for scalar results (loss sums, norms) */
-    mg_error sticky;     /* first asynchronous failure, reported by the next sync */
+    double *host_result;         /* pinned host slot for scalar results (loss sums, norms) */
+    mg_error sticky;             /* first asynchronous failure, reported by the next sync */
+    struct mg_cuda_pool_s *pool; /* freed blocks kept for reuse (runtime.cu) */
 } mg_cuda_ctx;
 
 static inline mg_cuda_ctx *mg_cuda_ctx_of(const mg_backend *be) {

@@ -1,0 +1,151 @@
+/* SwiGLU and tanh-GELU, forward and backward: the formulas of csrc/ops/activation.c, element for
+ * element (the same exp approximation, so the GPU and the CPU round alike), with the same
+ * semantics (forwards overwrite, backwards accumulate; NULL gradients are skipped). */
+#include "cuda_common.h"
+#include "elementwise.cuh"
+
+#include <string.h>
+
+/* mg_expf of csrc/ops/fast_exp.h, for device code: the same clamp, range reduction and
+ * polynomial, all with explicit fmaf, so the result has the CPU's bits. */
+__device__ inline float mg_dev_expf(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    const float n = rintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+
+__device__ inline float swiglu_value(float g, float u) {
+    return g / (1.0f + mg_dev_expf(-g)) * u;
+}
+
+__device__ inline float gelu_value(float v) {
+    /* 1 + tanh(z) = 2 - 2 / (e^{2z} + 1) */
+    const float z = GELU_C * (v + GELU_A * v * v * v);
+    return 0.5f * v * (2.0f - 2.0f / (mg_dev_expf(2.0f * z) + 1.0f));
+}
+
+/* d gelu / dv; see csrc/ops/activation.c for the derivation. */
+__device__ inline float gelu_slope(float v) {
+    const float z = GELU_C * (v + GELU_A * v * v * v);
+    const float t = 1.0f - 2.0f / (mg_dev_expf(2.0f * z) + 1.0f);
+    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * v * v);
+}
+
+struct SwigluForward {
+    float *out;
+    const float *gate, *up;
+    __device__ void at(long i) const {
+        out[i] = swiglu_value(gate[i], up[i]);
+    }
+    __device__ void at4(long i) const {
+        const mg_float4 g = mg_load4(gate + i), u = mg_load4(up + i);
+        mg_store4(out + i, {swiglu_value(g.x, u.x), swiglu_value(g.y, u.y), swiglu_value(g.z, u.z),
+                            swiglu_value(g.w, u.w)});
+    }
+};
+
+struct SwigluBackward {
+    float *dgate, *dup;
+    const float *dout, *gate, *up;
+    /* s = sigmoid(g): dup += dout g s, dgate += dout up s (1 + g (1 - s)) */
+    __device__ void at(long i) const {
+        const float g = gate[i], d = dout[i];
+        const float s = 1.0f / (1.0f + mg_dev_expf(-g));
+        if (dup != NULL) dup[i] += d * g * s;
+        if (dgate != NULL) dgate[i] += d * up[i] * s * (1.0f + g * (1.0f - s));
+    }
+    __device__ void at4(long i) const {
+        const mg_float4 g = mg_load4(gate + i), d = mg_load4(dout + i);
+        const mg_float4 s = {1.0f / (1.0f + mg_dev_expf(-g.x)), 1.0f / (1.0f + mg_dev_expf(-g.y)),
+                             1.0f / (1.0f + mg_dev_expf(-g.z)), 1.0f / (1.0f + mg_dev_expf(-g.w))};
+        if (dup != NULL) {
+            mg_float4 a = mg_load4(dup + i);
+            a.x += d.x * g.x * s.x;
+            a.y += d.y * g.y * s.y;
+            a.z += d.z * g.z * s.z;
+            a.w += d.w * g.w * s.w;
+            mg_store4(dup + i, a);
+        }
+        if (dgate != NULL) {
+            const mg_float4 u = mg_load4(up + i);
+            mg_float4 a = mg_load4(dgate + i);
+            a.x += d.x * u.x * s.x * (1.0f + g.x * (1.0f - s.x));
+            a.y += d.y * u.y * s.y * (1.0f + g.y * (1.0f - s.y));
+            a.z += d.z * u.z * s.z * (1.0f + g.z * (1.0f - s.z));
+            a.w += d.w * u.w * s.w * (1.0f + g.w * (1.0f - s.w));
+            mg_store4(dgate + i, a);
+        }
+    }
+};
+
+struct GeluForward {
+    float *x;
+    __device__ void at(long i) const {
+        x[i] = gelu_value(x[i]);
+    }
+    __device__ void at4(long i) const {
+        const mg_float4 v = mg_load4(x + i);
+        mg_store4(x + i, {gelu_value(v.x), gelu_value(v.y), gelu_value(v.z), gelu_value(v.w)});
+    }
+};
+
+struct GeluBackward {
+    float *dx;
+    const float *dout, *x;
+    __device__ void at(long i) const {
+        dx[i] += dout[i] * gelu_slope(x[i]);
+    }
+    __device__ void at4(long i) const {
+        const mg_float4 v = mg_load4(x + i), d = mg_load4(dout + i);
+        mg_float4 a = mg_load4(dx + i);
+        a.x += d.x * gelu_slope(v.x);
+        a.y += d.y * gelu_slope(v.y);
+        a.z += d.z * gelu_slope(v.z);
+        a.w += d.w * gelu_slope(v.w);
+        mg_store4(dx + i, a);
+    }
+};
+
+extern "C" void cuda_swiglu_forward(const mg_backend *be, float *out, const float *gate,
+                                    const float *up, long n) {
+    const SwigluForward op = {out, gate, up};
+    const bool vec = mg_aligned16(out) && mg_aligned16(gate) && mg_aligned16(up);
+    MG_ELEMENTWISE(SwigluForward, op, n, vec, be);
+}
+
+extern "C" void cuda_swiglu_backward(const mg_backend *be, float *dgate, float *dup,
+                                     const float *dout, const float *gate, const float *up,
+                                     long n) {
+    if (dgate == NULL && dup == NULL) return;
+    const SwigluBackward op = {dgate, dup, dout, gate, up};
+    const bool vec = mg_aligned16(dgate) && mg_aligned16(dup) && mg_aligned16(dout) &&
+                     mg_aligned16(gate) && mg_aligned16(up);
+    MG_ELEMENTWISE(SwigluBackward, op, n, vec, be);
+}
+
+extern "C" void cuda_gelu_tanh_forward(const mg_backend *be, float *x, long n) {
+    const GeluForward op = {x};
+    MG_ELEMENTWISE(GeluForward, op, n, mg_aligned16(x), be);
+}
+
+extern "C" void cuda_gelu_tanh_backward(const mg_backend *be, float *dx, const float *dout,
+                                        const float *x, long n) {
+    const GeluBackward op = {dx, dout, x};
+    const bool vec = mg_aligned16(dx) && mg_aligned16(dout) && mg_aligned16(x);
+    MG_ELEMENTWISE(GeluBackward, op, n, vec, be);
+}

@@ -1,0 +1,875 @@
+/* MAGNET attention on the GPU, flash-attention style, in float32 (csrc/ops/attention.h is the
+ * specification; this file computes the same thing).
+ *
+ * Query i may attend key j iff seg[i] == seg[j] >= 0 and
+ *     role[j] == CONTEXT  or  (role[i] == SPAN and j <= q_start + i),
+ * evaluated per (query, key) pair from the roles and segments: no T x T mask or score matrix ever
+ * exists in global memory. A query that sees no key (padding) gets a zero output and contributes
+ * no gradient, as on the CPU.
+ *
+ * Forward: a block owns ROWS queries of one (batch row, head) and walks the key tiles that can
+ * matter to them, COLS keys at a time through shared memory, with an online softmax (running
+ * max m and sum l per query; when the max grows the partial output and sum are rescaled by
+ * 2^(m_old - m_new)). Scores are taken in base 2: q is pre-multiplied by log2(e)/sqrt(hd), so
+ * P = 2^(s2 - m) equals e^(s - m) of the natural-log scores (up to rounding).
+ *
+ * Backward. With S = scale Q K^T, P = softmax_rows(S) (masked), O = P V and dO given:
+ *     dV = P^T dO,  dP = dO V^T,  dS_ij = P_ij (dP_ij - D_i) with D_i = sum_j P_ij dP_ij,
+ *     dQ = scale dS K,  dK = scale dS^T Q.
+ * (softmax: dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik).) Since O_i = sum_j P_ij V_j,
+ * D_i = dO_i . O_i. The backward call gets neither O nor the softmax statistics, so it first runs
+ * the forward kernel in a statistics mode that keeps, per query, the base-2 logsumexp
+ * lse_i = m_i + log2(l_i) and D_i = dO_i . O_i (in the scratch, never O itself); then any P_ij is
+ * recomputed as 2^(s2_ij - lse_i) tile by tile. Two kernels follow, each owning what it writes so
+ * that nothing is added by two blocks (deterministic, no atomics):
+ *   - dK/dV: a block owns ROWS keys of one (row, kv head) and walks the query tiles of every
+ *     query head of its GQA group that can see them;
+ *   - dQ: a block owns ROWS queries of one (row, head) and walks the key tiles, like the forward.
+ * S and dP are thereby computed twice; that is the price of determinism without a T x T buffer.
+ * dq, dk and dv are accumulated into (+=), and any may be NULL, as on the CPU.
+ *
+ * Tiles: 128 threads as a 16 x 8 grid (ty, tx). In a [ROWS, COLS] score tile a thread holds rows
+ * ty + 16 r and columns tx + 8 c, so each row lives in the 8 lanes of one warp that share ty (row
+ * max and sum are 3 xor-shuffles). In a [ROWS, D] output tile it holds the same rows and the
+ * float4 column groups tx * 4 + 32 g. [*, D] tiles are stored row-major with a stride of D + 4
+ * floats: float4 reads along d by the 8 lanes of a quarter-warp then hit 8 different rows at
+ * 8 different bank quads, and float4 reads across d are contiguous; [ROWS, COLS] tiles have a
+ * stride of COLS + 8, which spreads the 4 rows a warp touches over distinct banks. Head sizes
+ * are padded (with zeros) to D = 32, 64, 128, 256 or 512. */
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_common.h"
+
+#if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE)
+#define MG_UNROLL _Pragma("unroll")
+#define MG_BOUNDS(n) __launch_bounds__(n)
+#else
+#define MG_UNROLL
+#define MG_BOUNDS(n)
+#endif
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kTY = 16, kTX = 8; /* kTY * kTX == kThreads */
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct alignas(16) f4 {
+    float x, y, z, w;
+};
+
+__device__ inline f4 ld4(const float *p) {
+    return *reinterpret_cast<const f4 *>(p);
+}
+__device__ inline void st4(float *p, f4 v) {
+    *reinterpret_cast<f4 *>(p) = v;
+}
+/* Component e of a (a select, not an indexed local array, which would live in local memory). */
+__device__ inline float comp(const f4 &a, int e) {
+    return e == 0 ? a.x : e == 1 ? a.y : e == 2 ? a.z : a.w;
+}
+__device__ inline int imax(int a, int b) {
+    return a > b ? a : b;
+}
+
+/* Geometry of a [ROWS, COLS] tile pair with head size D (see the file comment). */
+template <int D_, int ROWS_, int COLS_> struct Tile {
+    static constexpr int D = D_, ROWS = ROWS_, COLS = COLS_;
+    static constexpr int RM = ROWS / kTY; /* rows per thread */
+    static constexpr int CN = COLS / kTX; /* columns per thread */
+    static constexpr int DG = D / 32;     /* float4 column groups per thread in a [ROWS, D] tile */
+    static constexpr int LD = D + 4;      /* stride of [*, D] tiles */
+    static constexpr int PLD = COLS + 8;  /* stride of [ROWS, COLS] tiles */
+    static_assert(ROWS % kTY == 0 && COLS % kTX == 0 && D % 32 == 0, "tile shape");
+    static_assert(ROWS <= kThreads && COLS <= kThreads, "one thread per row/column of metadata");
+};
+
+/* The unified rule (key_visible in csrc/ops/attention.c; a query with seg < 0 sees nothing). */
+__device__ inline bool visible(int q_role, int q_seg, int q_index, int k_role, int k_seg,
+                               int k_index) {
+    return q_seg >= 0 && k_seg == q_seg &&
+           (k_role == MG_ROLE_CONTEXT || (q_role == MG_ROLE_SPAN && k_index <= q_index));
+}
+
+/* Block-wide maximum of N ints per thread (every thread gets the results). red: kWarps * N. */
+template <int N> __device__ inline void block_max(int (&v)[N], int *red) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    MG_UNROLL
+    for (int n = 0; n < N; n++)
+        for (int off = 16; off > 0; off /= 2)
+            v[n] = imax(v[n], __shfl_xor_sync(kFull, v[n], off));
+    if (lane == 0)
+        for (int n = 0; n < N; n++)
+            red[warp * N + n] = v[n];
+    __syncthreads();
+    MG_UNROLL
+    for (int n = 0; n < N; n++) {
+        int x = red[n];
+        for (int w = 1; w < kWarps; w++)
+            x = imax(x, red[w * N + n]);
+        v[n] = x;
+    }
+    __syncthreads(); /* red may be reused */
+}
+
+/* Sum / max over the 8 lanes that hold one tile row. */
+__device__ inline float row_sum(float x) {
+    for (int off = 1; off < kTX; off *= 2)
+        x += __shfl_xor_sync(kFull, x, off);
+    return x;
+}
+__device__ inline float row_max(float x) {
+    for (int off = 1; off < kTX; off *= 2)
+        x = fmaxf(x, __shfl_xor_sync(kFull, x, off));
+    return x;
+}
+
+/* dst[r, 0:D] = mul * src[r * stride + 0:hd] for r < nvalid, zero elsewhere (rows nvalid..ROWS
+ * and columns hd..D), so padded lanes add exact zeros to every product. vec: hd % 4 == 0 and
+ * src 16-byte aligned with stride % 4 == 0. */
+template <int ROWS, int D>
+__device__ inline void load_rows(float *dst, const float *src, long stride, int nvalid, int hd,
+                                 float mul, bool vec) {
+    constexpr int LD = D + 4;
+    if (vec) {
+        constexpr int D4 = D / 4;
+        for (int idx = threadIdx.x; idx < ROWS * D4; idx += kThreads) {
+            const int r = idx / D4, d = (idx % D4) * 4;
+            f4 x = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (r < nvalid && d < hd) {
+                x = ld4(src + (long)r * stride + d);
+                x.x *= mul;
+                x.y *= mul;
+                x.z *= mul;
+                x.w *= mul;
+            }
+            st4(dst + r * LD + d, x);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ROWS * D; idx += kThreads) {
+            const int r = idx / D, d = idx % D;
+            dst[r * LD + d] = r < nvalid && d < hd ? src[(long)r * stride + d] * mul : 0.0f;
+        }
+    }
+}
+
+/* s[r][c] = A[ty + 16 r, :] . B[tx + 8 c, :] for [*, D] tiles A (T::ROWS rows) and B (T::COLS). */
+template <class T>
+__device__ inline void tile_dot(float (&s)[T::RM][T::CN], const float *A, const float *B, int ty,
+                                int tx) {
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++)
+        MG_UNROLL
+    for (int c = 0; c < T::CN; c++)
+        s[r][c] = 0.0f;
+    for (int d = 0; d < T::D; d += 4) {
+        f4 a[T::RM], b[T::CN];
+        MG_UNROLL
+        for (int r = 0; r < T::RM; r++)
+            a[r] = ld4(A + (ty + kTY * r) * T::LD + d);
+        MG_UNROLL
+        for (int c = 0; c < T::CN; c++)
+            b[c] = ld4(B + (tx + kTX * c) * T::LD + d);
+        MG_UNROLL
+        for (int r = 0; r < T::RM; r++)
+            MG_UNROLL
+        for (int c = 0; c < T::CN; c++) {
+            float acc = s[r][c];
+            acc = fmaf(a[r].x, b[c].x, acc);
+            acc = fmaf(a[r].y, b[c].y, acc);
+            acc = fmaf(a[r].z, b[c].z, acc);
+            acc = fmaf(a[r].w, b[c].w, acc);
+            s[r][c] = acc;
+        }
+    }
+}
+
+/* acc[r][g] += sum_j W[ty + 16 r, j] X[j, tx * 4 + 32 g + 0:4] for W a [ROWS, COLS] tile
+ * (stride PLD) and X a [COLS, D] tile: the P V, dS K, P^T dO and dS^T Q products. */
+template <class T>
+__device__ inline void tile_acc(f4 (&acc)[T::RM][T::DG], const float *W, const float *X, int ty,
+                                int tx) {
+    for (int j = 0; j < T::COLS; j++) {
+        float w[T::RM];
+        MG_UNROLL
+        for (int r = 0; r < T::RM; r++)
+            w[r] = W[(ty + kTY * r) * T::PLD + j];
+        MG_UNROLL
+        for (int g = 0; g < T::DG; g++) {
+            const f4 x = ld4(X + j * T::LD + tx * 4 + 32 * g);
+            MG_UNROLL
+            for (int r = 0; r < T::RM; r++) {
+                acc[r][g].x = fmaf(w[r], x.x, acc[r][g].x);
+                acc[r][g].y = fmaf(w[r], x.y, acc[r][g].y);
+                acc[r][g].z = fmaf(w[r], x.z, acc[r][g].z);
+                acc[r][g].w = fmaf(w[r], x.w, acc[r][g].w);
+            }
+        }
+    }
+}
+
+template <class T> __device__ inline void zero_acc(f4 (&acc)[T::RM][T::DG]) {
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++)
+        MG_UNROLL
+    for (int g = 0; g < T::DG; g++)
+        acc[r][g] = f4{0.0f, 0.0f, 0.0f, 0.0f};
+}
+
+/* dst[d] (+)= mul * a for the thread's columns d = tx * 4 + 32 g + e < hd of one row. */
+template <class T>
+__device__ inline void store_row(float *dst, const f4 (&a)[T::DG], float mul, int hd, int tx,
+                                 bool accumulate, bool vec) {
+    MG_UNROLL
+    for (int g = 0; g < T::DG; g++) {
+        const int d = tx * 4 + 32 * g;
+        if (d >= hd) break;
+        f4 x = {a[g].x * mul, a[g].y * mul, a[g].z * mul, a[g].w * mul};
+        if (vec) {
+            if (accumulate) {
+                const f4 y = ld4(dst + d);
+                x.x += y.x;
+                x.y += y.y;
+                x.z += y.z;
+                x.w += y.w;
+            }
+            st4(dst + d, x);
+        } else {
+            MG_UNROLL
+            for (int e = 0; e < 4; e++)
+                if (d + e < hd) dst[d + e] = accumulate ? dst[d + e] + comp(x, e) : comp(x, e);
+        }
+    }
+}
+
+/* The keys [*lo, *hi] of batch row b that can matter to the queries i0 .. i0+ROWS-1: those whose
+ * segment lies within the tile's (valid) query segments and that are CONTEXT or not after the
+ * last SPAN query. A superset of the visible keys (the rule itself is applied per pair later),
+ * exact for the usual layouts: causal rows stop at the diagonal, packed segments at their ends.
+ * Also leaves each query's segment and role in qinfo[0:ROWS], qinfo[ROWS:2 ROWS].
+ * *lo > *hi when no key matters. */
+template <int ROWS>
+__device__ inline void query_tile_keys(int *lo, int *hi, int *qinfo, int *red,
+                                       const uint8_t *q_roles, const int32_t *q_seg,
+                                       const uint8_t *kr, const int32_t *ks, int b, int i0,
+                                       const attention_shape &s) {
+    const int tid = threadIdx.x;
+    int m[3] = {-1, INT_MIN + 1, -1}; /* max seg, -min seg, last SPAN query (as a key index) */
+    if (tid < ROWS) {
+        const int i = i0 + tid;
+        int seg = -1, role = MG_ROLE_CONTEXT;
+        if (i < s.Tq) {
+            seg = q_seg[(long)b * s.Tq + i];
+            role = q_roles[(long)b * s.Tq + i];
+        }
+        qinfo[tid] = seg;
+        qinfo[ROWS + tid] = role;
+        if (seg >= 0) {
+            m[0] = seg;
+            m[1] = -seg;
+            if (role == MG_ROLE_SPAN) m[2] = s.q_start + i;
+        }
+    }
+    block_max<3>(m, red);
+    *lo = 0;
+    *hi = -1;
+    if (m[0] < 0) return; /* only padding queries */
+    const int seg_max = m[0], seg_min = -m[1], span_max = m[2];
+    int r[2] = {INT_MIN + 1, -1}; /* -first, last */
+    for (int j = tid; j < s.Tk; j += kThreads) {
+        const int seg = ks[j];
+        if (seg >= seg_min && seg <= seg_max && (kr[j] == MG_ROLE_CONTEXT || j <= span_max)) {
+            r[0] = imax(r[0], -j);
+            r[1] = imax(r[1], j);
+        }
+    }
+    block_max<2>(r, red);
+    *lo = -r[0];
+    *hi = r[1];
+}
+
+/* Segment, role and key index of the key tile j0 .. j0+COLS-1 into kinfo[0:COLS],
+ * kinfo[COLS:2 COLS] (keys past Tk get segment -1, which no query matches). */
+template <int COLS>
+__device__ inline void load_key_info(int *kinfo, const uint8_t *kr, const int32_t *ks, int j0,
+                                     int Tk) {
+    const int t = threadIdx.x;
+    if (t < COLS) {
+        const int j = j0 + t;
+        kinfo[t] = j < Tk ? ks[j] : -1;
+        kinfo[COLS + t] = j < Tk ? (int)kr[j] : (int)MG_ROLE_CONTEXT;
+    }
+}
+
+/* Shared memory (bytes) of each kernel. */
+template <class T> constexpr size_t forward_smem() {
+    return sizeof(float) *
+               ((size_t)T::ROWS * T::LD + 2 * (size_t)T::COLS * T::LD + (size_t)T::ROWS * T::PLD) +
+           sizeof(int) * (2 * T::COLS + 2 * T::ROWS + 4 * kWarps);
+}
+template <class T> constexpr size_t dq_smem() {
+    return sizeof(float) * (2 * (size_t)T::ROWS * T::LD + 2 * (size_t)T::COLS * T::LD +
+                            (size_t)T::ROWS * T::PLD) +
+           sizeof(int) * (2 * T::COLS + 2 * T::ROWS + 4 * kWarps);
+}
+template <class T> constexpr size_t dkv_smem() {
+    return sizeof(float) * (2 * (size_t)T::ROWS * T::LD + 2 * (size_t)T::COLS * T::LD +
+                            2 * (size_t)T::ROWS * T::PLD + 2 * (size_t)T::COLS) +
+           sizeof(int) * (2 * T::ROWS + 2 * T::COLS + 4 * kWarps);
+}
+
+/* Forward. T::ROWS queries per block, T::COLS keys per tile. grid (query tiles, Hq, B).
+ * out != NULL: writes the output. out == NULL (statistics mode, for the backward): writes the
+ * base-2 logsumexp lse[b, h, i] (-inf for a query that sees nothing) and D[b, h, i] = dO_i . O_i.
+ * qmul = log2(e) / sqrt(hd). */
+template <class T>
+__global__ void MG_BOUNDS(kThreads)
+    attention_forward_kernel(float *out, float *lse, float *dsum, const float *dout, const float *q,
+                             const float *k, const float *v, const uint8_t *q_roles,
+                             const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
+                             attention_shape s, float qmul, int vec) {
+    MG_DYNAMIC_SHARED(float, smem);
+    float *Qs = smem;                                            /* [ROWS, LD], scaled by qmul */
+    float *Ks = Qs + T::ROWS * T::LD;                            /* [COLS, LD] */
+    float *Vs = Ks + T::COLS * T::LD;                            /* [COLS, LD] */
+    float *Ps = Vs + T::COLS * T::LD;                            /* [ROWS, PLD] */
+    int *kinfo = reinterpret_cast<int *>(Ps + T::ROWS * T::PLD); /* [2, COLS] */
+    int *qinfo = kinfo + 2 * T::COLS;                            /* [2, ROWS] */
+    int *red = qinfo + 2 * T::ROWS;
+
+    const int tid = threadIdx.x, ty = tid / kTX, tx = tid % kTX;
+    /* Reversed, so the tiles with the most keys (the last ones of causal rows) start first. */
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * T::ROWS;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const long kv0 = (long)b * s.kv_stride;
+    const float *kb = k + kv0 * kv_row + (long)kh * hd;
+    const float *vb = v + kv0 * kv_row + (long)kh * hd;
+    const uint8_t *kr = k_roles + kv0;
+    const int32_t *ks = k_seg + kv0;
+
+    int lo, hi;
+    query_tile_keys<T::ROWS>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
+    int rseg[T::RM], rrole[T::RM];
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++) {
+        rseg[r] = qinfo[ty + kTY * r];
+        rrole[r] = qinfo[T::ROWS + ty + kTY * r];
+    }
+
+    float m[T::RM], l[T::RM];
+    f4 o[T::RM][T::DG];
+    zero_acc<T>(o);
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    if (lo <= hi) {
+        const int nq = s.Tq - i0 < T::ROWS ? s.Tq - i0 : T::ROWS;
+        load_rows<T::ROWS, T::D>(Qs, q + ((long)b * s.Tq + i0) * q_row + (long)h * hd, q_row, nq,
+                                 hd, qmul, vec);
+    }
+    for (int k0 = lo; k0 <= hi; k0 += T::COLS) {
+        const int nk = s.Tk - k0 < T::COLS ? s.Tk - k0 : T::COLS;
+        __syncthreads(); /* the previous tile is consumed */
+        load_rows<T::COLS, T::D>(Ks, kb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        load_rows<T::COLS, T::D>(Vs, vb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        load_key_info<T::COLS>(kinfo, kr, ks, k0, s.Tk);
+        __syncthreads();
+        float sc[T::RM][T::CN];
+        tile_dot<T>(sc, Qs, Ks, ty, tx);
+        MG_UNROLL
+        for (int r = 0; r < T::RM; r++) {
+            const int qi = s.q_start + i0 + ty + kTY * r;
+            float mt = -INFINITY;
+            MG_UNROLL
+            for (int c = 0; c < T::CN; c++) {
+                const int j = tx + kTX * c;
+                if (!visible(rrole[r], rseg[r], qi, kinfo[T::COLS + j], kinfo[j], k0 + j))
+                    sc[r][c] = -INFINITY;
+                mt = fmaxf(mt, sc[r][c]);
+            }
+            mt = row_max(mt);
+            const float mn = fmaxf(m[r], mt);
+            /* The first visible key of a row finds l = 0 and o = 0: any finite factor will do. */
+            const float alpha = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
+            float ls = 0.0f;
+            MG_UNROLL
+            for (int c = 0; c < T::CN; c++) {
+                const float p = sc[r][c] == -INFINITY ? 0.0f : exp2f(sc[r][c] - mn);
+                Ps[(ty + kTY * r) * T::PLD + tx + kTX * c] = p;
+                ls += p;
+            }
+            l[r] = l[r] * alpha + ls;
+            m[r] = mn;
+            MG_UNROLL
+            for (int g = 0; g < T::DG; g++) {
+                o[r][g].x *= alpha;
+                o[r][g].y *= alpha;
+                o[r][g].z *= alpha;
+                o[r][g].w *= alpha;
+            }
+        }
+        __syncthreads();
+        tile_acc<T>(o, Ps, Vs, ty, tx);
+    }
+
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++) {
+        const int i = i0 + ty + kTY * r;
+        const float lr = row_sum(l[r]);
+        const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
+        const long off = ((long)b * s.Tq + i) * q_row + (long)h * hd;
+        if (out != NULL) {
+            if (i < s.Tq) store_row<T>(out + off, o[r], inv, hd, tx, false, vec);
+        } else {
+            float dd = 0.0f;
+            if (i < s.Tq && lr > 0.0f) {
+                const float *g = dout + off;
+                MG_UNROLL
+                for (int gg = 0; gg < T::DG; gg++) {
+                    const int d = tx * 4 + 32 * gg;
+                    MG_UNROLL
+                    for (int e = 0; e < 4; e++)
+                        if (d + e < hd) dd = fmaf(g[d + e], comp(o[r][gg], e) * inv, dd);
+                }
+            }
+            dd = row_sum(dd);
+            if (tx == 0 && i < s.Tq) {
+                const long si = ((long)b * s.Hq + h) * s.Tq + i;
+                lse[si] = lr > 0.0f ? m[r] + log2f(lr) : -INFINITY;
+                dsum[si] = dd;
+            }
+        }
+    }
+}
+
+/* dQ. T::ROWS queries per block, T::COLS keys per tile; grid (query tiles, Hq, B).
+ * dq += scale sum_j dS_ij K_j. */
+template <class T>
+__global__ void MG_BOUNDS(kThreads)
+    attention_dq_kernel(float *dq, const float *lse, const float *dsum, const float *dout,
+                        const float *q, const float *k, const float *v, const uint8_t *q_roles,
+                        const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
+                        attention_shape s, float qmul, float scale, int vec) {
+    MG_DYNAMIC_SHARED(float, smem);
+    float *Qs = smem;                  /* [ROWS, LD], scaled by qmul */
+    float *dOs = Qs + T::ROWS * T::LD; /* [ROWS, LD] */
+    float *Ks = dOs + T::ROWS * T::LD; /* [COLS, LD] */
+    float *Vs = Ks + T::COLS * T::LD;  /* [COLS, LD] */
+    float *dSs = Vs + T::COLS * T::LD; /* [ROWS, PLD] */
+    int *kinfo = reinterpret_cast<int *>(dSs + T::ROWS * T::PLD);
+    int *qinfo = kinfo + 2 * T::COLS;
+    int *red = qinfo + 2 * T::ROWS;
+
+    const int tid = threadIdx.x, ty = tid / kTX, tx = tid % kTX;
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * T::ROWS;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const long kv0 = (long)b * s.kv_stride;
+    const float *kb = k + kv0 * kv_row + (long)kh * hd;
+    const float *vb = v + kv0 * kv_row + (long)kh * hd;
+    const uint8_t *kr = k_roles + kv0;
+    const int32_t *ks = k_seg + kv0;
+
+    int lo, hi;
+    query_tile_keys<T::ROWS>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
+    if (lo > hi) return; /* no query of the tile sees a key: no gradient */
+    const int nq = s.Tq - i0 < T::ROWS ? s.Tq - i0 : T::ROWS;
+    const long qoff = ((long)b * s.Tq + i0) * q_row + (long)h * hd;
+    load_rows<T::ROWS, T::D>(Qs, q + qoff, q_row, nq, hd, qmul, vec);
+    load_rows<T::ROWS, T::D>(dOs, dout + qoff, q_row, nq, hd, 1.0f, vec);
+    int rseg[T::RM], rrole[T::RM];
+    float rlse[T::RM], rd[T::RM];
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++) {
+        const int row = ty + kTY * r, i = i0 + row;
+        rseg[r] = qinfo[row];
+        rrole[r] = qinfo[T::ROWS + row];
+        const long si = ((long)b * s.Hq + h) * s.Tq + i;
+        rlse[r] = i < s.Tq ? lse[si] : -INFINITY;
+        rd[r] = i < s.Tq ? dsum[si] : 0.0f;
+    }
+    f4 acc[T::RM][T::DG];
+    zero_acc<T>(acc);
+    for (int k0 = lo; k0 <= hi; k0 += T::COLS) {
+        const int nk = s.Tk - k0 < T::COLS ? s.Tk - k0 : T::COLS;
+        __syncthreads();
+        load_rows<T::COLS, T::D>(Ks, kb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        load_rows<T::COLS, T::D>(Vs, vb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        load_key_info<T::COLS>(kinfo, kr, ks, k0, s.Tk);
+        __syncthreads();
+        float sc[T::RM][T::CN], dp[T::RM][T::CN];
+        tile_dot<T>(sc, Qs, Ks, ty, tx);
+        tile_dot<T>(dp, dOs, Vs, ty, tx);
+        MG_UNROLL
+        for (int r = 0; r < T::RM; r++) {
+            const int qi = s.q_start + i0 + ty + kTY * r;
+            MG_UNROLL
+            for (int c = 0; c < T::CN; c++) {
+                const int j = tx + kTX * c;
+                float ds = 0.0f;
+                if (rlse[r] != -INFINITY &&
+                    visible(rrole[r], rseg[r], qi, kinfo[T::COLS + j], kinfo[j], k0 + j)) {
+                    const float p = exp2f(sc[r][c] - rlse[r]);
+                    ds = p * (dp[r][c] - rd[r]);
+                }
+                dSs[(ty + kTY * r) * T::PLD + j] = ds;
+            }
+        }
+        __syncthreads();
+        tile_acc<T>(acc, dSs, Ks, ty, tx);
+    }
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++) {
+        const int i = i0 + ty + kTY * r;
+        if (i < s.Tq)
+            store_row<T>(dq + ((long)b * s.Tq + i) * q_row + (long)h * hd, acc[r], scale, hd, tx,
+                         true, vec);
+    }
+}
+
+/* dK and dV. T::ROWS keys per block, T::COLS queries per tile; grid (key tiles, Hkv, B). The
+ * block walks the query tiles of every query head of its GQA group in a fixed order:
+ * dv += sum_i P_ij dO_i, dk += scale sum_i dS_ij Q_i. */
+template <class T>
+__global__ void MG_BOUNDS(kThreads)
+    attention_dkv_kernel(float *dk, float *dv, const float *lse, const float *dsum,
+                         const float *dout, const float *q, const float *k, const float *v,
+                         const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
+                         const int32_t *k_seg, attention_shape s, float qmul, int vec) {
+    MG_DYNAMIC_SHARED(float, smem);
+    float *Ks = smem;                                          /* [ROWS, LD] */
+    float *Vs = Ks + T::ROWS * T::LD;                          /* [ROWS, LD] */
+    float *Qs = Vs + T::ROWS * T::LD;                          /* [COLS, LD], scaled by qmul */
+    float *dOs = Qs + T::COLS * T::LD;                         /* [COLS, LD] */
+    float *Ps = dOs + T::COLS * T::LD;                         /* [ROWS, PLD] */
+    float *dSs = Ps + T::ROWS * T::PLD;                        /* [ROWS, PLD] */
+    float *qstat = dSs + T::ROWS * T::PLD;                     /* [2, COLS]: lse, D */
+    int *kinfo = reinterpret_cast<int *>(qstat + 2 * T::COLS); /* [2, ROWS] */
+    int *qinfo = kinfo + 2 * T::ROWS;                          /* [2, COLS] */
+    int *red = qinfo + 2 * T::COLS;
+
+    const int tid = threadIdx.x, ty = tid / kTX, tx = tid % kTX;
+    const int j0 = blockIdx.x * T::ROWS;
+    const int kh = blockIdx.y, b = blockIdx.z, group = s.Hq / s.Hkv, hd = s.hd;
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const long kv0 = (long)b * s.kv_stride;
+    const uint8_t *kr = k_roles + kv0;
+    const int32_t *ks = k_seg + kv0;
+    const uint8_t *qr = q_roles + (long)b * s.Tq;
+    const int32_t *qs = q_seg + (long)b * s.Tq;
+
+    /* The queries that can see a key of this tile: same segment range, and either the tile has
+     * a CONTEXT key (visible to the whole segment) or the query is a SPAN at or after the first
+     * SPAN key. */
+    load_key_info<T::ROWS>(kinfo, kr, ks, j0, s.Tk);
+    int m[4] = {-1, INT_MIN + 1, 0, INT_MIN + 1}; /* max seg, -min seg, has CONTEXT, -first SPAN */
+    if (tid < T::ROWS) {
+        const int j = j0 + tid;
+        const int seg = j < s.Tk ? ks[j] : -1;
+        if (seg >= 0) {
+            m[0] = seg;
+            m[1] = -seg;
+            if (kr[j] == MG_ROLE_CONTEXT)
+                m[2] = 1;
+            else
+                m[3] = -j;
+        }
+    }
+    block_max<4>(m, red);
+    if (m[0] < 0) return; /* only padding keys */
+    const int seg_max = m[0], seg_min = -m[1], has_ctx = m[2], first_span = -m[3];
+    int rq[2] = {INT_MIN + 1, -1};
+    for (int i = tid; i < s.Tq; i += kThreads) {
+        const int seg = qs[i];
+        if (seg >= seg_min && seg <= seg_max &&
+            (has_ctx || (qr[i] == MG_ROLE_SPAN && s.q_start + i >= first_span))) {
+            rq[0] = imax(rq[0], -i);
+            rq[1] = imax(rq[1], i);
+        }
+    }
+    block_max<2>(rq, red);
+    const int qlo = -rq[0], qhi = rq[1];
+    if (qlo > qhi) return;
+
+    const int nk = s.Tk - j0 < T::ROWS ? s.Tk - j0 : T::ROWS;
+    load_rows<T::ROWS, T::D>(Ks, k + (kv0 + j0) * kv_row + (long)kh * hd, kv_row, nk, hd, 1.0f,
+                             vec);
+    load_rows<T::ROWS, T::D>(Vs, v + (kv0 + j0) * kv_row + (long)kh * hd, kv_row, nk, hd, 1.0f,
+                             vec);
+    int kseg[T::RM], krole[T::RM];
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++) {
+        kseg[r] = kinfo[ty + kTY * r];
+        krole[r] = kinfo[T::ROWS + ty + kTY * r];
+    }
+    f4 adk[T::RM][T::DG], adv[T::RM][T::DG];
+    zero_acc<T>(adk);
+    zero_acc<T>(adv);
+    for (int h = kh * group; h < (kh + 1) * group; h++) {
+        for (int i0 = qlo; i0 <= qhi; i0 += T::COLS) {
+            const int nq = s.Tq - i0 < T::COLS ? s.Tq - i0 : T::COLS;
+            const long qoff = ((long)b * s.Tq + i0) * q_row + (long)h * hd;
+            __syncthreads();
+            load_rows<T::COLS, T::D>(Qs, q + qoff, q_row, nq, hd, qmul, vec);
+            load_rows<T::COLS, T::D>(dOs, dout + qoff, q_row, nq, hd, 1.0f, vec);
+            if (tid < T::COLS) {
+                const int i = i0 + tid;
+                const long si = ((long)b * s.Hq + h) * s.Tq + i;
+                qinfo[tid] = tid < nq ? qs[i] : -1;
+                qinfo[T::COLS + tid] = tid < nq ? (int)qr[i] : (int)MG_ROLE_CONTEXT;
+                qstat[tid] = tid < nq ? lse[si] : -INFINITY;
+                qstat[T::COLS + tid] = tid < nq ? dsum[si] : 0.0f;
+            }
+            __syncthreads();
+            float sc[T::RM][T::CN], dp[T::RM][T::CN];
+            tile_dot<T>(sc, Ks, Qs, ty, tx);
+            tile_dot<T>(dp, Vs, dOs, ty, tx);
+            MG_UNROLL
+            for (int r = 0; r < T::RM; r++) {
+                const int row = ty + kTY * r;
+                MG_UNROLL
+                for (int c = 0; c < T::CN; c++) {
+                    const int col = tx + kTX * c;
+                    const float ql = qstat[col];
+                    float p = 0.0f, ds = 0.0f;
+                    if (ql != -INFINITY &&
+                        visible(qinfo[T::COLS + col], qinfo[col], s.q_start + i0 + col, krole[r],
+                                kseg[r], j0 + row)) {
+                        p = exp2f(sc[r][c] - ql);
+                        ds = p * (dp[r][c] - qstat[T::COLS + col]);
+                    }
+                    Ps[row * T::PLD + col] = p;
+                    dSs[row * T::PLD + col] = ds;
+                }
+            }
+            __syncthreads();
+            if (dv != NULL) tile_acc<T>(adv, Ps, dOs, ty, tx);
+            if (dk != NULL) tile_acc<T>(adk, dSs, Qs, ty, tx);
+        }
+    }
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++) {
+        const int row = ty + kTY * r;
+        if (row >= nk) continue;
+        const long off = (kv0 + j0 + row) * kv_row + (long)kh * hd;
+        /* Qs holds q * log2(e) / sqrt(hd); dK wants q / sqrt(hd). */
+        if (dk != NULL) store_row<T>(dk + off, adk[r], kLn2, hd, tx, true, vec);
+        if (dv != NULL) store_row<T>(dv + off, adv[r], 1.0f, hd, tx, true, vec);
+    }
+}
+
+/* Tile shapes per padded head size: forward (and its statistics mode), forward for a few
+ * queries (decode steps: fewer wasted query rows), dQ (queries x keys), dK/dV (keys x queries).
+ * Chosen to keep the per-thread accumulators near 64 floats and shared memory near or below
+ * 100 KiB for the common head sizes 64 and 128. */
+template <int D> struct Shapes;
+template <> struct Shapes<32> {
+    using Fwd = Tile<32, 64, 64>;
+    using FwdFew = Tile<32, 16, 64>;
+    using Dq = Tile<32, 64, 64>;
+    using Dkv = Tile<32, 64, 32>;
+};
+template <> struct Shapes<64> {
+    using Fwd = Tile<64, 64, 64>;
+    using FwdFew = Tile<64, 16, 64>;
+    using Dq = Tile<64, 64, 32>;
+    using Dkv = Tile<64, 32, 32>;
+};
+template <> struct Shapes<128> {
+    using Fwd = Tile<128, 64, 32>;
+    using FwdFew = Tile<128, 16, 32>;
+    using Dq = Tile<128, 32, 32>;
+    using Dkv = Tile<128, 32, 32>;
+};
+template <> struct Shapes<256> {
+    using Fwd = Tile<256, 32, 32>;
+    using FwdFew = Tile<256, 16, 32>;
+    using Dq = Tile<256, 32, 16>;
+    using Dkv = Tile<256, 16, 32>;
+};
+template <> struct Shapes<512> {
+    using Fwd = Tile<512, 16, 16>;
+    using FwdFew = Tile<512, 16, 16>;
+    using Dq = Tile<512, 16, 16>;
+    using Dkv = Tile<512, 16, 16>;
+};
+
+/* Lets a kernel use `bytes` of dynamic shared memory; false (failure noted) if it cannot. */
+template <class K> bool allow_smem(const mg_backend *be, K kernel, size_t bytes) {
+    if (bytes > (size_t)mg_cuda_ctx_of(be)->smem_optin) {
+        mg_cuda_note(be, cudaErrorInvalidValue,
+                     "attention: head size needs more shared memory than this GPU has");
+        return false;
+    }
+    if (bytes > 48 * 1024) {
+        const cudaError_t st =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+        if (st != cudaSuccess) {
+            mg_cuda_note(be, st, "cudaFuncSetAttribute (attention shared memory)");
+            return false;
+        }
+    }
+    return true;
+}
+
+struct Args {
+    const float *q, *k, *v;
+    const uint8_t *q_roles, *k_roles;
+    const int32_t *q_seg, *k_seg;
+    attention_shape s;
+    float qmul, scale;
+    int vec;
+};
+
+template <class T>
+void launch_forward(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
+                    const float *dout) {
+    auto kernel = attention_forward_kernel<T>;
+    const size_t smem = forward_smem<T>();
+    if (!allow_smem(be, kernel, smem)) return;
+    const dim3 grid((unsigned)((a.s.Tq + T::ROWS - 1) / T::ROWS), (unsigned)a.s.Hq,
+                    (unsigned)a.s.B);
+    MG_LAUNCH(kernel, grid, kThreads, smem, be, out, lse, dsum, dout, a.q, a.k, a.v, a.q_roles,
+              a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
+}
+
+template <int D>
+void forward_d(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
+               const float *dout) {
+    if (a.s.Tq <= Shapes<D>::FwdFew::ROWS)
+        launch_forward<typename Shapes<D>::FwdFew>(be, a, out, lse, dsum, dout);
+    else
+        launch_forward<typename Shapes<D>::Fwd>(be, a, out, lse, dsum, dout);
+}
+
+template <int D>
+void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float *dv,
+                const float *dout, float *lse, float *dsum) {
+    forward_d<D>(be, a, NULL, lse, dsum, dout);
+    if (dq != NULL) {
+        using T = typename Shapes<D>::Dq;
+        auto kernel = attention_dq_kernel<T>;
+        const size_t smem = dq_smem<T>();
+        if (allow_smem(be, kernel, smem)) {
+            const dim3 grid((unsigned)((a.s.Tq + T::ROWS - 1) / T::ROWS), (unsigned)a.s.Hq,
+                            (unsigned)a.s.B);
+            MG_LAUNCH(kernel, grid, kThreads, smem, be, dq, lse, dsum, dout, a.q, a.k, a.v,
+                      a.q_roles, a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.scale, a.vec);
+        }
+    }
+    if (dk != NULL || dv != NULL) {
+        using T = typename Shapes<D>::Dkv;
+        auto kernel = attention_dkv_kernel<T>;
+        const size_t smem = dkv_smem<T>();
+        if (allow_smem(be, kernel, smem)) {
+            const dim3 grid((unsigned)((a.s.Tk + T::ROWS - 1) / T::ROWS), (unsigned)a.s.Hkv,
+                            (unsigned)a.s.B);
+            MG_LAUNCH(kernel, grid, kThreads, smem, be, dk, dv, lse, dsum, dout, a.q, a.k, a.v,
+                      a.q_roles, a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
+        }
+    }
+}
+
+/* The padded head size for hd, or 0 when hd is beyond what the kernels handle. */
+int padded_hd(int hd) {
+    for (int d = 32; d <= 512; d *= 2)
+        if (hd <= d) return d;
+    return 0;
+}
+
+bool aligned16(const void *p) {
+    return p == NULL || ((uintptr_t)p & 15u) == 0;
+}
+
+Args make_args(const float *q, const float *k, const float *v, const uint8_t *q_roles,
+               const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
+               const attention_shape &s, bool vec) {
+    Args a;
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.q_roles = q_roles;
+    a.q_seg = q_seg;
+    a.k_roles = k_roles;
+    a.k_seg = k_seg;
+    a.s = s;
+    a.scale = 1.0f / sqrtf((float)s.hd);
+    a.qmul = a.scale * kLog2e;
+    a.vec = vec && s.hd % 4 == 0 && aligned16(q) && aligned16(k) && aligned16(v);
+    return a;
+}
+
+} // namespace
+
+/* The backward keeps two floats per (row, head, query): the base-2 logsumexp and D = dO . O.
+ * The forward needs none. */
+size_t cuda_attention_scratch(const mg_backend *be, const attention_shape *s, bool backward) {
+    (void)be;
+    return backward ? 2 * (size_t)s->B * s->Hq * s->Tq : 0;
+}
+
+void cuda_attention_forward(const mg_backend *be, float *out, const float *q, const float *k,
+                            const float *v, const uint8_t *q_roles, const int32_t *q_seg,
+                            const uint8_t *k_roles, const int32_t *k_seg, attention_shape s,
+                            float *scratch) {
+    (void)scratch;
+    if (s.B <= 0 || s.Tq <= 0 || s.Hq <= 0 || s.hd <= 0) return;
+    const Args a = make_args(q, k, v, q_roles, q_seg, k_roles, k_seg, s, aligned16(out));
+    switch (padded_hd(s.hd)) {
+    case 32:
+        forward_d<32>(be, a, out, NULL, NULL, NULL);
+        break;
+    case 64:
+        forward_d<64>(be, a, out, NULL, NULL, NULL);
+        break;
+    case 128:
+        forward_d<128>(be, a, out, NULL, NULL, NULL);
+        break;
+    case 256:
+        forward_d<256>(be, a, out, NULL, NULL, NULL);
+        break;
+    case 512:
+        forward_d<512>(be, a, out, NULL, NULL, NULL);
+        break;
+    default:
+        mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");
+    }
+}
+
+void cuda_attention_backward(const mg_backend *be, float *dq, float *dk, float *dv,
+                             const float *dout, const float *q, const float *k, const float *v,
+                             const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
+                             const int32_t *k_seg, attention_shape s, float *scratch) {
+    if (s.B <= 0 || s.Tq <= 0 || s.Hq <= 0 || s.hd <= 0) return;
+    if (dq == NULL && dk == NULL && dv == NULL) return;
+    const bool vec = aligned16(dq) && aligned16(dk) && aligned16(dv) && aligned16(dout);
+    const Args a = make_args(q, k, v, q_roles, q_seg, k_roles, k_seg, s, vec);
+    float *lse = scratch, *dsum = scratch + (size_t)s.B * s.Hq * s.Tq;
+    switch (padded_hd(s.hd)) {
+    case 32:
+        backward_d<32>(be, a, dq, dk, dv, dout, lse, dsum);
+        break;
+    case 64:
+        backward_d<64>(be, a, dq, dk, dv, dout, lse, dsum);
+        break;
+    case 128:
+        backward_d<128>(be, a, dq, dk, dv, dout, lse, dsum);
+        break;
+    case 256:
+        backward_d<256>(be, a, dq, dk, dv, dout, lse, dsum);
+        break;
+    case 512:
+        backward_d<512>(be, a, dq, dk, dv, dout, lse, dsum);
+        break;
+    default:
+        mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");
+    }
+}

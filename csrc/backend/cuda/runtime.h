@@ -1,0 +1,34 @@
+/* Internals shared by the CUDA backend's runtime files (runtime.cu, gemm.cu, cuda_backend.cu).
+ * Kernel files need only cuda_common.h. */
+#ifndef MG_BACKEND_CUDA_RUNTIME_H
+#define MG_BACKEND_CUDA_RUNTIME_H
+
+#include "cuda_common.h"
+
+/* Bytes at the start of mg_cuda_ctx.workspace that cuBLAS owns (cublasSetWorkspace): NVIDIA
+ * recommends 32 MiB on Hopper. The rest of the workspace, if any, stages the bfloat16 copies of
+ * GEMM operands (gemm.cu), which grows it on demand. */
+#define MG_CUDA_CUBLAS_WORKSPACE ((size_t)32 << 20)
+
+/* Doubles in mg_cuda_ctx.host_result (pinned). */
+#define MG_CUDA_HOST_RESULT_SLOTS 64
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Records a failure with a message of our own (not a cudaError_t) for the next sync, unless an
+ * earlier one is pending. */
+void mg_cuda_fail(const mg_backend *be, mg_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The backend's block cache (runtime.cu): created with the backend, freed (with every block
+ * still cached or handed out) when it is. */
+int mg_cuda_pool_create(mg_cuda_ctx *ctx);
+void mg_cuda_pool_free(mg_cuda_ctx *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
