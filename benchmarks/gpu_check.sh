@@ -30,6 +30,8 @@
 #   GPU_CHECK_STEPS        the steps to run, letters of "abcdef" (default all; b always runs):
 #                          e.g. GPU_CHECK_STEPS=f on a still-warm machine reruns the benchmark
 #                          against the build already there
+#   MAGNET_CUBLAS_PATH     cuBLAS for the backend (default: found by the dynamic linker, else
+#                          looked for in /usr/local/cuda and the nvidia-cublas wheel)
 #   DRY_RUN_CUDA           --dry-run's build mode: 0 (default, CPU build) or emulate
 #   PYTHON                 the interpreter (default python3)
 set -uo pipefail
@@ -153,6 +155,35 @@ elif "$PY" -c "import scipy_openblas32" >/dev/null 2>&1; then
 else
     record "b. scipy-openblas32 wheel" FAIL 0 \
         "no $WHL_DIR/scipy_openblas32-*.whl and not importable (carry .whl, see README_gpu.md)"
+fi
+
+# ---- cuBLAS for the check programs (magnet's backend dlopens it; the standalone programs do not
+# look in the nvidia-cublas wheel as magnet.Model.to does): MAGNET_CUBLAS_PATH where the dynamic
+# linker does not already know a libcublas
+if [[ -z "${MAGNET_CUBLAS_PATH:-}" ]] && ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+    CUBLAS_DIR="$("$PY" - <<'PYEOF' 2>/dev/null
+import glob
+import importlib.util
+import os
+
+dirs = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+spec = importlib.util.find_spec("nvidia")
+for root in (spec.submodule_search_locations or []) if spec else []:
+    dirs += [os.path.join(root, sub) for sub in ("cublas/lib", "cu13/lib", "cu12/lib")]
+for d in dirs:
+    if glob.glob(os.path.join(d, "libcublas.so*")):
+        print(d)
+        break
+PYEOF
+)"
+    if [[ -n "$CUBLAS_DIR" ]]; then
+        export MAGNET_CUBLAS_PATH="$CUBLAS_DIR"
+        log "cuBLAS: the dynamic linker knows none; MAGNET_CUBLAS_PATH=$CUBLAS_DIR"
+    else
+        log "cuBLAS: none found (ldconfig, /usr/local/cuda, the nvidia-cublas wheel)"
+    fi
+else
+    log "cuBLAS: ${MAGNET_CUBLAS_PATH:-$(ldconfig -p 2>/dev/null | grep -m1 -o 'libcublas\.so[.0-9]*')}"
 fi
 
 # ---- c. build in place with the CUDA backend
