@@ -825,9 +825,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"| executed-FLOP utilisation (frozen base, 4x) | "
                      f"{_pct(m.get('executed_utilisation'))} | "
                      f"{_pct(t.get('executed_utilisation'))} | |")
-        mem_m, mem_t = m.get("device_memory_peak_mib"), t.get("device_memory_peak_mib")
-        lines.append(f"| device memory peak, MiB (NVML) | {_f(mem_m, '{:.0f}')} | "
-                     f"{_f(mem_t, '{:.0f}')} | |")
+        lines.append(f"| device memory used at peak, MiB (NVML; + over the engine's start) | "
+                     f"{_mem(m)} | {_mem(t)} | |")
         if "check" in m or "check" in t:
             lines.append("| check step (dropout off): mntp / sscl / msg; LoRA grad norm | "
                          + _check(m) + " | " + _check(t) + " | |")
@@ -871,6 +870,13 @@ def _short(e: dict[str, Any]) -> str:
     if e.get("partial"):
         return " (killed: partial)"
     return " (fewer steps than --min-steps)" if e.get("short") else ""
+
+
+def _mem(e: dict[str, Any]) -> str:
+    peak, base = e.get("device_memory_peak_mib"), e.get("device_memory_base_mib")
+    if peak is None:
+        return "n/a"
+    return f"{peak:.0f}" + (f" (+{peak - base:.0f})" if base is not None else "")
 
 
 def _pct(x: Any) -> str:
