@@ -131,14 +131,62 @@ def default_text() -> Path:
 # ---------------------------------------------------------------------------- batches
 
 
+def combine_rows(chunks: list[np.ndarray], instr: list[int] | np.ndarray, eos_id: int,
+                 masking: dict[str, Any], vocab_size: int, seed: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """One micro-batch of the ``magnet`` preset from ``chunks`` (token-id rows, BOS first).
+
+    Returns the trainer's inputs (``masked``/``mlen``: the chunks; ``a``/``alen``/``apool``: the
+    SSCL rows BOS + instruction + at most 64 text tokens + EOS, pooled from the text on) and the
+    combined batch of the PyTorch peer: ``toks``/``roles``/``segs``/``mntp``/``msg`` [R, T] with
+    R = 3 x batch (masked view rows, SSCL anchors, SSCL positives; the masked view expanded with
+    ``_C.masked_view``, the stream the trainer uses for row r), plus ``seed``; and the batch's
+    statistics (real tokens, positions, labelled positions, sum of squared row lengths).
+    """
+    from magnet import _C
+    from magnet.data import pad_rows
+
+    batch = len(chunks)
+    masked, mlen = pad_rows(chunks)
+    rows = [np.concatenate([instr, c[1:][:SSCL_MAX_TOKENS], [eos_id]]).astype(np.int32)
+            for c in chunks]
+    a, alen = pad_rows(rows)
+    apool = np.full(batch, len(instr), np.int32)
+    T = max(masked.shape[1], a.shape[1])
+    R = batch + 2 * batch
+    toks = np.zeros((R, T), np.int64)
+    roles = np.zeros((R, T), np.uint8)
+    segs = np.full((R, T), -1, np.int32)
+    mntp = np.full((R, T), -100, np.int64)
+    msg = np.full((R, T), -100, np.int64)
+    for r in range(batch):
+        L = int(mlen[r])
+        t, ro, l1, l2 = _C.masked_view(np.ascontiguousarray(masked[r, :L]), masking,
+                                       vocab_size, seed, r)
+        toks[r, :L], roles[r, :L], segs[r, :L], mntp[r, :L], msg[r, :L] = t, ro, 0, l1, l2
+    for v in range(2):
+        for r in range(batch):
+            L = int(alen[r])
+            toks[batch + v * batch + r, :L] = a[r, :L]
+            segs[batch + v * batch + r, :L] = 0
+    lens = (segs >= 0).sum(1)
+    stats = {"tokens": int(lens.sum()), "positions": R * T,
+             "labels": int((mntp != -100).sum() + (msg != -100).sum()),
+             "sum_len2": int((lens.astype(np.int64) ** 2).sum()), "rows": R, "T": T}
+    arrays = {name: np.ascontiguousarray(arr) for name, arr in (
+        ("masked", masked), ("mlen", mlen), ("a", a), ("alen", alen), ("apool", apool),
+        ("toks", toks), ("roles", roles), ("segs", segs), ("mntp", mntp), ("msg", msg))}
+    arrays["seed"] = np.array([seed], np.int64)
+    return arrays, stats
+
+
 def build_batches(gguf: Path, text: Path, n: int, batch: int, seq: int, out: Path
                   ) -> dict[str, Any]:
     """``n`` micro-batches as magnet's adapt() builds them, plus the masked views expanded with
     ``_C.masked_view`` for the PyTorch peer; also the LoRA initial values. Saved to ``out``."""
     import magnet
-    from magnet import _C
     from magnet.adapt import DEFAULT_INSTRUCTION, mask_token_id
-    from magnet.data import ChunkStream, pad_rows
+    from magnet.data import ChunkStream
 
     model = magnet.Model.from_pretrained(gguf)
     tok = model.tokenizer
@@ -153,53 +201,31 @@ def build_batches(gguf: Path, text: Path, n: int, batch: int, seq: int, out: Pat
     stats = []
     for k in range(n):
         chunks = [c for c in stream.take(batch * 2) if len(c) == seq][:batch]
-        masked, mlen = pad_rows(chunks)
-        rows = [np.concatenate([instr, c[1:][:SSCL_MAX_TOKENS], [tok.eos_id]]).astype(np.int32)
-                for c in chunks]
-        a, alen = pad_rows(rows)
-        apool = np.full(batch, len(instr), np.int32)
-        seed = BASE_SEED + k
-        T = max(masked.shape[1], a.shape[1])
-        R = batch + 2 * batch
-        toks = np.zeros((R, T), np.int64)
-        roles = np.zeros((R, T), np.uint8)
-        segs = np.full((R, T), -1, np.int32)
-        mntp = np.full((R, T), -100, np.int64)
-        msg = np.full((R, T), -100, np.int64)
-        for r in range(batch):
-            L = int(mlen[r])
-            t, ro, l1, l2 = _C.masked_view(np.ascontiguousarray(masked[r, :L]), masking,
-                                           cfg.vocab_size, seed, r)
-            toks[r, :L], roles[r, :L], segs[r, :L], mntp[r, :L], msg[r, :L] = t, ro, 0, l1, l2
-        for v in range(2):
-            for r in range(batch):
-                L = int(alen[r])
-                toks[batch + v * batch + r, :L] = a[r, :L]
-                segs[batch + v * batch + r, :L] = 0
-        lens = (segs >= 0).sum(1)
-        stats.append({"tokens": int(lens.sum()), "positions": R * T,
-                      "labels": int((mntp != -100).sum() + (msg != -100).sum()),
-                      "sum_len2": int((lens.astype(np.int64) ** 2).sum()), "rows": R, "T": T})
-        for name, arr in (("masked", masked), ("mlen", mlen), ("a", a), ("alen", alen),
-                          ("apool", apool), ("toks", toks), ("roles", roles), ("segs", segs),
-                          ("mntp", mntp), ("msg", msg)):
-            arrays[f"{k}.{name}"] = np.ascontiguousarray(arr)
-        arrays[f"{k}.seed"] = np.array([seed], np.int64)
+        batch_arrays, batch_stats = combine_rows(chunks, instr, tok.eos_id, masking,
+                                                 cfg.vocab_size, BASE_SEED + k)
+        stats.append(batch_stats)
+        for name, arr in batch_arrays.items():
+            arrays[f"{k}.{name}"] = arr
     model._c.attach_lora(LORA_RANK, LORA_ALPHA, (1 << 7) - 1, LORA_SEED)
     for name, arr in model._c.lora_state_dict().items():
         arrays[f"lora.{name}"] = arr
     np.savez(out, **arrays)
-    c = model.config
-    qd, kd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    d, f = c.hidden_size, c.intermediate_size
-    shape = {"L": c.num_layers, "D": d, "F": f, "QD": qd, "KD": kd, "V": c.vocab_size,
-             "P_layer": d * (qd + 2 * kd) + qd * d + 3 * d * f,
-             "P_lora": c.num_layers * LORA_RANK * ((d + qd) + 2 * (d + kd) + (qd + d)
-                                                   + 3 * (d + f)),
-             "params": model.num_parameters, "mask_token_id": masking["mask_token_id"]}
+    shape = {**model_shape(model.config), "params": model.num_parameters,
+             "mask_token_id": masking["mask_token_id"]}
     del model
     gc.collect()
     return {"stats": stats, "shape": shape, "masking": masking}
+
+
+def model_shape(c: Any) -> dict[str, int]:
+    """The sizes ``step_flops`` needs, from a ``magnet.ModelConfig`` (LLaMA layout): layers,
+    widths, vocabulary, the weights of one layer's projections and of all LoRA adapters."""
+    qd, kd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    d, f = c.hidden_size, c.intermediate_size
+    return {"L": c.num_layers, "D": d, "F": f, "QD": qd, "KD": kd, "V": c.vocab_size,
+            "P_layer": d * (qd + 2 * kd) + qd * d + 3 * d * f,
+            "P_lora": c.num_layers * LORA_RANK * ((d + qd) + 2 * (d + kd) + (qd + d)
+                                                  + 3 * (d + f))}
 
 
 def step_flops(s: dict[str, Any], sh: dict[str, Any]) -> tuple[float, float]:

@@ -19,6 +19,13 @@ with a transformers ``LlamaForCausalLM`` (or any decoder whose layers expose ``q
 
 The batch arrives already masked (built with ``magnet._C.masked_view``), so both engines train on
 the same tokens, roles and labels.
+
+Devices: the step runs where the model's parameters are (CPU or CUDA); the LoRA parameters are
+created on the device of the layer they wrap and stay float32 (master weights). With
+``autocast_dtype=torch.bfloat16`` the forward runs under ``torch.autocast`` (bf16 matrix
+products, float32 weights, optimizer state and losses) and the attention mask is built in that
+dtype; on CUDA the AdamW step is the fused one. Within a step only the final read of the losses
+and gradient norm waits for the device (labelled positions are found on the host).
 """
 
 from __future__ import annotations
@@ -56,8 +63,9 @@ class LoRALinear(nn.Module):
             a = (torch.rand(rank, base.in_features) * 2 - 1) / base.in_features ** 0.5
         if b is None:
             b = torch.zeros(base.out_features, rank)
-        self.lora_A = nn.Parameter(torch.as_tensor(np.array(a, dtype=np.float32)))
-        self.lora_B = nn.Parameter(torch.as_tensor(np.array(b, dtype=np.float32)))
+        device = base.weight.device
+        self.lora_A = nn.Parameter(torch.as_tensor(np.array(a, dtype=np.float32), device=device))
+        self.lora_B = nn.Parameter(torch.as_tensor(np.array(b, dtype=np.float32), device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -101,7 +109,13 @@ def set_dropout(model: nn.Module, lora_dropout: float, resid_dropout: float) -> 
 
 @dataclass
 class Batch:
-    """One combined micro-batch: rows [0, bm) masked view, then bs anchors, then bs positives."""
+    """One combined micro-batch: rows [0, bm) masked view, then bs anchors, then bs positives.
+
+    Packed layout (optional): ``positions`` [R, T] gives each token's position (restarting at 0
+    in each segment) and ``sscl_pool`` = (rows, columns), each [2 * bs], the pooled (last) token
+    of every anchor then every positive, so that several SSCL sequences can share a row as
+    separate segments. Without them each SSCL sequence has its own row, from column 0.
+    """
 
     tokens: np.ndarray      # [R, T] int64 (0 at padding)
     roles: np.ndarray       # [R, T] uint8, 0 CONTEXT, 1 SPAN
@@ -111,25 +125,30 @@ class Batch:
     bm: int
     bs: int
     sscl_lengths: np.ndarray  # [bs] int64
+    positions: np.ndarray | None = None
+    sscl_pool: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def real_tokens(self) -> int:
         return int((self.segments >= 0).sum())
 
 
-def unified_mask(roles: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """[R, 1, T, T] additive float mask of the unified rule; a query that sees nothing (padding)
-    sees itself so softmax stays finite (its outputs carry no loss)."""
+def unified_mask(roles: torch.Tensor, segments: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[R, 1, T, T] additive mask of the unified rule in ``dtype``, on the device of ``roles``;
+    a query that sees nothing (padding) sees itself so softmax stays finite (its outputs carry
+    no loss)."""
     t = roles.shape[1]
+    device = roles.device
     span = roles.bool()
     same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, :, None] >= 0)
-    idx = torch.arange(t)
+    idx = torch.arange(t, device=device)
     causal = idx[None, :, None] >= idx[None, None, :]
     visible = (~span[:, None, :]) | (span[:, :, None] & causal)
     allowed = same & visible
-    allowed |= torch.eye(t, dtype=torch.bool)[None] & ~allowed.any(-1, keepdim=True)
-    add = torch.zeros(allowed.shape, dtype=torch.float32)
-    add.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    allowed |= torch.eye(t, dtype=torch.bool, device=device)[None] & ~allowed.any(-1, keepdim=True)
+    add = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    add.masked_fill_(~allowed, torch.finfo(dtype).min)
     return add[:, None]
 
 
@@ -140,59 +159,88 @@ def segment_positions(segments: torch.Tensor) -> torch.Tensor:
 
 
 class TorchMagnetStep:
-    """The MAGNET step on a transformers causal LM with LoRA attached by :func:`attach_lora`."""
+    """The MAGNET step on a transformers causal LM with LoRA attached by :func:`attach_lora`.
+
+    Runs on the device of the model's parameters; ``autocast_dtype`` (e.g. ``torch.bfloat16``)
+    runs the forward under ``torch.autocast`` of that device type.
+    """
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], lr: float = 2e-4,
                  weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  temperature: float = 0.05, clip_norm: float = 1.0,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, autocast_dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.params = params
         self.weights = weights
         self.temperature = temperature
         self.clip_norm = clip_norm
+        self.device = next(model.parameters()).device
+        self.autocast_dtype = autocast_dtype
+        fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                                     weight_decay=weight_decay)
+                                     weight_decay=weight_decay, fused=fused or None)
 
-    def losses(self, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Forward pass and the weighted total loss (with the three parts as floats)."""
-        tokens = torch.as_tensor(b.tokens)
-        roles = torch.as_tensor(b.roles)
-        segs = torch.as_tensor(b.segments)
-        mask = unified_mask(roles, segs)
-        pos = segment_positions(segs)
+    def _on_device(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x).to(self.device, non_blocking=True)
+
+    def _forward(self, b: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total loss and its parts, as device tensors (no synchronisation)."""
+        if self.autocast_dtype is None:
+            return self._losses(b, torch.float32)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self._losses(b, self.autocast_dtype)
+
+    def _losses(self, b: Batch, mask_dtype: torch.dtype
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tokens = self._on_device(b.tokens)
+        roles = self._on_device(b.roles)
+        segs = self._on_device(b.segments)
+        mask = unified_mask(roles, segs, mask_dtype)
+        pos = self._on_device(b.positions) if b.positions is not None else segment_positions(segs)
         hidden = self.model.model(input_ids=tokens, attention_mask=mask,
                                   position_ids=pos).last_hidden_state
         R, T, D = hidden.shape
         flat = hidden.reshape(R * T, D)
         head = self.model.lm_head
-        total = hidden.new_zeros(())
-        parts: dict[str, float] = {"mntp": 0.0, "sscl": 0.0, "msg": 0.0}
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        parts: dict[str, torch.Tensor] = {}
         for name, labels, w in (("mntp", b.mntp, self.weights[0]), ("msg", b.msg, self.weights[2])):
-            lab = torch.as_tensor(labels).reshape(-1)
-            idx = torch.nonzero(lab != -100).squeeze(1)
-            if w <= 0 or idx.numel() == 0:
+            flat_labels = np.asarray(labels).reshape(-1)
+            where = np.flatnonzero(flat_labels != -100)
+            if w <= 0 or where.size == 0:
                 continue
-            loss = F.cross_entropy(head(flat.index_select(0, idx)), lab.index_select(0, idx))
+            idx = self._on_device(where)
+            lab = self._on_device(flat_labels[where])
+            loss = F.cross_entropy(head(flat.index_select(0, idx)).float(), lab)
             total = total + w * loss
-            parts[name] = float(loss.detach())
+            parts[name] = loss.detach()
         if b.bs >= 2 and self.weights[1] > 0:
-            last = torch.as_tensor(b.sscl_lengths) - 1
-            rows = torch.arange(b.bs)
-            a = hidden[b.bm + rows, last]
-            p = hidden[b.bm + b.bs + rows, last]
+            rows = torch.arange(b.bs, device=self.device)
+            if b.sscl_pool is not None:
+                at = hidden[self._on_device(b.sscl_pool[0]), self._on_device(b.sscl_pool[1])]
+                a, p = at[:b.bs], at[b.bs:]
+            else:
+                last = self._on_device(np.asarray(b.sscl_lengths) - 1)
+                a = hidden[b.bm + rows, last]
+                p = hidden[b.bm + b.bs + rows, last]
             logits = F.normalize(a, dim=-1) @ F.normalize(p, dim=-1).T / self.temperature
-            loss = F.cross_entropy(logits, rows)
+            loss = F.cross_entropy(logits.float(), rows)
             total = total + self.weights[1] * loss
-            parts["sscl"] = float(loss.detach())
+            parts["sscl"] = loss.detach()
         return total, parts
+
+    def losses(self, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward pass and the weighted total loss (with the three parts as floats)."""
+        total, parts = self._forward(b)
+        return total, {k: float(parts[k]) if k in parts else 0.0 for k in ("mntp", "sscl", "msg")}
 
     def step(self, b: Batch) -> dict[str, Any]:
         """One optimizer step: forward, backward, clipping, AdamW; returns losses and tokens."""
         self.model.train()
-        total, parts = self.losses(b)
+        total, parts = self._forward(b)
         total.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return {**parts, "grad_norm": float(norm), "tokens": b.real_tokens}
+        out = {k: float(parts[k]) if k in parts else 0.0 for k in ("mntp", "sscl", "msg")}
+        return {**out, "grad_norm": float(norm), "tokens": b.real_tokens}
