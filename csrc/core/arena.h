@@ -15,7 +15,8 @@ typedef struct {
 
 /* Reserves `bytes` (64-byte aligned). */
 int mg_arena_init(mg_arena *a, size_t bytes, mg_error *err);
-/* Returns a 64-byte aligned region of count floats, or NULL with err set when the plan was short. */
+/* Returns a 64-byte aligned region of count floats, or NULL with err set when the plan was short.
+ */
 float *mg_arena_floats(mg_arena *a, size_t count, mg_error *err);
 void mg_arena_release(mg_arena *a);
 

@@ -9,13 +9,13 @@ extern "C" {
 
 typedef enum {
     MG_OK = 0,
-    MG_ERR_VALUE,          /* bad argument value or shape -> ValueError */
-    MG_ERR_TYPE,           /* wrong dtype or kind -> TypeError */
-    MG_ERR_FORMAT,         /* malformed or truncated file -> ValueError */
-    MG_ERR_NOT_FOUND,      /* missing file -> FileNotFoundError */
-    MG_ERR_IO,             /* read failure -> OSError */
-    MG_ERR_NOMEM,          /* allocation failed or too large -> MemoryError */
-    MG_ERR_UNSUPPORTED,    /* valid but not supported (dtype, architecture) -> ValueError */
+    MG_ERR_VALUE,       /* bad argument value or shape -> ValueError */
+    MG_ERR_TYPE,        /* wrong dtype or kind -> TypeError */
+    MG_ERR_FORMAT,      /* malformed or truncated file -> ValueError */
+    MG_ERR_NOT_FOUND,   /* missing file -> FileNotFoundError */
+    MG_ERR_IO,          /* read failure -> OSError */
+    MG_ERR_NOMEM,       /* allocation failed or too large -> MemoryError */
+    MG_ERR_UNSUPPORTED, /* valid but not supported (dtype, architecture) -> ValueError */
 } mg_code;
 
 typedef struct {

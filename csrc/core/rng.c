@@ -7,5 +7,6 @@ uint32_t mg_rng_uniform_int(uint64_t seed, uint64_t stream, uint64_t index, uint
 
 void mg_rng_fill_uniform(float *out, long n, uint64_t seed, uint64_t stream, uint64_t first) {
 #pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; i++) out[i] = mg_rng_uniform(seed, stream, first + (uint64_t)i);
+    for (long i = 0; i < n; i++)
+        out[i] = mg_rng_uniform(seed, stream, first + (uint64_t)i);
 }

@@ -14,7 +14,8 @@ typedef struct {
 
 static inline int64_t mg_tensor_numel(const mg_tensor *t) {
     int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    for (int i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
     return n;
 }
 

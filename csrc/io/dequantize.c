@@ -52,8 +52,10 @@ int mg_ggml_type_supported(uint32_t type) {
     case MG_GGML_Q4_1:
     case MG_GGML_Q4_K:
     case MG_GGML_Q5_K:
-    case MG_GGML_Q6_K: return 1;
-    default: return 0;
+    case MG_GGML_Q6_K:
+        return 1;
+    default:
+        return 0;
     }
 }
 
@@ -98,7 +100,8 @@ static void dequant_q8_0(const uint8_t *src, float *dst, int64_t nb) {
     for (int64_t b = 0; b < nb; b++, src += 34, dst += 32) {
         const float d = load_f16(src);
         const int8_t *q = (const int8_t *)(src + 2);
-        for (int j = 0; j < 32; j++) dst[j] = d * (float)q[j];
+        for (int j = 0; j < 32; j++)
+            dst[j] = d * (float)q[j];
     }
 }
 
@@ -151,8 +154,10 @@ static void dequant_q4_k(const uint8_t *src, float *dst, int64_t nb) {
             k_scale_min(2 * g, scales, &sc0, &mn0);
             k_scale_min(2 * g + 1, scales, &sc1, &mn1);
             const float d0 = d * sc0, m0 = dmin * mn0, d1 = d * sc1, m1 = dmin * mn1;
-            for (int l = 0; l < 32; l++) *dst++ = d0 * (float)(q[l] & 0x0f) - m0;
-            for (int l = 0; l < 32; l++) *dst++ = d1 * (float)(q[l] >> 4) - m1;
+            for (int l = 0; l < 32; l++)
+                *dst++ = d0 * (float)(q[l] & 0x0f) - m0;
+            for (int l = 0; l < 32; l++)
+                *dst++ = d1 * (float)(q[l] >> 4) - m1;
         }
     }
 }
@@ -217,9 +222,12 @@ mg_code mg_dequantize(uint32_t type, const void *src, float *dst, int64_t n, mg_
     const uint8_t *s = src;
     const int64_t nb = n / be;
     switch (type) {
-    case MG_GGML_F32: memcpy(dst, s, (size_t)n * sizeof(float)); break;
+    case MG_GGML_F32:
+        memcpy(dst, s, (size_t)n * sizeof(float));
+        break;
     case MG_GGML_F16:
-        for (int64_t i = 0; i < n; i++) dst[i] = load_f16(s + 2 * i);
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = load_f16(s + 2 * i);
         break;
     case MG_GGML_BF16:
         for (int64_t i = 0; i < n; i++) {
@@ -228,13 +236,26 @@ mg_code mg_dequantize(uint32_t type, const void *src, float *dst, int64_t n, mg_
             dst[i] = mg_bf16_to_f32(h);
         }
         break;
-    case MG_GGML_Q8_0: dequant_q8_0(s, dst, nb); break;
-    case MG_GGML_Q4_0: dequant_q4_0(s, dst, nb); break;
-    case MG_GGML_Q4_1: dequant_q4_1(s, dst, nb); break;
-    case MG_GGML_Q4_K: dequant_q4_k(s, dst, nb); break;
-    case MG_GGML_Q5_K: dequant_q5_k(s, dst, nb); break;
-    case MG_GGML_Q6_K: dequant_q6_k(s, dst, nb); break;
-    default: break; /* excluded by mg_ggml_type_supported above */
+    case MG_GGML_Q8_0:
+        dequant_q8_0(s, dst, nb);
+        break;
+    case MG_GGML_Q4_0:
+        dequant_q4_0(s, dst, nb);
+        break;
+    case MG_GGML_Q4_1:
+        dequant_q4_1(s, dst, nb);
+        break;
+    case MG_GGML_Q4_K:
+        dequant_q4_k(s, dst, nb);
+        break;
+    case MG_GGML_Q5_K:
+        dequant_q5_k(s, dst, nb);
+        break;
+    case MG_GGML_Q6_K:
+        dequant_q6_k(s, dst, nb);
+        break;
+    default:
+        break; /* excluded by mg_ggml_type_supported above */
     }
     return MG_OK;
 }

@@ -90,8 +90,8 @@ static int take_str(cursor *c, mg_gguf_str *s, uint64_t max_len, const char *wha
     }
     if (len > remaining(c)) {
         mg_fail(c->err, MG_ERR_FORMAT,
-                "GGUF file is truncated: %s at byte %zu has length %llu but %zu bytes remain",
-                what, c->pos - 8, (unsigned long long)len, remaining(c));
+                "GGUF file is truncated: %s at byte %zu has length %llu but %zu bytes remain", what,
+                c->pos - 8, (unsigned long long)len, remaining(c));
         return -1;
     }
     s->ptr = (const char *)(c->base + c->pos);
@@ -105,23 +105,29 @@ static size_t scalar_size(uint32_t type) {
     switch (type) {
     case MG_GGUF_UINT8:
     case MG_GGUF_INT8:
-    case MG_GGUF_BOOL: return 1;
+    case MG_GGUF_BOOL:
+        return 1;
     case MG_GGUF_UINT16:
-    case MG_GGUF_INT16: return 2;
+    case MG_GGUF_INT16:
+        return 2;
     case MG_GGUF_UINT32:
     case MG_GGUF_INT32:
-    case MG_GGUF_FLOAT32: return 4;
+    case MG_GGUF_FLOAT32:
+        return 4;
     case MG_GGUF_UINT64:
     case MG_GGUF_INT64:
-    case MG_GGUF_FLOAT64: return 8;
-    default: return 0;
+    case MG_GGUF_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
 static void value_free(mg_gguf_value *v) {
     if (v->type != MG_GGUF_ARRAY) return;
     if (v->arr.items) {
-        for (uint64_t i = 0; i < v->arr.count; i++) value_free(&v->arr.items[i]);
+        for (uint64_t i = 0; i < v->arr.count; i++)
+            value_free(&v->arr.items[i]);
         mg_free(v->arr.items);
     }
     mg_free(v->arr.strs);
@@ -138,18 +144,51 @@ static void scalar_decode(uint32_t type, const uint8_t *p, mg_gguf_value *v) {
     float f32;
     v->type = type;
     switch (type) {
-    case MG_GGUF_UINT8: memcpy(&u8, p, 1); v->u64 = u8; break;
-    case MG_GGUF_INT8: memcpy(&u8, p, 1); v->i64 = (int8_t)u8; break;
-    case MG_GGUF_BOOL: memcpy(&u8, p, 1); v->boolean = u8 != 0; break;
-    case MG_GGUF_UINT16: memcpy(&u16, p, 2); v->u64 = u16; break;
-    case MG_GGUF_INT16: memcpy(&u16, p, 2); v->i64 = (int16_t)u16; break;
-    case MG_GGUF_UINT32: memcpy(&u32, p, 4); v->u64 = u32; break;
-    case MG_GGUF_INT32: memcpy(&u32, p, 4); v->i64 = (int32_t)u32; break;
-    case MG_GGUF_FLOAT32: memcpy(&f32, p, 4); v->f64 = f32; break;
-    case MG_GGUF_UINT64: memcpy(&u64, p, 8); v->u64 = u64; break;
-    case MG_GGUF_INT64: memcpy(&u64, p, 8); v->i64 = (int64_t)u64; break;
-    case MG_GGUF_FLOAT64: memcpy(&v->f64, p, 8); break;
-    default: break;
+    case MG_GGUF_UINT8:
+        memcpy(&u8, p, 1);
+        v->u64 = u8;
+        break;
+    case MG_GGUF_INT8:
+        memcpy(&u8, p, 1);
+        v->i64 = (int8_t)u8;
+        break;
+    case MG_GGUF_BOOL:
+        memcpy(&u8, p, 1);
+        v->boolean = u8 != 0;
+        break;
+    case MG_GGUF_UINT16:
+        memcpy(&u16, p, 2);
+        v->u64 = u16;
+        break;
+    case MG_GGUF_INT16:
+        memcpy(&u16, p, 2);
+        v->i64 = (int16_t)u16;
+        break;
+    case MG_GGUF_UINT32:
+        memcpy(&u32, p, 4);
+        v->u64 = u32;
+        break;
+    case MG_GGUF_INT32:
+        memcpy(&u32, p, 4);
+        v->i64 = (int32_t)u32;
+        break;
+    case MG_GGUF_FLOAT32:
+        memcpy(&f32, p, 4);
+        v->f64 = f32;
+        break;
+    case MG_GGUF_UINT64:
+        memcpy(&u64, p, 8);
+        v->u64 = u64;
+        break;
+    case MG_GGUF_INT64:
+        memcpy(&u64, p, 8);
+        v->i64 = (int64_t)u64;
+        break;
+    case MG_GGUF_FLOAT64:
+        memcpy(&v->f64, p, 8);
+        break;
+    default:
+        break;
     }
 }
 
@@ -163,8 +202,10 @@ static int parse_array(cursor *c, mg_gguf_value *v, int depth) {
         return -1;
     v->arr.elem_type = elem_type;
     size_t min_elem = scalar_size(elem_type);
-    if (elem_type == MG_GGUF_STRING) min_elem = 8;      /* the u64 length */
-    else if (elem_type == MG_GGUF_ARRAY) min_elem = 12; /* u32 type + u64 length */
+    if (elem_type == MG_GGUF_STRING)
+        min_elem = 8; /* the u64 length */
+    else if (elem_type == MG_GGUF_ARRAY)
+        min_elem = 12; /* u32 type + u64 length */
     else if (min_elem == 0) {
         mg_fail(c->err, MG_ERR_FORMAT, "GGUF array at byte %zu has unknown element type %u",
                 c->pos - 12, elem_type);
@@ -189,8 +230,7 @@ static int parse_array(cursor *c, mg_gguf_value *v, int depth) {
         for (uint64_t i = 0; i < count; i++)
             if (take_str(c, &v->arr.strs[i], c->size, "array string") != 0) return -1;
     } else if (elem_type == MG_GGUF_ARRAY) {
-        v->arr.items = mg_alloc((size_t)count, sizeof(mg_gguf_value), "GGUF nested array",
-                                c->err);
+        v->arr.items = mg_alloc((size_t)count, sizeof(mg_gguf_value), "GGUF nested array", c->err);
         if (v->arr.items == NULL) return -1;
         /* zeroed items are harmless to value_free if we stop part-way */
         for (uint64_t i = 0; i < count; i++)
@@ -210,8 +250,7 @@ static int parse_value(cursor *c, uint32_t type, mg_gguf_value *v, int depth) {
     if (type == MG_GGUF_ARRAY) return parse_array(c, v, depth);
     size_t n = scalar_size(type);
     if (n == 0) {
-        mg_fail(c->err, MG_ERR_FORMAT, "GGUF value at byte %zu has unknown type %u", c->pos,
-                type);
+        mg_fail(c->err, MG_ERR_FORMAT, "GGUF value at byte %zu has unknown type %u", c->pos, type);
         return -1;
     }
     uint8_t buf[8];
@@ -258,7 +297,8 @@ double mg_gguf_array_f64(const mg_gguf_value *arr, uint64_t i) {
 
 void mg_gguf_close(mg_gguf_file *f) {
     if (f->kv) {
-        for (uint64_t i = 0; i < f->n_kv; i++) value_free(&f->kv[i].value);
+        for (uint64_t i = 0; i < f->n_kv; i++)
+            value_free(&f->kv[i].value);
         mg_free(f->kv);
     }
     mg_free(f->tensors);
@@ -287,8 +327,8 @@ static mg_code map_file(mg_gguf_file *f, const char *path, mg_error *err) {
     if (st.st_size < 24) { /* magic + version + two counts; also avoids mmap of 0 bytes */
         close(fd);
         return mg_fail(err, MG_ERR_FORMAT,
-                       "%s is not a GGUF file: %lld bytes is shorter than the 24-byte header",
-                       path, (long long)st.st_size);
+                       "%s is not a GGUF file: %lld bytes is shorter than the 24-byte header", path,
+                       (long long)st.st_size);
     }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
@@ -313,7 +353,8 @@ static mg_code parse_header(mg_gguf_file *f, cursor *c, const char *path, mg_err
         if (f->version >= (1u << 16))
             return mg_fail(err, MG_ERR_UNSUPPORTED,
                            "GGUF version 0x%08x looks byte-swapped: big-endian GGUF files are "
-                           "not supported", f->version);
+                           "not supported",
+                           f->version);
         return mg_fail(err, MG_ERR_UNSUPPORTED, "GGUF version %u is not supported (only 2 and 3)",
                        f->version);
     }
@@ -326,7 +367,8 @@ static mg_code parse_header(mg_gguf_file *f, cursor *c, const char *path, mg_err
                        "GGUF metadata count %llu is absurd for a file of %zu bytes",
                        (unsigned long long)n_kv, f->size);
     if (n_tensors > remaining(c) / 32)
-        return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor count %llu is absurd for a file of %zu bytes",
+        return mg_fail(err, MG_ERR_FORMAT,
+                       "GGUF tensor count %llu is absurd for a file of %zu bytes",
                        (unsigned long long)n_tensors, f->size);
     f->n_kv = n_kv;
     f->n_tensors = n_tensors;
@@ -384,7 +426,8 @@ static mg_code parse_tensor_info(mg_gguf_file *f, cursor *c, uint64_t idx, mg_er
             return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%s' has an absurd shape", nm.s);
         t->ne[d] = (int64_t)ne;
     }
-    for (uint32_t d = t->n_dims; d < MG_GGUF_MAX_DIMS; d++) t->ne[d] = 1;
+    for (uint32_t d = t->n_dims; d < MG_GGUF_MAX_DIMS; d++)
+        t->ne[d] = 1;
     t->numel = numel;
     uint64_t rel;
     if (take_u32(c, &t->type, "tensor type") != 0 || take_u64(c, &rel, "tensor offset") != 0)
@@ -398,17 +441,15 @@ static mg_code parse_tensor_info(mg_gguf_file *f, cursor *c, uint64_t idx, mg_er
         return mg_fail(err, MG_ERR_FORMAT,
                        "GGUF tensor '%s': row length %lld is not a multiple of the %s block "
                        "size %lld",
-                       nm.s, (long long)t->ne[0], mg_ggml_type_name(t->type),
-                       (long long)be);
+                       nm.s, (long long)t->ne[0], mg_ggml_type_name(t->type), (long long)be);
     uint64_t nbytes;
     if (__builtin_mul_overflow((uint64_t)(numel / be), (uint64_t)bb, &nbytes))
         return mg_fail(err, MG_ERR_FORMAT, "GGUF tensor '%s' is absurdly large", nm.s);
     t->nbytes = nbytes;
     if (rel % f->alignment != 0)
         return mg_fail(err, MG_ERR_FORMAT,
-                       "GGUF tensor '%s' offset %llu is not a multiple of the alignment %llu",
-                       nm.s, (unsigned long long)rel,
-                       (unsigned long long)f->alignment);
+                       "GGUF tensor '%s' offset %llu is not a multiple of the alignment %llu", nm.s,
+                       (unsigned long long)rel, (unsigned long long)f->alignment);
     t->offset = rel; /* made absolute once the data section start is known */
     return MG_OK;
 }
@@ -435,8 +476,8 @@ static mg_code parse_tensors(mg_gguf_file *f, cursor *c, mg_error *err) {
             return mg_fail(err, MG_ERR_FORMAT,
                            "GGUF tensor '%s' data (offset %llu, %llu bytes) runs past the end "
                            "of the file (%zu bytes): the file is truncated or corrupt",
-                           nm.s, (unsigned long long)t->offset,
-                           (unsigned long long)t->nbytes, f->size);
+                           nm.s, (unsigned long long)t->offset, (unsigned long long)t->nbytes,
+                           f->size);
         t->offset = begin;
     }
     return MG_OK;
@@ -463,8 +504,7 @@ mg_code mg_gguf_read_tensor(const mg_gguf_file *f, uint64_t i, float *out, mg_er
         /* name the tensor: the type alone does not tell the user where to look */
         size_t used = strlen(err->msg);
         if (used + 40 < sizeof(err->msg)) {
-            snprintf(err->msg + used, sizeof(err->msg) - used, " (tensor '%s')",
-                     show(t->name).s);
+            snprintf(err->msg + used, sizeof(err->msg) - used, " (tensor '%s')", show(t->name).s);
         }
         return err->code;
     }

@@ -34,10 +34,10 @@ typedef struct {
 typedef struct mg_gguf_value {
     uint32_t type;
     union {
-        uint64_t u64;  /* UINT8/16/32/64 */
-        int64_t i64;   /* INT8/16/32/64 */
-        double f64;    /* FLOAT32/64 */
-        int boolean;   /* BOOL */
+        uint64_t u64;    /* UINT8/16/32/64 */
+        int64_t i64;     /* INT8/16/32/64 */
+        double f64;      /* FLOAT32/64 */
+        int boolean;     /* BOOL */
         mg_gguf_str str; /* STRING */
         struct {
             uint32_t elem_type;

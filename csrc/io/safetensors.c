@@ -126,7 +126,8 @@ static mg_code json_string(json_cursor *c, char **out, size_t *out_len) {
     if (json_peek(c) != '"') return json_fail(c, "expected a string");
     size_t start = c->pos + 1, end = start;
     /* Find the closing quote first, so the buffer is sized by this string, not the header. */
-    while (end < c->n && c->s[end] != '"') end += c->s[end] == '\\' ? 2 : 1;
+    while (end < c->n && c->s[end] != '"')
+        end += c->s[end] == '\\' ? 2 : 1;
     if (end >= c->n) return json_fail(c, "unterminated string");
     /* Escapes only shrink: \uXXXX (6 bytes) -> at most 3, a surrogate pair (12) -> 4. */
     char *buf = mg_alloc(end - start + 1, 1, "safetensors header string", c->err);
@@ -154,14 +155,30 @@ static mg_code json_string(json_cursor *c, char **out, size_t *out_len) {
         size_t escape_at = c->pos;
         c->pos += 2;
         switch (e) {
-        case '"': buf[len++] = '"'; break;
-        case '\\': buf[len++] = '\\'; break;
-        case '/': buf[len++] = '/'; break;
-        case 'b': buf[len++] = '\b'; break;
-        case 'f': buf[len++] = '\f'; break;
-        case 'n': buf[len++] = '\n'; break;
-        case 'r': buf[len++] = '\r'; break;
-        case 't': buf[len++] = '\t'; break;
+        case '"':
+            buf[len++] = '"';
+            break;
+        case '\\':
+            buf[len++] = '\\';
+            break;
+        case '/':
+            buf[len++] = '/';
+            break;
+        case 'b':
+            buf[len++] = '\b';
+            break;
+        case 'f':
+            buf[len++] = '\f';
+            break;
+        case 'n':
+            buf[len++] = '\n';
+            break;
+        case 'r':
+            buf[len++] = '\r';
+            break;
+        case 't':
+            buf[len++] = '\t';
+            break;
         case 'u': {
             int32_t hi = json_hex4(c->s, c->pos, end);
             uint32_t cp;
@@ -306,7 +323,8 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
     mg_error *err = c->err;
     int nl = t->name_len > 200 ? 200 : (int)t->name_len;
     /* cut on a UTF-8 character boundary, or the message would not decode */
-    while (nl > 0 && nl < (int)t->name_len && ((unsigned char)t->name[nl] & 0xC0) == 0x80) nl--;
+    while (nl > 0 && nl < (int)t->name_len && ((unsigned char)t->name[nl] & 0xC0) == 0x80)
+        nl--;
     bool have_dtype = false, have_shape = false, have_offsets = false;
     char *key = NULL, *dtype = NULL;
     if (json_expect(c, '{') != MG_OK) return err->code;
@@ -362,7 +380,8 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
             have_offsets = true;
         } else {
             int kl = (int)strnlen(key, 40);
-            while (kl > 0 && key[kl] && ((unsigned char)key[kl] & 0xC0) == 0x80) kl--;
+            while (kl > 0 && key[kl] && ((unsigned char)key[kl] & 0xC0) == 0x80)
+                kl--;
             mg_fail(err, MG_ERR_FORMAT,
                     "safetensors tensor '%.*s' has an unexpected or repeated key '%.*s'", nl,
                     t->name, kl, key);
@@ -376,7 +395,9 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
     }
     if (!have_dtype || !have_shape || !have_offsets)
         return mg_fail(err, MG_ERR_FORMAT, "safetensors tensor '%.*s' lacks %s", nl, t->name,
-                       !have_dtype ? "'dtype'" : !have_shape ? "'shape'" : "'data_offsets'");
+                       !have_dtype   ? "'dtype'"
+                       : !have_shape ? "'shape'"
+                                     : "'data_offsets'");
 
     uint64_t numel = 1;
     for (int d = 0; d < t->tensor.ndim; d++) {
@@ -386,8 +407,8 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
                            "safetensors tensor '%.*s' has a negative dimension %lld", nl, t->name,
                            (long long)dim);
         if (dim != 0 && numel > (uint64_t)INT64_MAX / (uint64_t)dim)
-            return mg_fail(err, MG_ERR_FORMAT, "safetensors tensor '%.*s' has an absurd shape",
-                           nl, t->name);
+            return mg_fail(err, MG_ERR_FORMAT, "safetensors tensor '%.*s' has an absurd shape", nl,
+                           t->name);
         numel *= (uint64_t)dim;
     }
     uint64_t size = dtype_size(t->dtype);
@@ -470,8 +491,7 @@ static mg_code st_header(st_parser *p) {
             memset(t, 0, sizeof(*t));
             t->name = name;
             t->name_len = name_len;
-            if (json_expect(c, ':') != MG_OK || st_tensor_info(p, t) != MG_OK)
-                return c->err->code;
+            if (json_expect(c, ':') != MG_OK || st_tensor_info(p, t) != MG_OK) return c->err->code;
         }
         more = json_next_member(c);
         if (more < 0) return c->err->code;
@@ -503,7 +523,8 @@ static mg_code st_check_unique(st_parser *p) {
     mg_st_entry **order =
         mg_alloc((size_t)p->count, sizeof(mg_st_entry *), "safetensors index", err);
     if (order == NULL) return err->code;
-    for (int i = 0; i < p->count; i++) order[i] = &p->entries[i];
+    for (int i = 0; i < p->count; i++)
+        order[i] = &p->entries[i];
     qsort(order, (size_t)p->count, sizeof(*order), cmp_by_name);
     for (int i = 1; i < p->count; i++)
         if (cmp_by_name(&order[i - 1], &order[i]) == 0) {
@@ -635,7 +656,8 @@ mg_code mg_safetensors_read(const char *path, mg_safetensors *out, mg_error *err
     unsigned char len_bytes[8];
     if (read_exact(f, 0, len_bytes, 8, path, err) != MG_OK) goto fail;
     uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | len_bytes[i];
+    for (int i = 7; i >= 0; i--)
+        header_len = (header_len << 8) | len_bytes[i];
     if (header_len > MG_SAFETENSORS_MAX_HEADER || header_len > file_size - 8) {
         mg_fail(err, MG_ERR_FORMAT,
                 "%s: safetensors header length %llu exceeds the %llu bytes available "
@@ -662,8 +684,8 @@ mg_code mg_safetensors_read(const char *path, mg_safetensors *out, mg_error *err
         /* Room for the float32 result; the raw bytes are read into its start. */
         t->tensor.data = mg_alloc(numel, sizeof(float), "safetensors tensor", err);
         if (t->tensor.data == NULL) goto fail;
-        if (read_exact(f, 8 + header_len + t->begin, t->tensor.data,
-                       (size_t)(t->end - t->begin), path, err) != MG_OK)
+        if (read_exact(f, 8 + header_len + t->begin, t->tensor.data, (size_t)(t->end - t->begin),
+                       path, err) != MG_OK)
             goto fail;
         if (t->dtype == MG_ST_F32)
             convert32(t->tensor.data, numel);

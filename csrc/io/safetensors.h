@@ -20,11 +20,11 @@ typedef enum {
 } mg_st_dtype;
 
 typedef struct {
-    char *name;      /* UTF-8, NUL-terminated; name_len is authoritative (JSON may encode NUL) */
+    char *name; /* UTF-8, NUL-terminated; name_len is authoritative (JSON may encode NUL) */
     size_t name_len;
-    mg_st_dtype dtype; /* the dtype stored in the file; tensor.data is always float32 */
+    mg_st_dtype dtype;   /* the dtype stored in the file; tensor.data is always float32 */
     uint64_t begin, end; /* byte range within the data section */
-    mg_tensor tensor;  /* data owned by this entry until a caller takes it (and sets it NULL) */
+    mg_tensor tensor;    /* data owned by this entry until a caller takes it (and sets it NULL) */
 } mg_st_entry;
 
 typedef struct {

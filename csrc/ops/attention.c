@@ -38,7 +38,8 @@ static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_ind
         sum += p;
     }
     const float inv = 1.0f / sum;
-    for (int j = lo; j <= hi; j++) score[j] *= inv;
+    for (int j = lo; j <= hi; j++)
+        score[j] *= inv;
     return 1;
 }
 
@@ -67,15 +68,18 @@ static void group_scores(float *sc, float qs[ATT_GROUP][MG_ATT_MAX_HD], const fl
             const float *kr = kt + (long)d * Tk + j0;
             for (int r = 0; r < ATT_GROUP; r++) {
                 const float a = qs[r][d];
-                for (int jj = 0; jj < 16; jj++) acc[r][jj] += a * kr[jj];
+                for (int jj = 0; jj < 16; jj++)
+                    acc[r][jj] += a * kr[jj];
             }
         }
-        for (int r = 0; r < ATT_GROUP; r++) memcpy(sc + (long)r * Tk + j0, acc[r], sizeof(acc[r]));
+        for (int r = 0; r < ATT_GROUP; r++)
+            memcpy(sc + (long)r * Tk + j0, acc[r], sizeof(acc[r]));
     }
     for (int j = j0; j <= hi; j++) {
         for (int r = 0; r < ATT_GROUP; r++) {
             float acc = 0.0f;
-            for (int d = 0; d < hd; d++) acc += qs[r][d] * kt[(long)d * Tk + j];
+            for (int d = 0; d < hd; d++)
+                acc += qs[r][d] * kt[(long)d * Tk + j];
             sc[(long)r * Tk + j] = acc;
         }
     }
@@ -110,7 +114,8 @@ static void group_outputs(float *og[ATT_GROUP], const int *live, const float *sc
             }
         }
         for (int r = 0; r < nq; r++)
-            for (int dd = 0; dd < nd; dd++) og[r][d0 + dd] = live[r] ? acc[r][dd] : 0.0f;
+            for (int dd = 0; dd < nd; dd++)
+                og[r][d0 + dd] = live[r] ? acc[r][dd] : 0.0f;
     }
 }
 
@@ -135,7 +140,8 @@ void attention_forward(float *out, const float *q, const float *k, const float *
                 float *dst = kT + ((long)b * s.Hkv + kh) * hd * Tk;
                 for (int j = 0; j < Tk; j++) {
                     const float *src = k + ((long)b * s.kv_stride + j) * kv_row + (long)kh * hd;
-                    for (int d = 0; d < hd; d++) dst[(long)d * Tk + j] = src[d];
+                    for (int d = 0; d < hd; d++)
+                        dst[(long)d * Tk + j] = src[d];
                 }
             }
         float *sc = scores + (long)omp_get_thread_num() * ATT_GROUP * Tk;
@@ -157,7 +163,8 @@ void attention_forward(float *out, const float *q, const float *k, const float *
                     for (int r = 0; r < ATT_GROUP; r++) {
                         const int rr = r < nq ? r : nq - 1;
                         const float *qv = q + ((long)b * s.Tq + i0 + rr) * q_row + (long)h * hd;
-                        for (int d = 0; d < hd; d++) qs[r][d] = qv[d] * scale;
+                        for (int d = 0; d < hd; d++)
+                            qs[r][d] = qv[d] * scale;
                     }
                     group_scores(sc, qs, kt, hd, Tk, lo, hi);
                     float *og[ATT_GROUP];
@@ -172,8 +179,8 @@ void attention_forward(float *out, const float *q, const float *k, const float *
                                                      lo, hi, Tk);
                         if (!live[r]) memset(sc + (long)r * Tk, 0, sizeof(float) * Tk);
                     }
-                    group_outputs(og, live, sc, v + k0 * kv_row + (long)kh * hd, kv_row, hd, Tk,
-                                  lo, hi, nq);
+                    group_outputs(og, live, sc, v + k0 * kv_row + (long)kh * hd, kv_row, hd, Tk, lo,
+                                  hi, nq);
                 }
             }
         }
@@ -198,7 +205,8 @@ static void group_accumulate(float *dst[ATT_GROUP], const float *w, const float 
             }
         }
         for (int r = 0; r < nq; r++)
-            for (int dd = 0; dd < nd; dd++) dst[r][d0 + dd] += acc[r][dd];
+            for (int dd = 0; dd < nd; dd++)
+                dst[r][d0 + dd] += acc[r][dd];
     }
 }
 
@@ -210,7 +218,8 @@ static void group_scatter(float *rows, long row_stride, const float *w, const fl
         const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
         if (w0 == 0.0f && w1 == 0.0f && w2 == 0.0f && w3 == 0.0f) continue;
         float *x = rows + (long)j * row_stride;
-        for (int d = 0; d < hd; d++) x[d] += w0 * s0[d] + w1 * s1[d] + w2 * s2[d] + w3 * s3[d];
+        for (int d = 0; d < hd; d++)
+            x[d] += w0 * s0[d] + w1 * s1[d] + w2 * s2[d] + w3 * s3[d];
     }
 }
 
@@ -273,17 +282,19 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                             const long qi = (long)b * s.Tq + i0 + (r < nq ? r : nq - 1);
                             float *p = pr + (long)r * Tk, *dp = ds + (long)r * Tk;
                             const int live =
-                                r < nq && masked_softmax_row(p, q_roles[qi], q_seg[qi],
-                                                             s.q_start + i0 + r, k_roles + k0,
-                                                             k_seg + k0, lo, hi, Tk);
+                                r < nq &&
+                                masked_softmax_row(p, q_roles[qi], q_seg[qi], s.q_start + i0 + r,
+                                                   k_roles + k0, k_seg + k0, lo, hi, Tk);
                             if (!live) {
                                 memset(p + lo, 0, sizeof(float) * (hi - lo + 1));
                                 memset(dp + lo, 0, sizeof(float) * (hi - lo + 1));
                                 continue;
                             }
                             float di = 0.0f;
-                            for (int j = lo; j <= hi; j++) di += p[j] * dp[j];
-                            for (int j = lo; j <= hi; j++) dp[j] = p[j] * (dp[j] - di) * scale;
+                            for (int j = lo; j <= hi; j++)
+                                di += p[j] * dp[j];
+                            for (int j = lo; j <= hi; j++)
+                                dp[j] = p[j] * (dp[j] - di) * scale;
                         }
                         if (dq != NULL) group_accumulate(dqv, ds, kb, kv_row, hd, Tk, lo, hi, nq);
                         if (dkb != NULL) group_scatter(dkb, kv_row, ds, qv, hd, Tk, lo, hi);

@@ -31,8 +31,8 @@ typedef struct {
 #define MG_ATT_MAX_HD 512
 
 /* Floats of scratch attention_forward needs. */
-#define ATTENTION_SCRATCH(B, Hkv, hd, Tk, threads)                                                \
-    ((size_t)(B) * (Hkv) * (hd) * (Tk) + (size_t)(threads)*ATT_GROUP * (Tk))
+#define ATTENTION_SCRATCH(B, Hkv, hd, Tk, threads)                                                 \
+    ((size_t)(B) * (Hkv) * (hd) * (Tk) + (size_t)(threads) * ATT_GROUP * (Tk))
 
 /* out/q: [B, Tq, Hq, hd]; k/v: [B, kv_stride, Hkv, hd]; q_roles/q_seg: [B, Tq];
  * k_roles/k_seg: [B, kv_stride]. scratch: ATTENTION_SCRATCH(B, Hkv, hd, Tk, omp_get_max_threads()).
@@ -43,7 +43,7 @@ void attention_forward(float *out, const float *q, const float *k, const float *
 
 /* Floats of scratch attention_backward needs: per thread, K and V of one (row, kv head)
  * transposed to [hd, Tk], and the probabilities and their gradients of one query group. */
-#define ATTENTION_BACKWARD_SCRATCH(hd, Tk, threads)                                               \
+#define ATTENTION_BACKWARD_SCRATCH(hd, Tk, threads)                                                \
     ((size_t)(threads) * (2 * (size_t)(hd) * (Tk) + 2 * (size_t)ATT_GROUP * (Tk)))
 
 /* Backward of attention_forward, same shapes and rule, accumulating into dq [B, Tq, Hq, hd] and

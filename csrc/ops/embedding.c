@@ -11,7 +11,8 @@ void embedding_forward(float *out, const int *tokens, const int *pos, const floa
         memcpy(y, wte + (long)tokens[n] * D, sizeof(float) * D);
         if (wpe != NULL) {
             const float *p = wpe + (long)pos[n] * D;
-            for (int i = 0; i < D; i++) y[i] += p[i];
+            for (int i = 0; i < D; i++)
+                y[i] += p[i];
         }
     }
 }
@@ -31,11 +32,13 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *
             const float *g = dout + (long)n * D + i0;
             if (dwte != NULL) {
                 float *w = dwte + (long)tokens[n] * D + i0;
-                for (int i = 0; i < ni; i++) w[i] += g[i];
+                for (int i = 0; i < ni; i++)
+                    w[i] += g[i];
             }
             if (dwpe != NULL) {
                 float *p = dwpe + (long)pos[n] * D + i0;
-                for (int i = 0; i < ni; i++) p[i] += g[i];
+                for (int i = 0; i < ni; i++)
+                    p[i] += g[i];
             }
         }
     }

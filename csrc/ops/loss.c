@@ -10,8 +10,7 @@
 #define CE_CHUNKS 64
 
 int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N, int V,
-                                   float grad_scale, double *loss_sum, long *count,
-                                   mg_error *err) {
+                                   float grad_scale, double *loss_sum, long *count, mg_error *err) {
     for (long n = 0; n < N; n++)
         if (labels[n] != MG_IGNORE_LABEL && (labels[n] < 0 || labels[n] >= V))
             return mg_fail(err, MG_ERR_VALUE,
@@ -33,7 +32,8 @@ int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N,
                 continue;
             }
             float mx = x[0];
-            for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+            for (int j = 1; j < V; j++)
+                mx = x[j] > mx ? x[j] : mx;
             const float target = x[y];
             float sum = 0.0f;
             for (int j = 0; j < V; j++) {
@@ -43,7 +43,8 @@ int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N,
             acc += log((double)sum) + (double)mx - (double)target;
             k++;
             const float f = grad_scale / sum;
-            for (int j = 0; j < V; j++) x[j] *= f;
+            for (int j = 0; j < V; j++)
+                x[j] *= f;
             x[y] -= grad_scale;
         }
         part[c] = acc;
@@ -66,27 +67,31 @@ static void normalise_rows(float *xn, float *norm, const float *x, int n, int D)
     for (int i = 0; i < n; i++) {
         const float *r = x + (long)i * D;
         float ss = 0.0f;
-        for (int d = 0; d < D; d++) ss += r[d] * r[d];
+        for (int d = 0; d < D; d++)
+            ss += r[d] * r[d];
         float nr = sqrtf(ss);
         nr = nr > MG_INFONCE_NORM_EPS ? nr : MG_INFONCE_NORM_EPS;
         norm[i] = nr;
-        for (int d = 0; d < D; d++) xn[(long)i * D + d] = r[d] / nr;
+        for (int d = 0; d < D; d++)
+            xn[(long)i * D + d] = r[d] / nr;
     }
 }
 
 /* Through x^ = x / |x|: dx = (dx^ - x^ (x^ . dx^)) / |x| (the Jacobian of normalisation is
  * (I - x^ x^T) / |x|); below the eps clamp the norm is a constant and dx = dx^ / eps. */
-static void normalise_rows_backward(float *dx, const float *dxn, const float *xn,
-                                    const float *norm, int n, int D) {
+static void normalise_rows_backward(float *dx, const float *dxn, const float *xn, const float *norm,
+                                    int n, int D) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const float *g = dxn + (long)i * D, *u = xn + (long)i * D;
         float *out = dx + (long)i * D;
         float dot = 0.0f;
         if (norm[i] > MG_INFONCE_NORM_EPS)
-            for (int d = 0; d < D; d++) dot += u[d] * g[d];
+            for (int d = 0; d < D; d++)
+                dot += u[d] * g[d];
         const float inv = 1.0f / norm[i];
-        for (int d = 0; d < D; d++) out[d] += (g[d] - u[d] * dot) * inv;
+        for (int d = 0; d < D; d++)
+            out[d] += (g[d] - u[d] * dot) * inv;
     }
 }
 
@@ -112,7 +117,8 @@ void infonce_forward_backward(float *loss, float *da, float *db, const float *a,
     for (int i = 0; i < n; i++) {
         float *s = S + (long)i * n;
         float mx = s[0];
-        for (int j = 1; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+        for (int j = 1; j < n; j++)
+            mx = s[j] > mx ? s[j] : mx;
         const float diag = s[i];
         double sum = 0.0;
         for (int j = 0; j < n; j++) {
@@ -121,7 +127,8 @@ void infonce_forward_backward(float *loss, float *da, float *db, const float *a,
         }
         total += log(sum) + (double)mx - (double)diag;
         const float f = (float)(g / sum);
-        for (int j = 0; j < n; j++) s[j] *= f;
+        for (int j = 0; j < n; j++)
+            s[j] *= f;
         s[i] -= g;
     }
     *loss = (float)(total / n);

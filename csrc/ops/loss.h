@@ -23,8 +23,7 @@ extern "C" {
  * 1/count. Any other label fails with MG_ERR_VALUE before logits are touched. The sum is
  * combined in a fixed order, independent of the thread count. */
 int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N, int V,
-                                   float grad_scale, double *loss_sum, long *count,
-                                   mg_error *err);
+                                   float grad_scale, double *loss_sum, long *count, mg_error *err);
 
 /* Floats of scratch infonce_forward_backward needs. */
 #define INFONCE_SCRATCH(n, D) (4 * (size_t)(n) * (D) + (size_t)(n) * (n) + 2 * (size_t)(n))

@@ -12,7 +12,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 #pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * O))
     for (int n = 0; n < N; n++) {
         float *row = out + (long)n * O;
-        for (int o = 0; o < O; o++) row[o] += bias[o];
+        for (int o = 0; o < O; o++)
+            row[o] += bias[o];
     }
 }
 
@@ -35,8 +36,10 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
         float acc[MATMUL_BIAS_COLS] = {0};
         for (int n = 0; n < N; n++) {
             const float *row = dout + (long)n * O + o0;
-            for (int o = 0; o < no; o++) acc[o] += row[o];
+            for (int o = 0; o < no; o++)
+                acc[o] += row[o];
         }
-        for (int o = 0; o < no; o++) dbias[o0 + o] += acc[o];
+        for (int o = 0; o < no; o++)
+            dbias[o0 + o] += acc[o];
     }
 }

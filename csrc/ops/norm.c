@@ -10,9 +10,11 @@ void rmsnorm_forward(float *out, const float *inp, const float *weight, int N, i
         const float *x = inp + (long)n * D;
         float *y = out + (long)n * D;
         float ss = 0.0f;
-        for (int i = 0; i < D; i++) ss += x[i] * x[i];
+        for (int i = 0; i < D; i++)
+            ss += x[i] * x[i];
         float rstd = 1.0f / sqrtf(ss / (float)D + eps);
-        for (int i = 0; i < D; i++) y[i] = x[i] * rstd * weight[i];
+        for (int i = 0; i < D; i++)
+            y[i] = x[i] * rstd * weight[i];
     }
 }
 
@@ -23,7 +25,8 @@ void layernorm_forward(float *out, const float *inp, const float *weight, const 
         const float *x = inp + (long)n * D;
         float *y = out + (long)n * D;
         float mean = 0.0f;
-        for (int i = 0; i < D; i++) mean += x[i];
+        for (int i = 0; i < D; i++)
+            mean += x[i];
         mean /= (float)D;
         float var = 0.0f;
         for (int i = 0; i < D; i++) {
@@ -31,7 +34,8 @@ void layernorm_forward(float *out, const float *inp, const float *weight, const 
             var += d * d;
         }
         float rstd = 1.0f / sqrtf(var / (float)D + eps);
-        for (int i = 0; i < D; i++) y[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
+        for (int i = 0; i < D; i++)
+            y[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
     }
 }
 
@@ -55,16 +59,19 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
                 const long n = n0 + r;
                 const float *x = inp + n * D;
                 float ss = 0.0f;
-                for (int i = 0; i < D; i++) ss += x[i] * x[i];
+                for (int i = 0; i < D; i++)
+                    ss += x[i] * x[i];
                 const float rs = 1.0f / sqrtf(ss / (float)D + eps);
                 rstd[r] = rs;
                 if (dinp == NULL) continue;
                 const float *dy = dout + n * D;
                 float dot = 0.0f;
-                for (int i = 0; i < D; i++) dot += dy[i] * weight[i] * x[i];
+                for (int i = 0; i < D; i++)
+                    dot += dy[i] * weight[i] * x[i];
                 const float c = dot * rs * rs * rs / (float)D;
                 float *dx = dinp + n * D;
-                for (int i = 0; i < D; i++) dx[i] += dy[i] * weight[i] * rs - x[i] * c;
+                for (int i = 0; i < D; i++)
+                    dx[i] += dy[i] * weight[i] * rs - x[i] * c;
             }
             if (dweight != NULL) {
 #pragma omp for schedule(static)
@@ -76,7 +83,8 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
                         for (int i = 0; i < ni; i++)
                             acc[i] += dout[off + i] * inp[off + i] * rstd[r];
                     }
-                    for (int i = 0; i < ni; i++) dweight[i0 + i] += acc[i];
+                    for (int i = 0; i < ni; i++)
+                        dweight[i0 + i] += acc[i];
                 }
             }
         }
@@ -98,7 +106,8 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                 const long n = n0 + r;
                 const float *x = inp + n * D;
                 float mean = 0.0f;
-                for (int i = 0; i < D; i++) mean += x[i];
+                for (int i = 0; i < D; i++)
+                    mean += x[i];
                 mean /= (float)D;
                 float var = 0.0f;
                 for (int i = 0; i < D; i++) {

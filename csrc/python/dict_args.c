@@ -40,4 +40,3 @@ int mgpy_dict_float(PyObject *cfg, const char *key, float dflt, float *out) {
     *out = (float)x;
     return 0;
 }
-

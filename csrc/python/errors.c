@@ -12,16 +12,26 @@
 PyObject *mgpy_raise(const mg_error *err) {
     PyObject *type;
     switch (err->code) {
-    case MG_ERR_TYPE: type = PyExc_TypeError; break;
-    case MG_ERR_NOT_FOUND: type = PyExc_FileNotFoundError; break;
-    case MG_ERR_IO: type = PyExc_OSError; break;
-    case MG_ERR_NOMEM: type = PyExc_MemoryError; break;
-    default: type = PyExc_ValueError; break;
+    case MG_ERR_TYPE:
+        type = PyExc_TypeError;
+        break;
+    case MG_ERR_NOT_FOUND:
+        type = PyExc_FileNotFoundError;
+        break;
+    case MG_ERR_IO:
+        type = PyExc_OSError;
+        break;
+    case MG_ERR_NOMEM:
+        type = PyExc_MemoryError;
+        break;
+    default:
+        type = PyExc_ValueError;
+        break;
     }
     /* a message may quote bytes from a corrupt file: never let decoding it raise instead */
-    PyObject *msg = PyUnicode_DecodeUTF8(err->msg[0] ? err->msg : "magnet: unknown error",
-                                         (Py_ssize_t)strlen(err->msg[0] ? err->msg : "magnet: unknown error"),
-                                         "replace");
+    PyObject *msg = PyUnicode_DecodeUTF8(
+        err->msg[0] ? err->msg : "magnet: unknown error",
+        (Py_ssize_t)strlen(err->msg[0] ? err->msg : "magnet: unknown error"), "replace");
     if (msg == NULL) return NULL;
     PyErr_SetObject(type, msg);
     Py_DECREF(msg);
@@ -35,7 +45,8 @@ static void free_capsule(PyObject *capsule) {
 
 PyObject *mgpy_array_take(int ndim, const int64_t *shape, float *data) {
     npy_intp dims[8];
-    for (int i = 0; i < ndim && i < 8; i++) dims[i] = (npy_intp)shape[i];
+    for (int i = 0; i < ndim && i < 8; i++)
+        dims[i] = (npy_intp)shape[i];
     PyObject *arr = PyArray_SimpleNewFromData(ndim, dims, NPY_FLOAT32, data);
     if (arr == NULL) {
         mg_free(data);

@@ -22,15 +22,20 @@ static PyObject *scalar_to_py(const mg_gguf_value *v) {
     case MG_GGUF_UINT8:
     case MG_GGUF_UINT16:
     case MG_GGUF_UINT32:
-    case MG_GGUF_UINT64: return PyLong_FromUnsignedLongLong(v->u64);
+    case MG_GGUF_UINT64:
+        return PyLong_FromUnsignedLongLong(v->u64);
     case MG_GGUF_INT8:
     case MG_GGUF_INT16:
     case MG_GGUF_INT32:
-    case MG_GGUF_INT64: return PyLong_FromLongLong(v->i64);
+    case MG_GGUF_INT64:
+        return PyLong_FromLongLong(v->i64);
     case MG_GGUF_FLOAT32:
-    case MG_GGUF_FLOAT64: return PyFloat_FromDouble(v->f64);
-    case MG_GGUF_BOOL: return PyBool_FromLong(v->boolean);
-    default: break;
+    case MG_GGUF_FLOAT64:
+        return PyFloat_FromDouble(v->f64);
+    case MG_GGUF_BOOL:
+        return PyBool_FromLong(v->boolean);
+    default:
+        break;
     }
     PyErr_Format(PyExc_ValueError, "GGUF value of unknown type %u", v->type);
     return NULL;
@@ -140,7 +145,8 @@ static PyObject *tensors_to_py(const mg_gguf_file *f, float **bufs) {
         }
         /* numpy is row-major: the slowest ggml dimension (last ne) comes first */
         int64_t shape[MG_GGUF_MAX_DIMS];
-        for (uint32_t d = 0; d < t->n_dims; d++) shape[d] = t->ne[t->n_dims - 1 - d];
+        for (uint32_t d = 0; d < t->n_dims; d++)
+            shape[d] = t->ne[t->n_dims - 1 - d];
         PyObject *arr = mgpy_array_take((int)t->n_dims, shape, bufs[i]);
         bufs[i] = NULL; /* owned by the array now, or already freed */
         if (arr == NULL || PyDict_SetItem(dict, key, arr) != 0) {
@@ -189,7 +195,8 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args) {
     result = PyTuple_Pack(2, meta, tensors);
 done:
     if (bufs) {
-        for (uint64_t i = 0; i < f.n_tensors; i++) mg_free(bufs[i]);
+        for (uint64_t i = 0; i < f.n_tensors; i++)
+            mg_free(bufs[i]);
         mg_free(bufs);
     }
     Py_XDECREF(meta);

@@ -31,7 +31,8 @@ typedef struct {
 } held;
 
 static void release(held *h) {
-    for (int i = 0; i < h->n; i++) Py_XDECREF(h->objs[i]);
+    for (int i = 0; i < h->n; i++)
+        Py_XDECREF(h->objs[i]);
     h->n = 0;
 }
 
@@ -42,10 +43,14 @@ static PyObject *keep(held *h, PyObject *o) {
 
 static const char *type_name(int type) {
     switch (type) {
-    case NPY_FLOAT32: return "float32";
-    case NPY_INT32: return "int32";
-    case NPY_UINT8: return "uint8";
-    default: return "?";
+    case NPY_FLOAT32:
+        return "float32";
+    case NPY_INT32:
+        return "int32";
+    case NPY_UINT8:
+        return "uint8";
+    default:
+        return "?";
     }
 }
 
@@ -162,15 +167,15 @@ static PyObject *norm_op(PyObject *args, int layer) {
     Py_BEGIN_ALLOW_THREADS;
     if (layer) {
         layernorm_forward(f32(out), f32(inp), f32(w), f32(b), (int)N, (int)D, eps);
-        layernorm_backward(f32(dinp), f32(dw), f32(db), f32(dout), f32(inp), f32(w), (int)N,
-                           (int)D, eps);
+        layernorm_backward(f32(dinp), f32(dw), f32(db), f32(dout), f32(inp), f32(w), (int)N, (int)D,
+                           eps);
     } else {
         rmsnorm_forward(f32(out), f32(inp), f32(w), (int)N, (int)D, eps);
         rmsnorm_backward(f32(dinp), f32(dw), f32(dout), f32(inp), f32(w), (int)N, (int)D, eps);
     }
     Py_END_ALLOW_THREADS;
-    res = layer ? Py_BuildValue("(OOOO)", out, dinp, dw, db)
-                : Py_BuildValue("(OOO)", out, dinp, dw);
+    res =
+        layer ? Py_BuildValue("(OOOO)", out, dinp, dw, db) : Py_BuildValue("(OOO)", out, dinp, dw);
 done:
     release(&h);
     return res;
@@ -277,8 +282,8 @@ PyObject *mgpy_op_attention(PyObject *self, PyObject *args) {
     const attention_shape s = {(int)B, (int)T, (int)T, 0, (int)T, (int)Hq, (int)Hkv, (int)hd};
     Py_BEGIN_ALLOW_THREADS;
     attention_forward(f32(out), f32(q), f32(k), f32(v), rl, sg, rl, sg, s, scratch);
-    attention_backward(f32(dq), f32(dk), f32(dv), f32(dout), f32(q), f32(k), f32(v), rl, sg, rl,
-                       sg, s, scratch);
+    attention_backward(f32(dq), f32(dk), f32(dv), f32(dout), f32(q), f32(k), f32(v), rl, sg, rl, sg,
+                       s, scratch);
     Py_END_ALLOW_THREADS;
     mg_free(scratch);
     res = Py_BuildValue("(OOOO)", out, dq, dk, dv);
@@ -549,7 +554,8 @@ PyObject *mgpy_op_grad_global_norm(PyObject *self, PyObject *arg) {
     Py_END_ALLOW_THREADS;
     res = PyFloat_FromDouble(norm);
 done:
-    for (Py_ssize_t i = 0; arrs && i < count; i++) Py_XDECREF(arrs[i]);
+    for (Py_ssize_t i = 0; arrs && i < count; i++)
+        Py_XDECREF(arrs[i]);
     mg_free(arrs);
     mg_free(bufs);
     mg_free(lens);

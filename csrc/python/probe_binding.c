@@ -54,18 +54,17 @@ PyObject *mgpy_probe_train(PyObject *self, PyObject *args) {
     if (parse_probe_config(cfg, &c)) return NULL;
     PyArrayObject *x = NULL, *y = NULL;
     PyObject *w_arr = NULL, *b_arr = NULL, *l_arr = NULL;
-    if (!(x = probe_array(o_x, "X", NPY_FLOAT32, 2)) ||
-        !(y = probe_array(o_y, "y", NPY_INT32, 1)))
+    if (!(x = probe_array(o_x, "X", NPY_FLOAT32, 2)) || !(y = probe_array(o_y, "y", NPY_INT32, 1)))
         goto done;
     const npy_intp N = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
     if (PyArray_DIM(y, 0) != N) {
-        PyErr_Format(PyExc_ValueError, "y has %zd labels for %zd rows of X", (Py_ssize_t)
-                     PyArray_DIM(y, 0), (Py_ssize_t)N);
+        PyErr_Format(PyExc_ValueError, "y has %zd labels for %zd rows of X",
+                     (Py_ssize_t)PyArray_DIM(y, 0), (Py_ssize_t)N);
         goto done;
     }
     if (D > (1 << 30) || C < 1 || C > (1 << 20) || c.epochs < 1) {
         PyErr_SetString(PyExc_ValueError, "probe needs 1 <= num_classes <= 2**20, epochs >= 1 "
-                        "and a sane feature count");
+                                          "and a sane feature count");
         goto done;
     }
     npy_intp wd[2] = {C, D}, bd[1] = {C}, ld[1] = {c.epochs};

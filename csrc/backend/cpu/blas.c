@@ -34,7 +34,8 @@ static void run_blas_jobs_on_openmp(int sync, openblas_dojob_callback dojob, int
                                     size_t jobdata_elsize, void *jobdata, int dojob_data) {
     (void)sync;
 #pragma omp parallel for num_threads(numjobs) schedule(static, 1)
-    for (int i = 0; i < numjobs; i++) dojob(i, (char *)jobdata + (size_t)i * jobdata_elsize, dojob_data);
+    for (int i = 0; i < numjobs; i++)
+        dojob(i, (char *)jobdata + (size_t)i * jobdata_elsize, dojob_data);
 }
 #endif
 
