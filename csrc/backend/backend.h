@@ -161,6 +161,13 @@ struct mg_backend_s {
                                 mg_pooling mode);
     /* Scales each row of x[N, D] to unit L2 norm (rows of norm 0 stay 0). */
     void (*l2_normalize_rows)(const mg_backend *be, float *x, int N, int D);
+
+    /* ---- sampling ---- */
+    /* Greedy choice per row of logits[rows, V]: the first index of the maximum (sampling.c's
+     * greedy rule) and its raw log-probability (sampling_logprob); both written to host arrays.
+     * Decoding on a GPU reads back these 2 x rows values instead of rows x V logits. */
+    void (*greedy_rows)(const mg_backend *be, const float *logits, int rows, int V, int32_t *tokens,
+                        float *logprobs);
 };
 
 /* The CPU backend (a static table; never NULL). */

@@ -4,6 +4,7 @@
 
 #include "../core/alloc.h"
 #include "../ops/attention.h"
+#include "transfer.h"
 
 int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, int keep_hidden,
                       const sampling_params *params, uint64_t seed, int eos_id, mg_error *err) {
@@ -38,6 +39,12 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
         return err->code;
     const size_t BV = (size_t)B * g->V;
     g->logits = mg_alloc(BV, sizeof(float), "logits", err);
+    g->greedy_tok = mg_alloc((size_t)B, sizeof(int32_t), "greedy tokens", err);
+    g->greedy_lp = mg_alloc((size_t)B, sizeof(float), "greedy log-probabilities", err);
+    g->device_greedy = !mg_on_host(be) && !params->do_sample && params->repetition_penalty == 1.0f;
+    g->dev_logits = g->logits;
+    if (!mg_on_host(be) && err->code == MG_OK)
+        g->dev_logits = be->alloc(be, BV * sizeof(float), "device logits", err);
     /* in the model's backend memory: what the model writes */
     if (err->code == MG_OK) g->step_logits = be->alloc(be, BV * sizeof(float), "step logits", err);
     if (keep_hidden && err->code == MG_OK)
@@ -66,7 +73,11 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
 
 void mg_generator_release(mg_generator *g) {
     mg_kv_cache_release(&g->cache);
+    if (g->model != NULL && g->dev_logits != g->logits)
+        g->model->be->free(g->model->be, g->dev_logits);
     mg_free(g->logits);
+    mg_free(g->greedy_tok);
+    mg_free(g->greedy_lp);
     if (g->model != NULL) {
         const mg_backend *be = g->model->be;
         be->free(be, g->step_logits);
@@ -85,6 +96,28 @@ void mg_generator_release(mg_generator *g) {
     memset(g, 0, sizeof(*g));
 }
 
+/* After dev_logits changed: a GPU decoding greedily chooses there and reads back the choices;
+ * otherwise the host copy follows (on the CPU they are one buffer). */
+static void refresh_logits(mg_generator *g) {
+    const mg_backend *be = g->model->be;
+    if (g->device_greedy) {
+        be->greedy_rows(be, g->dev_logits, g->B, g->V, g->greedy_tok, g->greedy_lp);
+        g->host_stale = 1;
+    } else if (g->dev_logits != g->logits) {
+        be->download(be, g->logits, g->dev_logits, sizeof(float) * (size_t)g->B * g->V);
+    }
+}
+
+/* The host logits, current (read back if a greedy GPU session skipped that). */
+static const float *host_logits(mg_generator *g) {
+    if (g->host_stale) {
+        g->model->be->download(g->model->be, g->logits, g->dev_logits,
+                               sizeof(float) * (size_t)g->B * g->V);
+        g->host_stale = 0;
+    }
+    return g->logits;
+}
+
 /* Runs one model step of T tokens per row and keeps its states, and the logits of each row whose
  * last token is not padding (an idle row keeps its prediction). */
 static int run_step(mg_generator *g, const int32_t *tokens, const uint8_t *roles,
@@ -99,12 +132,13 @@ static int run_step(mg_generator *g, const int32_t *tokens, const uint8_t *roles
     int all_live = 1;
     for (int b = 0; b < g->B; b++)
         all_live &= segments[(long)b * T + T - 1] >= 0;
-    if (all_live) /* one transfer instead of one per row (each waits for the device) */
-        be->download(be, g->logits, g->step_logits, sizeof(float) * (size_t)g->B * g->V);
+    const size_t row_bytes = sizeof(float) * g->V;
+    if (all_live) /* one copy instead of one per row */
+        be->copy(be, g->dev_logits, g->step_logits, row_bytes * g->B);
     for (int b = 0; b < g->B; b++) {
         if (!all_live && segments[(long)b * T + T - 1] >= 0)
-            be->download(be, g->logits + (long)b * g->V, g->step_logits + (long)b * g->V,
-                         sizeof(float) * g->V);
+            be->copy(be, g->dev_logits + (long)b * g->V, g->step_logits + (long)b * g->V,
+                     row_bytes);
         if (g->hidden != NULL)
             be->copy(be, g->hidden + ((long)b * g->cache.capacity + start) * D,
                      hidden_tmp + (long)b * T * D, sizeof(float) * T * D);
@@ -116,6 +150,7 @@ static int run_step(mg_generator *g, const int32_t *tokens, const uint8_t *roles
         }
     }
     g->has_logits = 1;
+    refresh_logits(g);
     return MG_OK;
 }
 
@@ -158,12 +193,14 @@ int mg_generator_logits_at(mg_generator *g, const int32_t *index, mg_error *err)
     if (out == NULL) return err->code;
     be->matmul_forward(be, out, g->step_hidden, g->model->params.lm_head, NULL, rows, g->D, g->V,
                        false);
+    host_logits(g); /* rows not recomputed here keep their current values */
     rows = 0;
     for (int b = 0; b < g->B; b++)
         if (index[b] >= 0)
-            be->download(be, g->logits + (long)b * g->V, out + (long)rows++ * g->V,
-                         sizeof(float) * g->V);
+            be->copy(be, g->dev_logits + (long)b * g->V, out + (long)rows++ * g->V,
+                     sizeof(float) * g->V);
     be->free(be, out);
+    refresh_logits(g);
     return be->sync(be, err);
 }
 
@@ -171,13 +208,21 @@ int mg_generator_logits_at(mg_generator *g, const int32_t *index, mg_error *err)
 static void sample_rows(mg_generator *g, const uint8_t *active, int32_t *tokens, float *logprobs) {
     const int V = g->V;
     const uint64_t step = g->draws++;
+    if (g->device_greedy && g->host_stale) { /* chosen on the device already */
+        for (int b = 0; b < g->B; b++) {
+            tokens[b] = active[b] ? g->greedy_tok[b] : -1;
+            if (logprobs != NULL) logprobs[b] = active[b] ? g->greedy_lp[b] : 0.0f;
+        }
+        return;
+    }
+    const float *logits = host_logits(g);
 #pragma omp parallel for schedule(static) if (g->B > 1)
     for (int b = 0; b < g->B; b++) {
         float lp = 0.0f;
         int tok = -1;
         if (active[b]) {
             const double u = sampling_uniform(g->seed, step, (uint64_t)b);
-            tok = sampling_choose(g->logits + (long)b * V, V, g->seen + (long)b * V, &g->params, u,
+            tok = sampling_choose(logits + (long)b * V, V, g->seen + (long)b * V, &g->params, u,
                                   g->scratch + (size_t)b * SAMPLING_SCRATCH_WORDS(V), &lp);
         }
         tokens[b] = tok;
@@ -234,13 +279,13 @@ int mg_generator_span_step(mg_generator *g, const int32_t *positions, int32_t *t
     return run_step(g, g->step_tok, g->step_role, g->step_seg, g->step_pos, 1, g->step_hidden, err);
 }
 
-int mg_generator_logprob(const mg_generator *g, const int32_t *tokens, float *out, mg_error *err) {
+int mg_generator_logprob(mg_generator *g, const int32_t *tokens, float *out, mg_error *err) {
     if (!g->has_logits) return mg_fail(err, MG_ERR_VALUE, "no logits yet");
+    const float *logits = host_logits(g);
     for (int b = 0; b < g->B; b++) {
         if (tokens[b] >= g->V)
             return mg_fail(err, MG_ERR_VALUE, "token id %d is out of range", tokens[b]);
-        out[b] =
-            tokens[b] < 0 ? 0.0f : sampling_logprob(g->logits + (long)b * g->V, g->V, tokens[b]);
+        out[b] = tokens[b] < 0 ? 0.0f : sampling_logprob(logits + (long)b * g->V, g->V, tokens[b]);
     }
     return MG_OK;
 }

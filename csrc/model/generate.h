@@ -16,22 +16,27 @@ typedef struct {
     int B, V, D;
     sampling_params params;
     uint64_t seed;
-    int eos_id;         /* a row that samples it is finished; -1: none */
-    uint64_t draws;     /* samples drawn so far: the step coordinate of the RNG */
-    int has_logits;     /* logits hold a prediction for every row */
-    float *logits;      /* [B, V] next-token logits of each row */
-    float *step_logits; /* [B, V] a step's output, before idle rows are filtered out */
-    float *hidden;      /* [B, capacity, D] state of every appended token, or NULL */
-    uint8_t *seen;      /* [B, V] tokens the repetition penalty applies to */
-    uint8_t *finished;  /* [B] */
-    int32_t *pending;   /* [B] sampled tokens not yet appended (generation), -1: none */
-    int32_t *next_pos;  /* [B] position after the row's last appended token */
-    uint64_t *scratch;  /* [B, SAMPLING_SCRATCH_WORDS(V)] */
-    int32_t *step_tok;  /* [B] one-token step buffers */
-    int32_t *step_seg;  /* [B] */
-    int *step_pos;      /* [B] */
-    uint8_t *step_role; /* [B] */
-    float *step_hidden; /* [B, D] */
+    int eos_id;          /* a row that samples it is finished; -1: none */
+    uint64_t draws;      /* samples drawn so far: the step coordinate of the RNG */
+    int has_logits;      /* logits hold a prediction for every row */
+    float *logits;       /* [B, V] next-token logits of each row (host) */
+    float *dev_logits;   /* [B, V] the same in the model's backend memory (= logits on the CPU) */
+    int host_stale;      /* logits lag dev_logits (a GPU decoding greedily reads back less) */
+    int device_greedy;   /* greedy without penalty on a GPU: choose there (greedy_rows) */
+    int32_t *greedy_tok; /* [B] the device's greedy choice of each row, when device_greedy */
+    float *greedy_lp;    /* [B] its raw log-probability */
+    float *step_logits;  /* [B, V] a step's output, before idle rows are filtered out */
+    float *hidden;       /* [B, capacity, D] state of every appended token, or NULL */
+    uint8_t *seen;       /* [B, V] tokens the repetition penalty applies to */
+    uint8_t *finished;   /* [B] */
+    int32_t *pending;    /* [B] sampled tokens not yet appended (generation), -1: none */
+    int32_t *next_pos;   /* [B] position after the row's last appended token */
+    uint64_t *scratch;   /* [B, SAMPLING_SCRATCH_WORDS(V)] */
+    int32_t *step_tok;   /* [B] one-token step buffers */
+    int32_t *step_seg;   /* [B] */
+    int *step_pos;       /* [B] */
+    uint8_t *step_role;  /* [B] */
+    float *step_hidden;  /* [B, D] */
 } mg_generator;
 
 /* capacity: tokens per row the session may hold; keep_hidden: keep every appended token's
@@ -60,6 +65,6 @@ int mg_generator_span_step(mg_generator *g, const int32_t *positions, int32_t *t
                            float *logprobs, mg_error *err);
 
 /* out[b] = log softmax(logits of row b)[tokens[b]] (rows with tokens[b] < 0 get 0). */
-int mg_generator_logprob(const mg_generator *g, const int32_t *tokens, float *out, mg_error *err);
+int mg_generator_logprob(mg_generator *g, const int32_t *tokens, float *out, mg_error *err);
 
 #endif

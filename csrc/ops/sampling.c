@@ -28,6 +28,17 @@ float sampling_logprob(const float *logits, int V, int token) {
     return (float)((double)logits[token] - m - log(z));
 }
 
+void sampling_greedy_rows(const float *logits, int rows, int V, int32_t *tokens, float *logprobs) {
+    for (int r = 0; r < rows; r++) {
+        const float *x = logits + (long)r * V;
+        int chosen = 0;
+        for (int i = 1; i < V; i++)
+            if (x[i] > x[chosen]) chosen = i;
+        tokens[r] = chosen;
+        logprobs[r] = sampling_logprob(x, V, chosen);
+    }
+}
+
 /* Sort key: weight (>= 0, so its IEEE bits order like the value) high, inverted id low, so a
  * descending sort gives larger weights first and, among ties, lower ids first. */
 static uint64_t pack(float w, int32_t id) {

@@ -33,4 +33,8 @@ int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampl
 /* log softmax(logits)[token] for one row of V logits. */
 float sampling_logprob(const float *logits, int V, int token);
 
+/* Greedy choice of each row of logits[rows, V] (the first index of the maximum, as
+ * sampling_choose without sampling or penalty) and its sampling_logprob. */
+void sampling_greedy_rows(const float *logits, int rows, int V, int32_t *tokens, float *logprobs);
+
 #endif

@@ -14,6 +14,7 @@
 #include "../../ops/norm.h"
 #include "../../ops/rope.h"
 #include "../../ops/rows.h"
+#include "../../ops/sampling.h"
 #include "../backend.h"
 #include "blas.h"
 
@@ -228,6 +229,12 @@ static void cpu_l2_normalize_rows(const mg_backend *be, float *x, int N, int D) 
     l2_normalize_rows(x, N, D);
 }
 
+static void cpu_greedy_rows(const mg_backend *be, const float *logits, int rows, int V,
+                            int32_t *tokens, float *logprobs) {
+    (void)be;
+    sampling_greedy_rows(logits, rows, V, tokens, logprobs);
+}
+
 static const mg_backend cpu_backend = {
     .device = MG_DEVICE_CPU,
     .name = "cpu",
@@ -275,6 +282,7 @@ static const mg_backend cpu_backend = {
     .range_pool_forward = cpu_range_pool_forward,
     .range_pool_backward = cpu_range_pool_backward,
     .l2_normalize_rows = cpu_l2_normalize_rows,
+    .greedy_rows = cpu_greedy_rows,
 };
 
 const mg_backend *mg_backend_cpu(void) {

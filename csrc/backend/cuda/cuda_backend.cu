@@ -58,6 +58,7 @@ void fill_table(mg_backend *be) {
     be->range_pool_forward = cuda_range_pool_forward;
     be->range_pool_backward = cuda_range_pool_backward;
     be->l2_normalize_rows = cuda_l2_normalize_rows;
+    be->greedy_rows = cuda_greedy_rows;
 }
 
 /* Fails creation with the runtime's reason for `status` (and clears the runtime's last error). */

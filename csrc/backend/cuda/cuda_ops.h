@@ -91,6 +91,8 @@ void cuda_range_pool_backward(const mg_backend *be, float *dhidden, const float 
                               const int64_t *start, const int64_t *end, int n, int D,
                               mg_pooling mode);
 void cuda_l2_normalize_rows(const mg_backend *be, float *x, int N, int D);
+void cuda_greedy_rows(const mg_backend *be, const float *logits, int rows, int V, int32_t *tokens,
+                      float *logprobs);
 
 #ifdef __cplusplus
 }
