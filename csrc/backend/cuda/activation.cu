@@ -4,45 +4,25 @@
 #include "cuda_common.h"
 #include "elementwise.cuh"
 
-#include <string.h>
-
-/* mg_expf of csrc/ops/fast_exp.h, for device code: the same clamp, range reduction and
- * polynomial, all with explicit fmaf, so the result has the CPU's bits. */
-__device__ inline float mg_dev_expf(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    const float n = rintf(x * 1.44269504088896341f);
-    float r = fmaf(n, -0.693359375f, x);
-    r = fmaf(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
+#include "../../ops/fast_exp.h"
 
 #define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
 __device__ inline float swiglu_value(float g, float u) {
-    return g / (1.0f + mg_dev_expf(-g)) * u;
+    return g / (1.0f + mg_expf(-g)) * u;
 }
 
 __device__ inline float gelu_value(float v) {
     /* 1 + tanh(z) = 2 - 2 / (e^{2z} + 1) */
     const float z = GELU_C * (v + GELU_A * v * v * v);
-    return 0.5f * v * (2.0f - 2.0f / (mg_dev_expf(2.0f * z) + 1.0f));
+    return 0.5f * v * (2.0f - 2.0f / (mg_expf(2.0f * z) + 1.0f));
 }
 
 /* d gelu / dv; see csrc/ops/activation.c for the derivation. */
 __device__ inline float gelu_slope(float v) {
     const float z = GELU_C * (v + GELU_A * v * v * v);
-    const float t = 1.0f - 2.0f / (mg_dev_expf(2.0f * z) + 1.0f);
+    const float t = 1.0f - 2.0f / (mg_expf(2.0f * z) + 1.0f);
     return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * v * v);
 }
 
@@ -65,14 +45,14 @@ struct SwigluBackward {
     /* s = sigmoid(g): dup += dout g s, dgate += dout up s (1 + g (1 - s)) */
     __device__ void at(long i) const {
         const float g = gate[i], d = dout[i];
-        const float s = 1.0f / (1.0f + mg_dev_expf(-g));
+        const float s = 1.0f / (1.0f + mg_expf(-g));
         if (dup != NULL) dup[i] += d * g * s;
         if (dgate != NULL) dgate[i] += d * up[i] * s * (1.0f + g * (1.0f - s));
     }
     __device__ void at4(long i) const {
         const mg_float4 g = mg_load4(gate + i), d = mg_load4(dout + i);
-        const mg_float4 s = {1.0f / (1.0f + mg_dev_expf(-g.x)), 1.0f / (1.0f + mg_dev_expf(-g.y)),
-                             1.0f / (1.0f + mg_dev_expf(-g.z)), 1.0f / (1.0f + mg_dev_expf(-g.w))};
+        const mg_float4 s = {1.0f / (1.0f + mg_expf(-g.x)), 1.0f / (1.0f + mg_expf(-g.y)),
+                             1.0f / (1.0f + mg_expf(-g.z)), 1.0f / (1.0f + mg_expf(-g.w))};
         if (dup != NULL) {
             mg_float4 a = mg_load4(dup + i);
             a.x += d.x * g.x * s.x;
