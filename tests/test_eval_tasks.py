@@ -138,7 +138,6 @@ def test_repetition_with_a_stub_generator(model: magnet.Model) -> None:
     assert all(len(model.tokenizer.encode(p, add_bos=False)) >= 14 for p in prompts)
 
 
-@pytest.mark.skipif(not hasattr(magnet.Model, "generate"), reason="Model.generate not merged")
 def test_repetition_with_the_model(model: magnet.Model) -> None:
     res = tasks.evaluate_repetition(model, FIX / "wiki.tokens", num_prompts=2, prompt_tokens=8,
                                     max_new_tokens=24, progress=False)
