@@ -100,7 +100,12 @@ def test_save_and_reload_gives_identical_logits(stories, texts, tmp_path, merge)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "adapter_config.json").is_file() != merge
     again = magnet.Model.from_pretrained(out)
-    np.testing.assert_allclose(again.logits(ids, roles=roles), before, rtol=0, atol=2e-5)
+    if merge:
+        # W + s B A rounds every merged weight once, so the logits move by float rounding
+        # (measured up to 2.3e-5 on logits of about 1) but no more.
+        np.testing.assert_allclose(again.logits(ids, roles=roles), before, rtol=0, atol=5e-5)
+    else:  # the adapter is saved as it is: the same arithmetic, the same bits
+        np.testing.assert_array_equal(again.logits(ids, roles=roles), before)
     assert again.tokenizer.encode("a dog") == stories.tokenizer.encode("a dog")
 
 

@@ -58,6 +58,29 @@ def test_matmul(rng, has_bias):
         assert db is None
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17])
+@pytest.mark.parametrize("n_in", [8, 37, 576])
+def test_matmul_few_rows(rng, N, n_in):
+    """Up to MG_SKINNY_MAX_ROWS rows take the weight-streaming kernels (decode steps): dot
+    products up to 4 rows, packed inputs and broadcast weights above, the GEMM past 16. Odd
+    sizes included: the tile edges repeat rows or pad lanes and drop their results."""
+    n_out = 19
+    x, w, dout = rand(rng, N, n_in), rand(rng, n_out, n_in), rand(rng, N, n_out)
+    b = rand(rng, n_out)
+    out, *_ = _C.op_matmul(x, w, b, dout)
+    close("matmul out", out, F.linear(leaf(x), leaf(w), leaf(b)))
+
+
+def test_matmul_few_rows_do_not_depend_on_their_neighbours(rng):
+    """Up to 4 rows (batch-1 to batch-4 decode steps) each row gets bit-identical output
+    whichever rows share the call."""
+    x, w, dout = rand(rng, 4, 77), rand(rng, 45, 77), rand(rng, 4, 45)
+    together, *_ = _C.op_matmul(x, w, None, dout)
+    for i in range(4):
+        alone, *_ = _C.op_matmul(x[i:i + 1], w, None, dout[i:i + 1])
+        assert np.array_equal(alone[0], together[i]), f"row {i} changed with its neighbours"
+
+
 # --- norms ----------------------------------------------------------------------------------
 
 
@@ -342,6 +365,21 @@ def test_dropout(rng):
     assert np.array_equal(zero[0], x) and np.array_equal(zero[1], dout)
     with pytest.raises(ValueError):
         _C.op_dropout(x, 1.0, 7, 3, dout)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("n", [7, 8, 1003, 40_001])
+def test_dropout_mask_is_the_counter_rng(rng, p, n):
+    """Element i is kept iff the counter RNG's draw i of (seed, offset) is >= p, exactly: the
+    vectorised mask (eight elements at a time) and the scalar tail agree with op_rng."""
+    x = rand(rng, n) + 5.0
+    dout = rand(rng, n)
+    out, dx = _C.op_dropout(x, p, 11, 5, dout)
+    want_keep = _C.op_rng(11, 5, 0, n) >= np.float32(p)
+    assert np.array_equal(out != 0, want_keep)
+    scale = np.float32(1) / (np.float32(1) - np.float32(p))  # as the C code rounds it
+    np.testing.assert_array_equal(out, np.where(want_keep, x * scale, 0).astype(np.float32))
+    np.testing.assert_array_equal(dx, np.where(want_keep, dout * scale, 0).astype(np.float32))
 
 
 def test_rng():

@@ -6,22 +6,24 @@
 
 int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config *c,
                         const mg_lora *lora, long N, mg_error *err) {
-    memset(a, 0, sizeof(*a));
     const size_t D = c->dim, F = c->hidden_dim, QD = (size_t)c->n_heads * c->head_dim;
     size_t r = lora ? (size_t)lora->rank : 0;
     int n_lora = 0;
     for (int t = 0; lora && t < MG_LORA_TARGETS; t++)
         n_lora += (lora->targets >> t) & 1;
     const size_t per_row = 4 * D + 2 * QD + 3 * F + (size_t)n_lora * r;
-    size_t rows = (size_t)N * ((size_t)c->n_layers * per_row + 2 * D + 1), floats = rows;
-    (void)floats;
-    a->layers =
-        mg_alloc((size_t)c->n_layers, sizeof(mg_layer_activations), "activation table", err);
-    a->be = be;
-    if (err->code == MG_OK)
+    const size_t rows = (size_t)N * ((size_t)c->n_layers * per_row + 2 * D + 1);
+    if (a->block != NULL && (a->be != be || a->capacity < rows)) mg_activations_release(a);
+    if (a->layers == NULL)
+        a->layers =
+            mg_alloc((size_t)c->n_layers, sizeof(mg_layer_activations), "activation table", err);
+    if (a->layers != NULL && a->block == NULL) {
+        a->be = be;
         a->block = be->device == MG_DEVICE_CPU
                        ? mg_alloc_uninit(rows, sizeof(float), "training activations", err)
                        : be->alloc(be, rows * sizeof(float), "training activations", err);
+        a->capacity = a->block != NULL ? rows : 0;
+    }
     if (err->code != MG_OK) {
         mg_activations_release(a);
         return err->code;

@@ -1,6 +1,7 @@
 /* What a training forward pass keeps for the backward pass: every layer's inputs to the ops
  * whose gradients need them. Keys and values stay in the pass's key/value cache (one slot per
- * layer). One allocation holds it all. */
+ * layer). One allocation holds it all, and later passes reuse it: at batch 8 x 128 on a 135M
+ * model it is 3 GB, and fresh pages for it cost every step about 4% in page faults. */
 #ifndef MG_MODEL_ACTIVATIONS_H
 #define MG_MODEL_ACTIVATIONS_H
 
@@ -26,14 +27,18 @@ typedef struct {
     const mg_backend *be; /* whose memory holds the block */
     long N;
     float *block;
+    size_t capacity; /* floats the block holds (at least what N needs) */
     mg_layer_activations *layers;
     float *x_final; /* [N, D] residual stream entering the final norm */
     float *hidden;  /* [N, D] final-norm output */
     int *pos;       /* [N] positions (backend memory) */
 } mg_activations;
 
+/* Lays out the activations of N rows. `a` is zeroed before its first use; an earlier init's
+ * block is kept when it is large enough and on the same backend, and replaced otherwise. */
 int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config *c,
                         const mg_lora *lora, long N, mg_error *err);
+/* Frees the block and the table; `a` is zeroed and may be initialised again. */
 void mg_activations_release(mg_activations *a);
 
 /* Settings of one training (or evaluation) pass of the forward. */

@@ -54,6 +54,7 @@ mg_trainer *mg_trainer_create(mg_model *model, const mg_train_config *cfg, mg_er
 
 void mg_trainer_free(mg_trainer *t) {
     if (t == NULL) return;
+    mg_activations_release(&t->acts);
     float *blocks[6] = {t->grads.params, t->grads.lora, t->m_params,
                         t->v_params,     t->m_lora,     t->v_lora};
     const mg_backend *be = t->model->be;
@@ -242,9 +243,8 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     ws.be = be;
     float *dhidden = NULL, *loss_buf = NULL, *pooled = NULL, *nce = NULL;
     int64_t *ranges_dev = NULL;
-    mg_activations acts;
+    mg_activations *acts = &t->acts;
     mg_kv_cache cache;
-    memset(&acts, 0, sizeof(acts));
     memset(&cache, 0, sizeof(cache));
     if (err->code != MG_OK) goto done;
     if (mg_workspace_init(&ws, be, ws_bytes, err) != 0) goto done;
@@ -283,10 +283,10 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     for (long n = 0; n < N; n++)
         out->tokens += segs[n] >= 0;
 
-    if (mg_activations_init(&acts, be, c, m->lora, N, err) != MG_OK) goto done;
+    if (mg_activations_init(acts, be, c, m->lora, N, err) != MG_OK) goto done;
     if (mg_kv_cache_init(&cache, be, c, R, T, c->n_layers, err) != MG_OK) goto done;
     mg_segment_positions(positions, segs, R, T);
-    const mg_train_pass pass = {&acts, train ? t->cfg.resid_dropout : 0.0f,
+    const mg_train_pass pass = {acts, train ? t->cfg.resid_dropout : 0.0f,
                                 train ? t->cfg.lora_dropout : 0.0f, mb->seed};
     if (mg_model_step_ex(m, &cache, tokens, roles, segs, positions, R, T, NULL, NULL, 0, &pass,
                          err) != MG_OK)
@@ -308,7 +308,7 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
         for (long i = 0; i < count; i++)
             lab[i] = label_sets[s][idx[i]];
         double sum = 0.0;
-        token_loss(t, acts.hidden, dhidden, idx, lab, count,
+        token_loss(t, acts->hidden, dhidden, idx, lab, count,
                    weights[s] * mb->grad_scale / (float)count, train, &sum, loss_buf, err);
         mg_free(lab);
         if (err->code != MG_OK) goto done;
@@ -324,7 +324,7 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
         pool_ranges(start, end, places, 2 * Bs, mb->pooling);
         const int64_t *d_ranges = mg_stage(be, ranges_dev, start, sizeof(int64_t) * 4 * Bs);
         const int64_t *d_start = d_ranges, *d_end = d_ranges + 2 * (size_t)Bs;
-        be->range_pool_forward(be, a, acts.hidden, d_start, d_end, 2 * Bs, D, mb->pooling);
+        be->range_pool_forward(be, a, acts->hidden, d_start, d_end, 2 * Bs, D, mb->pooling);
         float loss = 0.0f;
         be->infonce(be, &loss, da, db, a, b, Bs, D, t->cfg.temperature, mb->w_sscl * mb->grad_scale,
                     nce);
@@ -337,7 +337,6 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     be->sync(be, err);
 done:
     mg_free(places);
-    mg_activations_release(&acts);
     mg_kv_cache_release(&cache);
     mg_free(tokens);
     mg_free(roles);

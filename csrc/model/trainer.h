@@ -54,6 +54,7 @@ typedef struct {
     float *m_params, *v_params; /* AdamW moments for full fine-tuning */
     float *m_lora, *v_lora;     /* ... for LoRA */
     int step;                   /* optimizer steps taken */
+    mg_activations acts;        /* the forward's records, reused by every micro step */
 } mg_trainer;
 
 /* The model must have adapters attached unless cfg->full_finetune. */

@@ -16,9 +16,9 @@ static inline int key_visible(uint8_t q_role, int32_t q_seg, int q_index, uint8_
 
 /* Softmax of score[lo..hi] over the keys the rule lets this query see; everything else in
  * [0, Tk) becomes exactly 0. Returns 0 when no key is visible (padding queries). */
-static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_index,
-                              const uint8_t *k_roles, const int32_t *k_seg, int lo, int hi,
-                              int Tk) {
+MG_EXP_LOOP static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_index,
+                                          const uint8_t *k_roles, const int32_t *k_seg, int lo,
+                                          int hi, int Tk) {
     float mx = -INFINITY;
     for (int j = lo; j <= hi; j++) {
         const float sc =
@@ -30,13 +30,15 @@ static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_ind
         memset(score, 0, sizeof(float) * Tk);
         return 0;
     }
-    float sum = 0.0f;
+    /* The exponentials in one vectorised loop, then the sum in order (a float sum cannot be
+     * reordered without changing its rounding). */
     for (int j = lo; j <= hi; j++) {
         const float e = mg_expf(score[j] - mx);
-        const float p = score[j] == -INFINITY ? 0.0f : e;
-        score[j] = p;
-        sum += p;
+        score[j] = score[j] == -INFINITY ? 0.0f : e;
     }
+    float sum = 0.0f;
+    for (int j = lo; j <= hi; j++)
+        sum += score[j];
     const float inv = 1.0f / sum;
     for (int j = lo; j <= hi; j++)
         score[j] *= inv;

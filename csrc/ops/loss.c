@@ -9,8 +9,9 @@
 /* Fixed number of row chunks whose partial loss sums are combined in order. */
 #define CE_CHUNKS 64
 
-int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N, int V,
-                                   float grad_scale, double *loss_sum, long *count, mg_error *err) {
+MG_EXP_LOOP int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N, int V,
+                                               float grad_scale, double *loss_sum, long *count,
+                                               mg_error *err) {
     for (long n = 0; n < N; n++)
         if (labels[n] != MG_IGNORE_LABEL && (labels[n] < 0 || labels[n] >= V))
             return mg_fail(err, MG_ERR_VALUE,
@@ -35,11 +36,12 @@ int cross_entropy_forward_backward(float *logits, const int32_t *labels, long N,
             for (int j = 1; j < V; j++)
                 mx = x[j] > mx ? x[j] : mx;
             const float target = x[y];
-            float sum = 0.0f;
-            for (int j = 0; j < V; j++) {
+            /* Vectorised exponentials, then the sum in order (same rounding as one loop). */
+            for (int j = 0; j < V; j++)
                 x[j] = mg_expf(x[j] - mx);
+            float sum = 0.0f;
+            for (int j = 0; j < V; j++)
                 sum += x[j];
-            }
             acc += log((double)sum) + (double)mx - (double)target;
             k++;
             const float f = grad_scale / sum;

@@ -4,9 +4,14 @@
 #include <stddef.h>
 
 #include "../backend/cpu/blas.h"
+#include "skinny_matmul.h"
 
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int I, int O, bool accumulate) {
+    if (N <= MG_SKINNY_MAX_ROWS) { /* a decode step: bound by reading the weights */
+        skinny_matmul_forward(out, inp, weight, bias, N, I, O, accumulate);
+        return;
+    }
     mg_sgemm(false, true, N, O, I, 1.0f, inp, I, weight, I, accumulate ? 1.0f : 0.0f, out, O);
     if (bias == NULL) return;
 #pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * O))
