@@ -182,7 +182,11 @@ def _extension() -> Extension:
     if CUDA["mode"] != "none":
         sources = [s for s in sources if not s.endswith("/cuda_absent.c")]
     include, lib_dirs, libs, rpath, macros = _openblas()
-    compile_args = ["-std=c11", "-fopenmp", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
+    # -fno-wrapv undoes the -fwrapv in Python's own CFLAGS: with wrapping signed ints GCC cannot
+    # count the trips of `for (int j = lo; j <= hi; j++)`, and half of the attention loops
+    # stayed scalar. Our C does not rely on signed overflow (tests/sanitize.sh checks it).
+    compile_args = ["-std=c11", "-fopenmp", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden",
+                    "-fno-wrapv"]
     link_args = ["-fopenmp"]
     if _flag("MAGNET_DEBUG"):
         compile_args += ["-O0", "-g"]

@@ -7,6 +7,13 @@
 #include "../core/parallel.h"
 #include "fast_exp.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MG_ATT_SIMD 1 /* register-blocked AVX2 kernels (same sums, same order) */
+#else
+#define MG_ATT_SIMD 0
+#endif
+
 /* The unified rule for one (query, key) pair, branch-free so the loops over keys vectorise. */
 static inline int key_visible(uint8_t q_role, int32_t q_seg, int q_index, uint8_t k_role,
                               int32_t k_seg, int k_index) {
@@ -19,22 +26,23 @@ static inline int key_visible(uint8_t q_role, int32_t q_seg, int q_index, uint8_
 MG_EXP_LOOP static int masked_softmax_row(float *score, uint8_t role, int32_t seg, int q_index,
                                           const uint8_t *k_roles, const int32_t *k_seg, int lo,
                                           int hi, int Tk) {
-    float mx = -INFINITY;
+    /* Masking and the maximum in separate loops: together they did not vectorise. */
     for (int j = lo; j <= hi; j++) {
-        const float sc =
-            key_visible(role, seg, q_index, k_roles[j], k_seg[j], j) ? score[j] : -INFINITY;
-        score[j] = sc;
-        mx = sc > mx ? sc : mx;
+        const float visible = (float)key_visible(role, seg, q_index, k_roles[j], k_seg[j], j);
+        score[j] = visible != 0.0f ? score[j] : -INFINITY;
     }
+    float mx = -INFINITY;
+    for (int j = lo; j <= hi; j++)
+        mx = score[j] > mx ? score[j] : mx;
     if (seg < 0 || mx == -INFINITY) {
         memset(score, 0, sizeof(float) * Tk);
         return 0;
     }
     /* The exponentials in one vectorised loop, then the sum in order (a float sum cannot be
      * reordered without changing its rounding). */
-    for (int j = lo; j <= hi; j++) {
-        const float e = mg_expf(score[j] - mx);
-        score[j] = score[j] == -INFINITY ? 0.0f : e;
+    for (int j = lo; j <= hi; j++) { /* hidden keys (-inf) get exactly 0, without a branch */
+        const float sc = score[j];
+        score[j] = mg_expf(sc - mx) * (float)(sc != -INFINITY);
     }
     float sum = 0.0f;
     for (int j = lo; j <= hi; j++)
@@ -64,6 +72,40 @@ static void row_key_bounds(const int32_t *k_seg, const uint8_t *k_roles, int Tk,
 static void group_scores(float *sc, float qs[ATT_GROUP][MG_ATT_MAX_HD], const float *kt, int hd,
                          int Tk, int lo, int hi) {
     int j0 = lo;
+#if MG_ATT_SIMD
+    /* The same sums in the same order as the portable loop below, with the eight accumulators,
+     * two key vectors and a broadcast in registers (GCC spilled the array version and
+     * reloaded the keys once per query). */
+    for (; j0 + 16 <= hi + 1; j0 += 16) {
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+               a30 = a00, a31 = a00;
+        for (int d = 0; d < hd; d++) {
+            const float *kr = kt + (long)d * Tk + j0;
+            const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8);
+            __m256 b = _mm256_broadcast_ss(&qs[0][d]);
+            a00 = _mm256_fmadd_ps(b, k0, a00);
+            a01 = _mm256_fmadd_ps(b, k1, a01);
+            b = _mm256_broadcast_ss(&qs[1][d]);
+            a10 = _mm256_fmadd_ps(b, k0, a10);
+            a11 = _mm256_fmadd_ps(b, k1, a11);
+            b = _mm256_broadcast_ss(&qs[2][d]);
+            a20 = _mm256_fmadd_ps(b, k0, a20);
+            a21 = _mm256_fmadd_ps(b, k1, a21);
+            b = _mm256_broadcast_ss(&qs[3][d]);
+            a30 = _mm256_fmadd_ps(b, k0, a30);
+            a31 = _mm256_fmadd_ps(b, k1, a31);
+        }
+        float *o = sc + j0;
+        _mm256_storeu_ps(o, a00);
+        _mm256_storeu_ps(o + 8, a01);
+        _mm256_storeu_ps(o + Tk, a10);
+        _mm256_storeu_ps(o + Tk + 8, a11);
+        _mm256_storeu_ps(o + 2L * Tk, a20);
+        _mm256_storeu_ps(o + 2L * Tk + 8, a21);
+        _mm256_storeu_ps(o + 3L * Tk, a30);
+        _mm256_storeu_ps(o + 3L * Tk + 8, a31);
+    }
+#else
     for (; j0 + 16 <= hi + 1; j0 += 16) {
         float acc[ATT_GROUP][16] = {{0}};
         for (int d = 0; d < hd; d++) {
@@ -77,6 +119,7 @@ static void group_scores(float *sc, float qs[ATT_GROUP][MG_ATT_MAX_HD], const fl
         for (int r = 0; r < ATT_GROUP; r++)
             memcpy(sc + (long)r * Tk + j0, acc[r], sizeof(acc[r]));
     }
+#endif
     for (int j = j0; j <= hi; j++) {
         for (int r = 0; r < ATT_GROUP; r++) {
             float acc = 0.0f;
@@ -87,25 +130,66 @@ static void group_scores(float *sc, float qs[ATT_GROUP][MG_ATT_MAX_HD], const fl
     }
 }
 
-/* out[r] = sum_j p[r][j] v[j] for the group: accumulators for 4 queries x 32 dims stay in
- * registers while the keys stream by, so each V row is loaded once per group. */
+/* acc[r][dd] = sum_j w[r][j] rows[j][d0 + dd] for 16 dims (d0 + 16 <= hd) and the group's four
+ * weight rows (w[r] at w + r * Tk), keys lo..hi in order. */
+static inline void group_weighted_16(float acc[ATT_GROUP][16], const float *w, const float *rows,
+                                     long row_stride, int d0, int Tk, int lo, int hi) {
+#if MG_ATT_SIMD
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+           a30 = a00, a31 = a00;
+    for (int j = lo; j <= hi; j++) {
+        const float *x = rows + (long)j * row_stride + d0;
+        const __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+        __m256 b = _mm256_broadcast_ss(w + j);
+        a00 = _mm256_fmadd_ps(b, x0, a00);
+        a01 = _mm256_fmadd_ps(b, x1, a01);
+        b = _mm256_broadcast_ss(w + Tk + j);
+        a10 = _mm256_fmadd_ps(b, x0, a10);
+        a11 = _mm256_fmadd_ps(b, x1, a11);
+        b = _mm256_broadcast_ss(w + 2L * Tk + j);
+        a20 = _mm256_fmadd_ps(b, x0, a20);
+        a21 = _mm256_fmadd_ps(b, x1, a21);
+        b = _mm256_broadcast_ss(w + 3L * Tk + j);
+        a30 = _mm256_fmadd_ps(b, x0, a30);
+        a31 = _mm256_fmadd_ps(b, x1, a31);
+    }
+    _mm256_storeu_ps(acc[0], a00);
+    _mm256_storeu_ps(acc[0] + 8, a01);
+    _mm256_storeu_ps(acc[1], a10);
+    _mm256_storeu_ps(acc[1] + 8, a11);
+    _mm256_storeu_ps(acc[2], a20);
+    _mm256_storeu_ps(acc[2] + 8, a21);
+    _mm256_storeu_ps(acc[3], a30);
+    _mm256_storeu_ps(acc[3] + 8, a31);
+#else
+    memset(acc, 0, sizeof(float) * ATT_GROUP * 16);
+    for (int j = lo; j <= hi; j++) {
+        const float *x = rows + (long)j * row_stride + d0;
+        const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
+        for (int dd = 0; dd < 16; dd++) {
+            acc[0][dd] += w0 * x[dd];
+            acc[1][dd] += w1 * x[dd];
+            acc[2][dd] += w2 * x[dd];
+            acc[3][dd] += w3 * x[dd];
+        }
+    }
+#endif
+}
+
+/* out[r] = sum_j p[r][j] v[j] for the group: accumulators for 4 queries x 16 dims stay in
+ * registers while the keys stream by, so each V row is loaded once per group and block. */
 static void group_outputs(float *og[ATT_GROUP], const int *live, const float *sc, const float *v,
                           long kv_row, int hd, int Tk, int lo, int hi, int nq) {
-    for (int d0 = 0; d0 < hd; d0 += 32) {
-        const int nd = hd - d0 < 32 ? hd - d0 : 32;
-        float acc[ATT_GROUP][32] = {{0}};
-        for (int j = lo; j <= hi; j++) {
-            const float *vv = v + (long)j * kv_row + d0;
-            const float p0 = sc[j], p1 = sc[Tk + j], p2 = sc[2L * Tk + j], p3 = sc[3L * Tk + j];
-            if (nd == 32) {
-                for (int dd = 0; dd < 32; dd++) {
-                    const float x = vv[dd];
-                    acc[0][dd] += p0 * x;
-                    acc[1][dd] += p1 * x;
-                    acc[2][dd] += p2 * x;
-                    acc[3][dd] += p3 * x;
-                }
-            } else {
+    float acc[ATT_GROUP][16];
+    for (int d0 = 0; d0 < hd; d0 += 16) {
+        const int nd = hd - d0 < 16 ? hd - d0 : 16;
+        if (nd == 16) {
+            group_weighted_16(acc, sc, v, kv_row, d0, Tk, lo, hi);
+        } else {
+            memset(acc, 0, sizeof(acc));
+            for (int j = lo; j <= hi; j++) {
+                const float *vv = v + (long)j * kv_row + d0;
+                const float p0 = sc[j], p1 = sc[Tk + j], p2 = sc[2L * Tk + j], p3 = sc[3L * Tk + j];
                 for (int dd = 0; dd < nd; dd++) {
                     const float x = vv[dd];
                     acc[0][dd] += p0 * x;
@@ -190,20 +274,25 @@ void attention_forward(float *out, const float *q, const float *k, const float *
 }
 
 /* dst[r] += sum_j w[r][j] rows[j] for the first nq queries of a group, rows[j] at stride
- * row_stride: a [4, 32] block of accumulators stays in registers while the rows stream by. */
+ * row_stride: a [4, 16] block of accumulators stays in registers while the rows stream by. */
 static void group_accumulate(float *dst[ATT_GROUP], const float *w, const float *rows,
                              long row_stride, int hd, int Tk, int lo, int hi, int nq) {
-    for (int d0 = 0; d0 < hd; d0 += 32) {
-        const int nd = hd - d0 < 32 ? hd - d0 : 32;
-        float acc[ATT_GROUP][32] = {{0}};
-        for (int j = lo; j <= hi; j++) {
-            const float *x = rows + (long)j * row_stride + d0;
-            const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
-            for (int dd = 0; dd < nd; dd++) {
-                acc[0][dd] += w0 * x[dd];
-                acc[1][dd] += w1 * x[dd];
-                acc[2][dd] += w2 * x[dd];
-                acc[3][dd] += w3 * x[dd];
+    float acc[ATT_GROUP][16];
+    for (int d0 = 0; d0 < hd; d0 += 16) {
+        const int nd = hd - d0 < 16 ? hd - d0 : 16;
+        if (nd == 16) {
+            group_weighted_16(acc, w, rows, row_stride, d0, Tk, lo, hi);
+        } else {
+            memset(acc, 0, sizeof(acc));
+            for (int j = lo; j <= hi; j++) {
+                const float *x = rows + (long)j * row_stride + d0;
+                const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
+                for (int dd = 0; dd < nd; dd++) {
+                    acc[0][dd] += w0 * x[dd];
+                    acc[1][dd] += w1 * x[dd];
+                    acc[2][dd] += w2 * x[dd];
+                    acc[3][dd] += w3 * x[dd];
+                }
             }
         }
         for (int r = 0; r < nq; r++)
@@ -216,11 +305,38 @@ static void group_accumulate(float *dst[ATT_GROUP], const float *w, const float 
 static void group_scatter(float *rows, long row_stride, const float *w, const float *src[ATT_GROUP],
                           int hd, int Tk, int lo, int hi) {
     const float *s0 = src[0], *s1 = src[1], *s2 = src[2], *s3 = src[3];
+    int d0 = 0;
+#if MG_ATT_SIMD
+    /* 16 dims at a time: the four source rows' slices stay in registers for every key. */
+    for (; d0 + 16 <= hd; d0 += 16) {
+        const __m256 s00 = _mm256_loadu_ps(s0 + d0), s01 = _mm256_loadu_ps(s0 + d0 + 8);
+        const __m256 s10 = _mm256_loadu_ps(s1 + d0), s11 = _mm256_loadu_ps(s1 + d0 + 8);
+        const __m256 s20 = _mm256_loadu_ps(s2 + d0), s21 = _mm256_loadu_ps(s2 + d0 + 8);
+        const __m256 s30 = _mm256_loadu_ps(s3 + d0), s31 = _mm256_loadu_ps(s3 + d0 + 8);
+        for (int j = lo; j <= hi; j++) {
+            const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
+            if (w0 == 0.0f && w1 == 0.0f && w2 == 0.0f && w3 == 0.0f) continue;
+            const __m256 b0 = _mm256_set1_ps(w0), b1 = _mm256_set1_ps(w1), b2 = _mm256_set1_ps(w2),
+                         b3 = _mm256_set1_ps(w3);
+            float *x = rows + (long)j * row_stride + d0;
+            __m256 t0 = _mm256_mul_ps(b0, s00), t1 = _mm256_mul_ps(b0, s01);
+            t0 = _mm256_fmadd_ps(b1, s10, t0);
+            t1 = _mm256_fmadd_ps(b1, s11, t1);
+            t0 = _mm256_fmadd_ps(b2, s20, t0);
+            t1 = _mm256_fmadd_ps(b2, s21, t1);
+            t0 = _mm256_fmadd_ps(b3, s30, t0);
+            t1 = _mm256_fmadd_ps(b3, s31, t1);
+            _mm256_storeu_ps(x, _mm256_add_ps(_mm256_loadu_ps(x), t0));
+            _mm256_storeu_ps(x + 8, _mm256_add_ps(_mm256_loadu_ps(x + 8), t1));
+        }
+    }
+#endif
+    if (d0 >= hd) return;
     for (int j = lo; j <= hi; j++) {
         const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
         if (w0 == 0.0f && w1 == 0.0f && w2 == 0.0f && w3 == 0.0f) continue;
         float *x = rows + (long)j * row_stride;
-        for (int d = 0; d < hd; d++)
+        for (int d = d0; d < hd; d++)
             x[d] += w0 * s0[d] + w1 * s1[d] + w2 * s2[d] + w3 * s3[d];
     }
 }
