@@ -38,7 +38,13 @@ static inline MG_HOST_DEVICE float mg_expf(float x) {
     p = fmaf(p, r, 1.6666665459e-1f);
     p = fmaf(p, r, 5.0000001201e-1f);
     p = fmaf(p, r * r, r) + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
+    /* 2^n through the exponent bits. n is integral (or NaN): adding 1.5 * 2^23 puts it in the
+     * low mantissa bits exactly, so no float-to-int conversion is needed (undefined for NaN)
+     * and the arithmetic is unsigned (no shift of a negative value). */
+    const float biased = n + 12582912.0f;
+    uint32_t nb;
+    memcpy(&nb, &biased, sizeof(nb));
+    const uint32_t bits = (nb - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof(scale));
     return p * scale;
