@@ -27,10 +27,8 @@ MG_EXP_LOOP static int masked_softmax_row(float *score, uint8_t role, int32_t se
                                           const uint8_t *k_roles, const int32_t *k_seg, int lo,
                                           int hi, int Tk) {
     /* Masking and the maximum in separate loops: together they did not vectorise. */
-    for (int j = lo; j <= hi; j++) {
-        const float visible = (float)key_visible(role, seg, q_index, k_roles[j], k_seg[j], j);
-        score[j] = visible != 0.0f ? score[j] : -INFINITY;
-    }
+    for (int j = lo; j <= hi; j++)
+        score[j] = key_visible(role, seg, q_index, k_roles[j], k_seg[j], j) ? score[j] : -INFINITY;
     float mx = -INFINITY;
     for (int j = lo; j <= hi; j++)
         mx = score[j] > mx ? score[j] : mx;
@@ -130,50 +128,52 @@ static void group_scores(float *sc, float qs[ATT_GROUP][MG_ATT_MAX_HD], const fl
     }
 }
 
-/* acc[r][dd] = sum_j w[r][j] rows[j][d0 + dd] for 16 dims (d0 + 16 <= hd) and the group's four
- * weight rows (w[r] at w + r * Tk), keys lo..hi in order. */
-static inline void group_weighted_16(float acc[ATT_GROUP][16], const float *w, const float *rows,
-                                     long row_stride, int d0, int Tk, int lo, int hi) {
+/* acc[r][dd] = sum_j w[r][j] rows[j][d0 + dd] for nd <= 16 dims and the group's four weight
+ * rows (w[r] at w + r * Tk), keys lo..hi in order. A full block of 16 runs in AVX2 registers. */
+static inline void group_weighted(float acc[ATT_GROUP][16], const float *w, const float *rows,
+                                  long row_stride, int d0, int nd, int Tk, int lo, int hi) {
 #if MG_ATT_SIMD
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
-           a30 = a00, a31 = a00;
-    for (int j = lo; j <= hi; j++) {
-        const float *x = rows + (long)j * row_stride + d0;
-        const __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
-        __m256 b = _mm256_broadcast_ss(w + j);
-        a00 = _mm256_fmadd_ps(b, x0, a00);
-        a01 = _mm256_fmadd_ps(b, x1, a01);
-        b = _mm256_broadcast_ss(w + Tk + j);
-        a10 = _mm256_fmadd_ps(b, x0, a10);
-        a11 = _mm256_fmadd_ps(b, x1, a11);
-        b = _mm256_broadcast_ss(w + 2L * Tk + j);
-        a20 = _mm256_fmadd_ps(b, x0, a20);
-        a21 = _mm256_fmadd_ps(b, x1, a21);
-        b = _mm256_broadcast_ss(w + 3L * Tk + j);
-        a30 = _mm256_fmadd_ps(b, x0, a30);
-        a31 = _mm256_fmadd_ps(b, x1, a31);
+    if (nd == 16) {
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+               a30 = a00, a31 = a00;
+        for (int j = lo; j <= hi; j++) {
+            const float *x = rows + (long)j * row_stride + d0;
+            const __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+            __m256 b = _mm256_broadcast_ss(w + j);
+            a00 = _mm256_fmadd_ps(b, x0, a00);
+            a01 = _mm256_fmadd_ps(b, x1, a01);
+            b = _mm256_broadcast_ss(w + Tk + j);
+            a10 = _mm256_fmadd_ps(b, x0, a10);
+            a11 = _mm256_fmadd_ps(b, x1, a11);
+            b = _mm256_broadcast_ss(w + 2L * Tk + j);
+            a20 = _mm256_fmadd_ps(b, x0, a20);
+            a21 = _mm256_fmadd_ps(b, x1, a21);
+            b = _mm256_broadcast_ss(w + 3L * Tk + j);
+            a30 = _mm256_fmadd_ps(b, x0, a30);
+            a31 = _mm256_fmadd_ps(b, x1, a31);
+        }
+        _mm256_storeu_ps(acc[0], a00);
+        _mm256_storeu_ps(acc[0] + 8, a01);
+        _mm256_storeu_ps(acc[1], a10);
+        _mm256_storeu_ps(acc[1] + 8, a11);
+        _mm256_storeu_ps(acc[2], a20);
+        _mm256_storeu_ps(acc[2] + 8, a21);
+        _mm256_storeu_ps(acc[3], a30);
+        _mm256_storeu_ps(acc[3] + 8, a31);
+        return;
     }
-    _mm256_storeu_ps(acc[0], a00);
-    _mm256_storeu_ps(acc[0] + 8, a01);
-    _mm256_storeu_ps(acc[1], a10);
-    _mm256_storeu_ps(acc[1] + 8, a11);
-    _mm256_storeu_ps(acc[2], a20);
-    _mm256_storeu_ps(acc[2] + 8, a21);
-    _mm256_storeu_ps(acc[3], a30);
-    _mm256_storeu_ps(acc[3] + 8, a31);
-#else
+#endif
     memset(acc, 0, sizeof(float) * ATT_GROUP * 16);
     for (int j = lo; j <= hi; j++) {
         const float *x = rows + (long)j * row_stride + d0;
         const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
-        for (int dd = 0; dd < 16; dd++) {
+        for (int dd = 0; dd < nd; dd++) {
             acc[0][dd] += w0 * x[dd];
             acc[1][dd] += w1 * x[dd];
             acc[2][dd] += w2 * x[dd];
             acc[3][dd] += w3 * x[dd];
         }
     }
-#endif
 }
 
 /* out[r] = sum_j p[r][j] v[j] for the group: accumulators for 4 queries x 16 dims stay in
@@ -183,22 +183,7 @@ static void group_outputs(float *og[ATT_GROUP], const int *live, const float *sc
     float acc[ATT_GROUP][16];
     for (int d0 = 0; d0 < hd; d0 += 16) {
         const int nd = hd - d0 < 16 ? hd - d0 : 16;
-        if (nd == 16) {
-            group_weighted_16(acc, sc, v, kv_row, d0, Tk, lo, hi);
-        } else {
-            memset(acc, 0, sizeof(acc));
-            for (int j = lo; j <= hi; j++) {
-                const float *vv = v + (long)j * kv_row + d0;
-                const float p0 = sc[j], p1 = sc[Tk + j], p2 = sc[2L * Tk + j], p3 = sc[3L * Tk + j];
-                for (int dd = 0; dd < nd; dd++) {
-                    const float x = vv[dd];
-                    acc[0][dd] += p0 * x;
-                    acc[1][dd] += p1 * x;
-                    acc[2][dd] += p2 * x;
-                    acc[3][dd] += p3 * x;
-                }
-            }
-        }
+        group_weighted(acc, sc, v, kv_row, d0, nd, Tk, lo, hi);
         for (int r = 0; r < nq; r++)
             for (int dd = 0; dd < nd; dd++)
                 og[r][d0 + dd] = live[r] ? acc[r][dd] : 0.0f;
@@ -280,21 +265,7 @@ static void group_accumulate(float *dst[ATT_GROUP], const float *w, const float 
     float acc[ATT_GROUP][16];
     for (int d0 = 0; d0 < hd; d0 += 16) {
         const int nd = hd - d0 < 16 ? hd - d0 : 16;
-        if (nd == 16) {
-            group_weighted_16(acc, w, rows, row_stride, d0, Tk, lo, hi);
-        } else {
-            memset(acc, 0, sizeof(acc));
-            for (int j = lo; j <= hi; j++) {
-                const float *x = rows + (long)j * row_stride + d0;
-                const float w0 = w[j], w1 = w[Tk + j], w2 = w[2L * Tk + j], w3 = w[3L * Tk + j];
-                for (int dd = 0; dd < nd; dd++) {
-                    acc[0][dd] += w0 * x[dd];
-                    acc[1][dd] += w1 * x[dd];
-                    acc[2][dd] += w2 * x[dd];
-                    acc[3][dd] += w3 * x[dd];
-                }
-            }
-        }
+        group_weighted(acc, w, rows, row_stride, d0, nd, Tk, lo, hi);
         for (int r = 0; r < nq; r++)
             for (int dd = 0; dd < nd; dd++)
                 dst[r][d0 + dd] += acc[r][dd];
