@@ -78,7 +78,14 @@ template <typename T> struct Dev {
             exit(2);
         }
         p = base + pad;
-        if (n) cudaMemcpy(p, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice);
+        /* cudaMemcpy runs on the legacy default stream, which the backend's non-blocking stream
+         * does not wait for, and a pageable upload may return before its DMA lands: wait for the
+         * whole device so that the kernel under test reads the uploaded values. */
+        if (n && (cudaMemcpy(p, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice) != cudaSuccess ||
+                  cudaDeviceSynchronize() != cudaSuccess)) {
+            fprintf(stderr, "upload of %zu bytes failed\n", sizeof(T) * n);
+            exit(2);
+        }
     }
     Dev(const Dev &) = delete;
     Dev &operator=(const Dev &) = delete;

@@ -116,8 +116,11 @@ __global__ void layernorm_backward_rows_kernel(float *dinp, float *mean_out, flo
         gxsum = mg_block_sum(gxsum, scratch);
         const float gmean = gsum / (float)D, gxmean = gxsum / (float)D;
         float *dx = dinp + n * D;
+        /* g rounded on its own, as in the sums above: fused into g - gmean, its rounding error
+         * would survive the cancellation (and be scaled by rs, up to eps^-1/2 = 316 for a
+         * constant row) where the CPU gets exactly zero */
         for (int i = threadIdx.x; i < D; i += blockDim.x)
-            dx[i] += rs * (dy[i] * weight[i] - gmean - (x[i] - mean) * rs * gxmean);
+            dx[i] += rs * (__fmul_rn(dy[i], weight[i]) - gmean - (x[i] - mean) * rs * gxmean);
     }
 }
 

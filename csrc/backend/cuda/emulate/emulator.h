@@ -303,6 +303,11 @@ inline float __frcp_rn(float x) {
 inline float __fmaf_rn(float a, float b, float c) {
     return std::fma(a, b, c);
 }
+/* a product rounded on its own: nvcc never fuses __fmul_rn into a multiply-add */
+inline float __fmul_rn(float a, float b) {
+    volatile float p = a * b;
+    return p;
+}
 inline float __saturatef(float x) {
     return x > 0.0f ? (x < 1.0f ? x : 1.0f) : 0.0f;
 }
