@@ -1,8 +1,9 @@
 /* The CUDA backend's GEMM entries against the CPU's: cuda_sgemm in all four transpose
  * combinations with strided operands and beta 0 and 1, matmul_forward (bias, accumulate) and
  * matmul_backward (every gradient, and NULL ones), in fp32 (within 1e-5 of the result's scale)
- * and bf16 (within 2e-2). Also the memory entries and the sticky error path. Prints each error;
- * exit status 0 on success. */
+ * and bf16 (within 2e-2; products with a dimension of at most 64 take float32 operands rounded to
+ * TF32 in bf16 mode, within 2e-3). Also the memory entries and the sticky error path. Prints each
+ * error; exit status 0 on success. */
 #include "backend/cuda/cuda_common.h"
 
 extern "C" {
@@ -87,8 +88,10 @@ static void expect_synced(const mg_backend *be, const char *what) {
     EXPECT(code == MG_OK, "%s: sync reported %d: %s", what, code, err.msg);
 }
 
-static void check_sgemm(const mg_backend *be, double tol, const char *prec) {
-    const int M = 37, N = 29, K = 45, pad = 3;
+/* One shape, every transpose and beta. `staged`: the bf16 backend rounds this product's operands
+ * to bfloat16 (its error must show it). */
+static void check_sgemm_shape(const mg_backend *be, int M, int N, int K, int pad, double tol,
+                              bool staged, const char *prec) {
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++)
             for (int bi = 0; bi < 2; bi++) {
@@ -109,11 +112,27 @@ static void check_sgemm(const mg_backend *be, double tol, const char *prec) {
                 expect_synced(be, "sgemm");
                 std::vector<float> got = dC.get();
                 const double e = rel_error(got, C); /* includes the padding, which must be kept */
-                std::printf("  %s sgemm trans_a=%d trans_b=%d beta=%g: max rel error %.3g\n", prec,
-                            ta, tb, beta, e);
+                std::printf("  %s sgemm M=%d N=%d K=%d pad=%d trans_a=%d trans_b=%d beta=%g: max "
+                            "rel error %.3g\n",
+                            prec, M, N, K, pad, ta, tb, beta, e);
                 EXPECT(e <= tol, "%s sgemm ta=%d tb=%d beta=%g: error %.3g > %.3g", prec, ta, tb,
                        beta, e, tol);
+                /* bfloat16 keeps 8 mantissa bits, TF32 11: errors near 2e-3 against 3e-4 */
+                EXPECT(!staged || e > 8e-4,
+                       "%s sgemm M=%d N=%d K=%d: error %.3g is below "
+                       "bfloat16 rounding, so the operands were not staged",
+                       prec, M, N, K, e);
             }
+}
+
+static void check_sgemm(const mg_backend *be, double tol, const char *prec) {
+    const bool bf16 = be->precision == MG_PRECISION_BF16;
+    /* a dimension <= 64: float32 operands (rounded to TF32 by cuBLAS in bf16 mode) */
+    check_sgemm_shape(be, 37, 29, 45, 3, bf16 ? 2e-3 : 1e-5, false, prec);
+    /* every dimension > 64: bf16 staging, with the vector (row strides % 4 == 0) and the scalar
+     * conversion */
+    check_sgemm_shape(be, 130, 72, 100, 0, tol, bf16, prec);
+    check_sgemm_shape(be, 130, 72, 100, 3, tol, bf16, prec);
     /* K = 0: C = beta C */
     {
         std::vector<float> C = random_vec(6 * 5), want = C;

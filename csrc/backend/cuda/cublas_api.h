@@ -5,7 +5,8 @@
  * The values are cuBLAS's ABI, checked against the real headers' text:
  * - cublasOperation_t (cublas_api.h): CUBLAS_OP_N = 0, CUBLAS_OP_T = 1;
  * - cublasMath_t (cublas_api.h): CUBLAS_DEFAULT_MATH = 0 (no TF32, no BF16x9 emulation);
- * - cublasComputeType_t (cublas_api.h): CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_PEDANTIC = 69;
+ * - cublasComputeType_t (cublas_api.h): CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_PEDANTIC = 69,
+ *   CUBLAS_COMPUTE_32F_FAST_TF32 = 77;
  * - cublasGemmAlgo_t (cublas_api.h): CUBLAS_GEMM_DEFAULT = -1;
  * - cublasStatus_t (cublas_api.h): SUCCESS 0, NOT_INITIALIZED 1, ALLOC_FAILED 3,
  *   INVALID_VALUE 7, ARCH_MISMATCH 8, MAPPING_ERROR 11, EXECUTION_FAILED 13, INTERNAL_ERROR 14,
@@ -41,7 +42,11 @@ enum {
 enum { MG_CUBLAS_OP_N = 0, MG_CUBLAS_OP_T = 1 };
 enum { MG_CUBLAS_DEFAULT_MATH = 0 };
 enum { MG_CUDA_R_32F = 0, MG_CUDA_R_16BF = 14 };
-enum { MG_CUBLAS_COMPUTE_32F = 68, MG_CUBLAS_COMPUTE_32F_PEDANTIC = 69 };
+enum {
+    MG_CUBLAS_COMPUTE_32F = 68,
+    MG_CUBLAS_COMPUTE_32F_PEDANTIC = 69,
+    MG_CUBLAS_COMPUTE_32F_FAST_TF32 = 77
+};
 enum { MG_CUBLAS_GEMM_DEFAULT = -1 };
 
 /* The loaded entry points (all return a cublasStatus_t). */

@@ -11,9 +11,14 @@
  * Precision. MG_PRECISION_FP32: float32 operands, CUBLAS_COMPUTE_32F and the default math mode,
  * which never uses TF32 (parity with the CPU within float32 rounding). MG_PRECISION_BF16: A and
  * B are rounded to bfloat16 into a staging area of the backend's workspace, multiplied by the
- * tensor cores with float32 accumulation (CUBLAS_COMPUTE_32F), and C stays float32. */
+ * tensor cores with float32 accumulation (CUBLAS_COMPUTE_32F), and C stays float32; products
+ * with a dimension of at most kFp32MaxDim (64) take float32 operands rounded to TF32 instead
+ * (see there). */
 #include "cublas_api.h"
+#include "elementwise.cuh"
 #include "runtime.h"
+
+#include <limits.h>
 
 #include <mutex>
 #include <stdarg.h>
@@ -196,14 +201,45 @@ namespace {
 
 constexpr int kThreads = 256;
 
-/* out[r * cols + c] = bf16(in[r * ld + c]): a packed bfloat16 copy of a strided matrix. */
+/* In bf16 mode a product with a dimension this small or smaller is not staged: the LoRA factors
+ * (rank 16), decoding (a few rows) and the like are bound by memory, not arithmetic, and
+ * bfloat16 copies of the operands would cost more traffic than they save. cuBLAS reads the float32
+ * operands and rounds them to TF32 for the tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32; plain
+ * float32 products on the CUDA cores measured 3x slower there on an H100). */
+constexpr int kFp32MaxDim = 64;
+
+/* out[r * cols + c] = bf16(in[r * ld + c]): a packed bfloat16 copy of a strided matrix, four
+ * elements per item when `vec` (cols and ld multiples of 4, `in` 16-byte aligned: 16-byte loads,
+ * 8-byte stores). Index is unsigned when the items fit in 32 bits: the one division per item
+ * that finds its row is then a 32-bit one (a 64-bit division per element cost more than the
+ * copy itself). */
+struct alignas(8) mg_bf16x4 {
+    __nv_bfloat16 v[4];
+};
+
+template <typename Index>
 __global__ void to_bf16_kernel(__nv_bfloat16 *__restrict__ out, const float *__restrict__ in,
-                               int rows, int cols, long ld) {
-    const long n = (long)rows * cols;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long)gridDim.x * blockDim.x) {
-        const long r = i / cols, c = i - r * cols;
-        out[i] = __float2bfloat16(in[r * ld + c]);
+                               Index rows, Index cols, long ld, int vec) {
+    const Index per_row = vec ? cols / 4 : cols, n = rows * per_row;
+    for (Index i = (Index)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (Index)gridDim.x * blockDim.x) {
+        const Index r = i / per_row, g = i - r * per_row;
+        if (!vec) {
+            out[i] = __float2bfloat16(in[r * ld + g]);
+            continue;
+        }
+        const mg_float4 f = mg_load4(in + r * ld + 4 * g);
+        mg_bf16x4 b;
+        b.v[0] = __float2bfloat16(f.x);
+        b.v[1] = __float2bfloat16(f.y);
+        b.v[2] = __float2bfloat16(f.z);
+        b.v[3] = __float2bfloat16(f.w);
+#ifdef MG_CUDA_EMULATE
+        for (int k = 0; k < 4; k++)
+            out[4 * i + k] = b.v[k];
+#else
+        *reinterpret_cast<mg_bf16x4 *>(out + 4 * i) = b;
+#endif
     }
 }
 
@@ -284,8 +320,16 @@ void *gemm_staging(const mg_backend *be, size_t bytes) {
 /* A packed bfloat16 copy of the rows x cols matrix at src (row stride ld) at dst. */
 void stage_bf16(const mg_backend *be, __nv_bfloat16 *dst, const float *src, int rows, int cols,
                 int ld) {
-    MG_LAUNCH(to_bf16_kernel, mg_cuda_blocks((long)rows * cols, kThreads), kThreads, 0, be, dst,
-              src, rows, cols, (long)ld);
+    /* dst is 8-byte aligned for every row when cols % 4 == 0 (the staging area is 256-aligned) */
+    const int vec = cols % 4 == 0 && ld % 4 == 0 && mg_aligned16(src) && mg_aligned16(dst);
+    const long items = (long)rows * (vec ? cols / 4 : cols);
+    const unsigned blocks = mg_cuda_blocks(items, kThreads);
+    if (items < (long)UINT_MAX - (long)blocks * kThreads)
+        MG_LAUNCH(to_bf16_kernel<unsigned>, blocks, kThreads, 0, be, dst, src, (unsigned)rows,
+                  (unsigned)cols, (long)ld, vec);
+    else
+        MG_LAUNCH(to_bf16_kernel<long>, blocks, kThreads, 0, be, dst, src, (long)rows, (long)cols,
+                  (long)ld, vec);
 }
 
 mg_code cublas_code(int status) {
@@ -311,8 +355,11 @@ void cuda_sgemm(const mg_backend *be, bool trans_a, bool trans_b, int M, int N, 
     mg_cuda_ctx *ctx = mg_cuda_ctx_of(be);
     const mg_cublas_api *api = mg_cublas_load(NULL, 0);
     const void *a = A, *b = B;
-    int type = MG_CUDA_R_32F, la = lda, lb = ldb;
-    if (be->precision == MG_PRECISION_BF16) {
+    int type = MG_CUDA_R_32F, la = lda, lb = ldb, compute = MG_CUBLAS_COMPUTE_32F;
+    const bool skinny = M <= kFp32MaxDim || N <= kFp32MaxDim || K <= kFp32MaxDim;
+    if (be->precision == MG_PRECISION_BF16 && skinny)
+        compute = MG_CUBLAS_COMPUTE_32F_FAST_TF32;
+    else if (be->precision == MG_PRECISION_BF16) {
         /* as stored: A is M x K (K x M when transposed), B is K x N (N x K) */
         const int ar = trans_a ? K : M, ac = trans_a ? M : K;
         const int br = trans_b ? N : K, bc = trans_b ? K : N;
@@ -331,10 +378,10 @@ void cuda_sgemm(const mg_backend *be, bool trans_a, bool trans_b, int M, int N, 
         type = MG_CUDA_R_16BF;
     }
     /* C^T (N x M) = op(B)^T op(A)^T in column-major: see the top of this file */
-    const int st = api->gemm_ex(ctx->cublas, trans_b ? MG_CUBLAS_OP_T : MG_CUBLAS_OP_N,
-                                trans_a ? MG_CUBLAS_OP_T : MG_CUBLAS_OP_N, N, M, K, &alpha, b, type,
-                                lb, a, type, la, &beta, C, MG_CUDA_R_32F, ldc,
-                                MG_CUBLAS_COMPUTE_32F, MG_CUBLAS_GEMM_DEFAULT);
+    const int st =
+        api->gemm_ex(ctx->cublas, trans_b ? MG_CUBLAS_OP_T : MG_CUBLAS_OP_N,
+                     trans_a ? MG_CUBLAS_OP_T : MG_CUBLAS_OP_N, N, M, K, &alpha, b, type, lb, a,
+                     type, la, &beta, C, MG_CUDA_R_32F, ldc, compute, MG_CUBLAS_GEMM_DEFAULT);
     if (st != MG_CUBLAS_STATUS_SUCCESS)
         mg_cuda_fail(be, cublas_code(st),
                      "cuBLAS GEMM failed on %s: %s (row-major M=%d N=%d K=%d, trans_a=%d "

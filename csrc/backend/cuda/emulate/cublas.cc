@@ -3,9 +3,11 @@
  * will against the real library. The product itself is our CPU GEMM (mg_sgemm, row-major):
  * a column-major matrix X (r x c, leading dimension ld) is, read row-major with row stride ld,
  * the matrix X^T, so column-major C = op(A) op(B) is row-major C^T = op(B)^T op(A)^T.
- * bfloat16 inputs are widened to float exactly (fp32 accumulation, as CUBLAS_COMPUTE_32F). */
+ * bfloat16 inputs are widened to float exactly (fp32 accumulation, as CUBLAS_COMPUTE_32F);
+ * CUBLAS_COMPUTE_32F_FAST_TF32 rounds float inputs to TF32 first, as the tensor cores do. */
 #include "../cublas_api.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -58,17 +60,28 @@ int max1(int v) {
     return v > 1 ? v : 1;
 }
 
+/* x rounded to TF32 (10 mantissa bits, nearest, ties away from zero): the inputs of the tensor
+ * cores under CUBLAS_COMPUTE_32F_FAST_TF32. */
+float round_tf32(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+}
+
 /* A dense float copy of a column-major rows x cols matrix of type `type` (leading dimension ld),
- * with leading dimension rows. */
-bool widen(std::vector<float> &out, const void *src, int type, int rows, int cols, int ld) {
+ * with leading dimension rows; rounded to TF32 when `tf32`. */
+bool widen(std::vector<float> &out, const void *src, int type, int rows, int cols, int ld,
+           bool tf32) {
     out.resize((size_t)rows * cols);
     for (int j = 0; j < cols; j++)
         for (int i = 0; i < rows; i++) {
             const size_t at = (size_t)j * ld + i;
-            out[(size_t)j * rows + i] =
-                type == MG_CUDA_R_32F
-                    ? static_cast<const float *>(src)[at]
-                    : __bfloat162float(static_cast<const __nv_bfloat16 *>(src)[at]);
+            const float x = type == MG_CUDA_R_32F
+                                ? static_cast<const float *>(src)[at]
+                                : __bfloat162float(static_cast<const __nv_bfloat16 *>(src)[at]);
+            out[(size_t)j * rows + i] = tf32 ? round_tf32(x) : x;
         }
     return true;
 }
@@ -90,7 +103,9 @@ int emu_gemm_ex(void *handle, int transa, int transb, int m, int n, int k, const
     const bool f32 = Atype == MG_CUDA_R_32F && Btype == MG_CUDA_R_32F;
     const bool bf16 = Atype == MG_CUDA_R_16BF && Btype == MG_CUDA_R_16BF;
     if (Ctype != MG_CUDA_R_32F || !(f32 || bf16)) return MG_CUBLAS_STATUS_NOT_SUPPORTED;
-    if (compute_type != MG_CUBLAS_COMPUTE_32F && compute_type != MG_CUBLAS_COMPUTE_32F_PEDANTIC)
+    const bool tf32 = compute_type == MG_CUBLAS_COMPUTE_32F_FAST_TF32;
+    if (compute_type != MG_CUBLAS_COMPUTE_32F && compute_type != MG_CUBLAS_COMPUTE_32F_PEDANTIC &&
+        !(tf32 && f32))
         return MG_CUBLAS_STATUS_NOT_SUPPORTED;
     if (algo != MG_CUBLAS_GEMM_DEFAULT) return MG_CUBLAS_STATUS_NOT_SUPPORTED;
     if (m == 0 || n == 0) return MG_CUBLAS_STATUS_SUCCESS;
@@ -113,11 +128,11 @@ int emu_gemm_ex(void *handle, int transa, int transb, int m, int n, int k, const
     const float *pa = static_cast<const float *>(A), *pb = static_cast<const float *>(B);
     int la = lda, lb = ldb;
     std::vector<float> wa, wb;
-    if (bf16) {
+    if (bf16 || tf32) {
         const int ar = transa == MG_CUBLAS_OP_N ? m : k, ac = transa == MG_CUBLAS_OP_N ? k : m;
         const int br = transb == MG_CUBLAS_OP_N ? k : n, bc = transb == MG_CUBLAS_OP_N ? n : k;
-        widen(wa, A, Atype, ar, ac, lda);
-        widen(wb, B, Btype, br, bc, ldb);
+        widen(wa, A, Atype, ar, ac, lda, tf32);
+        widen(wb, B, Btype, br, bc, ldb, tf32);
         pa = wa.data();
         pb = wb.data();
         la = ar;
