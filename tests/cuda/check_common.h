@@ -14,18 +14,27 @@
 
 namespace check {
 
+/* The precision of the backend that backend() returns (fp32 unless a check switches it between
+ * cases, with no Dev buffer alive). */
+inline mg_precision &precision() {
+    static mg_precision p = MG_PRECISION_FP32;
+    return p;
+}
+
+/* The CUDA backend on device 0 in precision(), created on first use. */
 inline const mg_backend *backend() {
-    static mg_backend *be = nullptr;
-    if (be == nullptr) {
+    static mg_backend *be[2] = {nullptr, nullptr};
+    const int slot = precision() == MG_PRECISION_BF16 ? 1 : 0;
+    if (be[slot] == nullptr) {
         mg_error err;
         mg_error_clear(&err);
-        be = mg_backend_cuda_create(0, MG_PRECISION_FP32, &err);
-        if (be == nullptr) {
+        be[slot] = mg_backend_cuda_create(0, precision(), &err);
+        if (be[slot] == nullptr) {
             std::printf("FAIL: no CUDA backend: %s\n", err.msg);
             std::exit(1);
         }
     }
-    return be;
+    return be[slot];
 }
 
 /* Waits for the backend and exits on an asynchronous failure. */

@@ -35,16 +35,30 @@
  * floats: float4 reads along d by the 8 lanes of a quarter-warp then hit 8 different rows at
  * 8 different bank quads, and float4 reads across d are contiguous; [ROWS, COLS] tiles have a
  * stride of COLS + 8, which spreads the 4 rows a warp touches over distinct banks. Head sizes
- * are padded (with zeros) to D = 32, 64, 128, 256 or 512. */
+ * are padded (with zeros) to D = 32, 64, 128, 256 or 512.
+ *
+ * Tensor cores. In bf16 mode (head sizes up to 256) the dK/dV kernel's tile products (K Q^T,
+ * V dO^T, P^T dO, dS^T Q) run on the tensor cores instead: each warp computes 16 x 16 blocks of
+ * the product with wmma (TF32 inputs, float32 accumulation) into a shared-memory scratch, from
+ * which every thread takes the elements it owns in the layout above. Softmax, masking and the
+ * accumulators stay float32 and are unchanged. The forward and dQ kernels measured faster
+ * without (see forward_d); fp32 mode keeps the float32 products everywhere (CPU parity within
+ * 1e-5). */
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
 
 #include "cuda_common.h"
 
 #if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE)
+#include <mma.h>
 #define MG_UNROLL _Pragma("unroll")
 #define MG_BOUNDS(n) __launch_bounds__(n)
+#define MG_WMMA 1
 #else
 #define MG_UNROLL
 #define MG_BOUNDS(n)
@@ -77,16 +91,21 @@ __device__ inline int imax(int a, int b) {
     return a > b ? a : b;
 }
 
-/* Geometry of a [ROWS, COLS] tile pair with head size D (see the file comment). */
-template <int D_, int ROWS_, int COLS_> struct Tile {
+/* Geometry of a [ROWS, COLS] tile pair with head size D (see the file comment). TC: the tile
+ * products run on the tensor cores (TF32 inputs, float32 accumulation) through a shared-memory
+ * scratch of SCRATCH floats that holds one product at a time. */
+template <int D_, int ROWS_, int COLS_, bool TC_> struct Tile {
     static constexpr int D = D_, ROWS = ROWS_, COLS = COLS_;
+    static constexpr bool TC = TC_;
     static constexpr int RM = ROWS / kTY; /* rows per thread */
     static constexpr int CN = COLS / kTX; /* columns per thread */
     static constexpr int DG = D / 32;     /* float4 column groups per thread in a [ROWS, D] tile */
     static constexpr int LD = D + 4;      /* stride of [*, D] tiles */
     static constexpr int PLD = COLS + 8;  /* stride of [ROWS, COLS] tiles */
+    static constexpr int SCRATCH = !TC ? 0 : ROWS * (LD > PLD ? LD : PLD);
     static_assert(ROWS % kTY == 0 && COLS % kTX == 0 && D % 32 == 0, "tile shape");
     static_assert(ROWS <= kThreads && COLS <= kThreads, "one thread per row/column of metadata");
+    static_assert(!TC || (ROWS % 16 == 0 && COLS % 16 == 0), "tensor-core tiles are 16 x 16");
 };
 
 /* The unified rule (key_visible in csrc/ops/attention.c; a query with seg < 0 sees nothing). */
@@ -158,10 +177,106 @@ __device__ inline void load_rows(float *dst, const float *src, long stride, int 
     }
 }
 
-/* s[r][c] = A[ty + 16 r, :] . B[tx + 8 c, :] for [*, D] tiles A (T::ROWS rows) and B (T::COLS). */
+#ifndef MG_WMMA
+/* x rounded to TF32 (10 mantissa bits, nearest with ties away from zero) as wmma's
+ * __float_to_tf32 does: the emulator's stand-in for the tensor cores' input rounding. */
+inline float tf32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+#endif
+
+/* One warp: C[16, 16] (row stride ldc) = A[16, K] B[K, 16] with A row-major (stride lda) and
+ * B(k, n) = B[n * ldb + k] when B_COLS (B's rows are the product's columns, as in Q K^T), else
+ * B[k * ldb + n]. Inputs rounded to TF32, float32 accumulation. Pointers 32-byte aligned and
+ * strides multiples of 4 (wmma's rules). Without wmma (the emulator), the lanes compute the same
+ * rounded products one element at a time. */
+template <bool B_COLS, int K>
+__device__ inline void warp_mma16(float *C, int ldc, const float *A, int lda, const float *B,
+                                  int ldb) {
+#ifdef MG_WMMA
+    using namespace nvcuda;
+    using BLayout = typename std::conditional<B_COLS, wmma::col_major, wmma::row_major>::type;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
+    wmma::fill_fragment(c, 0.0f);
+    MG_UNROLL
+    for (int k = 0; k < K; k += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, BLayout> b;
+        wmma::load_matrix_sync(a, A + k, lda);
+        wmma::load_matrix_sync(b, B_COLS ? B + k : B + (long)k * ldb, ldb);
+        MG_UNROLL
+        for (int e = 0; e < a.num_elements; e++)
+            a.x[e] = wmma::__float_to_tf32(a.x[e]);
+        MG_UNROLL
+        for (int e = 0; e < b.num_elements; e++)
+            b.x[e] = wmma::__float_to_tf32(b.x[e]);
+        wmma::mma_sync(c, a, b, c);
+    }
+    wmma::store_matrix_sync(C, c, ldc, wmma::mem_row_major);
+#else
+    for (int e = threadIdx.x % 32; e < 256; e += 32) {
+        const int m = e / 16, n = e % 16;
+        float acc = 0.0f;
+        for (int k = 0; k < K; k++)
+            acc = fmaf(tf32(A[m * lda + k]), tf32(B_COLS ? B[n * ldb + k] : B[k * ldb + n]), acc);
+        C[m * ldc + n] = acc;
+    }
+#endif
+}
+
+/* tile_dot on the tensor cores: the warps share out the [ROWS, COLS] product's 16 x 16 blocks
+ * into the scratch, then each thread reads its own elements. */
 template <class T>
-__device__ inline void tile_dot(float (&s)[T::RM][T::CN], const float *A, const float *B, int ty,
-                                int tx) {
+__device__ inline void tile_dot_tc(float (&s)[T::RM][T::CN], const float *A, const float *B,
+                                   float *scratch, int ty, int tx) {
+    constexpr int FC = T::COLS / 16, NF = (T::ROWS / 16) * FC;
+    __syncthreads(); /* the scratch's previous product is consumed */
+    for (int f = threadIdx.x / 32; f < NF; f += kWarps) {
+        const int fr = f / FC, fc = f % FC;
+        warp_mma16<true, T::D>(scratch + fr * 16 * T::PLD + fc * 16, T::PLD, A + fr * 16 * T::LD,
+                               T::LD, B + fc * 16 * T::LD, T::LD);
+    }
+    __syncthreads();
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++)
+        MG_UNROLL
+    for (int c = 0; c < T::CN; c++)
+        s[r][c] = scratch[(ty + kTY * r) * T::PLD + tx + kTX * c];
+}
+
+/* tile_acc on the tensor cores: the [ROWS, D] product W X into the scratch, then each thread
+ * adds its own elements to its accumulators. */
+template <class T>
+__device__ inline void tile_acc_tc(f4 (&acc)[T::RM][T::DG], const float *W, const float *X,
+                                   float *scratch, int ty, int tx) {
+    constexpr int FD = T::D / 16, NF = (T::ROWS / 16) * FD;
+    __syncthreads();
+    for (int f = threadIdx.x / 32; f < NF; f += kWarps) {
+        const int fr = f / FD, fd = f % FD;
+        warp_mma16<false, T::COLS>(scratch + fr * 16 * T::LD + fd * 16, T::LD, W + fr * 16 * T::PLD,
+                                   T::PLD, X + fd * 16, T::LD);
+    }
+    __syncthreads();
+    MG_UNROLL
+    for (int r = 0; r < T::RM; r++)
+        MG_UNROLL
+    for (int g = 0; g < T::DG; g++) {
+        const f4 x = ld4(scratch + (ty + kTY * r) * T::LD + tx * 4 + 32 * g);
+        acc[r][g].x += x.x;
+        acc[r][g].y += x.y;
+        acc[r][g].z += x.z;
+        acc[r][g].w += x.w;
+    }
+}
+
+/* tile_dot in float32 on the CUDA cores. */
+template <class T>
+__device__ inline void tile_dot_simt(float (&s)[T::RM][T::CN], const float *A, const float *B,
+                                     int ty, int tx) {
     MG_UNROLL
     for (int r = 0; r < T::RM; r++)
         MG_UNROLL
@@ -192,8 +307,8 @@ __device__ inline void tile_dot(float (&s)[T::RM][T::CN], const float *A, const 
 /* acc[r][g] += sum_j W[ty + 16 r, j] X[j, tx * 4 + 32 g + 0:4] for W a [ROWS, COLS] tile
  * (stride PLD) and X a [COLS, D] tile: the P V, dS K, P^T dO and dS^T Q products. */
 template <class T>
-__device__ inline void tile_acc(f4 (&acc)[T::RM][T::DG], const float *W, const float *X, int ty,
-                                int tx) {
+__device__ inline void tile_acc_simt(f4 (&acc)[T::RM][T::DG], const float *W, const float *X,
+                                     int ty, int tx) {
     for (int j = 0; j < T::COLS; j++) {
         float w[T::RM];
         MG_UNROLL
@@ -211,6 +326,27 @@ __device__ inline void tile_acc(f4 (&acc)[T::RM][T::DG], const float *W, const f
             }
         }
     }
+}
+
+/* s[r][c] = A[ty + 16 r, :] . B[tx + 8 c, :] for [*, D] tiles A (T::ROWS rows) and B (T::COLS).
+ * `scratch`: T::SCRATCH floats of shared memory, used by the tensor-core version. */
+template <class T>
+__device__ inline void tile_dot(float (&s)[T::RM][T::CN], const float *A, const float *B,
+                                float *scratch, int ty, int tx) {
+    if constexpr (T::TC)
+        tile_dot_tc<T>(s, A, B, scratch, ty, tx);
+    else
+        tile_dot_simt<T>(s, A, B, ty, tx);
+}
+
+/* acc[r][g] += sum_j W[ty + 16 r, j] X[j, tx * 4 + 32 g + 0:4] (see tile_acc_simt). */
+template <class T>
+__device__ inline void tile_acc(f4 (&acc)[T::RM][T::DG], const float *W, const float *X,
+                                float *scratch, int ty, int tx) {
+    if constexpr (T::TC)
+        tile_acc_tc<T>(acc, W, X, scratch, ty, tx);
+    else
+        tile_acc_simt<T>(acc, W, X, ty, tx);
 }
 
 template <class T> __device__ inline void zero_acc(f4 (&acc)[T::RM][T::DG]) {
@@ -308,18 +444,18 @@ __device__ inline void load_key_info(int *kinfo, const uint8_t *kr, const int32_
 
 /* Shared memory (bytes) of each kernel. */
 template <class T> constexpr size_t forward_smem() {
-    return sizeof(float) *
-               ((size_t)T::ROWS * T::LD + 2 * (size_t)T::COLS * T::LD + (size_t)T::ROWS * T::PLD) +
+    return sizeof(float) * ((size_t)T::ROWS * T::LD + 2 * (size_t)T::COLS * T::LD +
+                            (size_t)T::ROWS * T::PLD + T::SCRATCH) +
            sizeof(int) * (2 * T::COLS + 2 * T::ROWS + 4 * kWarps);
 }
 template <class T> constexpr size_t dq_smem() {
     return sizeof(float) * (2 * (size_t)T::ROWS * T::LD + 2 * (size_t)T::COLS * T::LD +
-                            (size_t)T::ROWS * T::PLD) +
+                            (size_t)T::ROWS * T::PLD + T::SCRATCH) +
            sizeof(int) * (2 * T::COLS + 2 * T::ROWS + 4 * kWarps);
 }
 template <class T> constexpr size_t dkv_smem() {
     return sizeof(float) * (2 * (size_t)T::ROWS * T::LD + 2 * (size_t)T::COLS * T::LD +
-                            2 * (size_t)T::ROWS * T::PLD + 2 * (size_t)T::COLS) +
+                            2 * (size_t)T::ROWS * T::PLD + T::SCRATCH + 2 * (size_t)T::COLS) +
            sizeof(int) * (2 * T::ROWS + 2 * T::COLS + 4 * kWarps);
 }
 
@@ -334,12 +470,13 @@ __global__ void MG_BOUNDS(kThreads)
                              const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
                              attention_shape s, float qmul, int vec) {
     MG_DYNAMIC_SHARED(float, smem);
-    float *Qs = smem;                                            /* [ROWS, LD], scaled by qmul */
-    float *Ks = Qs + T::ROWS * T::LD;                            /* [COLS, LD] */
-    float *Vs = Ks + T::COLS * T::LD;                            /* [COLS, LD] */
-    float *Ps = Vs + T::COLS * T::LD;                            /* [ROWS, PLD] */
-    int *kinfo = reinterpret_cast<int *>(Ps + T::ROWS * T::PLD); /* [2, COLS] */
-    int *qinfo = kinfo + 2 * T::COLS;                            /* [2, ROWS] */
+    float *Qs = smem;                                           /* [ROWS, LD], scaled by qmul */
+    float *Ks = Qs + T::ROWS * T::LD;                           /* [COLS, LD] */
+    float *Vs = Ks + T::COLS * T::LD;                           /* [COLS, LD] */
+    float *Ps = Vs + T::COLS * T::LD;                           /* [ROWS, PLD] */
+    float *scratch = Ps + T::ROWS * T::PLD;                     /* [SCRATCH] */
+    int *kinfo = reinterpret_cast<int *>(scratch + T::SCRATCH); /* [2, COLS] */
+    int *qinfo = kinfo + 2 * T::COLS;                           /* [2, ROWS] */
     int *red = qinfo + 2 * T::ROWS;
 
     const int tid = threadIdx.x, ty = tid / kTX, tx = tid % kTX;
@@ -383,7 +520,7 @@ __global__ void MG_BOUNDS(kThreads)
         load_key_info<T::COLS>(kinfo, kr, ks, k0, s.Tk);
         __syncthreads();
         float sc[T::RM][T::CN];
-        tile_dot<T>(sc, Qs, Ks, ty, tx);
+        tile_dot<T>(sc, Qs, Ks, scratch, ty, tx);
         MG_UNROLL
         for (int r = 0; r < T::RM; r++) {
             const int qi = s.q_start + i0 + ty + kTY * r;
@@ -417,7 +554,7 @@ __global__ void MG_BOUNDS(kThreads)
             }
         }
         __syncthreads();
-        tile_acc<T>(o, Ps, Vs, ty, tx);
+        tile_acc<T>(o, Ps, Vs, scratch, ty, tx);
     }
 
     MG_UNROLL
@@ -464,7 +601,8 @@ __global__ void MG_BOUNDS(kThreads)
     float *Ks = dOs + T::ROWS * T::LD; /* [COLS, LD] */
     float *Vs = Ks + T::COLS * T::LD;  /* [COLS, LD] */
     float *dSs = Vs + T::COLS * T::LD; /* [ROWS, PLD] */
-    int *kinfo = reinterpret_cast<int *>(dSs + T::ROWS * T::PLD);
+    float *scratch = dSs + T::ROWS * T::PLD;
+    int *kinfo = reinterpret_cast<int *>(scratch + T::SCRATCH);
     int *qinfo = kinfo + 2 * T::COLS;
     int *red = qinfo + 2 * T::ROWS;
 
@@ -506,8 +644,8 @@ __global__ void MG_BOUNDS(kThreads)
         load_key_info<T::COLS>(kinfo, kr, ks, k0, s.Tk);
         __syncthreads();
         float sc[T::RM][T::CN], dp[T::RM][T::CN];
-        tile_dot<T>(sc, Qs, Ks, ty, tx);
-        tile_dot<T>(dp, dOs, Vs, ty, tx);
+        tile_dot<T>(sc, Qs, Ks, scratch, ty, tx);
+        tile_dot<T>(dp, dOs, Vs, scratch, ty, tx);
         MG_UNROLL
         for (int r = 0; r < T::RM; r++) {
             const int qi = s.q_start + i0 + ty + kTY * r;
@@ -524,7 +662,7 @@ __global__ void MG_BOUNDS(kThreads)
             }
         }
         __syncthreads();
-        tile_acc<T>(acc, dSs, Ks, ty, tx);
+        tile_acc<T>(acc, dSs, Ks, scratch, ty, tx);
     }
     MG_UNROLL
     for (int r = 0; r < T::RM; r++) {
@@ -551,7 +689,8 @@ __global__ void MG_BOUNDS(kThreads)
     float *dOs = Qs + T::COLS * T::LD;                         /* [COLS, LD] */
     float *Ps = dOs + T::COLS * T::LD;                         /* [ROWS, PLD] */
     float *dSs = Ps + T::ROWS * T::PLD;                        /* [ROWS, PLD] */
-    float *qstat = dSs + T::ROWS * T::PLD;                     /* [2, COLS]: lse, D */
+    float *scratch = dSs + T::ROWS * T::PLD;                   /* [SCRATCH] */
+    float *qstat = scratch + T::SCRATCH;                       /* [2, COLS]: lse, D */
     int *kinfo = reinterpret_cast<int *>(qstat + 2 * T::COLS); /* [2, ROWS] */
     int *qinfo = kinfo + 2 * T::ROWS;                          /* [2, COLS] */
     int *red = qinfo + 2 * T::COLS;
@@ -630,8 +769,8 @@ __global__ void MG_BOUNDS(kThreads)
             }
             __syncthreads();
             float sc[T::RM][T::CN], dp[T::RM][T::CN];
-            tile_dot<T>(sc, Ks, Qs, ty, tx);
-            tile_dot<T>(dp, Vs, dOs, ty, tx);
+            tile_dot<T>(sc, Ks, Qs, scratch, ty, tx);
+            tile_dot<T>(dp, Vs, dOs, scratch, ty, tx);
             MG_UNROLL
             for (int r = 0; r < T::RM; r++) {
                 const int row = ty + kTY * r;
@@ -651,8 +790,8 @@ __global__ void MG_BOUNDS(kThreads)
                 }
             }
             __syncthreads();
-            if (dv != NULL) tile_acc<T>(adv, Ps, dOs, ty, tx);
-            if (dk != NULL) tile_acc<T>(adk, dSs, Qs, ty, tx);
+            if (dv != NULL) tile_acc<T>(adv, Ps, dOs, scratch, ty, tx);
+            if (dk != NULL) tile_acc<T>(adk, dSs, Qs, scratch, ty, tx);
         }
     }
     MG_UNROLL
@@ -669,37 +808,37 @@ __global__ void MG_BOUNDS(kThreads)
 /* Tile shapes per padded head size: forward (and its statistics mode), forward for a few
  * queries (decode steps: fewer wasted query rows), dQ (queries x keys), dK/dV (keys x queries).
  * Chosen to keep the per-thread accumulators near 64 floats and shared memory near or below
- * 100 KiB for the common head sizes 64 and 128. */
-template <int D> struct Shapes;
-template <> struct Shapes<32> {
-    using Fwd = Tile<32, 64, 64>;
-    using FwdFew = Tile<32, 16, 64>;
-    using Dq = Tile<32, 64, 64>;
-    using Dkv = Tile<32, 64, 32>;
+ * 100 KiB for the common head sizes 64 and 128 (plus the scratch of the tensor-core tiles). */
+template <int D, bool TC> struct Shapes;
+template <bool TC> struct Shapes<32, TC> {
+    using Fwd = Tile<32, 64, 64, TC>;
+    using FwdFew = Tile<32, 16, 64, TC>;
+    using Dq = Tile<32, 64, 64, TC>;
+    using Dkv = Tile<32, 64, 32, TC>;
 };
-template <> struct Shapes<64> {
-    using Fwd = Tile<64, 64, 64>;
-    using FwdFew = Tile<64, 16, 64>;
-    using Dq = Tile<64, 64, 32>;
-    using Dkv = Tile<64, 32, 32>;
+template <bool TC> struct Shapes<64, TC> {
+    using Fwd = Tile<64, 64, 64, TC>;
+    using FwdFew = Tile<64, 16, 64, TC>;
+    using Dq = Tile<64, 64, 32, TC>;
+    using Dkv = Tile<64, 32, 32, TC>;
 };
-template <> struct Shapes<128> {
-    using Fwd = Tile<128, 64, 32>;
-    using FwdFew = Tile<128, 16, 32>;
-    using Dq = Tile<128, 32, 32>;
-    using Dkv = Tile<128, 32, 32>;
+template <bool TC> struct Shapes<128, TC> {
+    using Fwd = Tile<128, 64, 32, TC>;
+    using FwdFew = Tile<128, 16, 32, TC>;
+    using Dq = Tile<128, 32, 32, TC>;
+    using Dkv = Tile<128, 32, 32, TC>;
 };
-template <> struct Shapes<256> {
-    using Fwd = Tile<256, 32, 32>;
-    using FwdFew = Tile<256, 16, 32>;
-    using Dq = Tile<256, 32, 16>;
-    using Dkv = Tile<256, 16, 32>;
+template <bool TC> struct Shapes<256, TC> {
+    using Fwd = Tile<256, 32, 32, TC>;
+    using FwdFew = Tile<256, 16, 32, TC>;
+    using Dq = Tile<256, 32, 16, TC>;
+    using Dkv = Tile<256, 16, 32, TC>;
 };
-template <> struct Shapes<512> {
-    using Fwd = Tile<512, 16, 16>;
-    using FwdFew = Tile<512, 16, 16>;
-    using Dq = Tile<512, 16, 16>;
-    using Dkv = Tile<512, 16, 16>;
+template <bool TC> struct Shapes<512, TC> {
+    using Fwd = Tile<512, 16, 16, TC>;
+    using FwdFew = Tile<512, 16, 16, TC>;
+    using Dq = Tile<512, 16, 16, TC>;
+    using Dkv = Tile<512, 16, 16, TC>;
 };
 
 /* Lets a kernel use `bytes` of dynamic shared memory; false (failure noted) if it cannot. */
@@ -741,21 +880,24 @@ void launch_forward(const mg_backend *be, const Args &a, float *out, float *lse,
               a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
 }
 
+/* The forward and dQ kernels always take the float32 tile products: on an H100 their tensor-core
+ * versions measured slower (forward 50 ms against 42, dQ 40 against 33 per training step of the
+ * 1B benchmark), while dK/dV's went from 53 ms to 43; so TC (bf16 mode) applies to dK/dV only. */
 template <int D>
 void forward_d(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
                const float *dout) {
-    if (a.s.Tq <= Shapes<D>::FwdFew::ROWS)
-        launch_forward<typename Shapes<D>::FwdFew>(be, a, out, lse, dsum, dout);
+    if (a.s.Tq <= Shapes<D, false>::FwdFew::ROWS)
+        launch_forward<typename Shapes<D, false>::FwdFew>(be, a, out, lse, dsum, dout);
     else
-        launch_forward<typename Shapes<D>::Fwd>(be, a, out, lse, dsum, dout);
+        launch_forward<typename Shapes<D, false>::Fwd>(be, a, out, lse, dsum, dout);
 }
 
-template <int D>
+template <int D, bool TC>
 void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float *dv,
                 const float *dout, float *lse, float *dsum) {
     forward_d<D>(be, a, NULL, lse, dsum, dout);
     if (dq != NULL) {
-        using T = typename Shapes<D>::Dq;
+        using T = typename Shapes<D, false>::Dq;
         auto kernel = attention_dq_kernel<T>;
         const size_t smem = dq_smem<T>();
         if (allow_smem(be, kernel, smem)) {
@@ -766,7 +908,7 @@ void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float
         }
     }
     if (dk != NULL || dv != NULL) {
-        using T = typename Shapes<D>::Dkv;
+        using T = typename Shapes<D, TC>::Dkv;
         auto kernel = attention_dkv_kernel<T>;
         const size_t smem = dkv_smem<T>();
         if (allow_smem(be, kernel, smem)) {
@@ -783,6 +925,16 @@ int padded_hd(int hd) {
     for (int d = 32; d <= 512; d *= 2)
         if (hd <= d) return d;
     return 0;
+}
+
+/* Whether the dK/dV tile products run on the tensor cores (TF32): in bf16 mode only, where the
+ * GEMMs already round to bfloat16 (fp32 mode keeps the float32 products that match the CPU), for
+ * padded head sizes up to 256 (512 would need more shared memory than an A100 has with the
+ * scratch). MAGNET_CUDA_ATTENTION_TC=0 turns them off (for comparisons). */
+bool use_tensor_cores(const mg_backend *be, int padded) {
+    if (be->precision != MG_PRECISION_BF16 || padded > 256) return false;
+    const char *env = getenv("MAGNET_CUDA_ATTENTION_TC");
+    return env == NULL || strcmp(env, "0") != 0;
 }
 
 bool aligned16(const void *p) {
@@ -853,21 +1005,26 @@ void cuda_attention_backward(const mg_backend *be, float *dq, float *dk, float *
     const bool vec = aligned16(dq) && aligned16(dk) && aligned16(dv) && aligned16(dout);
     const Args a = make_args(q, k, v, q_roles, q_seg, k_roles, k_seg, s, vec);
     float *lse = scratch, *dsum = scratch + (size_t)s.B * s.Hq * s.Tq;
+    const bool tc = use_tensor_cores(be, padded_hd(s.hd));
     switch (padded_hd(s.hd)) {
     case 32:
-        backward_d<32>(be, a, dq, dk, dv, dout, lse, dsum);
+        tc ? backward_d<32, true>(be, a, dq, dk, dv, dout, lse, dsum)
+           : backward_d<32, false>(be, a, dq, dk, dv, dout, lse, dsum);
         break;
     case 64:
-        backward_d<64>(be, a, dq, dk, dv, dout, lse, dsum);
+        tc ? backward_d<64, true>(be, a, dq, dk, dv, dout, lse, dsum)
+           : backward_d<64, false>(be, a, dq, dk, dv, dout, lse, dsum);
         break;
     case 128:
-        backward_d<128>(be, a, dq, dk, dv, dout, lse, dsum);
+        tc ? backward_d<128, true>(be, a, dq, dk, dv, dout, lse, dsum)
+           : backward_d<128, false>(be, a, dq, dk, dv, dout, lse, dsum);
         break;
     case 256:
-        backward_d<256>(be, a, dq, dk, dv, dout, lse, dsum);
+        tc ? backward_d<256, true>(be, a, dq, dk, dv, dout, lse, dsum)
+           : backward_d<256, false>(be, a, dq, dk, dv, dout, lse, dsum);
         break;
     case 512:
-        backward_d<512>(be, a, dq, dk, dv, dout, lse, dsum);
+        backward_d<512, false>(be, a, dq, dk, dv, dout, lse, dsum);
         break;
     default:
         mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");

@@ -71,7 +71,7 @@ static inline unsigned mg_cuda_blocks(long n, int threads) {
         mg_cuda_note((be), cudaGetLastError(), #kernel);                                           \
     } while (0)
 #define MG_DYNAMIC_SHARED(type, name)                                                              \
-    extern __shared__ __align__(16) unsigned char mg_dynamic_smem[];                               \
+    extern __shared__ __align__(128) unsigned char mg_dynamic_smem[];                              \
     type *name = reinterpret_cast<type *>(mg_dynamic_smem)
 #endif
 
