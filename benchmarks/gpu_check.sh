@@ -27,8 +27,10 @@
 #   MAGNET_WHL_DIR         the wheel folder (default .whl)
 #   GPU_CHECK_PYTEST_ARGS  extra pytest arguments (default: -k "not emulated": the emulator's
 #                          check programs are CPU work that CI runs; on the GPU only the GPU ones)
-#   GPU_CHECK_STEPS        the steps to run, letters of "abcdef" (default all; b always runs):
-#                          e.g. GPU_CHECK_STEPS=f on a still-warm machine reruns the benchmark
+#   GPU_CHECK_STEPS        the steps to run, letters of "abcdefg" (default abcdef; b always
+#                          runs): e.g. GPU_CHECK_STEPS=f on a still-warm machine reruns the
+#                          benchmark; g (optional) adds the kernel profile of the 1B training
+#                          step (benchmarks/gpu_profile.py, about 60 s) as $OUT/profile.md
 #                          against the build already there
 #   MAGNET_CUBLAS_PATH     cuBLAS for the backend (default: found by the dynamic linker, else
 #                          looked for in /usr/local/cuda and the nvidia-cublas wheel)
@@ -128,7 +130,7 @@ print(\"torch sees CUDA:\", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"\")
 '"
 if want a; then
-    run_step "a. environment" 60 200 "$ENV_CMD"
+    run_step "a. environment" 60 60 "$ENV_CMD"
     record "a. environment" "$(verdict "$STEP_RC")" "$STEP_S" "${ENV_NOTE:-no GPU listed}"
 fi
 if ((DRY == 0 && HAVE_GPU == 0)); then
@@ -139,7 +141,8 @@ fi
 WHEELS=("$WHL_DIR"/scipy_openblas32-*.whl)
 if [[ -f "${WHEELS[0]}" ]]; then
     SITE=/tmp/site
-    run_step "b. scipy-openblas32 wheel" 60 190 "
+    # no reserve: every later step needs this one
+    run_step "b. scipy-openblas32 wheel" 60 0 "
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target $SITE ${WHEELS[*]}"
     if ((STEP_RC == 0)); then
@@ -233,7 +236,12 @@ MISSING=()
 for f in tests/test_cuda_model.py tests/test_cuda_checks.py; do
     if [[ -f "$f" ]]; then TESTS+=("$f"); else MISSING+=("$f"); fi
 done
-PYTEST_ARGS="${GPU_CHECK_PYTEST_ARGS:--k 'not emulated'}"
+# test_cuda_checks_on_gpu reruns step d's programs: left out when step d ran
+if want d && ((DRY == 0)); then
+    PYTEST_ARGS="${GPU_CHECK_PYTEST_ARGS:--k 'not emulated and not on_gpu'}"
+else
+    PYTEST_ARGS="${GPU_CHECK_PYTEST_ARGS:--k 'not emulated'}"
+fi
 if ! want e; then
     :
 elif ((${#TESTS[@]})); then
@@ -251,7 +259,9 @@ else
 fi
 
 # ---- f. benchmark against PyTorch
-BENCH_BUDGET=$(($(left) - 25))
+PROFILE_RESERVE=0
+want g && ((DRY == 0)) && PROFILE_RESERVE=75
+BENCH_BUDGET=$(($(left) - 25 - PROFILE_RESERVE))
 if ! want f; then
     :
 elif ((BENCH_BUDGET < 60)); then
@@ -267,6 +277,17 @@ else
     NOTE="performance $(grep -E '^criteria: ' "$OUT/bench.md" 2>/dev/null)"
     ((STEP_RC != 0)) && NOTE="$NOTE; incomplete: see bench.md"
     record "f. gpu_bench.py${BENCH_ARGS:+ $BENCH_ARGS}" "$(verdict "$STEP_RC")" "$STEP_S" "$NOTE"
+fi
+
+# ---- g. where the training step's GPU time goes (optional)
+if ! want g; then
+    :
+elif ((DRY)); then
+    record "g. gpu_profile.py" SKIP 0 "skipped: no GPU (dry run)"
+else
+    run_step "g. gpu_profile.py" 90 0 \
+        "$PY benchmarks/gpu_profile.py --sections train-large --steps 3 --top 30 --out \"$OUT/profile.md\" >/dev/null"
+    record "g. gpu_profile.py" "$(verdict "$STEP_RC")" "$STEP_S" "kernel table in profile.md"
 fi
 
 # ---- summary
