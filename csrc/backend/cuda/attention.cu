@@ -177,18 +177,6 @@ __device__ inline void load_rows(float *dst, const float *src, long stride, int 
     }
 }
 
-#ifndef MG_WMMA
-/* x rounded to TF32 (10 mantissa bits, nearest with ties away from zero) as wmma's
- * __float_to_tf32 does: the emulator's stand-in for the tensor cores' input rounding. */
-inline float tf32(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-#endif
-
 /* One warp: C[16, 16] (row stride ldc) = A[16, K] B[K, 16] with A row-major (stride lda) and
  * B(k, n) = B[n * ldb + k] when B_COLS (B's rows are the product's columns, as in Q K^T), else
  * B[k * ldb + n]. Inputs rounded to TF32, float32 accumulation. Pointers 32-byte aligned and
@@ -222,7 +210,8 @@ __device__ inline void warp_mma16(float *C, int ldc, const float *A, int lda, co
         const int m = e / 16, n = e % 16;
         float acc = 0.0f;
         for (int k = 0; k < K; k++)
-            acc = fmaf(tf32(A[m * lda + k]), tf32(B_COLS ? B[n * ldb + k] : B[k * ldb + n]), acc);
+            acc = fmaf(mg_emu_tf32(A[m * lda + k]),
+                       mg_emu_tf32(B_COLS ? B[n * ldb + k] : B[k * ldb + n]), acc);
         C[m * ldc + n] = acc;
     }
 #endif

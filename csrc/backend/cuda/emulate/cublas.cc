@@ -60,16 +60,6 @@ int max1(int v) {
     return v > 1 ? v : 1;
 }
 
-/* x rounded to TF32 (10 mantissa bits, nearest, ties away from zero): the inputs of the tensor
- * cores under CUBLAS_COMPUTE_32F_FAST_TF32. */
-float round_tf32(float x) {
-    uint32_t u;
-    std::memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-    std::memcpy(&x, &u, sizeof x);
-    return x;
-}
-
 /* A dense float copy of a column-major rows x cols matrix of type `type` (leading dimension ld),
  * with leading dimension rows; rounded to TF32 when `tf32`. */
 bool widen(std::vector<float> &out, const void *src, int type, int rows, int cols, int ld,
@@ -81,7 +71,7 @@ bool widen(std::vector<float> &out, const void *src, int type, int rows, int col
             const float x = type == MG_CUDA_R_32F
                                 ? static_cast<const float *>(src)[at]
                                 : __bfloat162float(static_cast<const __nv_bfloat16 *>(src)[at]);
-            out[(size_t)j * rows + i] = tf32 ? round_tf32(x) : x;
+            out[(size_t)j * rows + i] = tf32 ? mg_emu_tf32(x) : x;
         }
     return true;
 }

@@ -303,6 +303,15 @@ inline float __frcp_rn(float x) {
 inline float __fmaf_rn(float a, float b, float c) {
     return std::fma(a, b, c);
 }
+/* x rounded to TF32 (10 mantissa bits, nearest with ties away from zero), as wmma's
+ * __float_to_tf32 and cuBLAS's CUBLAS_COMPUTE_32F_FAST_TF32 feed the tensor cores. */
+inline float mg_emu_tf32(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+}
 /* a product rounded on its own: nvcc never fuses __fmul_rn into a multiply-add */
 inline float __fmul_rn(float a, float b) {
     volatile float p = a * b;
