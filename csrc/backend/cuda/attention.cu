@@ -798,36 +798,36 @@ __global__ void MG_BOUNDS(kThreads)
  * queries (decode steps: fewer wasted query rows), dQ (queries x keys), dK/dV (keys x queries).
  * Chosen to keep the per-thread accumulators near 64 floats and shared memory near or below
  * 100 KiB for the common head sizes 64 and 128 (plus the scratch of the tensor-core tiles). */
-template <int D, bool TC> struct Shapes;
-template <bool TC> struct Shapes<32, TC> {
-    using Fwd = Tile<32, 64, 64, TC>;
-    using FwdFew = Tile<32, 16, 64, TC>;
-    using Dq = Tile<32, 64, 64, TC>;
-    using Dkv = Tile<32, 64, 32, TC>;
+template <int D> struct Shapes;
+template <> struct Shapes<32> {
+    using Fwd = Tile<32, 64, 64, false>;
+    using FwdFew = Tile<32, 16, 64, false>;
+    using Dq = Tile<32, 64, 64, false>;
+    template <bool TC> using Dkv = Tile<32, 64, 32, TC>;
 };
-template <bool TC> struct Shapes<64, TC> {
-    using Fwd = Tile<64, 64, 64, TC>;
-    using FwdFew = Tile<64, 16, 64, TC>;
-    using Dq = Tile<64, 64, 32, TC>;
-    using Dkv = Tile<64, 32, 32, TC>;
+template <> struct Shapes<64> {
+    using Fwd = Tile<64, 64, 64, false>;
+    using FwdFew = Tile<64, 16, 64, false>;
+    using Dq = Tile<64, 64, 32, false>;
+    template <bool TC> using Dkv = Tile<64, 32, 32, TC>;
 };
-template <bool TC> struct Shapes<128, TC> {
-    using Fwd = Tile<128, 64, 32, TC>;
-    using FwdFew = Tile<128, 16, 32, TC>;
-    using Dq = Tile<128, 32, 32, TC>;
-    using Dkv = Tile<128, 32, 32, TC>;
+template <> struct Shapes<128> {
+    using Fwd = Tile<128, 64, 32, false>;
+    using FwdFew = Tile<128, 16, 32, false>;
+    using Dq = Tile<128, 32, 32, false>;
+    template <bool TC> using Dkv = Tile<128, 32, 32, TC>;
 };
-template <bool TC> struct Shapes<256, TC> {
-    using Fwd = Tile<256, 32, 32, TC>;
-    using FwdFew = Tile<256, 16, 32, TC>;
-    using Dq = Tile<256, 32, 16, TC>;
-    using Dkv = Tile<256, 16, 32, TC>;
+template <> struct Shapes<256> {
+    using Fwd = Tile<256, 32, 32, false>;
+    using FwdFew = Tile<256, 16, 32, false>;
+    using Dq = Tile<256, 32, 16, false>;
+    template <bool TC> using Dkv = Tile<256, 16, 32, TC>;
 };
-template <bool TC> struct Shapes<512, TC> {
-    using Fwd = Tile<512, 16, 16, TC>;
-    using FwdFew = Tile<512, 16, 16, TC>;
-    using Dq = Tile<512, 16, 16, TC>;
-    using Dkv = Tile<512, 16, 16, TC>;
+template <> struct Shapes<512> {
+    using Fwd = Tile<512, 16, 16, false>;
+    using FwdFew = Tile<512, 16, 16, false>;
+    using Dq = Tile<512, 16, 16, false>;
+    template <bool TC> using Dkv = Tile<512, 16, 16, TC>;
 };
 
 /* Lets a kernel use `bytes` of dynamic shared memory; false (failure noted) if it cannot. */
@@ -875,18 +875,32 @@ void launch_forward(const mg_backend *be, const Args &a, float *out, float *lse,
 template <int D>
 void forward_d(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
                const float *dout) {
-    if (a.s.Tq <= Shapes<D, false>::FwdFew::ROWS)
-        launch_forward<typename Shapes<D, false>::FwdFew>(be, a, out, lse, dsum, dout);
+    if (a.s.Tq <= Shapes<D>::FwdFew::ROWS)
+        launch_forward<typename Shapes<D>::FwdFew>(be, a, out, lse, dsum, dout);
     else
-        launch_forward<typename Shapes<D, false>::Fwd>(be, a, out, lse, dsum, dout);
+        launch_forward<typename Shapes<D>::Fwd>(be, a, out, lse, dsum, dout);
 }
 
-template <int D, bool TC>
+template <class T>
+void launch_dkv(const mg_backend *be, const Args &a, float *dk, float *dv, const float *dout,
+                const float *lse, const float *dsum) {
+    auto kernel = attention_dkv_kernel<T>;
+    const size_t smem = dkv_smem<T>();
+    if (!allow_smem(be, kernel, smem)) return;
+    const dim3 grid((unsigned)((a.s.Tk + T::ROWS - 1) / T::ROWS), (unsigned)a.s.Hkv,
+                    (unsigned)a.s.B);
+    MG_LAUNCH(kernel, grid, kThreads, smem, be, dk, dv, lse, dsum, dout, a.q, a.k, a.v, a.q_roles,
+              a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
+}
+
+/* tc: the dK/dV products on the tensor cores, where their scratch fits this GPU's shared memory
+ * (else the float32 kernel, which needs less). */
+template <int D>
 void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float *dv,
-                const float *dout, float *lse, float *dsum) {
+                const float *dout, float *lse, float *dsum, bool tc) {
     forward_d<D>(be, a, NULL, lse, dsum, dout);
     if (dq != NULL) {
-        using T = typename Shapes<D, false>::Dq;
+        using T = typename Shapes<D>::Dq;
         auto kernel = attention_dq_kernel<T>;
         const size_t smem = dq_smem<T>();
         if (allow_smem(be, kernel, smem)) {
@@ -896,17 +910,15 @@ void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float
                       a.q_roles, a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.scale, a.vec);
         }
     }
-    if (dk != NULL || dv != NULL) {
-        using T = typename Shapes<D, TC>::Dkv;
-        auto kernel = attention_dkv_kernel<T>;
-        const size_t smem = dkv_smem<T>();
-        if (allow_smem(be, kernel, smem)) {
-            const dim3 grid((unsigned)((a.s.Tk + T::ROWS - 1) / T::ROWS), (unsigned)a.s.Hkv,
-                            (unsigned)a.s.B);
-            MG_LAUNCH(kernel, grid, kThreads, smem, be, dk, dv, lse, dsum, dout, a.q, a.k, a.v,
-                      a.q_roles, a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
+    if (dk == NULL && dv == NULL) return;
+    if constexpr (D <= 256) {
+        using Tc = typename Shapes<D>::template Dkv<true>;
+        if (tc && dkv_smem<Tc>() <= (size_t)mg_cuda_ctx_of(be)->smem_optin) {
+            launch_dkv<Tc>(be, a, dk, dv, dout, lse, dsum);
+            return;
         }
     }
+    launch_dkv<typename Shapes<D>::template Dkv<false>>(be, a, dk, dv, dout, lse, dsum);
 }
 
 /* The padded head size for hd, or 0 when hd is beyond what the kernels handle. */
@@ -918,8 +930,8 @@ int padded_hd(int hd) {
 
 /* Whether the dK/dV tile products run on the tensor cores (TF32): in bf16 mode only, where the
  * GEMMs already round to bfloat16 (fp32 mode keeps the float32 products that match the CPU), for
- * padded head sizes up to 256 (512 would need more shared memory than an A100 has with the
- * scratch). MAGNET_CUDA_ATTENTION_TC=0 turns them off (for comparisons). */
+ * padded head sizes up to 256 (backward_d also checks that the scratch fits the GPU's shared
+ * memory). MAGNET_CUDA_ATTENTION_TC=0 turns them off (for comparisons). */
 bool use_tensor_cores(const mg_backend *be, int padded) {
     if (be->precision != MG_PRECISION_BF16 || padded > 256) return false;
     const char *env = getenv("MAGNET_CUDA_ATTENTION_TC");
@@ -997,23 +1009,19 @@ void cuda_attention_backward(const mg_backend *be, float *dq, float *dk, float *
     const bool tc = use_tensor_cores(be, padded_hd(s.hd));
     switch (padded_hd(s.hd)) {
     case 32:
-        tc ? backward_d<32, true>(be, a, dq, dk, dv, dout, lse, dsum)
-           : backward_d<32, false>(be, a, dq, dk, dv, dout, lse, dsum);
+        backward_d<32>(be, a, dq, dk, dv, dout, lse, dsum, tc);
         break;
     case 64:
-        tc ? backward_d<64, true>(be, a, dq, dk, dv, dout, lse, dsum)
-           : backward_d<64, false>(be, a, dq, dk, dv, dout, lse, dsum);
+        backward_d<64>(be, a, dq, dk, dv, dout, lse, dsum, tc);
         break;
     case 128:
-        tc ? backward_d<128, true>(be, a, dq, dk, dv, dout, lse, dsum)
-           : backward_d<128, false>(be, a, dq, dk, dv, dout, lse, dsum);
+        backward_d<128>(be, a, dq, dk, dv, dout, lse, dsum, tc);
         break;
     case 256:
-        tc ? backward_d<256, true>(be, a, dq, dk, dv, dout, lse, dsum)
-           : backward_d<256, false>(be, a, dq, dk, dv, dout, lse, dsum);
+        backward_d<256>(be, a, dq, dk, dv, dout, lse, dsum, tc);
         break;
     case 512:
-        backward_d<512, false>(be, a, dq, dk, dv, dout, lse, dsum);
+        backward_d<512>(be, a, dq, dk, dv, dout, lse, dsum, false);
         break;
     default:
         mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");
