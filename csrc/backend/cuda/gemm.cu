@@ -12,7 +12,7 @@
  * which never uses TF32 (parity with the CPU within float32 rounding). MG_PRECISION_BF16: A and
  * B are rounded to bfloat16 into a staging area of the backend's workspace, multiplied by the
  * tensor cores with float32 accumulation (CUBLAS_COMPUTE_32F), and C stays float32; products
- * with a dimension of at most kFp32MaxDim (64) take float32 operands rounded to TF32 instead
+ * with a dimension of at most kUnstagedMaxDim (64) take float32 operands rounded to TF32 instead
  * (see there). */
 #include "cublas_api.h"
 #include "elementwise.cuh"
@@ -207,7 +207,7 @@ constexpr int kThreads = 256;
  * operands and rounds them to TF32 for the tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32). Measured
  * on an H100, 1B benchmark training step: plain float32 products on the CUDA cores took 68 ms of
  * a 377 ms step; with TF32 the whole step took 339 ms. */
-constexpr int kFp32MaxDim = 64;
+constexpr int kUnstagedMaxDim = 64;
 
 /* out[r * cols + c] = bf16(in[r * ld + c]): a packed bfloat16 copy of a strided matrix, four
  * elements per item when `vec` (cols and ld multiples of 4, `in` 16-byte aligned: 16-byte loads,
@@ -357,7 +357,7 @@ void cuda_sgemm(const mg_backend *be, bool trans_a, bool trans_b, int M, int N, 
     const mg_cublas_api *api = mg_cublas_load(NULL, 0);
     const void *a = A, *b = B;
     int type = MG_CUDA_R_32F, la = lda, lb = ldb, compute = MG_CUBLAS_COMPUTE_32F;
-    const bool skinny = M <= kFp32MaxDim || N <= kFp32MaxDim || K <= kFp32MaxDim;
+    const bool skinny = M <= kUnstagedMaxDim || N <= kUnstagedMaxDim || K <= kUnstagedMaxDim;
     if (be->precision == MG_PRECISION_BF16 && skinny)
         compute = MG_CUBLAS_COMPUTE_32F_FAST_TF32;
     else if (be->precision == MG_PRECISION_BF16) {
@@ -388,7 +388,10 @@ void cuda_sgemm(const mg_backend *be, bool trans_a, bool trans_b, int M, int N, 
                      "cuBLAS GEMM failed on %s: %s (row-major M=%d N=%d K=%d, trans_a=%d "
                      "trans_b=%d, lda=%d ldb=%d ldc=%d, %s)",
                      be->name, mg_cublas_status_name(st), M, N, K, (int)trans_a, (int)trans_b, lda,
-                     ldb, ldc, be->precision == MG_PRECISION_BF16 ? "bf16" : "fp32");
+                     ldb, ldc,
+                     type == MG_CUDA_R_16BF                       ? "bf16"
+                     : compute == MG_CUBLAS_COMPUTE_32F_FAST_TF32 ? "tf32"
+                                                                  : "fp32");
 }
 
 void cuda_matmul_forward(const mg_backend *be, float *out, const float *inp, const float *weight,
