@@ -171,7 +171,8 @@ def test_move_between_devices_round_trip(tmp_path):
 def test_bf16_is_close_and_greedy_agrees():
     gpu = magnet.Model.from_pretrained("stories260K", device="cuda", precision="bf16")
     ref = magnet.Model.from_pretrained("stories260K")
-    ids = np.array([[1, 40, 50, 60, 70, 80, 90]], np.int32)
+    # 40 tokens: past the few-query forward, so attention takes the tensor-core kernels
+    ids = np.array([[1] + [40 + 7 * i % 300 for i in range(39)]], np.int32)
     a, b = ref.logits(ids), gpu.logits(ids)
     assert gpu.precision == "bf16"
     assert np.abs(a - b).max() < 5e-2 * np.abs(a).max()

@@ -44,52 +44,23 @@
  * accumulators stay float32 and are unchanged. The forward and dQ kernels measured faster
  * without (see forward_d); fp32 mode keeps the float32 products everywhere (CPU parity within
  * 1e-5). */
-#include <limits.h>
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <type_traits>
 
-#include "cuda_common.h"
+#include "attention_tiles.cuh"
 
 #if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE)
 #include <mma.h>
-#define MG_UNROLL _Pragma("unroll")
-#define MG_BOUNDS(n) __launch_bounds__(n)
 #define MG_WMMA 1
-#else
-#define MG_UNROLL
-#define MG_BOUNDS(n)
 #endif
+
+using namespace mg_attention;
 
 namespace {
 
-constexpr int kThreads = 128;
 constexpr int kTY = 16, kTX = 8; /* kTY * kTX == kThreads */
-constexpr int kWarps = kThreads / 32;
-constexpr unsigned kFull = 0xffffffffu;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-struct alignas(16) f4 {
-    float x, y, z, w;
-};
-
-__device__ inline f4 ld4(const float *p) {
-    return *reinterpret_cast<const f4 *>(p);
-}
-__device__ inline void st4(float *p, f4 v) {
-    *reinterpret_cast<f4 *>(p) = v;
-}
-/* Component e of a (a select, not an indexed local array, which would live in local memory). */
-__device__ inline float comp(const f4 &a, int e) {
-    return e == 0 ? a.x : e == 1 ? a.y : e == 2 ? a.z : a.w;
-}
-__device__ inline int imax(int a, int b) {
-    return a > b ? a : b;
-}
 
 /* Geometry of a [ROWS, COLS] tile pair with head size D (see the file comment). TC: the tile
  * products run on the tensor cores (TF32 inputs, float32 accumulation) through a shared-memory
@@ -107,34 +78,6 @@ template <int D_, int ROWS_, int COLS_, bool TC_> struct Tile {
     static_assert(ROWS <= kThreads && COLS <= kThreads, "one thread per row/column of metadata");
     static_assert(!TC || (ROWS % 16 == 0 && COLS % 16 == 0), "tensor-core tiles are 16 x 16");
 };
-
-/* The unified rule (key_visible in csrc/ops/attention.c; a query with seg < 0 sees nothing). */
-__device__ inline bool visible(int q_role, int q_seg, int q_index, int k_role, int k_seg,
-                               int k_index) {
-    return q_seg >= 0 && k_seg == q_seg &&
-           (k_role == MG_ROLE_CONTEXT || (q_role == MG_ROLE_SPAN && k_index <= q_index));
-}
-
-/* Block-wide maximum of N ints per thread (every thread gets the results). red: kWarps * N. */
-template <int N> __device__ inline void block_max(int (&v)[N], int *red) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    MG_UNROLL
-    for (int n = 0; n < N; n++)
-        for (int off = 16; off > 0; off /= 2)
-            v[n] = imax(v[n], __shfl_xor_sync(kFull, v[n], off));
-    if (lane == 0)
-        for (int n = 0; n < N; n++)
-            red[warp * N + n] = v[n];
-    __syncthreads();
-    MG_UNROLL
-    for (int n = 0; n < N; n++) {
-        int x = red[n];
-        for (int w = 1; w < kWarps; w++)
-            x = imax(x, red[w * N + n]);
-        v[n] = x;
-    }
-    __syncthreads(); /* red may be reused */
-}
 
 /* Sum / max over the 8 lanes that hold one tile row. */
 __device__ inline float row_sum(float x) {
@@ -369,65 +312,6 @@ __device__ inline void store_row(float *dst, const f4 (&a)[T::DG], float mul, in
             for (int e = 0; e < 4; e++)
                 if (d + e < hd) dst[d + e] = accumulate ? dst[d + e] + comp(x, e) : comp(x, e);
         }
-    }
-}
-
-/* The keys [*lo, *hi] of batch row b that can matter to the queries i0 .. i0+ROWS-1: those whose
- * segment lies within the tile's (valid) query segments and that are CONTEXT or not after the
- * last SPAN query. A superset of the visible keys (the rule itself is applied per pair later),
- * exact for the usual layouts: causal rows stop at the diagonal, packed segments at their ends.
- * Also leaves each query's segment and role in qinfo[0:ROWS], qinfo[ROWS:2 ROWS].
- * *lo > *hi when no key matters. */
-template <int ROWS>
-__device__ inline void query_tile_keys(int *lo, int *hi, int *qinfo, int *red,
-                                       const uint8_t *q_roles, const int32_t *q_seg,
-                                       const uint8_t *kr, const int32_t *ks, int b, int i0,
-                                       const attention_shape &s) {
-    const int tid = threadIdx.x;
-    int m[3] = {-1, INT_MIN + 1, -1}; /* max seg, -min seg, last SPAN query (as a key index) */
-    if (tid < ROWS) {
-        const int i = i0 + tid;
-        int seg = -1, role = MG_ROLE_CONTEXT;
-        if (i < s.Tq) {
-            seg = q_seg[(long)b * s.Tq + i];
-            role = q_roles[(long)b * s.Tq + i];
-        }
-        qinfo[tid] = seg;
-        qinfo[ROWS + tid] = role;
-        if (seg >= 0) {
-            m[0] = seg;
-            m[1] = -seg;
-            if (role == MG_ROLE_SPAN) m[2] = s.q_start + i;
-        }
-    }
-    block_max<3>(m, red);
-    *lo = 0;
-    *hi = -1;
-    if (m[0] < 0) return; /* only padding queries */
-    const int seg_max = m[0], seg_min = -m[1], span_max = m[2];
-    int r[2] = {INT_MIN + 1, -1}; /* -first, last */
-    for (int j = tid; j < s.Tk; j += kThreads) {
-        const int seg = ks[j];
-        if (seg >= seg_min && seg <= seg_max && (kr[j] == MG_ROLE_CONTEXT || j <= span_max)) {
-            r[0] = imax(r[0], -j);
-            r[1] = imax(r[1], j);
-        }
-    }
-    block_max<2>(r, red);
-    *lo = -r[0];
-    *hi = r[1];
-}
-
-/* Segment, role and key index of the key tile j0 .. j0+COLS-1 into kinfo[0:COLS],
- * kinfo[COLS:2 COLS] (keys past Tk get segment -1, which no query matches). */
-template <int COLS>
-__device__ inline void load_key_info(int *kinfo, const uint8_t *kr, const int32_t *ks, int j0,
-                                     int Tk) {
-    const int t = threadIdx.x;
-    if (t < COLS) {
-        const int j = j0 + t;
-        kinfo[t] = j < Tk ? ks[j] : -1;
-        kinfo[COLS + t] = j < Tk ? (int)kr[j] : (int)MG_ROLE_CONTEXT;
     }
 }
 
@@ -694,37 +578,8 @@ __global__ void MG_BOUNDS(kThreads)
     const uint8_t *qr = q_roles + (long)b * s.Tq;
     const int32_t *qs = q_seg + (long)b * s.Tq;
 
-    /* The queries that can see a key of this tile: same segment range, and either the tile has
-     * a CONTEXT key (visible to the whole segment) or the query is a SPAN at or after the first
-     * SPAN key. */
-    load_key_info<T::ROWS>(kinfo, kr, ks, j0, s.Tk);
-    int m[4] = {-1, INT_MIN + 1, 0, INT_MIN + 1}; /* max seg, -min seg, has CONTEXT, -first SPAN */
-    if (tid < T::ROWS) {
-        const int j = j0 + tid;
-        const int seg = j < s.Tk ? ks[j] : -1;
-        if (seg >= 0) {
-            m[0] = seg;
-            m[1] = -seg;
-            if (kr[j] == MG_ROLE_CONTEXT)
-                m[2] = 1;
-            else
-                m[3] = -j;
-        }
-    }
-    block_max<4>(m, red);
-    if (m[0] < 0) return; /* only padding keys */
-    const int seg_max = m[0], seg_min = -m[1], has_ctx = m[2], first_span = -m[3];
-    int rq[2] = {INT_MIN + 1, -1};
-    for (int i = tid; i < s.Tq; i += kThreads) {
-        const int seg = qs[i];
-        if (seg >= seg_min && seg <= seg_max &&
-            (has_ctx || (qr[i] == MG_ROLE_SPAN && s.q_start + i >= first_span))) {
-            rq[0] = imax(rq[0], -i);
-            rq[1] = imax(rq[1], i);
-        }
-    }
-    block_max<2>(rq, red);
-    const int qlo = -rq[0], qhi = rq[1];
+    int qlo, qhi;
+    key_tile_queries<T::ROWS>(&qlo, &qhi, kinfo, red, qr, qs, kr, ks, j0, s);
     if (qlo > qhi) return;
 
     const int nk = s.Tk - j0 < T::ROWS ? s.Tk - j0 : T::ROWS;
@@ -830,33 +685,6 @@ template <> struct Shapes<512> {
     template <bool TC> using Dkv = Tile<512, 16, 16, TC>;
 };
 
-/* Lets a kernel use `bytes` of dynamic shared memory; false (failure noted) if it cannot. */
-template <class K> bool allow_smem(const mg_backend *be, K kernel, size_t bytes) {
-    if (bytes > (size_t)mg_cuda_ctx_of(be)->smem_optin) {
-        mg_cuda_note(be, cudaErrorInvalidValue,
-                     "attention: head size needs more shared memory than this GPU has");
-        return false;
-    }
-    if (bytes > 48 * 1024) {
-        const cudaError_t st =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-        if (st != cudaSuccess) {
-            mg_cuda_note(be, st, "cudaFuncSetAttribute (attention shared memory)");
-            return false;
-        }
-    }
-    return true;
-}
-
-struct Args {
-    const float *q, *k, *v;
-    const uint8_t *q_roles, *k_roles;
-    const int32_t *q_seg, *k_seg;
-    attention_shape s;
-    float qmul, scale;
-    int vec;
-};
-
 template <class T>
 void launch_forward(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
                     const float *dout) {
@@ -869,13 +697,15 @@ void launch_forward(const mg_backend *be, const Args &a, float *out, float *lse,
               a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
 }
 
-/* The forward and dQ kernels always take the float32 tile products: on an H100 their tensor-core
- * versions measured slower (forward 50 ms against 42, dQ 40 against 33 per training step of the
- * 1B benchmark), while dK/dV's went from 53 ms to 43; so TC (bf16 mode) applies to dK/dV only. */
+/* The float32 kernels, or (mma: bf16 mode, see use_mma) attention_mma.cu's tensor-core ones.
+ * Decode steps (a few queries) keep the float32 kernel with few rows: the tensor-core kernel's
+ * 64-query tiles would be mostly empty. */
 template <int D>
 void forward_d(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
-               const float *dout) {
-    if (a.s.Tq <= Shapes<D>::FwdFew::ROWS)
+               const float *dout, bool mma) {
+    if (mma && (out == NULL || a.s.Tq > Shapes<D>::FwdFew::ROWS))
+        mma_forward(be, a, D, out, lse, dsum, dout);
+    else if (a.s.Tq <= Shapes<D>::FwdFew::ROWS)
         launch_forward<typename Shapes<D>::FwdFew>(be, a, out, lse, dsum, dout);
     else
         launch_forward<typename Shapes<D>::Fwd>(be, a, out, lse, dsum, dout);
@@ -893,12 +723,18 @@ void launch_dkv(const mg_backend *be, const Args &a, float *dk, float *dv, const
               a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
 }
 
-/* tc: the dK/dV products on the tensor cores, where their scratch fits this GPU's shared memory
- * (else the float32 kernel, which needs less). */
+/* mma: every kernel is attention_mma.cu's (bf16 mode, head sizes it handles). Else tc: the
+ * dK/dV products on the tensor cores through wmma, where their scratch fits this GPU's shared
+ * memory (else the float32 kernel, which needs less). */
 template <int D>
 void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float *dv,
-                const float *dout, float *lse, float *dsum, bool tc) {
-    forward_d<D>(be, a, NULL, lse, dsum, dout);
+                const float *dout, float *lse, float *dsum, bool mma, bool tc) {
+    forward_d<D>(be, a, NULL, lse, dsum, dout, mma);
+    if (mma) {
+        if (dq != NULL) mma_dq(be, a, D, dq, lse, dsum, dout);
+        if (dk != NULL || dv != NULL) mma_dkv(be, a, D, dk, dv, lse, dsum, dout);
+        return;
+    }
     if (dq != NULL) {
         using T = typename Shapes<D>::Dq;
         auto kernel = attention_dq_kernel<T>;
@@ -928,14 +764,21 @@ int padded_hd(int hd) {
     return 0;
 }
 
-/* Whether the dK/dV tile products run on the tensor cores (TF32): in bf16 mode only, where the
- * GEMMs already round to bfloat16 (fp32 mode keeps the float32 products that match the CPU), for
- * padded head sizes up to 256 (backward_d also checks that the scratch fits the GPU's shared
- * memory). MAGNET_CUDA_ATTENTION_TC=0 turns them off (for comparisons). */
-bool use_tensor_cores(const mg_backend *be, int padded) {
-    if (be->precision != MG_PRECISION_BF16 || padded > 256) return false;
+/* Whether attention runs on the tensor cores: in bf16 mode only, where the GEMMs already round
+ * to bfloat16 (fp32 mode keeps the float32 products that match the CPU). Padded head sizes 32,
+ * 64 and 128 take attention_mma.cu's kernels (use_mma); 256 the wmma (TF32) dK/dV products of
+ * this file (use_tensor_cores; backward_d also checks that their scratch fits the GPU's shared
+ * memory). MAGNET_CUDA_ATTENTION_TC=0 turns both off (for comparisons). */
+bool tensor_cores_allowed(const mg_backend *be) {
+    if (be->precision != MG_PRECISION_BF16) return false;
     const char *env = getenv("MAGNET_CUDA_ATTENTION_TC");
     return env == NULL || strcmp(env, "0") != 0;
+}
+bool use_mma(const mg_backend *be, int padded) {
+    return mma_head_size(padded) && tensor_cores_allowed(be);
+}
+bool use_tensor_cores(const mg_backend *be, int padded) {
+    return padded <= 256 && !mma_head_size(padded) && tensor_cores_allowed(be);
 }
 
 bool aligned16(const void *p) {
@@ -976,21 +819,22 @@ void cuda_attention_forward(const mg_backend *be, float *out, const float *q, co
     (void)scratch;
     if (s.B <= 0 || s.Tq <= 0 || s.Hq <= 0 || s.hd <= 0) return;
     const Args a = make_args(q, k, v, q_roles, q_seg, k_roles, k_seg, s, aligned16(out));
+    const bool mma = use_mma(be, padded_hd(s.hd));
     switch (padded_hd(s.hd)) {
     case 32:
-        forward_d<32>(be, a, out, NULL, NULL, NULL);
+        forward_d<32>(be, a, out, NULL, NULL, NULL, mma);
         break;
     case 64:
-        forward_d<64>(be, a, out, NULL, NULL, NULL);
+        forward_d<64>(be, a, out, NULL, NULL, NULL, mma);
         break;
     case 128:
-        forward_d<128>(be, a, out, NULL, NULL, NULL);
+        forward_d<128>(be, a, out, NULL, NULL, NULL, mma);
         break;
     case 256:
-        forward_d<256>(be, a, out, NULL, NULL, NULL);
+        forward_d<256>(be, a, out, NULL, NULL, NULL, mma);
         break;
     case 512:
-        forward_d<512>(be, a, out, NULL, NULL, NULL);
+        forward_d<512>(be, a, out, NULL, NULL, NULL, mma);
         break;
     default:
         mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");
@@ -1006,22 +850,22 @@ void cuda_attention_backward(const mg_backend *be, float *dq, float *dk, float *
     const bool vec = aligned16(dq) && aligned16(dk) && aligned16(dv) && aligned16(dout);
     const Args a = make_args(q, k, v, q_roles, q_seg, k_roles, k_seg, s, vec);
     float *lse = scratch, *dsum = scratch + (size_t)s.B * s.Hq * s.Tq;
-    const bool tc = use_tensor_cores(be, padded_hd(s.hd));
+    const bool mma = use_mma(be, padded_hd(s.hd)), tc = use_tensor_cores(be, padded_hd(s.hd));
     switch (padded_hd(s.hd)) {
     case 32:
-        backward_d<32>(be, a, dq, dk, dv, dout, lse, dsum, tc);
+        backward_d<32>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
         break;
     case 64:
-        backward_d<64>(be, a, dq, dk, dv, dout, lse, dsum, tc);
+        backward_d<64>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
         break;
     case 128:
-        backward_d<128>(be, a, dq, dk, dv, dout, lse, dsum, tc);
+        backward_d<128>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
         break;
     case 256:
-        backward_d<256>(be, a, dq, dk, dv, dout, lse, dsum, tc);
+        backward_d<256>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
         break;
     case 512:
-        backward_d<512>(be, a, dq, dk, dv, dout, lse, dsum, false);
+        backward_d<512>(be, a, dq, dk, dv, dout, lse, dsum, false, false);
         break;
     default:
         mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");

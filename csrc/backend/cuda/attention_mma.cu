@@ -1,0 +1,718 @@
+/* MAGNET attention on the tensor cores, for bf16 mode: the same forward, statistics, dQ and dK/dV
+ * kernels as attention.cu (whose file comment gives the algorithm and the rule), with every tile
+ * product on the tensor cores as mma.sync.m16n8k16 (bfloat16 inputs, float32 accumulation) and
+ * the softmax done in registers, flash-attention-2 style.
+ *
+ * Why registers: the accumulator layout of m16n8k16 is fixed by PTX, so a warp knows which
+ * elements of a score tile each lane holds, masks and exponentiates them in place, and hands the
+ * probabilities to the next product without a trip through shared memory (two adjacent 16 x 8
+ * accumulator tiles are exactly one 16 x 16 A operand). attention.cu's wmma version, whose
+ * fragment layout is opaque, had to go through a shared scratch and measured no faster than the
+ * CUDA cores for the forward.
+ *
+ * Layout. A block is 4 warps; each warp owns 16 rows of the block's tile (queries in the forward
+ * and dQ, keys in dK/dV), and a lane holds rows g and g + 8 (g = lane / 4) of each 16 x 8
+ * accumulator tile, at columns 2 t and 2 t + 1 (t = lane % 4). Operands are staged in shared
+ * memory as bfloat16, rows padded by 8 elements (16 bytes) so that the 32-bit fragment loads of
+ * a warp hit 32 different banks. A product X Y^T reads X and Y row-major; X Y reads Y transposed,
+ * which the staging writes (two rows packed per 32-bit word).
+ *
+ * Masks. Per tile and warp, one test decides whether all of the warp's 16 rows see all of the
+ * tile's columns (same segment, and no SPAN key after a row's position); the common tiles (below
+ * the diagonal of a causal row, inside a bidirectional segment) then skip the per-pair rule.
+ *
+ * Precision. Q (times log2(e) / sqrt(hd)), K, V, dO, P and dS are rounded to bfloat16 once,
+ * products and the softmax statistics stay float32. The errors against the CPU are bounded in
+ * tests/cuda/check_attention.cu. fp32 mode never comes here.
+ *
+ * Without sm_80 (and in the CPU emulator) mma and the bfloat16 packing are computed by the lanes
+ * with shuffles, to the same fragment layout: slower, same results up to summation order. */
+#include "attention_tiles.cuh"
+
+#if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE) && defined(__CUDA_ARCH__) &&                  \
+    __CUDA_ARCH__ >= 800
+#define MG_MMA_PTX 1
+#endif
+
+namespace mg_attention {
+namespace {
+
+/* ---------------- fragments ---------------- */
+
+/* Two floats as a bfloat16 pair (lo in the low half), rounded to nearest even. */
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+#ifdef MG_MMA_PTX
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    const uint32_t l = static_cast<__nv_bfloat16_raw>(__float2bfloat16(lo)).x;
+    const uint32_t h = static_cast<__nv_bfloat16_raw>(__float2bfloat16(hi)).x;
+    return l | (h << 16);
+#endif
+}
+
+#ifndef MG_MMA_PTX
+__device__ inline float bf16_lo(uint32_t w) {
+    return __uint_as_float(w << 16);
+}
+__device__ inline float bf16_hi(uint32_t w) {
+    return __uint_as_float(w & 0xffff0000u);
+}
+#endif
+
+/* c += A B for one warp: A 16 x 16 (a: rows g, g + 8 at columns 2t.., 2t + 8..), B 16 x 8
+ * (b0, b1: rows 2t.. and 2t + 8.. of column g), c 16 x 8 (rows g, g + 8, columns 2t, 2t + 1). */
+__device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef MG_MMA_PTX
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    /* Word p of a fragment row holds columns 2 (p % 4) + 8 (p / 4) + {0, 1}: lane 4 row + p % 4
+     * has it, in its first (p < 4) or second register of that row. */
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    for (int p = 0; p < 8; p++) {
+        const uint32_t a0 = __shfl_sync(kFull, p < 4 ? a[0] : a[2], 4 * g + p % 4);
+        const uint32_t a1 = __shfl_sync(kFull, p < 4 ? a[1] : a[3], 4 * g + p % 4);
+        const uint32_t x0 = __shfl_sync(kFull, p < 4 ? b0 : b1, 4 * (2 * t) + p % 4);
+        const uint32_t x1 = __shfl_sync(kFull, p < 4 ? b0 : b1, 4 * (2 * t + 1) + p % 4);
+        c[0] += bf16_lo(a0) * bf16_lo(x0) + bf16_hi(a0) * bf16_hi(x0);
+        c[1] += bf16_lo(a0) * bf16_lo(x1) + bf16_hi(a0) * bf16_hi(x1);
+        c[2] += bf16_lo(a1) * bf16_lo(x0) + bf16_hi(a1) * bf16_hi(x0);
+        c[3] += bf16_lo(a1) * bf16_lo(x1) + bf16_hi(a1) * bf16_hi(x1);
+    }
+#endif
+}
+
+/* 32-bit word w of row r of a bfloat16 tile with a row stride of ld elements. */
+__device__ inline uint32_t word(const uint16_t *tile, int ld, int r, int w) {
+    return reinterpret_cast<const uint32_t *>(tile)[r * (ld / 2) + w];
+}
+
+/* The A operand of rows row0 .. row0 + 15, columns 16 kc .. 16 kc + 15 of a row-major tile. */
+__device__ inline void load_a(uint32_t (&a)[4], const uint16_t *tile, int ld, int row0, int kc) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    a[0] = word(tile, ld, row0 + g, 8 * kc + t);
+    a[1] = word(tile, ld, row0 + g + 8, 8 * kc + t);
+    a[2] = word(tile, ld, row0 + g, 8 * kc + 4 + t);
+    a[3] = word(tile, ld, row0 + g + 8, 8 * kc + 4 + t);
+}
+
+/* The accumulators of two adjacent 16 x 8 tiles (columns 16 kc ..) as one A operand. */
+__device__ inline void acc_to_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    a[0] = pack_bf16(lo[0], lo[1]);
+    a[1] = pack_bf16(lo[2], lo[3]);
+    a[2] = pack_bf16(hi[0], hi[1]);
+    a[3] = pack_bf16(hi[2], hi[3]);
+}
+
+/* acc[n] = X[row0 .. row0 + 15, :] Y[8 n .. 8 n + 7, :]^T over K columns, for row-major tiles X
+ * and Y (stride ld): scores Q K^T, dO V^T, K Q^T, V dO^T. */
+template <int K, int N>
+__device__ inline void product_xyt(float (&acc)[N][4], const uint16_t *X, const uint16_t *Y, int ld,
+                                   int row0) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    MG_UNROLL
+    for (int n = 0; n < N; n++)
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    MG_UNROLL
+    for (int kc = 0; kc < K / 16; kc++) {
+        uint32_t a[4];
+        load_a(a, X, ld, row0, kc);
+        MG_UNROLL
+        for (int n = 0; n < N; n++)
+            mma(acc[n], a, word(Y, ld, 8 * n + g, 8 * kc + t),
+                word(Y, ld, 8 * n + g, 8 * kc + 4 + t));
+    }
+}
+
+/* acc[n] += W Y[:, 8 n .. 8 n + 7] for W the warp's 16 x K accumulators w (K / 8 tiles, rounded
+ * to bfloat16 here) and Y given transposed (Yt: row d holds column d of Y, stride ldt): P V,
+ * dS K, P^T dO, dS^T Q. */
+template <int K, int N>
+__device__ inline void product_wy(float (&acc)[N][4], const float (&w)[K / 8][4],
+                                  const uint16_t *Yt, int ldt) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    MG_UNROLL
+    for (int kc = 0; kc < K / 16; kc++) {
+        uint32_t a[4];
+        acc_to_a(a, w[2 * kc], w[2 * kc + 1]);
+        MG_UNROLL
+        for (int n = 0; n < N; n++)
+            mma(acc[n], a, word(Yt, ldt, 8 * n + g, 8 * kc + t),
+                word(Yt, ldt, 8 * n + g, 8 * kc + 4 + t));
+    }
+}
+
+template <int N> __device__ inline void zero(float (&acc)[N][4]) {
+    MG_UNROLL
+    for (int n = 0; n < N; n++)
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+/* Sum / max over the 4 lanes that hold one accumulator row. */
+__device__ inline float quad_sum(float x) {
+    x += __shfl_xor_sync(kFull, x, 1);
+    return x + __shfl_xor_sync(kFull, x, 2);
+}
+__device__ inline float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(kFull, x, 1));
+    return fmaxf(x, __shfl_xor_sync(kFull, x, 2));
+}
+
+/* ---------------- staging ---------------- */
+
+/* Four floats of row r at column d (d % 4 == 0) of src (times mul), zeros past nvalid rows or
+ * hd columns. vec: hd % 4 == 0 and 16-byte aligned rows. */
+__device__ inline f4 fetch4(const float *src, long stride, int r, int d, int nvalid, int hd,
+                            float mul, bool vec) {
+    f4 x = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (r >= nvalid) return x;
+    const float *p = src + (long)r * stride + d;
+    if (vec) {
+        if (d < hd) x = ld4(p);
+    } else {
+        x.x = d < hd ? p[0] : 0.0f;
+        x.y = d + 1 < hd ? p[1] : 0.0f;
+        x.z = d + 2 < hd ? p[2] : 0.0f;
+        x.w = d + 3 < hd ? p[3] : 0.0f;
+    }
+    x.x *= mul;
+    x.y *= mul;
+    x.z *= mul;
+    x.w *= mul;
+    return x;
+}
+
+/* dst[r, 0:D] (stride ld) = bf16(mul * src[r * stride + 0:hd]), zero-padded to ROWS x D. */
+template <int ROWS, int D>
+__device__ inline void stage_rows(uint16_t *dst, int ld, const float *src, long stride, int nvalid,
+                                  int hd, float mul, bool vec) {
+    constexpr int D4 = D / 4;
+    for (int idx = threadIdx.x; idx < ROWS * D4; idx += kThreads) {
+        const int r = idx / D4, d = (idx % D4) * 4;
+        const f4 x = fetch4(src, stride, r, d, nvalid, hd, mul, vec);
+        uint32_t *w = reinterpret_cast<uint32_t *>(dst + r * ld + d);
+        w[0] = pack_bf16(x.x, x.y);
+        w[1] = pack_bf16(x.z, x.w);
+    }
+}
+
+/* The transpose: dst[d, r] (stride ldt) = bf16(mul * src[r * stride + d]), rows in pairs so that
+ * each store is one 32-bit word and consecutive threads write consecutive words. */
+template <int ROWS, int D>
+__device__ inline void stage_cols(uint16_t *dst, int ldt, const float *src, long stride, int nvalid,
+                                  int hd, float mul, bool vec) {
+    constexpr int RP = ROWS / 2;
+    uint32_t *w = reinterpret_cast<uint32_t *>(dst);
+    for (int idx = threadIdx.x; idx < RP * (D / 4); idx += kThreads) {
+        const int r = 2 * (idx % RP), d = (idx / RP) * 4;
+        const f4 x = fetch4(src, stride, r, d, nvalid, hd, mul, vec);
+        const f4 y = fetch4(src, stride, r + 1, d, nvalid, hd, mul, vec);
+        w[(d + 0) * (ldt / 2) + r / 2] = pack_bf16(x.x, y.x);
+        w[(d + 1) * (ldt / 2) + r / 2] = pack_bf16(x.y, y.y);
+        w[(d + 2) * (ldt / 2) + r / 2] = pack_bf16(x.z, y.z);
+        w[(d + 3) * (ldt / 2) + r / 2] = pack_bf16(x.w, y.w);
+    }
+}
+
+/* ---------------- masks ---------------- */
+
+/* Warp-wide AND / min / max. */
+__device__ inline bool warp_all(bool x) {
+    int v = x ? 1 : 0;
+    for (int off = 16; off > 0; off /= 2)
+        v &= __shfl_xor_sync(kFull, v, off);
+    return v != 0;
+}
+__device__ inline int warp_max(int x) {
+    for (int off = 16; off > 0; off /= 2)
+        x = imax(x, __shfl_xor_sync(kFull, x, off));
+    return x;
+}
+
+/* Segment, role and position of a lane's two rows (g and g + 8 of the warp's 16). */
+struct Rows {
+    int seg[2], role[2], pos[2];
+};
+
+/* Whether every query of qr sees every key of kc: the tile needs no per-pair rule. qr: the
+ * warp's 16 queries (a lane's two); kinfo: segments [0:N] and roles [N:2N] of the N keys at
+ * positions k0 .. (a key past the end has segment -1). */
+template <int N> __device__ inline bool queries_see_all(const Rows &qr, const int *kinfo, int k0) {
+    const int lane = threadIdx.x % 32;
+    int seg_max = INT_MIN + 1, neg_seg_min = INT_MIN + 1, last_span = -1;
+    for (int j = lane; j < N; j += 32) {
+        seg_max = imax(seg_max, kinfo[j]);
+        neg_seg_min = imax(neg_seg_min, -kinfo[j]);
+        if (kinfo[N + j] == MG_ROLE_SPAN) last_span = k0 + j;
+    }
+    seg_max = warp_max(seg_max);
+    const int seg = -warp_max(neg_seg_min);
+    last_span = warp_max(last_span);
+    bool ok = seg == seg_max && seg >= 0;
+    MG_UNROLL
+    for (int r = 0; r < 2; r++)
+        ok = ok && qr.seg[r] == seg &&
+             (last_span < 0 || (qr.role[r] == MG_ROLE_SPAN && last_span <= qr.pos[r]));
+    return warp_all(ok);
+}
+
+/* The same for dK/dV: every key of kr (the warp's 16; a lane's two) is seen by every query of
+ * the tile (qinfo: segments [0:N], roles [N:2N] of the N queries at positions p0 ..). */
+template <int N> __device__ inline bool keys_seen_by_all(const Rows &kr, const int *qinfo, int p0) {
+    const int lane = threadIdx.x % 32;
+    int seg_max = INT_MIN + 1, neg_seg_min = INT_MIN + 1, any_context = 0;
+    for (int i = lane; i < N; i += 32) {
+        seg_max = imax(seg_max, qinfo[i]);
+        neg_seg_min = imax(neg_seg_min, -qinfo[i]);
+        if (qinfo[N + i] == MG_ROLE_CONTEXT) any_context = 1;
+    }
+    seg_max = warp_max(seg_max);
+    const int seg = -warp_max(neg_seg_min);
+    any_context = warp_max(any_context);
+    bool ok = seg == seg_max && seg >= 0;
+    /* a SPAN key is seen by all iff every query is a SPAN at or after it: p0 is the first */
+    MG_UNROLL
+    for (int r = 0; r < 2; r++)
+        ok = ok && kr.seg[r] == seg &&
+             (kr.role[r] == MG_ROLE_CONTEXT || (!any_context && kr.pos[r] <= p0));
+    return warp_all(ok);
+}
+
+/* ---------------- kernels ---------------- */
+
+constexpr int kRows = 64; /* rows of a block's own tile: 4 warps x 16 */
+
+template <int D, int BC> struct FwdShape {
+    static constexpr int LD = D + 8, LDT = BC + 8;
+    static constexpr size_t smem =
+        sizeof(uint16_t) * ((size_t)kRows * LD + (size_t)BC * LD + (size_t)D * LDT) +
+        sizeof(int) * (2 * BC + 2 * kRows + 4 * kWarps);
+};
+
+/* Forward: grid (query tiles, Hq, B); out != NULL writes the output, else (statistics mode)
+ * lse and dsum as attention.cu's forward does. qmul = log2(e) / sqrt(hd). */
+template <int D, int BC>
+__global__ void MG_BOUNDS(kThreads)
+    mma_forward_kernel(float *out, float *lse, float *dsum, const float *dout, const float *q,
+                       const float *k, const float *v, const uint8_t *q_roles, const int32_t *q_seg,
+                       const uint8_t *k_roles, const int32_t *k_seg, attention_shape s, float qmul,
+                       int vec) {
+    using G = FwdShape<D, BC>;
+    MG_DYNAMIC_SHARED(uint16_t, smem);
+    uint16_t *Qs = smem;                                   /* [kRows, LD], times qmul */
+    uint16_t *Ks = Qs + kRows * G::LD;                     /* [BC, LD] */
+    uint16_t *Vt = Ks + BC * G::LD;                        /* [D, LDT]: V transposed */
+    int *kinfo = reinterpret_cast<int *>(Vt + D * G::LDT); /* [2, BC] */
+    int *qinfo = kinfo + 2 * BC;                           /* [2, kRows] */
+    int *red = qinfo + 2 * kRows;
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * kRows;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const long kv0 = (long)b * s.kv_stride;
+    const float *kb = k + kv0 * kv_row + (long)kh * hd;
+    const float *vb = v + kv0 * kv_row + (long)kh * hd;
+    const uint8_t *kr = k_roles + kv0;
+    const int32_t *ks = k_seg + kv0;
+
+    int lo, hi;
+    query_tile_keys<kRows>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
+    const int row0 = warp * 16;
+    Rows rows;
+    for (int r = 0; r < 2; r++) {
+        rows.seg[r] = qinfo[row0 + g + 8 * r];
+        rows.role[r] = qinfo[kRows + row0 + g + 8 * r];
+        rows.pos[r] = s.q_start + i0 + row0 + g + 8 * r;
+    }
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[D / 8][4];
+    zero(o);
+    if (lo <= hi) {
+        const int nq = s.Tq - i0 < kRows ? s.Tq - i0 : kRows;
+        stage_rows<kRows, D>(Qs, G::LD, q + ((long)b * s.Tq + i0) * q_row + (long)h * hd, q_row, nq,
+                             hd, qmul, vec);
+    }
+    for (int k0 = lo; k0 <= hi; k0 += BC) {
+        const int nk = s.Tk - k0 < BC ? s.Tk - k0 : BC;
+        __syncthreads(); /* the previous tile is consumed */
+        stage_rows<BC, D>(Ks, G::LD, kb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        stage_cols<BC, D>(Vt, G::LDT, vb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        load_key_info<BC>(kinfo, kr, ks, k0, s.Tk);
+        __syncthreads();
+        const bool all = queries_see_all<BC>(rows, kinfo, k0);
+        float sc[BC / 8][4];
+        product_xyt<D, BC / 8>(sc, Qs, Ks, G::LD, row0);
+        float mt[2] = {-INFINITY, -INFINITY};
+        MG_UNROLL
+        for (int n = 0; n < BC / 8; n++)
+            MG_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
+            if (!all &&
+                !visible(rows.role[r], rows.seg[r], rows.pos[r], kinfo[BC + j], kinfo[j], k0 + j))
+                sc[n][e] = -INFINITY;
+            mt[r] = fmaxf(mt[r], sc[n][e]);
+        }
+        float alpha[2], ls[2] = {0.0f, 0.0f};
+        for (int r = 0; r < 2; r++) {
+            const float mn = fmaxf(m[r], quad_max(mt[r]));
+            /* The first visible key of a row finds l = 0 and o = 0: any finite factor will do. */
+            alpha[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
+            m[r] = mn;
+        }
+        MG_UNROLL
+        for (int n = 0; n < BC / 8; n++)
+            MG_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const int r = e / 2;
+            const float p = sc[n][e] == -INFINITY ? 0.0f : exp2f(sc[n][e] - m[r]);
+            sc[n][e] = p;
+            ls[r] += p;
+        }
+        MG_UNROLL
+        MG_UNROLL
+        for (int r = 0; r < 2; r++)
+            l[r] = l[r] * alpha[r] + ls[r];
+        MG_UNROLL
+        for (int n = 0; n < D / 8; n++) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+        product_wy<BC, D / 8>(o, sc, Vt, G::LDT);
+    }
+
+    MG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int i = i0 + row0 + g + 8 * r;
+        const float lr = quad_sum(l[r]);
+        const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
+        const long off = ((long)b * s.Tq + i) * q_row + (long)h * hd;
+        if (out != NULL) {
+            if (i >= s.Tq) continue;
+            MG_UNROLL
+            for (int n = 0; n < D / 8; n++) {
+                const int d = 8 * n + 2 * t;
+                if (d < hd) out[off + d] = o[n][2 * r] * inv;
+                if (d + 1 < hd) out[off + d + 1] = o[n][2 * r + 1] * inv;
+            }
+        } else {
+            float dd = 0.0f;
+            if (i < s.Tq && lr > 0.0f) {
+                MG_UNROLL
+                for (int n = 0; n < D / 8; n++) {
+                    const int d = 8 * n + 2 * t;
+                    if (d < hd) dd = fmaf(dout[off + d], o[n][2 * r] * inv, dd);
+                    if (d + 1 < hd) dd = fmaf(dout[off + d + 1], o[n][2 * r + 1] * inv, dd);
+                }
+            }
+            dd = quad_sum(dd);
+            if (t == 0 && i < s.Tq) {
+                const long si = ((long)b * s.Hq + h) * s.Tq + i;
+                lse[si] = lr > 0.0f ? m[r] + log2f(lr) : -INFINITY;
+                dsum[si] = dd;
+            }
+        }
+    }
+}
+
+template <int D, int BC> struct DqShape {
+    static constexpr int LD = D + 8, LDT = BC + 8;
+    static constexpr size_t smem =
+        sizeof(uint16_t) * (2 * (size_t)kRows * LD + 2 * (size_t)BC * LD + (size_t)D * LDT) +
+        sizeof(int) * (2 * BC + 2 * kRows + 4 * kWarps);
+};
+
+/* dQ: grid (query tiles, Hq, B); dq += scale sum_j dS_ij K_j. */
+template <int D, int BC>
+__global__ void MG_BOUNDS(kThreads)
+    mma_dq_kernel(float *dq, const float *lse, const float *dsum, const float *dout, const float *q,
+                  const float *k, const float *v, const uint8_t *q_roles, const int32_t *q_seg,
+                  const uint8_t *k_roles, const int32_t *k_seg, attention_shape s, float qmul,
+                  float scale, int vec) {
+    using G = DqShape<D, BC>;
+    MG_DYNAMIC_SHARED(uint16_t, smem);
+    uint16_t *Qs = smem;                                   /* [kRows, LD], times qmul */
+    uint16_t *dOs = Qs + kRows * G::LD;                    /* [kRows, LD] */
+    uint16_t *Ks = dOs + kRows * G::LD;                    /* [BC, LD] */
+    uint16_t *Vs = Ks + BC * G::LD;                        /* [BC, LD] */
+    uint16_t *Kt = Vs + BC * G::LD;                        /* [D, LDT]: K transposed */
+    int *kinfo = reinterpret_cast<int *>(Kt + D * G::LDT); /* [2, BC] */
+    int *qinfo = kinfo + 2 * BC;                           /* [2, kRows] */
+    int *red = qinfo + 2 * kRows;
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * kRows;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const long kv0 = (long)b * s.kv_stride;
+    const float *kb = k + kv0 * kv_row + (long)kh * hd;
+    const float *vb = v + kv0 * kv_row + (long)kh * hd;
+    const uint8_t *kr = k_roles + kv0;
+    const int32_t *ks = k_seg + kv0;
+
+    int lo, hi;
+    query_tile_keys<kRows>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
+    if (lo > hi) return; /* no query of the tile sees a key: no gradient */
+    const int nq = s.Tq - i0 < kRows ? s.Tq - i0 : kRows;
+    const long qoff = ((long)b * s.Tq + i0) * q_row + (long)h * hd;
+    stage_rows<kRows, D>(Qs, G::LD, q + qoff, q_row, nq, hd, qmul, vec);
+    stage_rows<kRows, D>(dOs, G::LD, dout + qoff, q_row, nq, hd, 1.0f, vec);
+    const int row0 = warp * 16;
+    Rows rows;
+    float rlse[2], rd[2];
+    for (int r = 0; r < 2; r++) {
+        const int row = row0 + g + 8 * r, i = i0 + row;
+        rows.seg[r] = qinfo[row];
+        rows.role[r] = qinfo[kRows + row];
+        rows.pos[r] = s.q_start + i;
+        const long si = ((long)b * s.Hq + h) * s.Tq + i;
+        rlse[r] = i < s.Tq ? lse[si] : -INFINITY;
+        rd[r] = i < s.Tq ? dsum[si] : 0.0f;
+    }
+    float acc[D / 8][4];
+    zero(acc);
+    for (int k0 = lo; k0 <= hi; k0 += BC) {
+        const int nk = s.Tk - k0 < BC ? s.Tk - k0 : BC;
+        __syncthreads();
+        stage_rows<BC, D>(Ks, G::LD, kb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        stage_rows<BC, D>(Vs, G::LD, vb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        stage_cols<BC, D>(Kt, G::LDT, kb + (long)k0 * kv_row, kv_row, nk, hd, 1.0f, vec);
+        load_key_info<BC>(kinfo, kr, ks, k0, s.Tk);
+        __syncthreads();
+        const bool all = queries_see_all<BC>(rows, kinfo, k0);
+        float sc[BC / 8][4], dp[BC / 8][4];
+        product_xyt<D, BC / 8>(sc, Qs, Ks, G::LD, row0);
+        product_xyt<D, BC / 8>(dp, dOs, Vs, G::LD, row0);
+        MG_UNROLL
+        for (int n = 0; n < BC / 8; n++)
+            MG_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
+            float ds = 0.0f;
+            if (rlse[r] != -INFINITY && (all || visible(rows.role[r], rows.seg[r], rows.pos[r],
+                                                        kinfo[BC + j], kinfo[j], k0 + j)))
+                ds = exp2f(sc[n][e] - rlse[r]) * (dp[n][e] - rd[r]);
+            sc[n][e] = ds;
+        }
+        product_wy<BC, D / 8>(acc, sc, Kt, G::LDT);
+    }
+    MG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int i = i0 + row0 + g + 8 * r;
+        if (i >= s.Tq) continue;
+        float *dst = dq + ((long)b * s.Tq + i) * q_row + (long)h * hd;
+        MG_UNROLL
+        for (int n = 0; n < D / 8; n++) {
+            const int d = 8 * n + 2 * t;
+            if (d < hd) dst[d] += acc[n][2 * r] * scale;
+            if (d + 1 < hd) dst[d + 1] += acc[n][2 * r + 1] * scale;
+        }
+    }
+}
+
+template <int D, int BC> struct DkvShape {
+    static constexpr int LD = D + 8, LDT = BC + 8;
+    static constexpr size_t smem =
+        sizeof(uint16_t) * (2 * (size_t)kRows * LD + 2 * (size_t)BC * LD + 2 * (size_t)D * LDT) +
+        sizeof(float) * 2 * BC + sizeof(int) * (2 * kRows + 2 * BC + 4 * kWarps);
+};
+
+/* dK and dV: grid (key tiles, Hkv, B); the block walks the query tiles of every query head of
+ * its GQA group: dv += sum_i P_ij dO_i, dk += scale sum_i dS_ij Q_i. */
+template <int D, int BC>
+__global__ void MG_BOUNDS(kThreads)
+    mma_dkv_kernel(float *dk, float *dv, const float *lse, const float *dsum, const float *dout,
+                   const float *q, const float *k, const float *v, const uint8_t *q_roles,
+                   const int32_t *q_seg, const uint8_t *k_roles, const int32_t *k_seg,
+                   attention_shape s, float qmul, int vec) {
+    using G = DkvShape<D, BC>;
+    MG_DYNAMIC_SHARED(uint16_t, smem);
+    uint16_t *Ks = smem;                                        /* [kRows, LD] */
+    uint16_t *Vs = Ks + kRows * G::LD;                          /* [kRows, LD] */
+    uint16_t *Qs = Vs + kRows * G::LD;                          /* [BC, LD], times qmul */
+    uint16_t *dOs = Qs + BC * G::LD;                            /* [BC, LD] */
+    uint16_t *Qt = dOs + BC * G::LD;                            /* [D, LDT] */
+    uint16_t *dOt = Qt + D * G::LDT;                            /* [D, LDT] */
+    float *qstat = reinterpret_cast<float *>(dOt + D * G::LDT); /* [2, BC]: lse, D */
+    int *kinfo = reinterpret_cast<int *>(qstat + 2 * BC);       /* [2, kRows] */
+    int *qinfo = kinfo + 2 * kRows;                             /* [2, BC] */
+    int *red = qinfo + 2 * BC;
+
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+    const int j0 = blockIdx.x * kRows;
+    const int kh = blockIdx.y, b = blockIdx.z, group = s.Hq / s.Hkv, hd = s.hd;
+    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
+    const long kv0 = (long)b * s.kv_stride;
+    const uint8_t *kr = k_roles + kv0;
+    const int32_t *ks = k_seg + kv0;
+    const uint8_t *qr = q_roles + (long)b * s.Tq;
+    const int32_t *qs = q_seg + (long)b * s.Tq;
+
+    int qlo, qhi;
+    key_tile_queries<kRows>(&qlo, &qhi, kinfo, red, qr, qs, kr, ks, j0, s);
+    if (qlo > qhi) return;
+    const int nk = s.Tk - j0 < kRows ? s.Tk - j0 : kRows;
+    stage_rows<kRows, D>(Ks, G::LD, k + (kv0 + j0) * kv_row + (long)kh * hd, kv_row, nk, hd, 1.0f,
+                         vec);
+    stage_rows<kRows, D>(Vs, G::LD, v + (kv0 + j0) * kv_row + (long)kh * hd, kv_row, nk, hd, 1.0f,
+                         vec);
+    const int row0 = warp * 16;
+    Rows keys;
+    for (int r = 0; r < 2; r++) {
+        keys.seg[r] = kinfo[row0 + g + 8 * r];
+        keys.role[r] = kinfo[kRows + row0 + g + 8 * r];
+        keys.pos[r] = j0 + row0 + g + 8 * r;
+    }
+    float adk[D / 8][4], adv[D / 8][4];
+    zero(adk);
+    zero(adv);
+    for (int h = kh * group; h < (kh + 1) * group; h++) {
+        for (int i0 = qlo; i0 <= qhi; i0 += BC) {
+            const int nq = s.Tq - i0 < BC ? s.Tq - i0 : BC;
+            const long qoff = ((long)b * s.Tq + i0) * q_row + (long)h * hd;
+            __syncthreads();
+            stage_rows<BC, D>(Qs, G::LD, q + qoff, q_row, nq, hd, qmul, vec);
+            stage_rows<BC, D>(dOs, G::LD, dout + qoff, q_row, nq, hd, 1.0f, vec);
+            stage_cols<BC, D>(Qt, G::LDT, q + qoff, q_row, nq, hd, qmul, vec);
+            stage_cols<BC, D>(dOt, G::LDT, dout + qoff, q_row, nq, hd, 1.0f, vec);
+            if (tid < BC) {
+                const int i = i0 + tid;
+                const long si = ((long)b * s.Hq + h) * s.Tq + i;
+                qinfo[tid] = tid < nq ? qs[i] : -1;
+                qinfo[BC + tid] = tid < nq ? (int)qr[i] : (int)MG_ROLE_CONTEXT;
+                qstat[tid] = tid < nq ? lse[si] : -INFINITY;
+                qstat[BC + tid] = tid < nq ? dsum[si] : 0.0f;
+            }
+            __syncthreads();
+            const bool all = keys_seen_by_all<BC>(keys, qinfo, s.q_start + i0);
+            float sc[BC / 8][4], dp[BC / 8][4];
+            product_xyt<D, BC / 8>(sc, Ks, Qs, G::LD, row0);
+            product_xyt<D, BC / 8>(dp, Vs, dOs, G::LD, row0);
+            MG_UNROLL
+            for (int n = 0; n < BC / 8; n++)
+                MG_UNROLL
+            for (int e = 0; e < 4; e++) {
+                const int col = 8 * n + 2 * t + (e & 1), r = e / 2;
+                const float ql = qstat[col];
+                float p = 0.0f, ds = 0.0f;
+                if (ql != -INFINITY &&
+                    (all || visible(qinfo[BC + col], qinfo[col], s.q_start + i0 + col, keys.role[r],
+                                    keys.seg[r], keys.pos[r]))) {
+                    p = exp2f(sc[n][e] - ql);
+                    ds = p * (dp[n][e] - qstat[BC + col]);
+                }
+                sc[n][e] = p;
+                dp[n][e] = ds;
+            }
+            if (dv != NULL) product_wy<BC, D / 8>(adv, sc, dOt, G::LDT);
+            if (dk != NULL) product_wy<BC, D / 8>(adk, dp, Qt, G::LDT);
+        }
+    }
+    MG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int row = row0 + g + 8 * r;
+        if (row >= nk) continue;
+        const long off = (kv0 + j0 + row) * kv_row + (long)kh * hd;
+        MG_UNROLL
+        for (int n = 0; n < D / 8; n++) {
+            const int d = 8 * n + 2 * t;
+            /* Qs holds q * log2(e) / sqrt(hd); dK wants q / sqrt(hd). */
+            if (dk != NULL && d < hd) dk[off + d] += adk[n][2 * r] * kLn2;
+            if (dk != NULL && d + 1 < hd) dk[off + d + 1] += adk[n][2 * r + 1] * kLn2;
+            if (dv != NULL && d < hd) dv[off + d] += adv[n][2 * r];
+            if (dv != NULL && d + 1 < hd) dv[off + d + 1] += adv[n][2 * r + 1];
+        }
+    }
+}
+
+/* Key (or query) columns per tile: 64, or 32 at D = 128 where the dQ and dK/dV accumulators
+ * take more registers. */
+template <int D> constexpr int fwd_cols() {
+    return 64;
+}
+template <int D> constexpr int bwd_cols() {
+    return D >= 128 ? 32 : 64;
+}
+
+template <int D>
+void forward_d(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
+               const float *dout) {
+    constexpr int BC = fwd_cols<D>();
+    auto kernel = mma_forward_kernel<D, BC>;
+    const size_t smem = FwdShape<D, BC>::smem;
+    if (!allow_smem(be, kernel, smem)) return;
+    const dim3 grid((unsigned)((a.s.Tq + kRows - 1) / kRows), (unsigned)a.s.Hq, (unsigned)a.s.B);
+    MG_LAUNCH(kernel, grid, kThreads, smem, be, out, lse, dsum, dout, a.q, a.k, a.v, a.q_roles,
+              a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
+}
+
+template <int D>
+void dq_d(const mg_backend *be, const Args &a, float *dq, const float *lse, const float *dsum,
+          const float *dout) {
+    constexpr int BC = bwd_cols<D>();
+    auto kernel = mma_dq_kernel<D, BC>;
+    const size_t smem = DqShape<D, BC>::smem;
+    if (!allow_smem(be, kernel, smem)) return;
+    const dim3 grid((unsigned)((a.s.Tq + kRows - 1) / kRows), (unsigned)a.s.Hq, (unsigned)a.s.B);
+    MG_LAUNCH(kernel, grid, kThreads, smem, be, dq, lse, dsum, dout, a.q, a.k, a.v, a.q_roles,
+              a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.scale, a.vec);
+}
+
+template <int D>
+void dkv_d(const mg_backend *be, const Args &a, float *dk, float *dv, const float *lse,
+           const float *dsum, const float *dout) {
+    constexpr int BC = bwd_cols<D>();
+    auto kernel = mma_dkv_kernel<D, BC>;
+    const size_t smem = DkvShape<D, BC>::smem;
+    if (!allow_smem(be, kernel, smem)) return;
+    const dim3 grid((unsigned)((a.s.Tk + kRows - 1) / kRows), (unsigned)a.s.Hkv, (unsigned)a.s.B);
+    MG_LAUNCH(kernel, grid, kThreads, smem, be, dk, dv, lse, dsum, dout, a.q, a.k, a.v, a.q_roles,
+              a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
+}
+
+} // namespace
+
+void mma_forward(const mg_backend *be, const Args &a, int D, float *out, float *lse, float *dsum,
+                 const float *dout) {
+    if (D == 32)
+        forward_d<32>(be, a, out, lse, dsum, dout);
+    else if (D == 64)
+        forward_d<64>(be, a, out, lse, dsum, dout);
+    else if (D == 128)
+        forward_d<128>(be, a, out, lse, dsum, dout);
+    else
+        mg_cuda_note(be, cudaErrorInvalidValue, "attention (tensor cores): head size");
+}
+
+void mma_dq(const mg_backend *be, const Args &a, int D, float *dq, const float *lse,
+            const float *dsum, const float *dout) {
+    if (D == 32)
+        dq_d<32>(be, a, dq, lse, dsum, dout);
+    else if (D == 64)
+        dq_d<64>(be, a, dq, lse, dsum, dout);
+    else if (D == 128)
+        dq_d<128>(be, a, dq, lse, dsum, dout);
+    else
+        mg_cuda_note(be, cudaErrorInvalidValue, "attention (tensor cores): head size");
+}
+
+void mma_dkv(const mg_backend *be, const Args &a, int D, float *dk, float *dv, const float *lse,
+             const float *dsum, const float *dout) {
+    if (D == 32)
+        dkv_d<32>(be, a, dk, dv, lse, dsum, dout);
+    else if (D == 64)
+        dkv_d<64>(be, a, dk, dv, lse, dsum, dout);
+    else if (D == 128)
+        dkv_d<128>(be, a, dk, dv, lse, dsum, dout);
+    else
+        mg_cuda_note(be, cudaErrorInvalidValue, "attention (tensor cores): head size");
+}
+
+} // namespace mg_attention
