@@ -186,35 +186,63 @@ __device__ inline f4 fetch4(const float *src, long stride, int r, int d, int nva
     return x;
 }
 
+/* float4 loads a thread keeps in flight while staging: it issues kInFlight loads, then converts
+ * and stores them, so it waits for global memory once per kInFlight float4 rather than once per
+ * float4 (a loop that loads, converts and stores in turn left the tensor cores idle most of the
+ * time); more would spill registers in the kernels with head size 128. */
+constexpr int kInFlight = 4;
+
 /* dst[r, 0:D] (stride ld) = bf16(mul * src[r * stride + 0:hd]), zero-padded to ROWS x D. */
 template <int ROWS, int D>
 __device__ inline void stage_rows(uint16_t *dst, int ld, const float *src, long stride, int nvalid,
                                   int hd, float mul, bool vec) {
-    constexpr int D4 = D / 4;
-    for (int idx = threadIdx.x; idx < ROWS * D4; idx += kThreads) {
-        const int r = idx / D4, d = (idx % D4) * 4;
-        const f4 x = fetch4(src, stride, r, d, nvalid, hd, mul, vec);
-        uint32_t *w = reinterpret_cast<uint32_t *>(dst + r * ld + d);
-        w[0] = pack_bf16(x.x, x.y);
-        w[1] = pack_bf16(x.z, x.w);
+    constexpr int D4 = D / 4, N = ROWS * D4 / kThreads, CH = N < kInFlight ? N : kInFlight;
+    static_assert(ROWS * D4 % kThreads == 0 && N % CH == 0, "whole float4 per thread");
+    for (int n0 = 0; n0 < N; n0 += CH) {
+        f4 x[CH];
+        MG_UNROLL
+        for (int n = 0; n < CH; n++) {
+            const int idx = (int)threadIdx.x + (n0 + n) * kThreads;
+            x[n] = fetch4(src, stride, idx / D4, (idx % D4) * 4, nvalid, hd, mul, vec);
+        }
+        MG_UNROLL
+        for (int n = 0; n < CH; n++) {
+            const int idx = (int)threadIdx.x + (n0 + n) * kThreads;
+            uint32_t *w = reinterpret_cast<uint32_t *>(dst + (idx / D4) * ld + (idx % D4) * 4);
+            w[0] = pack_bf16(x[n].x, x[n].y);
+            w[1] = pack_bf16(x[n].z, x[n].w);
+        }
     }
 }
 
 /* The transpose: dst[d, r] (stride ldt) = bf16(mul * src[r * stride + d]), rows in pairs so that
- * each store is one 32-bit word and consecutive threads write consecutive words. */
+ * each store is one 32-bit word and consecutive threads write consecutive words (loads first, as
+ * in stage_rows). */
 template <int ROWS, int D>
 __device__ inline void stage_cols(uint16_t *dst, int ldt, const float *src, long stride, int nvalid,
                                   int hd, float mul, bool vec) {
-    constexpr int RP = ROWS / 2;
+    constexpr int RP = ROWS / 2, N = RP * (D / 4) / kThreads;
+    constexpr int CH = N < kInFlight / 2 ? N : kInFlight / 2;
+    static_assert(RP * (D / 4) % kThreads == 0 && N % CH == 0, "whole row pairs per thread");
     uint32_t *w = reinterpret_cast<uint32_t *>(dst);
-    for (int idx = threadIdx.x; idx < RP * (D / 4); idx += kThreads) {
-        const int r = 2 * (idx % RP), d = (idx / RP) * 4;
-        const f4 x = fetch4(src, stride, r, d, nvalid, hd, mul, vec);
-        const f4 y = fetch4(src, stride, r + 1, d, nvalid, hd, mul, vec);
-        w[(d + 0) * (ldt / 2) + r / 2] = pack_bf16(x.x, y.x);
-        w[(d + 1) * (ldt / 2) + r / 2] = pack_bf16(x.y, y.y);
-        w[(d + 2) * (ldt / 2) + r / 2] = pack_bf16(x.z, y.z);
-        w[(d + 3) * (ldt / 2) + r / 2] = pack_bf16(x.w, y.w);
+    for (int n0 = 0; n0 < N; n0 += CH) {
+        f4 x[CH], y[CH];
+        MG_UNROLL
+        for (int n = 0; n < CH; n++) {
+            const int idx = (int)threadIdx.x + (n0 + n) * kThreads;
+            const int r = 2 * (idx % RP), d = (idx / RP) * 4;
+            x[n] = fetch4(src, stride, r, d, nvalid, hd, mul, vec);
+            y[n] = fetch4(src, stride, r + 1, d, nvalid, hd, mul, vec);
+        }
+        MG_UNROLL
+        for (int n = 0; n < CH; n++) {
+            const int idx = (int)threadIdx.x + (n0 + n) * kThreads;
+            const int r = 2 * (idx % RP), d = (idx / RP) * 4;
+            w[(d + 0) * (ldt / 2) + r / 2] = pack_bf16(x[n].x, y[n].x);
+            w[(d + 1) * (ldt / 2) + r / 2] = pack_bf16(x[n].y, y[n].y);
+            w[(d + 2) * (ldt / 2) + r / 2] = pack_bf16(x[n].z, y[n].z);
+            w[(d + 3) * (ldt / 2) + r / 2] = pack_bf16(x[n].w, y[n].w);
+        }
     }
 }
 
