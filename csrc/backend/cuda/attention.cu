@@ -37,13 +37,13 @@
  * stride of COLS + 8, which spreads the 4 rows a warp touches over distinct banks. Head sizes
  * are padded (with zeros) to D = 32, 64, 128, 256 or 512.
  *
- * Tensor cores. In bf16 mode (head sizes up to 256) the dK/dV kernel's tile products (K Q^T,
- * V dO^T, P^T dO, dS^T Q) run on the tensor cores instead: each warp computes 16 x 16 blocks of
- * the product with wmma (TF32 inputs, float32 accumulation) into a shared-memory scratch, from
- * which every thread takes the elements it owns in the layout above. Softmax, masking and the
- * accumulators stay float32 and are unchanged. The forward and dQ kernels measured faster
- * without (see forward_d); fp32 mode keeps the float32 products everywhere (CPU parity within
- * 1e-5). */
+ * Tensor cores. In bf16 mode, padded head sizes 32, 64 and 128 (the common ones) run entirely
+ * in attention_mma.cu: the same kernels with mma.sync bfloat16 tile products and the softmax in
+ * registers. Head size 256 stays here, with only the dK/dV kernel's tile products (K Q^T,
+ * V dO^T, P^T dO, dS^T Q) on the tensor cores: each warp computes 16 x 16 blocks of the product
+ * with wmma (TF32 inputs, float32 accumulation) into a shared-memory scratch, from which every
+ * thread takes the elements it owns in the layout above. fp32 mode keeps the float32 products
+ * everywhere (CPU parity within 1e-5). */
 #include <stdlib.h>
 #include <string.h>
 
