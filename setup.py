@@ -38,7 +38,9 @@ def _openblas():
     """Include dirs, library dirs, libraries, runtime dirs and macros for OpenBLAS."""
     if _flag("MAGNET_SYSTEM_OPENBLAS"):
         try:
-            cflags = subprocess.check_output(["pkg-config", "--cflags-only-I", "openblas"], text=True)
+            cflags = subprocess.check_output(
+                ["pkg-config", "--cflags-only-I", "openblas"], text=True
+            )
             include = [f[2:] for f in cflags.split()]
         except (OSError, subprocess.CalledProcessError):
             include = ["/usr/include/openblas", "/usr/include/x86_64-linux-gnu/openblas-pthread"]
@@ -195,7 +197,11 @@ def _extension() -> Extension:
     if not _flag("MAGNET_PORTABLE"):
         compile_args += ["-march=native"]
     if _flag("MAGNET_SANITIZE"):
-        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        san = [
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=all",
+        ]
         compile_args += san + ["-g"]
         link_args += san
     if CUDA["mode"] != "none":

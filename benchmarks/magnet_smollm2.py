@@ -3,6 +3,10 @@ base model and each adapted one on the whole magnet.eval suite; writes docs/RESU
 
     python benchmarks/magnet_smollm2.py --steps 1000            # the full run
     python benchmarks/magnet_smollm2.py --steps 2 --max-sentences 50 --quick   # a dry run
+    python benchmarks/magnet_smollm2.py --device cuda          # the same on a GPU (bf16)
+
+On a GPU machine that cannot see ../shared or the model cache, benchmarks/results_on_gpu.sh
+carries the GGUF and the data there and runs this script (benchmarks/README_gpu.md).
 
 Resumable: adaptation writes checkpoints to OUT/ckpt/<preset> (continued with resume=True),
 finished models are saved to OUT/models/<preset> and each model's results to
@@ -106,6 +110,11 @@ def evaluate(model: Any, args: argparse.Namespace, data: Path, log: Any) -> dict
     return res
 
 
+def load(path: Path, args: argparse.Namespace) -> magnet.Model:
+    """A model on the run's device (and precision, where given)."""
+    return magnet.Model.from_pretrained(path, device=args.device, precision=args.precision)
+
+
 def adapted(preset: str, base_path: Path, texts: list[str], args: argparse.Namespace,
             out: Path, log: Any) -> tuple[magnet.Model, dict[str, Any]]:
     """The adapted model of ``preset``: loaded when saved, else adapted (resuming) and saved."""
@@ -113,8 +122,8 @@ def adapted(preset: str, base_path: Path, texts: list[str], args: argparse.Names
     info_path = out / "models" / f"{preset}.json"
     if (saved / "config.json").is_file() and info_path.is_file():
         log(f"[{preset}] loading the saved model {saved}")
-        return magnet.Model.from_pretrained(saved), json.loads(info_path.read_text())
-    model = magnet.Model.from_pretrained(base_path)
+        return load(saved, args), json.loads(info_path.read_text())
+    model = load(base_path, args)
     ckpt = out / "ckpt" / preset
     resume = (ckpt / "checkpoint.npz").is_file()
     log(f"[{preset}] adapting {args.steps} steps" + (" (resuming)" if resume else ""))
@@ -124,12 +133,21 @@ def adapted(preset: str, base_path: Path, texts: list[str], args: argparse.Names
                          checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
                          resume=resume)
     info = {"preset": preset, "steps": args.steps, "batch_size": args.batch_size,
+            "device": model.device, "precision": model.precision,
             "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed,
             "adapt_wall_s": time.perf_counter() - t0,
             "final_losses": result.history[-1] if result.history else None}
     model.save_pretrained(saved)
     info_path.write_text(json.dumps(info, indent=2))
     return model, info
+
+
+def device_name(args: argparse.Namespace) -> str:
+    """The device the models ran on, with the GPU's name from MAGNET_GPU_NAME where set."""
+    if args.device == "cpu":
+        return "cpu (float32)"
+    gpu = os.environ.get("MAGNET_GPU_NAME", "")
+    return f"{args.device}{' ' + gpu if gpu else ''} ({args.precision or 'bf16'})"
 
 
 def fmt(x: Any, digits: int = 1) -> str:
@@ -194,6 +212,10 @@ def main() -> int:
     p.add_argument("--num-prompts", type=int, default=50)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N (adaptation and evaluation)")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="the GPU's matrix products (default: the device's, bf16 on a GPU)")
     p.add_argument("--no-anchor", action="store_true", help="skip all-MiniLM-L6-v2")
     p.add_argument("--quick", action="store_true",
                    help="dry run sizes: tiny eval subsets (for checking the pipeline)")
@@ -243,9 +265,18 @@ def main() -> int:
         results[name] = res
 
     log(f"base model {base_path}")
-    cached("base", lambda: evaluate(magnet.Model.from_pretrained(base_path), args, data, log))
+    cached("base", lambda: evaluate(load(base_path, args), args, data, log))
     texts: list[str] | None = None
     for preset in [s for s in args.presets.split(",") if s]:
+        res_path = out / "results" / f"{preset}.json"
+        info_path = out / "models" / f"{preset}.json"
+        if res_path.is_file() and info_path.is_file() and not args.fresh:
+            # evaluated before (possibly on another machine: results_on_gpu.sh brings back
+            # the results without the model)
+            log(f"[{preset}] results cached in {res_path}")
+            results[preset] = json.loads(res_path.read_text())
+            infos[preset] = json.loads(info_path.read_text())
+            continue
         if args.fresh:
             import shutil
 
@@ -282,12 +313,15 @@ def main() -> int:
         f"repetition prompts: {args.num_prompts} x {args.max_new_tokens} new tokens (greedy)",
         f"- machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
         f"magnet threads {magnet.get_num_threads()}, Python {platform.python_version()}",
+        f"- device: {device_name(args)}",
         f"- wall time of this invocation: {wall:.0f} s (cached stages not rerun)",
         "",
         table(results),
         "",
         "Adaptation runs: " + ("; ".join(
-            f"{k}: {v['steps']} steps in {v['adapt_wall_s']:.0f} s" for k, v in infos.items())
+            f"{k}: {v['steps']} steps in {v['adapt_wall_s']:.0f} s"
+            + (f" on {v['device']} ({v['precision']})" if "device" in v else "")
+            for k, v in infos.items())
             or "none") + ".",
         "",
     ]
