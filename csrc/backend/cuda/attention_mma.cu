@@ -25,8 +25,9 @@
  * products and the softmax statistics stay float32. The errors against the CPU are bounded in
  * tests/cuda/check_attention.cu. fp32 mode never comes here.
  *
- * Without sm_80 (and in the CPU emulator) mma and the bfloat16 packing are computed by the lanes
- * with shuffles, to the same fragment layout: slower, same results up to summation order. */
+ * Without sm_80 (and in the CPU emulator) the lanes compute mma with shuffles, to the same
+ * fragment layout, and round to bfloat16 with __float2bfloat16: slower, the same results up to
+ * summation order. */
 #include "attention_tiles.cuh"
 
 #if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE) && defined(__CUDA_ARCH__) &&                  \
