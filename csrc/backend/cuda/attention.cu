@@ -353,15 +353,9 @@ __global__ void MG_BOUNDS(kThreads)
     int *red = qinfo + 2 * T::ROWS;
 
     const int tid = threadIdx.x, ty = tid / kTX, tx = tid % kTX;
-    /* Reversed, so the tiles with the most keys (the last ones of causal rows) start first. */
-    const int i0 = (gridDim.x - 1 - blockIdx.x) * T::ROWS;
-    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
-    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
-    const long kv0 = (long)b * s.kv_stride;
-    const float *kb = k + kv0 * kv_row + (long)kh * hd;
-    const float *vb = v + kv0 * kv_row + (long)kh * hd;
-    const uint8_t *kr = k_roles + kv0;
-    const int32_t *ks = k_seg + kv0;
+    const auto [i0, h, b, q_row, kv_row, kb, vb, kr, ks] =
+        query_block(T::ROWS, s, k, v, k_roles, k_seg);
+    const int hd = s.hd;
 
     int lo, hi;
     query_tile_keys<T::ROWS>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
@@ -480,14 +474,9 @@ __global__ void MG_BOUNDS(kThreads)
     int *red = qinfo + 2 * T::ROWS;
 
     const int tid = threadIdx.x, ty = tid / kTX, tx = tid % kTX;
-    const int i0 = (gridDim.x - 1 - blockIdx.x) * T::ROWS;
-    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
-    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
-    const long kv0 = (long)b * s.kv_stride;
-    const float *kb = k + kv0 * kv_row + (long)kh * hd;
-    const float *vb = v + kv0 * kv_row + (long)kh * hd;
-    const uint8_t *kr = k_roles + kv0;
-    const int32_t *ks = k_seg + kv0;
+    const auto [i0, h, b, q_row, kv_row, kb, vb, kr, ks] =
+        query_block(T::ROWS, s, k, v, k_roles, k_seg);
+    const int hd = s.hd;
 
     int lo, hi;
     query_tile_keys<T::ROWS>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
@@ -569,14 +558,9 @@ __global__ void MG_BOUNDS(kThreads)
     int *red = qinfo + 2 * T::COLS;
 
     const int tid = threadIdx.x, ty = tid / kTX, tx = tid % kTX;
-    const int j0 = blockIdx.x * T::ROWS;
-    const int kh = blockIdx.y, b = blockIdx.z, group = s.Hq / s.Hkv, hd = s.hd;
-    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
-    const long kv0 = (long)b * s.kv_stride;
-    const uint8_t *kr = k_roles + kv0;
-    const int32_t *ks = k_seg + kv0;
-    const uint8_t *qr = q_roles + (long)b * s.Tq;
-    const int32_t *qs = q_seg + (long)b * s.Tq;
+    const auto [j0, kh, b, q_row, kv_row, kv0, kr, ks, qr, qs] =
+        key_block(T::ROWS, s, q_roles, q_seg, k_roles, k_seg);
+    const int group = s.Hq / s.Hkv, hd = s.hd;
 
     int qlo, qhi;
     key_tile_queries<T::ROWS>(&qlo, &qhi, kinfo, red, qr, qs, kr, ks, j0, s);

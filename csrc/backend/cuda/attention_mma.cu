@@ -28,6 +28,8 @@
  * Without sm_80 (and in the CPU emulator) the lanes compute mma with shuffles, to the same
  * fragment layout, and round to bfloat16 with __float2bfloat16: slower, the same results up to
  * summation order. */
+#include <type_traits>
+
 #include "attention_tiles.cuh"
 
 #if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE) && defined(__CUDA_ARCH__) &&                  \
@@ -401,14 +403,9 @@ __global__ void MG_BOUNDS(kThreads)
     int *red = qinfo + 2 * kRows;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const int i0 = (gridDim.x - 1 - blockIdx.x) * kRows;
-    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
-    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
-    const long kv0 = (long)b * s.kv_stride;
-    const float *kb = k + kv0 * kv_row + (long)kh * hd;
-    const float *vb = v + kv0 * kv_row + (long)kh * hd;
-    const uint8_t *kr = k_roles + kv0;
-    const int32_t *ks = k_seg + kv0;
+    const auto [i0, h, b, q_row, kv_row, kb, vb, kr, ks] =
+        query_block(kRows, s, k, v, k_roles, k_seg);
+    const int hd = s.hd;
 
     int lo, hi;
     query_tile_keys<kRows>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
@@ -538,14 +535,9 @@ __global__ void MG_BOUNDS(kThreads)
     int *red = qinfo + 2 * kRows;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const int i0 = (gridDim.x - 1 - blockIdx.x) * kRows;
-    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv), hd = s.hd;
-    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
-    const long kv0 = (long)b * s.kv_stride;
-    const float *kb = k + kv0 * kv_row + (long)kh * hd;
-    const float *vb = v + kv0 * kv_row + (long)kh * hd;
-    const uint8_t *kr = k_roles + kv0;
-    const int32_t *ks = k_seg + kv0;
+    const auto [i0, h, b, q_row, kv_row, kb, vb, kr, ks] =
+        query_block(kRows, s, k, v, k_roles, k_seg);
+    const int hd = s.hd;
 
     int lo, hi;
     query_tile_keys<kRows>(&lo, &hi, qinfo, red, q_roles, q_seg, kr, ks, b, i0, s);
@@ -636,14 +628,9 @@ __global__ void MG_BOUNDS(kThreads)
     int *red = qinfo + 2 * BC;
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
-    const int j0 = blockIdx.x * kRows;
-    const int kh = blockIdx.y, b = blockIdx.z, group = s.Hq / s.Hkv, hd = s.hd;
-    const long q_row = (long)s.Hq * hd, kv_row = (long)s.Hkv * hd;
-    const long kv0 = (long)b * s.kv_stride;
-    const uint8_t *kr = k_roles + kv0;
-    const int32_t *ks = k_seg + kv0;
-    const uint8_t *qr = q_roles + (long)b * s.Tq;
-    const int32_t *qs = q_seg + (long)b * s.Tq;
+    const auto [j0, kh, b, q_row, kv_row, kv0, kr, ks, qr, qs] =
+        key_block(kRows, s, q_roles, q_seg, k_roles, k_seg);
+    const int group = s.Hq / s.Hkv, hd = s.hd;
 
     int qlo, qhi;
     key_tile_queries<kRows>(&qlo, &qhi, kinfo, red, qr, qs, kr, ks, j0, s);
@@ -775,40 +762,33 @@ void dkv_d(const mg_backend *be, const Args &a, float *dk, float *dv, const floa
 
 } // namespace
 
-void mma_forward(const mg_backend *be, const Args &a, int D, float *out, float *lse, float *dsum,
-                 const float *dout) {
+/* f(std::integral_constant<int, D>()) for a padded head size D that the kernels handle. */
+template <class F> void with_head_size(const mg_backend *be, int D, F f) {
     if (D == 32)
-        forward_d<32>(be, a, out, lse, dsum, dout);
+        f(std::integral_constant<int, 32>());
     else if (D == 64)
-        forward_d<64>(be, a, out, lse, dsum, dout);
+        f(std::integral_constant<int, 64>());
     else if (D == 128)
-        forward_d<128>(be, a, out, lse, dsum, dout);
+        f(std::integral_constant<int, 128>());
     else
         mg_cuda_note(be, cudaErrorInvalidValue, "attention (tensor cores): head size");
+}
+
+void mma_forward(const mg_backend *be, const Args &a, int D, float *out, float *lse, float *dsum,
+                 const float *dout) {
+    with_head_size(be, D,
+                   [&](auto d) { forward_d<decltype(d)::value>(be, a, out, lse, dsum, dout); });
 }
 
 void mma_dq(const mg_backend *be, const Args &a, int D, float *dq, const float *lse,
             const float *dsum, const float *dout) {
-    if (D == 32)
-        dq_d<32>(be, a, dq, lse, dsum, dout);
-    else if (D == 64)
-        dq_d<64>(be, a, dq, lse, dsum, dout);
-    else if (D == 128)
-        dq_d<128>(be, a, dq, lse, dsum, dout);
-    else
-        mg_cuda_note(be, cudaErrorInvalidValue, "attention (tensor cores): head size");
+    with_head_size(be, D, [&](auto d) { dq_d<decltype(d)::value>(be, a, dq, lse, dsum, dout); });
 }
 
 void mma_dkv(const mg_backend *be, const Args &a, int D, float *dk, float *dv, const float *lse,
              const float *dsum, const float *dout) {
-    if (D == 32)
-        dkv_d<32>(be, a, dk, dv, lse, dsum, dout);
-    else if (D == 64)
-        dkv_d<64>(be, a, dk, dv, lse, dsum, dout);
-    else if (D == 128)
-        dkv_d<128>(be, a, dk, dv, lse, dsum, dout);
-    else
-        mg_cuda_note(be, cudaErrorInvalidValue, "attention (tensor cores): head size");
+    with_head_size(be, D,
+                   [&](auto d) { dkv_d<decltype(d)::value>(be, a, dk, dv, lse, dsum, dout); });
 }
 
 } // namespace mg_attention

@@ -73,6 +73,55 @@ template <int N> __device__ inline void block_max(int (&v)[N], int *red) {
     __syncthreads(); /* red may be reused */
 }
 
+/* What a block of a query-tile kernel (grid: query tiles, Hq, B; ROWS queries a tile) owns: its
+ * first query i0, its batch row b and query head h, the row strides of q and k/v, and the keys,
+ * values, roles and segments of row b under h's kv head (GQA). The tiles run in reverse order,
+ * so that those with the most keys (the last ones of causal rows) start first. */
+struct QueryBlock {
+    int i0, h, b;
+    long q_row, kv_row;
+    const float *kb, *vb;
+    const uint8_t *kr;
+    const int32_t *ks;
+};
+__device__ inline QueryBlock query_block(int rows, const attention_shape &s, const float *k,
+                                         const float *v, const uint8_t *k_roles,
+                                         const int32_t *k_seg) {
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (s.Hq / s.Hkv);
+    const long kv_row = (long)s.Hkv * s.hd, kv0 = (long)b * s.kv_stride;
+    return QueryBlock{(int)(gridDim.x - 1 - blockIdx.x) * rows,
+                      h,
+                      b,
+                      (long)s.Hq * s.hd,
+                      kv_row,
+                      k + kv0 * kv_row + (long)kh * s.hd,
+                      v + kv0 * kv_row + (long)kh * s.hd,
+                      k_roles + kv0,
+                      k_seg + kv0};
+}
+
+/* What a block of a key-tile kernel (grid: key tiles, Hkv, B; ROWS keys a tile) owns: its first
+ * key j0, its kv head kh and batch row b, the row strides of q and k/v, row b's first key row
+ * kv0, and the roles and segments of row b's keys (kr, ks) and queries (qr, qs). */
+struct KeyBlock {
+    int j0, kh, b;
+    long q_row, kv_row, kv0;
+    const uint8_t *kr;
+    const int32_t *ks;
+    const uint8_t *qr;
+    const int32_t *qs;
+};
+__device__ inline KeyBlock key_block(int rows, const attention_shape &s, const uint8_t *q_roles,
+                                     const int32_t *q_seg, const uint8_t *k_roles,
+                                     const int32_t *k_seg) {
+    const int b = blockIdx.z;
+    const long kv0 = (long)b * s.kv_stride;
+    return KeyBlock{(int)blockIdx.x * rows, (int)blockIdx.y,    b,
+                    (long)s.Hq * s.hd,      (long)s.Hkv * s.hd, kv0,
+                    k_roles + kv0,          k_seg + kv0,        q_roles + (long)b * s.Tq,
+                    q_seg + (long)b * s.Tq};
+}
+
 /* The keys [*lo, *hi] of batch row b that can matter to the queries i0 .. i0+ROWS-1: those whose
  * segment lies within the tile's (valid) query segments and that are CONTEXT or not after the
  * last SPAN query. A superset of the visible keys (the rule itself is applied per pair later),
