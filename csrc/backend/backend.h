@@ -104,6 +104,19 @@ struct mg_backend_s {
                             uint64_t seed, uint64_t stream);
     void (*dropout_backward)(const mg_backend *be, float *dinp, const float *dout, long n, float p,
                              uint64_t seed, uint64_t stream);
+    /* Products with a dropped input, for LoRA's down projection (u = drop(x) A^T). drop(x) is
+     * dropout_forward(x, N * in elements, p, seed, stream); a GPU computes it on the fly instead
+     * of writing it out, the CPU materialises it in scratch (N * in floats, both entries).
+     *   forward:  u[N, r] = drop(x)[N, in] A[r, in]^T
+     *   backward: dA[r, in] += du[N, r]^T drop(x)     (when dA is not NULL)
+     *             dinp[N, in] += drop'(du A)          (when dinp is not NULL; the dropout_backward
+     *                                                  of the same mask) */
+    void (*dropped_matmul_forward)(const mg_backend *be, float *u, const float *x, const float *A,
+                                   int N, int in, int r, float p, uint64_t seed, uint64_t stream,
+                                   float *scratch);
+    void (*dropped_matmul_backward)(const mg_backend *be, float *dinp, float *dA, const float *du,
+                                    const float *x, const float *A, int N, int in, int r, float p,
+                                    uint64_t seed, uint64_t stream, float *scratch);
 
     /* ---- losses and optimizer ---- */
     /* Softmax cross-entropy over rows of logits[N, V] (overwritten by grad_scale * dlogits);

@@ -154,13 +154,12 @@ mg_lora *mg_lora_copy_to(const mg_lora *l, const mg_backend *be, mg_error *err) 
 void lora_forward(const mg_backend *be, float *out, int ldo, const float *inp, int N,
                   const mg_lora_pair *pair, float scale, float p, uint64_t seed, uint64_t stream,
                   float *drop_buf, float *u) {
-    const float *x = inp;
-    if (p > 0.0f) {
-        be->dropout_forward(be, drop_buf, inp, (long)N * pair->in, p, seed, stream);
-        x = drop_buf;
-    }
     const int r = pair->rank;
-    be->sgemm(be, false, true, N, r, pair->in, 1.0f, x, pair->in, pair->A, pair->in, 0.0f, u, r);
+    if (p > 0.0f)
+        be->dropped_matmul_forward(be, u, inp, pair->A, N, pair->in, r, p, seed, stream, drop_buf);
+    else
+        be->sgemm(be, false, true, N, r, pair->in, 1.0f, inp, pair->in, pair->A, pair->in, 0.0f, u,
+                  r);
     be->sgemm(be, false, true, N, pair->out, r, scale, u, r, pair->B, r, 1.0f, out, ldo);
 }
 
@@ -174,22 +173,17 @@ void lora_backward(const mg_backend *be, float *dinp, float *dA, float *dB, cons
     if (dB) be->sgemm(be, true, false, pair->out, r, N, scale, dout, ldd, u, r, 1.0f, dB, r);
     /* du = scale * dout B */
     be->sgemm(be, false, false, N, r, pair->out, scale, dout, ldd, pair->B, r, 0.0f, du, r);
-    if (dA) {
-        const float *x = inp;
-        if (p > 0.0f) {
-            be->dropout_forward(be, dx, inp, (long)N * pair->in, p, seed, stream);
-            x = dx;
-        }
-        be->sgemm(be, true, false, r, pair->in, N, 1.0f, du, r, x, pair->in, 1.0f, dA, pair->in);
+    if (p > 0.0f) {
+        be->dropped_matmul_backward(be, dinp, dA, du, inp, pair->A, N, pair->in, r, p, seed, stream,
+                                    dx);
+        return;
     }
+    if (dA)
+        be->sgemm(be, true, false, r, pair->in, N, 1.0f, du, r, inp, pair->in, 1.0f, dA, pair->in);
     if (dinp) {
         be->sgemm(be, false, false, N, pair->in, r, 1.0f, du, r, pair->A, pair->in, 0.0f, dx,
                   pair->in);
-        if (p > 0.0f) {
-            be->dropout_backward(be, dinp, dx, (long)N * pair->in, p, seed, stream);
-        } else {
-            be->add_inplace(be, dinp, dx, (long)N * pair->in);
-        }
+        be->add_inplace(be, dinp, dx, (long)N * pair->in);
     }
 }
 

@@ -2,7 +2,8 @@
  * combinations with strided operands and beta 0 and 1, matmul_forward (bias, accumulate) and
  * matmul_backward (every gradient, and NULL ones), in fp32 (within 1e-5 of the result's scale)
  * and bf16 (within 2e-2; products with a dimension of at most 64 take float32 operands rounded to
- * TF32 in bf16 mode, within 2e-3). Also the memory entries and the sticky error path. Prints each
+ * TF32 in bf16 mode, within 2e-3), and the dropped products of LoRA's down projection (within
+ * 1e-5 in both precisions). Also the memory entries and the sticky error path. Prints each
  * error; exit status 0 on success. */
 #include "backend/cuda/cuda_common.h"
 
@@ -184,6 +185,77 @@ static void check_matmul(const mg_backend *be, double tol, const char *prec) {
     }
 }
 
+/* The dropped products (LoRA's down projection with its input dropout fused in) against the CPU
+ * entries, which materialise drop(x) and call OpenBLAS. Both compute in float32 in every
+ * precision, so the bound is 1e-5 in bf16 mode too. Scratch starts as NaN: a kernel that reads
+ * scratch it did not write shows up. Each result is computed twice and must repeat bit for bit
+ * (the split sums are added in a fixed order). */
+static void check_dropped_shape(const mg_backend *be, int N, int in, int r, float p, bool offset,
+                                const char *prec) {
+    const mg_backend *cpu = mg_backend_cpu();
+    const uint64_t seed = 0x5EEDull + (uint64_t)N, stream = 1000 + (uint64_t)r;
+    /* offset: x one float into its buffer, so rows are not 16-byte aligned */
+    const size_t lead = offset ? 1 : 0;
+    std::vector<float> xbuf = random_vec(lead + (size_t)N * in), A = random_vec((size_t)r * in);
+    std::vector<float> du = random_vec((size_t)N * r), dinp0 = random_vec((size_t)N * in),
+                       dA0 = random_vec((size_t)r * in);
+    const float *x = xbuf.data() + lead;
+    std::vector<float> host_scratch((size_t)N * in + 1);
+    std::vector<float> u_want((size_t)N * r), dinp_want = dinp0, dA_want = dA0;
+    cpu->dropped_matmul_forward(cpu, u_want.data(), x, A.data(), N, in, r, p, seed, stream,
+                                host_scratch.data());
+    cpu->dropped_matmul_backward(cpu, dinp_want.data(), dA_want.data(), du.data(), x, A.data(), N,
+                                 in, r, p, seed, stream, host_scratch.data());
+    std::vector<float> nan_scratch((size_t)N * in + 1, NAN);
+    Dev gx(be, xbuf), gA(be, A), gdu(be, du), gscratch(be, nan_scratch);
+    std::vector<float> u_first, dinp_first, dA_first;
+    for (int rep = 0; rep < 2; rep++) {
+        Dev gu(be, std::vector<float>((size_t)N * r, NAN)), gdinp(be, dinp0), gdA(be, dA0);
+        be->dropped_matmul_forward(be, gu.p, gx.p + lead, gA.p, N, in, r, p, seed, stream,
+                                   gscratch.p);
+        be->dropped_matmul_backward(be, gdinp.p, gdA.p, gdu.p, gx.p + lead, gA.p, N, in, r, p, seed,
+                                    stream, gscratch.p);
+        expect_synced(be, "dropped_matmul");
+        const std::vector<float> u = gu.get(), dinp = gdinp.get(), dA = gdA.get();
+        if (rep == 0) {
+            const double eu = rel_error(u, u_want), ei = rel_error(dinp, dinp_want),
+                         ea = rel_error(dA, dA_want);
+            std::printf("  %s dropped_matmul N=%d in=%d r=%d p=%g%s: max rel error u %.3g, dinp "
+                        "%.3g, dA %.3g\n",
+                        prec, N, in, r, p, offset ? " misaligned" : "", eu, ei, ea);
+            EXPECT(eu <= 1e-5 && ei <= 1e-5 && ea <= 1e-5,
+                   "%s dropped_matmul N=%d in=%d r=%d: errors %.3g %.3g %.3g", prec, N, in, r, eu,
+                   ei, ea);
+            u_first = u;
+            dinp_first = dinp;
+            dA_first = dA;
+        } else {
+            EXPECT(u == u_first && dinp == dinp_first && dA == dA_first,
+                   "%s dropped_matmul N=%d in=%d r=%d: a second run gave other bits", prec, N, in,
+                   r);
+        }
+    }
+    { /* one gradient at a time: the other stays untouched (NULL) */
+        Dev gdinp(be, dinp0), gdA(be, dA0);
+        be->dropped_matmul_backward(be, nullptr, gdA.p, gdu.p, gx.p + lead, gA.p, N, in, r, p, seed,
+                                    stream, gscratch.p);
+        be->dropped_matmul_backward(be, gdinp.p, nullptr, gdu.p, gx.p + lead, gA.p, N, in, r, p,
+                                    seed, stream, gscratch.p);
+        expect_synced(be, "dropped_matmul (one gradient)");
+        EXPECT(gdA.get() == dA_first && gdinp.get() == dinp_first,
+               "%s dropped_matmul N=%d in=%d r=%d: one gradient alone differs", prec, N, in, r);
+    }
+}
+
+static void check_dropped(const mg_backend *be, const char *prec) {
+    check_dropped_shape(be, 1, 1, 1, 0.5f, false, prec);
+    check_dropped_shape(be, 7, 13, 3, 0.1f, true, prec);
+    check_dropped_shape(be, 130, 64, 16, 0.05f, false, prec); /* two row blocks */
+    check_dropped_shape(be, 300, 600, 16, 0.3f, false, prec); /* column slices, row slices */
+    check_dropped_shape(be, 70, 520, 20, 0.05f, true, prec);  /* two rank tiles, misaligned */
+    check_dropped_shape(be, 257, 36, 40, 0.9f, false, prec);  /* rank beyond in/slices */
+}
+
 static void check_memory_and_errors(const mg_backend *be) {
     mg_error err;
     mg_error_clear(&err);
@@ -249,6 +321,7 @@ int main() {
         std::printf("%s backend: %s\n", mode.name, be->name);
         check_sgemm(be, mode.tol, mode.name);
         check_matmul(be, mode.tol, mode.name);
+        check_dropped(be, mode.name);
         if (mode.p == MG_PRECISION_FP32) check_memory_and_errors(be);
         mg_backend_cuda_free(be);
     }

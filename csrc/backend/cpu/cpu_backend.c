@@ -150,6 +150,28 @@ static void cpu_dropout_backward(const mg_backend *be, float *dinp, const float 
     (void)be;
     dropout_backward(dinp, dout, n, p, seed, stream);
 }
+/* drop(x) into scratch, then OpenBLAS: the products of lora.c before the GPU fused them. */
+static void cpu_dropped_matmul_forward(const mg_backend *be, float *u, const float *x,
+                                       const float *A, int N, int in, int r, float p, uint64_t seed,
+                                       uint64_t stream, float *scratch) {
+    (void)be;
+    dropout_forward(scratch, x, (long)N * in, p, seed, stream);
+    mg_sgemm(false, true, N, r, in, 1.0f, scratch, in, A, in, 0.0f, u, r);
+}
+static void cpu_dropped_matmul_backward(const mg_backend *be, float *dinp, float *dA,
+                                        const float *du, const float *x, const float *A, int N,
+                                        int in, int r, float p, uint64_t seed, uint64_t stream,
+                                        float *scratch) {
+    (void)be;
+    if (dA) {
+        dropout_forward(scratch, x, (long)N * in, p, seed, stream);
+        mg_sgemm(true, false, r, in, N, 1.0f, du, r, scratch, in, 1.0f, dA, in);
+    }
+    if (dinp) {
+        mg_sgemm(false, false, N, in, r, 1.0f, du, r, A, in, 0.0f, scratch, in);
+        dropout_backward(dinp, scratch, (long)N * in, p, seed, stream);
+    }
+}
 static void cpu_cross_entropy(const mg_backend *be, float *logits, const int32_t *labels, long N,
                               int V, float grad_scale, double *loss_sum, long *count) {
     (void)be;
@@ -267,6 +289,8 @@ static const mg_backend cpu_backend = {
     .embedding_backward = cpu_embedding_backward,
     .dropout_forward = cpu_dropout_forward,
     .dropout_backward = cpu_dropout_backward,
+    .dropped_matmul_forward = cpu_dropped_matmul_forward,
+    .dropped_matmul_backward = cpu_dropped_matmul_backward,
     .cross_entropy = cpu_cross_entropy,
     .infonce_scratch = cpu_infonce_scratch,
     .infonce = cpu_infonce,

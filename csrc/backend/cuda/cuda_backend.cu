@@ -43,6 +43,8 @@ void fill_table(mg_backend *be) {
     be->embedding_backward = cuda_embedding_backward;
     be->dropout_forward = cuda_dropout_forward;
     be->dropout_backward = cuda_dropout_backward;
+    be->dropped_matmul_forward = cuda_dropped_matmul_forward;
+    be->dropped_matmul_backward = cuda_dropped_matmul_backward;
     be->cross_entropy = cuda_cross_entropy;
     be->infonce_scratch = cuda_infonce_scratch;
     be->infonce = cuda_infonce;

@@ -3,23 +3,8 @@
  * in device code, so a mask drawn on the GPU is the CPU's mask bit for bit (and the backward
  * regenerates it from (seed, stream) instead of storing it). */
 #include "cuda_common.h"
+#include "dropout_mask.cuh"
 #include "elementwise.cuh"
-
-#include "../../core/rng.h"
-
-/* mg_rng_mix64 for device code (the same constants and shifts). */
-__device__ inline uint64_t dropout_mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-/* mg_rng_uniform_at: 24 random bits as a float in [0, 1), exactly representable. */
-__device__ inline bool dropout_keep(uint64_t origin, uint64_t i, float p) {
-    const float u =
-        (float)(dropout_mix64(origin + (i + 1) * MG_RNG_GAMMA) >> 40) * (1.0f / 16777216.0f);
-    return u >= p;
-}
 
 struct DropoutForward {
     float *out;
@@ -61,14 +46,14 @@ struct DropoutBackward {
 extern "C" void cuda_dropout_forward(const mg_backend *be, float *out, const float *inp, long n,
                                      float p, uint64_t seed, uint64_t stream) {
     /* the scale and the stream origin are computed on the host, as the CPU computes them */
-    const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const float keep_scale = dropout_keep_scale(p);
     const DropoutForward op = {out, inp, mg_rng_origin(seed, stream), p, keep_scale};
     MG_ELEMENTWISE(DropoutForward, op, n, mg_aligned16(out) && mg_aligned16(inp), be);
 }
 
 extern "C" void cuda_dropout_backward(const mg_backend *be, float *dinp, const float *dout, long n,
                                       float p, uint64_t seed, uint64_t stream) {
-    const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const float keep_scale = dropout_keep_scale(p);
     const DropoutBackward op = {dinp, dout, mg_rng_origin(seed, stream), p, keep_scale};
     MG_ELEMENTWISE(DropoutBackward, op, n, mg_aligned16(dinp) && mg_aligned16(dout), be);
 }
