@@ -1,5 +1,6 @@
-/* Backward of mg_model_step_ex, layer by layer in reverse, llm.c style: each op's backward
- * accumulates into gradient buffers that are zeroed once before use. */
+/* Backward of mg_model_step_ex, layer by layer in reverse, llm.c style: the first contribution to
+ * a gradient buffer writes it (activation backwards, linear_backward_set), later ones add to it;
+ * buffers whose first contribution adds are zeroed before use. */
 #include "backward.h"
 
 #include <string.h>
@@ -19,11 +20,21 @@ static inline float *grad_of(const mg_model *m, const mg_grads *g, const float *
 static void residual_backward(const mg_backend *be, float *dy, const float *dx, long n,
                               const mg_train_pass *train, uint64_t stream) {
     if (train->resid_dropout > 0.0f) {
-        be->zero(be, dy, sizeof(float) * (size_t)n);
-        be->dropout_backward(be, dy, dx, n, train->resid_dropout, train->seed, stream);
+        /* dropout_backward onto zeros is dropout_forward with the same mask: no memset */
+        be->dropout_forward(be, dy, dx, n, train->resid_dropout, train->seed, stream);
     } else {
         be->copy(be, dy, dx, sizeof(float) * (size_t)n);
     }
+}
+
+/* matmul_backward with dinp written instead of added to (dinp = dout W): the first contribution
+ * to a gradient buffer needs no memset, and the GEMM does not read dinp. On the CPU the bits are
+ * those of adding onto zeros. */
+static void linear_backward_set(const mg_backend *be, float *dinp, float *dweight, float *dbias,
+                                const float *dout, const float *inp, const float *weight, int N,
+                                int I, int O) {
+    be->sgemm(be, false, false, N, I, O, 1.0f, dout, O, weight, I, 0.0f, dinp, I);
+    if (dweight || dbias) be->matmul_backward(be, NULL, dweight, dbias, dout, inp, weight, N, I, O);
 }
 
 /* LoRA backward of target t of layer l, when adapted. */
@@ -119,23 +130,22 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
 
         /* MLP: x_out = x_mid + drop(act W_down^T + b_down) */
         residual_backward(be, dy, dx, N * D, train, MG_DROP_STREAM_MLP(l));
-        be->zero(be, dact, sizeof(float) * N * F);
-        be->matmul_backward(be, dact, grad_of(m, g, L->w_down), grad_of(m, g, L->b_down), dy,
+        linear_backward_set(be, dact, grad_of(m, g, L->w_down), grad_of(m, g, L->b_down), dy,
                             R->act, L->w_down, (int)N, F, D);
         lora_grad(dact, dy, D, R->act, m, g, train, l, MG_LORA_DOWN, (int)N, lscratch);
-        be->zero(be, dh, sizeof(float) * N * D);
-        be->zero(be, dup, sizeof(float) * N * F);
+        /* the activation backwards write dgate and dup; the first product writes dh */
         if (gpt2) {
             be->gelu_tanh_backward(be, dup, dact, R->up, N * F);
+            linear_backward_set(be, dh, grad_of(m, g, L->w_up), grad_of(m, g, L->b_up), dup, R->h2,
+                                L->w_up, (int)N, D, F);
         } else {
-            be->zero(be, dgate, sizeof(float) * N * F);
             be->swiglu_backward(be, dgate, dup, dact, R->gate, R->up, N * F);
-            be->matmul_backward(be, dh, grad_of(m, g, L->w_gate), grad_of(m, g, L->b_gate), dgate,
+            linear_backward_set(be, dh, grad_of(m, g, L->w_gate), grad_of(m, g, L->b_gate), dgate,
                                 R->h2, L->w_gate, (int)N, D, F);
             lora_grad(dh, dgate, F, R->h2, m, g, train, l, MG_LORA_GATE, (int)N, lscratch);
+            be->matmul_backward(be, dh, grad_of(m, g, L->w_up), grad_of(m, g, L->b_up), dup, R->h2,
+                                L->w_up, (int)N, D, F);
         }
-        be->matmul_backward(be, dh, grad_of(m, g, L->w_up), grad_of(m, g, L->b_up), dup, R->h2,
-                            L->w_up, (int)N, D, F);
         lora_grad(dh, dup, F, R->h2, m, g, train, l, MG_LORA_UP, (int)N, lscratch);
         if (gpt2)
             be->layernorm_backward(be, dx, grad_of(m, g, L->mlp_norm_w),
@@ -147,8 +157,7 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
 
         /* attention: x_mid = x_in + drop(att W_o^T + b_o) */
         residual_backward(be, dy, dx, N * D, train, MG_DROP_STREAM_ATTN(l));
-        be->zero(be, datt, sizeof(float) * N * QD);
-        be->matmul_backward(be, datt, grad_of(m, g, L->wo), grad_of(m, g, L->bo), dy, R->att, L->wo,
+        linear_backward_set(be, datt, grad_of(m, g, L->wo), grad_of(m, g, L->bo), dy, R->att, L->wo,
                             (int)N, QD, D);
         lora_grad(datt, dy, D, R->att, m, g, train, l, MG_LORA_O, (int)N, lscratch);
         be->zero(be, dq, sizeof(float) * N * QD);

@@ -33,21 +33,21 @@ MG_EXP_LOOP void swiglu_backward(float *dgate, float *dup, const float *dout, co
         for (long i = 0; i < n; i++) {
             const float g = gate[i];
             const float s = 1.0f / (1.0f + mg_expf(-g));
-            dup[i] += dout[i] * g * s;
-            dgate[i] += dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
+            dup[i] = dout[i] * g * s;
+            dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
         }
     } else if (dup != NULL) {
 #pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
         for (long i = 0; i < n; i++) {
             const float g = gate[i];
-            dup[i] += dout[i] * g * (1.0f / (1.0f + mg_expf(-g)));
+            dup[i] = dout[i] * g * (1.0f / (1.0f + mg_expf(-g)));
         }
     } else if (dgate != NULL) {
 #pragma omp parallel for schedule(static) if (MG_WORTH_THREADS(n))
         for (long i = 0; i < n; i++) {
             const float g = gate[i];
             const float s = 1.0f / (1.0f + mg_expf(-g));
-            dgate[i] += dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
+            dgate[i] = dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
         }
     }
 }
@@ -63,6 +63,6 @@ MG_EXP_LOOP void gelu_tanh_backward(float *dx, const float *dout, const float *x
         const float t = 1.0f - 2.0f / (mg_expf(2.0f * z) + 1.0f);
         const float d =
             0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * v * v);
-        dx[i] += dout[i] * d;
+        dx[i] = dout[i] * d;
     }
 }

@@ -42,33 +42,27 @@ struct SwigluForward {
 struct SwigluBackward {
     float *dgate, *dup;
     const float *dout, *gate, *up;
-    /* s = sigmoid(g): dup += dout g s, dgate += dout up s (1 + g (1 - s)) */
+    /* s = sigmoid(g): dup = dout g s, dgate = dout up s (1 + g (1 - s)); written, not added,
+     * so the gradients need no memset and are not read */
     __device__ void at(long i) const {
         const float g = gate[i], d = dout[i];
         const float s = 1.0f / (1.0f + mg_expf(-g));
-        if (dup != NULL) dup[i] += d * g * s;
-        if (dgate != NULL) dgate[i] += d * up[i] * s * (1.0f + g * (1.0f - s));
+        if (dup != NULL) dup[i] = d * g * s;
+        if (dgate != NULL) dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
     }
     __device__ void at4(long i) const {
         const mg_float4 g = mg_load4(gate + i), d = mg_load4(dout + i);
         const mg_float4 s = {1.0f / (1.0f + mg_expf(-g.x)), 1.0f / (1.0f + mg_expf(-g.y)),
                              1.0f / (1.0f + mg_expf(-g.z)), 1.0f / (1.0f + mg_expf(-g.w))};
-        if (dup != NULL) {
-            mg_float4 a = mg_load4(dup + i);
-            a.x += d.x * g.x * s.x;
-            a.y += d.y * g.y * s.y;
-            a.z += d.z * g.z * s.z;
-            a.w += d.w * g.w * s.w;
-            mg_store4(dup + i, a);
-        }
+        if (dup != NULL)
+            mg_store4(dup + i,
+                      {d.x * g.x * s.x, d.y * g.y * s.y, d.z * g.z * s.z, d.w * g.w * s.w});
         if (dgate != NULL) {
             const mg_float4 u = mg_load4(up + i);
-            mg_float4 a = mg_load4(dgate + i);
-            a.x += d.x * u.x * s.x * (1.0f + g.x * (1.0f - s.x));
-            a.y += d.y * u.y * s.y * (1.0f + g.y * (1.0f - s.y));
-            a.z += d.z * u.z * s.z * (1.0f + g.z * (1.0f - s.z));
-            a.w += d.w * u.w * s.w * (1.0f + g.w * (1.0f - s.w));
-            mg_store4(dgate + i, a);
+            mg_store4(dgate + i, {d.x * u.x * s.x * (1.0f + g.x * (1.0f - s.x)),
+                                  d.y * u.y * s.y * (1.0f + g.y * (1.0f - s.y)),
+                                  d.z * u.z * s.z * (1.0f + g.z * (1.0f - s.z)),
+                                  d.w * u.w * s.w * (1.0f + g.w * (1.0f - s.w))});
         }
     }
 };
@@ -88,16 +82,12 @@ struct GeluBackward {
     float *dx;
     const float *dout, *x;
     __device__ void at(long i) const {
-        dx[i] += dout[i] * gelu_slope(x[i]);
+        dx[i] = dout[i] * gelu_slope(x[i]);
     }
     __device__ void at4(long i) const {
         const mg_float4 v = mg_load4(x + i), d = mg_load4(dout + i);
-        mg_float4 a = mg_load4(dx + i);
-        a.x += d.x * gelu_slope(v.x);
-        a.y += d.y * gelu_slope(v.y);
-        a.z += d.z * gelu_slope(v.z);
-        a.w += d.w * gelu_slope(v.w);
-        mg_store4(dx + i, a);
+        mg_store4(dx + i, {d.x * gelu_slope(v.x), d.y * gelu_slope(v.y), d.z * gelu_slope(v.z),
+                           d.w * gelu_slope(v.w)});
     }
 };
 
