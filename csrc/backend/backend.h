@@ -81,14 +81,22 @@ struct mg_backend_s {
                           int N, int H, int hd);
     /* Floats of scratch that attention_forward (backward: attention_backward) needs. */
     size_t (*attention_scratch)(const mg_backend *be, const attention_shape *s, bool backward);
+    /* Whether attention_forward saves per-query statistics for attention_backward (B x Hq x Tq
+     * floats, the backend's own layout), so that the backward does not run the forward again.
+     * A training pass keeps them beside the attention output; the CPU keeps none. */
+    bool attention_saves_stats;
+    /* stats: NULL, or where the statistics go (written only when attention_saves_stats). */
     void (*attention_forward)(const mg_backend *be, float *out, const float *q, const float *k,
                               const float *v, const uint8_t *q_roles, const int32_t *q_seg,
                               const uint8_t *k_roles, const int32_t *k_seg, attention_shape s,
-                              float *scratch);
+                              float *stats, float *scratch);
+    /* out, stats: the output and statistics of the attention_forward call whose gradient this
+     * is, or both NULL (the backward recomputes what it needs from q, k and v). */
     void (*attention_backward)(const mg_backend *be, float *dq, float *dk, float *dv,
                                const float *dout, const float *q, const float *k, const float *v,
                                const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
-                               const int32_t *k_seg, attention_shape s, float *scratch);
+                               const int32_t *k_seg, attention_shape s, const float *out,
+                               const float *stats, float *scratch);
     void (*swiglu_forward)(const mg_backend *be, float *out, const float *gate, const float *up,
                            long n);
     void (*swiglu_backward)(const mg_backend *be, float *dgate, float *dup, const float *dout,

@@ -11,7 +11,8 @@ int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config
     int n_lora = 0;
     for (int t = 0; lora && t < MG_LORA_TARGETS; t++)
         n_lora += (lora->targets >> t) & 1;
-    const size_t per_row = 4 * D + 2 * QD + 3 * F + (size_t)n_lora * r;
+    const size_t stats = be->attention_saves_stats ? (size_t)c->n_heads : 0;
+    const size_t per_row = 4 * D + 2 * QD + 3 * F + (size_t)n_lora * r + stats;
     const size_t rows = (size_t)N * ((size_t)c->n_layers * per_row + 2 * D + 1);
     if (a->block != NULL && (a->be != be || a->capacity < rows)) mg_activations_release(a);
     if (a->layers == NULL)
@@ -37,6 +38,7 @@ int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config
         L->h1 = TAKE(N * D);
         L->q = TAKE(N * QD);
         L->att = TAKE(N * QD);
+        L->att_stats = stats ? TAKE(N * (long)stats) : NULL;
         L->x_mid = TAKE(N * D);
         L->h2 = TAKE(N * D);
         L->gate = TAKE(N * F);

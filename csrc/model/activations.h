@@ -15,6 +15,7 @@ typedef struct {
     float *h1;                      /* [N, D] attention-norm output */
     float *q;                       /* [N, QD] queries after RoPE */
     float *att;                     /* [N, QD] attention output (input of wo) */
+    float *att_stats;               /* [N x n_heads] attention statistics, or NULL (backend.h) */
     float *x_mid;                   /* [N, D] residual stream after attention */
     float *h2;                      /* [N, D] MLP-norm output */
     float *gate;                    /* [N, F] gate projection (LLaMA) */

@@ -165,7 +165,7 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
         be->zero(be, dv, sizeof(float) * N * KD);
         be->attention_backward(be, dq, dk, dv, datt, R->q, mg_kv_cache_rows(cache, cache->k, l, 0),
                                mg_kv_cache_rows(cache, cache->v, l, 0), d_roles, d_segs, d_roles,
-                               d_segs, shape, scratch);
+                               d_segs, shape, R->att_stats ? R->att : NULL, R->att_stats, scratch);
         if (!gpt2) {
             be->rope_backward(be, dq, rec->pos, m->inv_freq, (int)N, c->n_heads, c->head_dim);
             be->rope_backward(be, dk, rec->pos, m->inv_freq, (int)N, c->n_kv_heads, c->head_dim);

@@ -237,7 +237,8 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
         }
         be->attention_forward(be, att, q, mg_kv_cache_rows(cache, cache->k, slot, 0),
                               mg_kv_cache_rows(cache, cache->v, slot, 0), q_roles, q_segs,
-                              cache->roles, cache->segments, shape, scratch);
+                              cache->roles, cache->segments, shape, R ? R->att_stats : NULL,
+                              scratch);
         be->matmul_forward(be, tmp, att, L->wo, L->bo, (int)N, QD, D, false);
         apply_lora(tmp, D, att, (int)N, m, l, MG_LORA_O, train, drop_buf, u_scratch);
         residual_add(be, x, tmp, N * D, train, MG_DROP_STREAM_ATTN(l));

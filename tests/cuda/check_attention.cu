@@ -8,12 +8,14 @@
  * 1e-5 forward, 1e-4 backward in fp32 mode; in bf16 mode, where the tile products run on the
  * tensor cores with bfloat16 inputs (head sizes up to 128, attention_mma.cu) or TF32 inputs
  * (dK/dV at 256), 1e-2 and 2e-2 (each case runs in both modes; the bfloat16 errors measure 3e-3
- * to 1e-2). Beyond the
+ * to 1e-2). The backward also runs given the forward's output and saved statistics (as in a
+ * training pass), within the same limits. Beyond the
  * tolerance, exact checks: a query that sees no key gets an output of exactly 0 and leaves dq
  * untouched, the dK/dV rows past Tk in a KV cache are left untouched, and a second run reproduces
  * every bit. */
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -99,7 +101,8 @@ void run(const Case &c, uint64_t seed) {
     Dev<uint8_t> dqr(q_roles), dkr(k_roles);
     Dev<int32_t> dqs(q_seg), dks(k_seg);
     Dev<float> fwd_scratch(std::vector<float>(cuda_attention_scratch(be, &s, false) + 1));
-    cuda_attention_forward(be, d_out.p, d_q.p, d_k.p, d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s,
+    Dev<float> stats(std::vector<float>((size_t)c.B * c.Hq * c.Tq, NAN));
+    cuda_attention_forward(be, d_out.p, d_q.p, d_k.p, d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, stats.p,
                            fwd_scratch.p);
     check::sync(c.name.c_str());
     const std::vector<float> out = d_out.get();
@@ -108,16 +111,27 @@ void run(const Case &c, uint64_t seed) {
     Dev<float> gq(dq0), gk(dk0), gv(dv0);
     Dev<float> bwd_scratch(std::vector<float>(cuda_attention_scratch(be, &s, true), NAN));
     cuda_attention_backward(be, gq.p, c.null_dk ? nullptr : gk.p, gv.p, d_dout.p, d_q.p, d_k.p,
-                            d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, bwd_scratch.p);
+                            d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, nullptr, nullptr, bwd_scratch.p);
     check::sync(c.name.c_str());
     const std::vector<float> dq = gq.get(), dk = gk.get(), dv = gv.get();
+
+    /* The backward given the forward's output and saved statistics (a training pass): it skips
+     * the statistics pass where the kernels allow, within the same bounds. */
+    Dev<float> sq(dq0), sk(dk0), sv(dv0);
+    cuda_attention_backward(be, sq.p, c.null_dk ? nullptr : sk.p, sv.p, d_dout.p, d_q.p, d_k.p,
+                            d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, d_out.p, stats.p, bwd_scratch.p);
+    check::sync(c.name.c_str());
+    const double e_saved =
+        std::max({grad_err(sq.get(), dq_ref, dq0),
+                  c.null_dk ? (sk.get() == dk0 ? 0.0 : INFINITY) : grad_err(sk.get(), dk_ref, dk0),
+                  grad_err(sv.get(), dv_ref, dv0)});
 
     /* Deterministic: a second run gives the same bits (no atomics, fixed orders). */
     Dev<float> gq2(dq0), gk2(dk0), gv2(dv0), d_out2(std::vector<float>(nq, 7.0f));
     cuda_attention_forward(be, d_out2.p, d_q.p, d_k.p, d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s,
-                           fwd_scratch.p);
+                           nullptr, fwd_scratch.p);
     cuda_attention_backward(be, gq2.p, c.null_dk ? nullptr : gk2.p, gv2.p, d_dout.p, d_q.p, d_k.p,
-                            d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, bwd_scratch.p);
+                            d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, nullptr, nullptr, bwd_scratch.p);
     check::sync(c.name.c_str());
     const bool repeatable =
         d_out2.get() == out && gq2.get() == dq && gk2.get() == dk && gv2.get() == dv;
@@ -154,13 +168,13 @@ void run(const Case &c, uint64_t seed) {
     if (!repeatable) exact += " a second run differs";
     const bool tc = check::precision() == MG_PRECISION_BF16;
     const double fwd_tol = tc ? kTcFwdTol : kFwdTol, bwd_tol = tc ? kTcBwdTol : kBwdTol;
-    const bool ok =
-        e_out <= fwd_tol && e_dq <= bwd_tol && e_dk <= bwd_tol && e_dv <= bwd_tol && exact.empty();
+    const bool ok = e_out <= fwd_tol && e_dq <= bwd_tol && e_dk <= bwd_tol && e_dv <= bwd_tol &&
+                    e_saved <= bwd_tol && exact.empty();
     std::printf(
         "%-4s %s %-34s B=%d Tq=%-3d Tk=%-3d q0=%-2d Hq=%d Hkv=%d hd=%-3d  out %.2e  dq %.2e  "
-        "dk %.2e  dv %.2e%s%s\n",
+        "dk %.2e  dv %.2e  saved-stats bwd %.2e%s%s\n",
         ok ? "ok" : "FAIL", tc ? "bf16" : "fp32", c.name.c_str(), c.B, c.Tq, c.Tk, c.q_start, c.Hq,
-        c.Hkv, c.hd, e_out, e_dq, e_dk, e_dv, exact.empty() ? "" : "  ", exact.c_str());
+        c.Hkv, c.hd, e_out, e_dq, e_dk, e_dv, e_saved, exact.empty() ? "" : "  ", exact.c_str());
     if (!ok) failures++;
 }
 

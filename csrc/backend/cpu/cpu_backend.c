@@ -97,16 +97,19 @@ static size_t cpu_attention_scratch(const mg_backend *be, const attention_shape 
 static void cpu_attention_forward(const mg_backend *be, float *out, const float *q, const float *k,
                                   const float *v, const uint8_t *q_roles, const int32_t *q_seg,
                                   const uint8_t *k_roles, const int32_t *k_seg, attention_shape s,
-                                  float *scratch) {
+                                  float *stats, float *scratch) {
     (void)be;
+    (void)stats; /* attention_saves_stats is false: the backward recomputes */
     attention_forward(out, q, k, v, q_roles, q_seg, k_roles, k_seg, s, scratch);
 }
 static void cpu_attention_backward(const mg_backend *be, float *dq, float *dk, float *dv,
                                    const float *dout, const float *q, const float *k,
                                    const float *v, const uint8_t *q_roles, const int32_t *q_seg,
                                    const uint8_t *k_roles, const int32_t *k_seg, attention_shape s,
-                                   float *scratch) {
+                                   const float *out, const float *stats, float *scratch) {
     (void)be;
+    (void)out;
+    (void)stats;
     attention_backward(dq, dk, dv, dout, q, k, v, q_roles, q_seg, k_roles, k_seg, s, scratch);
 }
 static void cpu_swiglu_forward(const mg_backend *be, float *out, const float *gate, const float *up,
@@ -279,6 +282,7 @@ static const mg_backend cpu_backend = {
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,
     .attention_scratch = cpu_attention_scratch,
+    .attention_saves_stats = false,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
     .swiglu_forward = cpu_swiglu_forward,

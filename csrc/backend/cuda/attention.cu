@@ -333,7 +333,8 @@ template <class T> constexpr size_t dkv_smem() {
 }
 
 /* Forward. T::ROWS queries per block, T::COLS keys per tile. grid (query tiles, Hq, B).
- * out != NULL: writes the output. out == NULL (statistics mode, for the backward): writes the
+ * out != NULL: writes the output, and lse (below) when lse != NULL, for a backward that is given
+ * them. out == NULL (statistics mode, for the backward): writes the
  * base-2 logsumexp lse[b, h, i] (-inf for a query that sees nothing) and D[b, h, i] = dO_i . O_i.
  * qmul = log2(e) / sqrt(hd). */
 template <class T>
@@ -432,6 +433,8 @@ __global__ void MG_BOUNDS(kThreads)
         const long off = ((long)b * s.Tq + i) * q_row + (long)h * hd;
         if (out != NULL) {
             if (i < s.Tq) store_row<T>(out + off, o[r], inv, hd, tx, false, vec);
+            if (lse != NULL && tx == 0 && i < s.Tq) /* saved for the backward */
+                lse[((long)b * s.Hq + h) * s.Tq + i] = lr > 0.0f ? m[r] + log2f(lr) : -INFINITY;
         } else {
             float dd = 0.0f;
             if (i < s.Tq && lr > 0.0f) {
@@ -707,13 +710,57 @@ void launch_dkv(const mg_backend *be, const Args &a, float *dk, float *dv, const
               a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
 }
 
+/* D_i = dO_i . O_i for every (row, head, query) from the forward's saved output, into
+ * dsum[b, h, i] (the layout of lse). One warp per (row, query, head). */
+__global__ void attention_row_dot_kernel(float *dsum, const float *dout, const float *out,
+                                         attention_shape s) {
+    const long pairs = (long)s.B * s.Tq * s.Hq, q_row = (long)s.Hq * s.hd;
+    const int lane = threadIdx.x & 31;
+    const long first = ((long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long warps = ((long)gridDim.x * blockDim.x) >> 5;
+    for (long w = first; w < pairs; w += warps) { /* w = (b Tq + i) Hq + h: uniform per warp */
+        const long row = w / s.Hq;
+        const int h = (int)(w % s.Hq);
+        const float *g = dout + row * q_row + (long)h * s.hd,
+                    *o = out + row * q_row + (long)h * s.hd;
+        float acc = 0.0f;
+        for (int d = lane; d < s.hd; d += 32)
+            acc = fmaf(g[d], o[d], acc);
+        for (int offset = 16; offset > 0; offset >>= 1)
+            acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+        if (lane == 0) {
+            const long b = row / s.Tq, i = row % s.Tq;
+            dsum[(b * s.Hq + h) * s.Tq + i] = acc;
+        }
+    }
+}
+
+/* The backward's per-query statistics: lse and dsum. From the forward's saved output and lse
+ * (out, stats) when the forward ran the kernel that the statistics pass would run (bf16 decode
+ * shapes forward on the float32 kernel, but the statistics come from the tensor-core one), else
+ * by running the forward again in statistics mode. Returns the lse to use. */
+template <int D>
+const float *backward_stats(const mg_backend *be, const Args &a, const float *dout,
+                            const float *out, const float *stats, float *lse, float *dsum,
+                            bool mma) {
+    if (out != NULL && stats != NULL && (!mma || a.s.Tq > Shapes<D>::FwdFew::ROWS)) {
+        const long pairs = (long)a.s.B * a.s.Tq * a.s.Hq;
+        MG_LAUNCH(attention_row_dot_kernel, mg_cuda_blocks(pairs * 32, 256), 256, 0, be, dsum, dout,
+                  out, a.s);
+        return stats;
+    }
+    forward_d<D>(be, a, NULL, lse, dsum, dout, mma);
+    return lse;
+}
+
 /* mma: every kernel is attention_mma.cu's (bf16 mode, head sizes it handles). Else tc: the
  * dK/dV products on the tensor cores through wmma, where their scratch fits this GPU's shared
  * memory (else the float32 kernel, which needs less). */
 template <int D>
 void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float *dv,
-                const float *dout, float *lse, float *dsum, bool mma, bool tc) {
-    forward_d<D>(be, a, NULL, lse, dsum, dout, mma);
+                const float *dout, const float *out, const float *stats, float *scratch_lse,
+                float *dsum, bool mma, bool tc) {
+    const float *lse = backward_stats<D>(be, a, dout, out, stats, scratch_lse, dsum, mma);
     if (mma) {
         if (dq != NULL) mma_dq(be, a, D, dq, lse, dsum, dout);
         if (dk != NULL || dv != NULL) mma_dkv(be, a, D, dk, dv, lse, dsum, dout);
@@ -799,26 +846,26 @@ size_t cuda_attention_scratch(const mg_backend *be, const attention_shape *s, bo
 void cuda_attention_forward(const mg_backend *be, float *out, const float *q, const float *k,
                             const float *v, const uint8_t *q_roles, const int32_t *q_seg,
                             const uint8_t *k_roles, const int32_t *k_seg, attention_shape s,
-                            float *scratch) {
+                            float *stats, float *scratch) {
     (void)scratch;
     if (s.B <= 0 || s.Tq <= 0 || s.Hq <= 0 || s.hd <= 0) return;
     const Args a = make_args(q, k, v, q_roles, q_seg, k_roles, k_seg, s, aligned16(out));
     const bool mma = use_mma(be, padded_hd(s.hd));
     switch (padded_hd(s.hd)) {
     case 32:
-        forward_d<32>(be, a, out, NULL, NULL, NULL, mma);
+        forward_d<32>(be, a, out, stats, NULL, NULL, mma);
         break;
     case 64:
-        forward_d<64>(be, a, out, NULL, NULL, NULL, mma);
+        forward_d<64>(be, a, out, stats, NULL, NULL, mma);
         break;
     case 128:
-        forward_d<128>(be, a, out, NULL, NULL, NULL, mma);
+        forward_d<128>(be, a, out, stats, NULL, NULL, mma);
         break;
     case 256:
-        forward_d<256>(be, a, out, NULL, NULL, NULL, mma);
+        forward_d<256>(be, a, out, stats, NULL, NULL, mma);
         break;
     case 512:
-        forward_d<512>(be, a, out, NULL, NULL, NULL, mma);
+        forward_d<512>(be, a, out, stats, NULL, NULL, mma);
         break;
     default:
         mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");
@@ -828,7 +875,8 @@ void cuda_attention_forward(const mg_backend *be, float *out, const float *q, co
 void cuda_attention_backward(const mg_backend *be, float *dq, float *dk, float *dv,
                              const float *dout, const float *q, const float *k, const float *v,
                              const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
-                             const int32_t *k_seg, attention_shape s, float *scratch) {
+                             const int32_t *k_seg, attention_shape s, const float *out,
+                             const float *stats, float *scratch) {
     if (s.B <= 0 || s.Tq <= 0 || s.Hq <= 0 || s.hd <= 0) return;
     if (dq == NULL && dk == NULL && dv == NULL) return;
     const bool vec = aligned16(dq) && aligned16(dk) && aligned16(dv) && aligned16(dout);
@@ -837,19 +885,19 @@ void cuda_attention_backward(const mg_backend *be, float *dq, float *dk, float *
     const bool mma = use_mma(be, padded_hd(s.hd)), tc = use_tensor_cores(be, padded_hd(s.hd));
     switch (padded_hd(s.hd)) {
     case 32:
-        backward_d<32>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
+        backward_d<32>(be, a, dq, dk, dv, dout, out, stats, lse, dsum, mma, tc);
         break;
     case 64:
-        backward_d<64>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
+        backward_d<64>(be, a, dq, dk, dv, dout, out, stats, lse, dsum, mma, tc);
         break;
     case 128:
-        backward_d<128>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
+        backward_d<128>(be, a, dq, dk, dv, dout, out, stats, lse, dsum, mma, tc);
         break;
     case 256:
-        backward_d<256>(be, a, dq, dk, dv, dout, lse, dsum, mma, tc);
+        backward_d<256>(be, a, dq, dk, dv, dout, out, stats, lse, dsum, mma, tc);
         break;
     case 512:
-        backward_d<512>(be, a, dq, dk, dv, dout, lse, dsum, false, false);
+        backward_d<512>(be, a, dq, dk, dv, dout, out, stats, lse, dsum, false, false);
         break;
     default:
         mg_cuda_note(be, cudaErrorInvalidValue, "attention: head size above 512");

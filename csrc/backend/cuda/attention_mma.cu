@@ -385,8 +385,8 @@ template <int D, int BC> struct FwdShape {
         sizeof(int) * (2 * BC + 2 * kRows + 4 * kWarps);
 };
 
-/* Forward: grid (query tiles, Hq, B); out != NULL writes the output, else (statistics mode)
- * lse and dsum as attention.cu's forward does. qmul = log2(e) / sqrt(hd). */
+/* Forward: grid (query tiles, Hq, B); out != NULL writes the output (and lse when given), else
+ * (statistics mode) lse and dsum as attention.cu's forward does. qmul = log2(e) / sqrt(hd). */
 template <int D, int BC>
 __global__ void MG_BOUNDS(kThreads)
     mma_forward_kernel(float *out, float *lse, float *dsum, const float *dout, const float *q,
@@ -489,6 +489,8 @@ __global__ void MG_BOUNDS(kThreads)
                 if (d < hd) out[off + d] = o[n][2 * r] * inv;
                 if (d + 1 < hd) out[off + d + 1] = o[n][2 * r + 1] * inv;
             }
+            if (lse != NULL && t == 0) /* saved for the backward */
+                lse[((long)b * s.Hq + h) * s.Tq + i] = lr > 0.0f ? m[r] + log2f(lr) : -INFINITY;
         } else {
             float dd = 0.0f;
             if (i < s.Tq && lr > 0.0f) {

@@ -33,6 +33,7 @@ void fill_table(mg_backend *be) {
     be->rope_forward = cuda_rope_forward;
     be->rope_backward = cuda_rope_backward;
     be->attention_scratch = cuda_attention_scratch;
+    be->attention_saves_stats = true;
     be->attention_forward = cuda_attention_forward;
     be->attention_backward = cuda_attention_backward;
     be->swiglu_forward = cuda_swiglu_forward;

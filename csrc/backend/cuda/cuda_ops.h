@@ -41,11 +41,12 @@ size_t cuda_attention_scratch(const mg_backend *be, const attention_shape *s, bo
 void cuda_attention_forward(const mg_backend *be, float *out, const float *q, const float *k,
                             const float *v, const uint8_t *q_roles, const int32_t *q_seg,
                             const uint8_t *k_roles, const int32_t *k_seg, attention_shape s,
-                            float *scratch);
+                            float *stats, float *scratch);
 void cuda_attention_backward(const mg_backend *be, float *dq, float *dk, float *dv,
                              const float *dout, const float *q, const float *k, const float *v,
                              const uint8_t *q_roles, const int32_t *q_seg, const uint8_t *k_roles,
-                             const int32_t *k_seg, attention_shape s, float *scratch);
+                             const int32_t *k_seg, attention_shape s, const float *out,
+                             const float *stats, float *scratch);
 void cuda_swiglu_forward(const mg_backend *be, float *out, const float *gate, const float *up,
                          long n);
 void cuda_swiglu_backward(const mg_backend *be, float *dgate, float *dup, const float *dout,
