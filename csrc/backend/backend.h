@@ -36,6 +36,17 @@ typedef enum {
 
 typedef struct mg_backend_s mg_backend;
 
+/* One product of the dropped_matmul entries (below): its factor A[r, in], its dropout stream,
+ * and what it computes or consumes. */
+#define MG_DROPPED_MAX 3
+typedef struct {
+    const float *A;
+    uint64_t stream;
+    float *u;        /* forward: [N, r] */
+    const float *du; /* backward: [N, r] */
+    float *dA;       /* backward: [r, in], may be NULL */
+} mg_dropped_product;
+
 struct mg_backend_s {
     mg_device device;
     const char *name; /* "cpu", "cuda:0 (NVIDIA H100 ...)", ... */
@@ -112,19 +123,22 @@ struct mg_backend_s {
                             uint64_t seed, uint64_t stream);
     void (*dropout_backward)(const mg_backend *be, float *dinp, const float *dout, long n, float p,
                              uint64_t seed, uint64_t stream);
-    /* Products with a dropped input, for LoRA's down projection (u = drop(x) A^T). drop(x) is
-     * dropout_forward(x, N * in elements, p, seed, stream); a GPU computes it on the fly instead
-     * of writing it out, the CPU materialises it in scratch (N * in floats, both entries).
-     *   forward:  u[N, r] = drop(x)[N, in] A[r, in]^T
-     *   backward: dA[r, in] += du[N, r]^T drop(x)     (when dA is not NULL)
-     *             dinp[N, in] += drop'(du A)          (when dinp is not NULL; the dropout_backward
-     *                                                  of the same mask) */
-    void (*dropped_matmul_forward)(const mg_backend *be, float *u, const float *x, const float *A,
-                                   int N, int in, int r, float p, uint64_t seed, uint64_t stream,
+    /* Products with a dropped input, for LoRA's down projections: up to MG_DROPPED_MAX products
+     * of one input x[N, in] (q, k and v share theirs), each with its own factor, dropout stream
+     * and result. drop_t(x) is dropout_forward(x, N * in elements, p, seed, prods[t].stream); a
+     * GPU draws the masks where it reads x, once for all n products, instead of writing drop(x)
+     * out; the CPU materialises each in scratch (N * in floats, both entries).
+     *   forward:  prods[t].u[N, r] = drop_t(x) A_t[r, in]^T
+     *   backward: prods[t].dA[r, in] += du_t[N, r]^T drop_t(x)     (when dA is not NULL)
+     *             dinp[N, in] += sum_t drop_t'(du_t A_t)              (when dinp is not NULL; the
+     *                                                  dropout_backward of each mask, in order t)
+     */
+    void (*dropped_matmul_forward)(const mg_backend *be, const float *x, int N, int in, int r,
+                                   float p, uint64_t seed, const mg_dropped_product *prods, int n,
                                    float *scratch);
-    void (*dropped_matmul_backward)(const mg_backend *be, float *dinp, float *dA, const float *du,
-                                    const float *x, const float *A, int N, int in, int r, float p,
-                                    uint64_t seed, uint64_t stream, float *scratch);
+    void (*dropped_matmul_backward)(const mg_backend *be, float *dinp, const float *x, int N,
+                                    int in, int r, float p, uint64_t seed,
+                                    const mg_dropped_product *prods, int n, float *scratch);
 
     /* ---- losses and optimizer ---- */
     /* Softmax cross-entropy over rows of logits[N, V] (overwritten by grad_scale * dlogits);

@@ -37,10 +37,11 @@ static void linear_backward_set(const mg_backend *be, float *dinp, float *dweigh
     if (dweight || dbias) be->matmul_backward(be, NULL, dweight, dbias, dout, inp, weight, N, I, O);
 }
 
-/* LoRA backward of target t of layer l, when adapted. */
-static void lora_grad(float *dinp, const float *dout, int ldd, const float *inp, const mg_model *m,
-                      const mg_grads *g, const mg_train_pass *train, int l, mg_lora_target t, int N,
-                      float *scratch) {
+/* Appends the backward site of target t of layer l (when adapted): its output gradient dout
+ * (row stride ldd) and, when trained, the mirrors of its A and B in the gradient block. */
+static void lora_grad_site(mg_lora_site *sites, int *n, const mg_model *m, const mg_grads *g,
+                           const mg_train_pass *train, int l, mg_lora_target t, const float *dout,
+                           int ldd) {
     const mg_lora_pair *pair = mg_lora_get(m->lora, l, t);
     if (pair == NULL) return;
     float *dA = NULL, *dB = NULL;
@@ -49,9 +50,26 @@ static void lora_grad(float *dinp, const float *dout, int ldd, const float *inp,
         dA = gp.A;
         dB = gp.B;
     }
-    lora_backward(m->be, dinp, dA, dB, dout, ldd, inp, train->acts->layers[l].lora_u[t], N, pair,
-                  m->lora->scale, train->lora_dropout, train->seed, MG_DROP_STREAM_LORA(l, t),
-                  scratch);
+    sites[(*n)++] = (mg_lora_site){pair, MG_DROP_STREAM_LORA(l, t),        NULL, 0, dout,
+                                   ldd,  train->acts->layers[l].lora_u[t], dA,   dB};
+}
+
+/* LoRA backward of the n sites of layer l, which share the input inp; dinp += their input
+ * gradient. */
+static void lora_grad(float *dinp, const mg_lora_site *sites, int n, const float *inp,
+                      const mg_model *m, const mg_train_pass *train, int N, float *scratch) {
+    lora_backward(m->be, dinp, sites, n, inp, N, m->lora ? m->lora->scale : 0.0f,
+                  train->lora_dropout, train->seed, scratch);
+}
+
+/* lora_grad for the one target t (when adapted). */
+static void lora_grad_one(float *dinp, const float *dout, int ldd, const float *inp,
+                          const mg_model *m, const mg_grads *g, const mg_train_pass *train, int l,
+                          mg_lora_target t, int N, float *scratch) {
+    mg_lora_site site;
+    int n = 0;
+    lora_grad_site(&site, &n, m, g, train, l, t, dout, ldd);
+    lora_grad(dinp, &site, n, inp, m, train, N, scratch);
 }
 
 int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass *train,
@@ -81,7 +99,7 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
                            (size_t)N * KD,
                            (size_t)N,
                            be->attention_scratch(be, &shape, true),
-                           m->lora ? (size_t)N * (r + widest) : 0,
+                           m->lora ? (size_t)N * (MG_DROPPED_MAX * r + widest) : 0,
                            mg_stage_bytes(be, (size_t)N) / 4 + 1,
                            mg_stage_bytes(be, (size_t)N * 4) / 4};
     size_t bytes = 0;
@@ -132,7 +150,7 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
         residual_backward(be, dy, dx, N * D, train, MG_DROP_STREAM_MLP(l));
         linear_backward_set(be, dact, grad_of(m, g, L->w_down), grad_of(m, g, L->b_down), dy,
                             R->act, L->w_down, (int)N, F, D);
-        lora_grad(dact, dy, D, R->act, m, g, train, l, MG_LORA_DOWN, (int)N, lscratch);
+        lora_grad_one(dact, dy, D, R->act, m, g, train, l, MG_LORA_DOWN, (int)N, lscratch);
         /* the activation backwards write dgate and dup; the first product writes dh */
         if (gpt2) {
             be->gelu_tanh_backward(be, dup, dact, R->up, N * F);
@@ -142,11 +160,16 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
             be->swiglu_backward(be, dgate, dup, dact, R->gate, R->up, N * F);
             linear_backward_set(be, dh, grad_of(m, g, L->w_gate), grad_of(m, g, L->b_gate), dgate,
                                 R->h2, L->w_gate, (int)N, D, F);
-            lora_grad(dh, dgate, F, R->h2, m, g, train, l, MG_LORA_GATE, (int)N, lscratch);
             be->matmul_backward(be, dh, grad_of(m, g, L->w_up), grad_of(m, g, L->b_up), dup, R->h2,
                                 L->w_up, (int)N, D, F);
         }
-        lora_grad(dh, dup, F, R->h2, m, g, train, l, MG_LORA_UP, (int)N, lscratch);
+        {
+            mg_lora_site sites[2];
+            int n = 0;
+            if (!gpt2) lora_grad_site(sites, &n, m, g, train, l, MG_LORA_GATE, dgate, F);
+            lora_grad_site(sites, &n, m, g, train, l, MG_LORA_UP, dup, F);
+            lora_grad(dh, sites, n, R->h2, m, train, (int)N, lscratch);
+        }
         if (gpt2)
             be->layernorm_backward(be, dx, grad_of(m, g, L->mlp_norm_w),
                                    grad_of(m, g, L->mlp_norm_b), dh, R->x_mid, L->mlp_norm_w,
@@ -159,7 +182,7 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
         residual_backward(be, dy, dx, N * D, train, MG_DROP_STREAM_ATTN(l));
         linear_backward_set(be, datt, grad_of(m, g, L->wo), grad_of(m, g, L->bo), dy, R->att, L->wo,
                             (int)N, QD, D);
-        lora_grad(datt, dy, D, R->att, m, g, train, l, MG_LORA_O, (int)N, lscratch);
+        lora_grad_one(datt, dy, D, R->att, m, g, train, l, MG_LORA_O, (int)N, lscratch);
         be->zero(be, dq, sizeof(float) * N * QD);
         be->zero(be, dk, sizeof(float) * N * KD);
         be->zero(be, dv, sizeof(float) * N * KD);
@@ -178,9 +201,13 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
             if (bs[t] && grad_of(m, g, bs[t]))
                 be->matmul_backward(be, NULL, NULL, grad_of(m, g, bs[t]), douts[t], R->h1, ws[t],
                                     (int)N, D, widths[t]);
-        for (int t = 0; t < 3; t++)
-            lora_grad(dh, douts[t], widths[t], R->h1, m, g, train, l, (mg_lora_target)t, (int)N,
-                      lscratch);
+        {
+            mg_lora_site sites[3];
+            int n = 0;
+            for (int t = 0; t < 3; t++)
+                lora_grad_site(sites, &n, m, g, train, l, (mg_lora_target)t, douts[t], widths[t]);
+            lora_grad(dh, sites, n, R->h1, m, train, (int)N, lscratch);
+        }
         if (mg_qkv_fused(L, QD, KD, D)) {
             /* pack [dq | dk | dv] per row into the GEMM's [N, W] layout; dq moves out of the
              * way first (into datt, consumed by now) since it sits at dqkv's front */

@@ -66,16 +66,36 @@ static int validate_step(const mg_model *m, const mg_kv_cache *cache, const int3
     return MG_OK;
 }
 
-/* Adds the attached LoRA update of target t (if any) to out (row stride ldo). */
-static void apply_lora(float *out, int ldo, const float *inp, int N, const mg_model *m, int layer,
-                       mg_lora_target t, const mg_train_pass *train, float *drop_buf,
-                       float *u_scratch) {
+/* Appends target t's site (when adapted) to sites[*n]: its output out (row stride ldo). */
+static void lora_site(mg_lora_site *sites, int *n, const mg_model *m, int layer, mg_lora_target t,
+                      float *out, int ldo, const mg_train_pass *train, float *u_scratch) {
     const mg_lora_pair *pair = mg_lora_get(m->lora, layer, t);
     if (pair == NULL) return;
     float *u = train && train->acts ? train->acts->layers[layer].lora_u[t] : u_scratch;
+    sites[(*n)++] =
+        (mg_lora_site){pair, MG_DROP_STREAM_LORA(layer, t), out, ldo, NULL, 0, u, NULL, NULL};
+}
+
+/* Adds the LoRA updates of the n sites, which share the input inp. A pass that keeps no record
+ * gives every site the same u (u_scratch), so its sites go one at a time. */
+static void apply_lora(const mg_model *m, const mg_lora_site *sites, int n, const float *inp, int N,
+                       const mg_train_pass *train, float *drop_buf) {
     const float p = train ? train->lora_dropout : 0.0f;
-    lora_forward(m->be, out, ldo, inp, N, pair, m->lora->scale, p, train ? train->seed : 0,
-                 MG_DROP_STREAM_LORA(layer, t), drop_buf, u);
+    const uint64_t seed = train ? train->seed : 0;
+    const int together = train && train->acts ? n : 1;
+    for (int i = 0; i < n; i += together)
+        lora_forward(m->be, sites + i, n - i < together ? n - i : together, inp, N, m->lora->scale,
+                     p, seed, drop_buf);
+}
+
+/* Adds the attached LoRA update of target t (if any) to out (row stride ldo). */
+static void apply_lora_one(float *out, int ldo, const float *inp, int N, const mg_model *m,
+                           int layer, mg_lora_target t, const mg_train_pass *train, float *drop_buf,
+                           float *u_scratch) {
+    mg_lora_site site;
+    int n = 0;
+    lora_site(&site, &n, m, layer, t, out, ldo, train, u_scratch);
+    apply_lora(m, &site, n, inp, N, train, drop_buf);
 }
 
 /* x += drop(y) over n floats (y is overwritten when dropping). */
@@ -109,9 +129,12 @@ static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, cons
         be->matmul_forward(be, outs[1], h, L->wk, NULL, (int)N, D, KD, false);
         be->matmul_forward(be, outs[2], h, L->wv, NULL, (int)N, D, KD, false);
     }
+    mg_lora_site sites[3];
+    int n = 0;
     for (int t = MG_LORA_Q; t <= MG_LORA_V; t++)
-        apply_lora(outs[t], fused ? W : (t == MG_LORA_Q ? QD : KD), h, (int)N, m, layer, t, train,
-                   drop_buf, u_scratch);
+        lora_site(sites, &n, m, layer, (mg_lora_target)t, outs[t],
+                  fused ? W : (t == MG_LORA_Q ? QD : KD), train, u_scratch);
+    apply_lora(m, sites, n, h, (int)N, train, drop_buf);
     be->qkv_split(be, q, mg_kv_cache_rows(cache, cache->k, slot, 0),
                   mg_kv_cache_rows(cache, cache->v, slot, 0), outs[0], outs[1], outs[2],
                   fused ? W : QD, fused ? W : KD, L->bq, L->bk, L->bv, B, Tq, QD, KD,
@@ -240,26 +263,29 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
                               cache->roles, cache->segments, shape, R ? R->att_stats : NULL,
                               scratch);
         be->matmul_forward(be, tmp, att, L->wo, L->bo, (int)N, QD, D, false);
-        apply_lora(tmp, D, att, (int)N, m, l, MG_LORA_O, train, drop_buf, u_scratch);
+        apply_lora_one(tmp, D, att, (int)N, m, l, MG_LORA_O, train, drop_buf, u_scratch);
         residual_add(be, x, tmp, N * D, train, MG_DROP_STREAM_ATTN(l));
         if (R) be->copy(be, R->x_mid, x, sizeof(float) * N * D);
 
         if (gpt2) {
             be->layernorm_forward(be, h2, x, L->mlp_norm_w, L->mlp_norm_b, (int)N, D, c->norm_eps);
             be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)N, D, F, false);
-            apply_lora(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
+            apply_lora_one(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
             if (act != up) be->copy(be, act, up, sizeof(float) * N * F);
             be->gelu_tanh_forward(be, act, N * F);
         } else {
             be->rmsnorm_forward(be, h2, x, L->mlp_norm_w, (int)N, D, c->norm_eps);
             be->matmul_forward(be, gate, h2, L->w_gate, L->b_gate, (int)N, D, F, false);
-            apply_lora(gate, F, h2, (int)N, m, l, MG_LORA_GATE, train, drop_buf, u_scratch);
             be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)N, D, F, false);
-            apply_lora(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
+            mg_lora_site sites[2];
+            int n = 0;
+            lora_site(sites, &n, m, l, MG_LORA_GATE, gate, F, train, u_scratch);
+            lora_site(sites, &n, m, l, MG_LORA_UP, up, F, train, u_scratch);
+            apply_lora(m, sites, n, h2, (int)N, train, drop_buf);
             be->swiglu_forward(be, act, gate, up, N * F);
         }
         be->matmul_forward(be, tmp, act, L->w_down, L->b_down, (int)N, F, D, false);
-        apply_lora(tmp, D, act, (int)N, m, l, MG_LORA_DOWN, train, drop_buf, u_scratch);
+        apply_lora_one(tmp, D, act, (int)N, m, l, MG_LORA_DOWN, train, drop_buf, u_scratch);
         residual_add(be, x, tmp, N * D, train, MG_DROP_STREAM_MLP(l));
     }
     if (rec) be->copy(be, rec->x_final, x, sizeof(float) * N * D);

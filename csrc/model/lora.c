@@ -151,39 +151,56 @@ mg_lora *mg_lora_copy_to(const mg_lora *l, const mg_backend *be, mg_error *err) 
     return c;
 }
 
-void lora_forward(const mg_backend *be, float *out, int ldo, const float *inp, int N,
-                  const mg_lora_pair *pair, float scale, float p, uint64_t seed, uint64_t stream,
-                  float *drop_buf, float *u) {
-    const int r = pair->rank;
-    if (p > 0.0f)
-        be->dropped_matmul_forward(be, u, inp, pair->A, N, pair->in, r, p, seed, stream, drop_buf);
-    else
-        be->sgemm(be, false, true, N, r, pair->in, 1.0f, inp, pair->in, pair->A, pair->in, 0.0f, u,
-                  r);
-    be->sgemm(be, false, true, N, pair->out, r, scale, u, r, pair->B, r, 1.0f, out, ldo);
+void lora_forward(const mg_backend *be, const mg_lora_site *sites, int n, const float *inp, int N,
+                  float scale, float p, uint64_t seed, float *drop_buf) {
+    if (n <= 0) return;
+    const int r = sites[0].pair->rank, in = sites[0].pair->in;
+    if (p > 0.0f) {
+        mg_dropped_product prods[MG_DROPPED_MAX];
+        for (int t = 0; t < n; t++)
+            prods[t] =
+                (mg_dropped_product){sites[t].pair->A, sites[t].stream, sites[t].u, NULL, NULL};
+        be->dropped_matmul_forward(be, inp, N, in, r, p, seed, prods, n, drop_buf);
+    }
+    for (int t = 0; t < n; t++) {
+        const mg_lora_site *s = &sites[t];
+        if (p <= 0.0f)
+            be->sgemm(be, false, true, N, r, in, 1.0f, inp, in, s->pair->A, in, 0.0f, s->u, r);
+        be->sgemm(be, false, true, N, s->pair->out, r, scale, s->u, r, s->pair->B, r, 1.0f, s->out,
+                  s->ldo);
+    }
 }
 
-void lora_backward(const mg_backend *be, float *dinp, float *dA, float *dB, const float *dout,
-                   int ldd, const float *inp, const float *u, int N, const mg_lora_pair *pair,
-                   float scale, float p, uint64_t seed, uint64_t stream, float *scratch) {
-    const int r = pair->rank;
-    float *du = scratch;               /* [N, r] */
-    float *dx = scratch + (long)N * r; /* [N, in]: also holds drop(inp) for dA */
-    /* dB += scale * dout^T u */
-    if (dB) be->sgemm(be, true, false, pair->out, r, N, scale, dout, ldd, u, r, 1.0f, dB, r);
-    /* du = scale * dout B */
-    be->sgemm(be, false, false, N, r, pair->out, scale, dout, ldd, pair->B, r, 0.0f, du, r);
+void lora_backward(const mg_backend *be, float *dinp, const mg_lora_site *sites, int n,
+                   const float *inp, int N, float scale, float p, uint64_t seed, float *scratch) {
+    if (n <= 0) return;
+    const int r = sites[0].pair->rank, in = sites[0].pair->in;
+    float *dx = scratch + (long)n * N * r; /* [N, in] after the sites' du [N, r] */
+    mg_dropped_product prods[MG_DROPPED_MAX];
+    for (int t = 0; t < n; t++) {
+        const mg_lora_site *s = &sites[t];
+        float *du = scratch + (long)t * N * r;
+        /* dB += scale * dout^T u;  du = scale * dout B */
+        if (s->dB)
+            be->sgemm(be, true, false, s->pair->out, r, N, scale, s->dout, s->ldd, s->u, r, 1.0f,
+                      s->dB, r);
+        be->sgemm(be, false, false, N, r, s->pair->out, scale, s->dout, s->ldd, s->pair->B, r, 0.0f,
+                  du, r);
+        prods[t] = (mg_dropped_product){s->pair->A, s->stream, NULL, du, s->dA};
+    }
     if (p > 0.0f) {
-        be->dropped_matmul_backward(be, dinp, dA, du, inp, pair->A, N, pair->in, r, p, seed, stream,
-                                    dx);
+        be->dropped_matmul_backward(be, dinp, inp, N, in, r, p, seed, prods, n, dx);
         return;
     }
-    if (dA)
-        be->sgemm(be, true, false, r, pair->in, N, 1.0f, du, r, inp, pair->in, 1.0f, dA, pair->in);
-    if (dinp) {
-        be->sgemm(be, false, false, N, pair->in, r, 1.0f, du, r, pair->A, pair->in, 0.0f, dx,
-                  pair->in);
-        be->add_inplace(be, dinp, dx, (long)N * pair->in);
+    for (int t = 0; t < n; t++) {
+        if (prods[t].dA)
+            be->sgemm(be, true, false, r, in, N, 1.0f, prods[t].du, r, inp, in, 1.0f, prods[t].dA,
+                      in);
+        if (dinp) {
+            be->sgemm(be, false, false, N, in, r, 1.0f, prods[t].du, r, prods[t].A, in, 0.0f, dx,
+                      in);
+            be->add_inplace(be, dinp, dx, (long)N * in);
+        }
     }
 }
 

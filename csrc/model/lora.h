@@ -68,17 +68,34 @@ static inline mg_lora_pair mg_lora_mirror(const mg_lora *l, const mg_lora_pair *
     return q;
 }
 
-/* out[N, O] (row stride ldo) += scale * u B^T with u = drop(inp) A^T stored in u[N, rank].
- * Dropout (rate p, stream (seed, stream)) is applied to a copy of inp in drop_buf[N, in]. */
-void lora_forward(const mg_backend *be, float *out, int ldo, const float *inp, int N,
-                  const mg_lora_pair *pair, float scale, float p, uint64_t seed, uint64_t stream,
-                  float *drop_buf, float *u);
+/* One adapted projection in a LoRA call: its pair and dropout stream; forward: out[N, O] (row
+ * stride ldo) += scale u B^T; backward: its output gradient dout (row stride ldd) and dA, dB
+ * (accumulated; either may be NULL); u = drop(inp) A^T [N, rank], written by the forward and
+ * read by the backward. */
+typedef struct {
+    const mg_lora_pair *pair;
+    uint64_t stream;
+    float *out;
+    int ldo;
+    const float *dout;
+    int ldd;
+    float *u;
+    float *dA, *dB;
+} mg_lora_site;
 
-/* Backward of lora_forward given dout (row stride ldd): accumulates dA, dB (may be NULL) and
- * dinp[N, in] (may be NULL). scratch: N * (rank + in) floats. */
-void lora_backward(const mg_backend *be, float *dinp, float *dA, float *dB, const float *dout,
-                   int ldd, const float *inp, const float *u, int N, const mg_lora_pair *pair,
-                   float scale, float p, uint64_t seed, uint64_t stream, float *scratch);
+/* The LoRA updates of n (at most MG_DROPPED_MAX) adapted projections of one input inp[N, in]
+ * (q, k and v share the attention norm's output; gate and up the MLP norm's), each with its own
+ * dropout mask (rate p, stream (seed, site's stream)). With dropout the down products take one
+ * dropped_matmul_forward call, which on a GPU reads inp once for all of them, so the sites' u
+ * must be distinct; without, the sites run one after another (they may share u). drop_buf:
+ * N * in floats of scratch for backends that materialise drop(inp) (the CPU). */
+void lora_forward(const mg_backend *be, const mg_lora_site *sites, int n, const float *inp, int N,
+                  float scale, float p, uint64_t seed, float *drop_buf);
+
+/* Backward of lora_forward: accumulates every site's dA and dB, and dinp[N, in] (may be NULL)
+ * += the input gradient of all n sites, in site order. scratch: N * (n * rank + in) floats. */
+void lora_backward(const mg_backend *be, float *dinp, const mg_lora_site *sites, int n,
+                   const float *inp, int N, float scale, float p, uint64_t seed, float *scratch);
 
 /* W += scale * B A for every adapted projection of the model's parameters. */
 void mg_lora_merge(const mg_backend *be, const mg_lora *l, mg_params *params, const mg_config *c);

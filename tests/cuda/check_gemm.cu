@@ -185,75 +185,101 @@ static void check_matmul(const mg_backend *be, double tol, const char *prec) {
     }
 }
 
-/* The dropped products (LoRA's down projection with its input dropout fused in) against the CPU
- * entries, which materialise drop(x) and call OpenBLAS. Both compute in float32 in every
- * precision, so the bound is 1e-5 in bf16 mode too. Scratch starts as NaN: a kernel that reads
- * scratch it did not write shows up. Each result is computed twice and must repeat bit for bit
- * (the split sums are added in a fixed order). */
-static void check_dropped_shape(const mg_backend *be, int N, int in, int r, float p, bool offset,
-                                const char *prec) {
+/* The dropped products (LoRA's down projections with their input dropout fused in) against the
+ * CPU entries, which materialise each drop_t(x) and call OpenBLAS: n products of one input, each
+ * with its own factor and stream, dA NULL for one of them when `skip_dA`. Both compute in
+ * float32 in every precision, so the bound is 1e-5 in bf16 mode too. Scratch starts as NaN: a
+ * kernel that reads scratch it did not write shows up. Each result is computed twice and must
+ * repeat bit for bit (the split sums are added in a fixed order). */
+static void check_dropped_shape(const mg_backend *be, int N, int in, int r, int n, float p,
+                                bool offset, bool skip_dA, const char *prec) {
     const mg_backend *cpu = mg_backend_cpu();
-    const uint64_t seed = 0x5EEDull + (uint64_t)N, stream = 1000 + (uint64_t)r;
+    const uint64_t seed = 0x5EEDull + (uint64_t)N;
     /* offset: x one float into its buffer, so rows are not 16-byte aligned */
     const size_t lead = offset ? 1 : 0;
-    std::vector<float> xbuf = random_vec(lead + (size_t)N * in), A = random_vec((size_t)r * in);
-    std::vector<float> du = random_vec((size_t)N * r), dinp0 = random_vec((size_t)N * in),
-                       dA0 = random_vec((size_t)r * in);
+    const size_t nx = (size_t)N * in, na = (size_t)r * in, nu = (size_t)N * r;
+    std::vector<float> xbuf = random_vec(lead + nx), dinp0 = random_vec(nx);
+    std::vector<std::vector<float>> A, du, dA0;
+    for (int t = 0; t < n; t++) {
+        A.push_back(random_vec(na));
+        du.push_back(random_vec(nu));
+        dA0.push_back(random_vec(na));
+    }
     const float *x = xbuf.data() + lead;
-    std::vector<float> host_scratch((size_t)N * in + 1);
-    std::vector<float> u_want((size_t)N * r), dinp_want = dinp0, dA_want = dA0;
-    cpu->dropped_matmul_forward(cpu, u_want.data(), x, A.data(), N, in, r, p, seed, stream,
-                                host_scratch.data());
-    cpu->dropped_matmul_backward(cpu, dinp_want.data(), dA_want.data(), du.data(), x, A.data(), N,
-                                 in, r, p, seed, stream, host_scratch.data());
-    std::vector<float> nan_scratch((size_t)N * in + 1, NAN);
-    Dev gx(be, xbuf), gA(be, A), gdu(be, du), gscratch(be, nan_scratch);
-    std::vector<float> u_first, dinp_first, dA_first;
+    /* reference */
+    std::vector<float> host_scratch(nx + 1), dinp_want = dinp0;
+    std::vector<std::vector<float>> u_want(n, std::vector<float>(nu)), dA_want = dA0;
+    mg_dropped_product prods[MG_DROPPED_MAX];
+    for (int t = 0; t < n; t++)
+        prods[t] = {A[t].data(), 1000 + (uint64_t)(7 * t + r), u_want[t].data(), du[t].data(),
+                    skip_dA && t == 1 ? nullptr : dA_want[t].data()};
+    cpu->dropped_matmul_forward(cpu, x, N, in, r, p, seed, prods, n, host_scratch.data());
+    cpu->dropped_matmul_backward(cpu, dinp_want.data(), x, N, in, r, p, seed, prods, n,
+                                 host_scratch.data());
+    /* device */
+    std::vector<float> nan_scratch(nx + 1, NAN);
+    Dev gx(be, xbuf), gscratch(be, nan_scratch);
+    Dev *gA[MG_DROPPED_MAX], *gdu[MG_DROPPED_MAX]; /* (<memory> clashes with the emulator) */
+    for (int t = 0; t < n; t++) {
+        gA[t] = new Dev(be, A[t]);
+        gdu[t] = new Dev(be, du[t]);
+    }
+    std::vector<std::vector<float>> first;
     for (int rep = 0; rep < 2; rep++) {
-        Dev gu(be, std::vector<float>((size_t)N * r, NAN)), gdinp(be, dinp0), gdA(be, dA0);
-        be->dropped_matmul_forward(be, gu.p, gx.p + lead, gA.p, N, in, r, p, seed, stream,
-                                   gscratch.p);
-        be->dropped_matmul_backward(be, gdinp.p, gdA.p, gdu.p, gx.p + lead, gA.p, N, in, r, p, seed,
-                                    stream, gscratch.p);
+        Dev gdinp(be, dinp0);
+        Dev *gu[MG_DROPPED_MAX], *gdA[MG_DROPPED_MAX];
+        for (int t = 0; t < n; t++) {
+            gu[t] = new Dev(be, std::vector<float>(nu, NAN));
+            gdA[t] = new Dev(be, dA0[t]);
+            prods[t] = {gA[t]->p, 1000 + (uint64_t)(7 * t + r), gu[t]->p, gdu[t]->p,
+                        skip_dA && t == 1 ? nullptr : gdA[t]->p};
+        }
+        be->dropped_matmul_forward(be, gx.p + lead, N, in, r, p, seed, prods, n, gscratch.p);
+        be->dropped_matmul_backward(be, gdinp.p, gx.p + lead, N, in, r, p, seed, prods, n,
+                                    gscratch.p);
         expect_synced(be, "dropped_matmul");
-        const std::vector<float> u = gu.get(), dinp = gdinp.get(), dA = gdA.get();
+        std::vector<std::vector<float>> got;
+        got.push_back(gdinp.get());
+        for (int t = 0; t < n; t++) {
+            got.push_back(gu[t]->get());
+            got.push_back(gdA[t]->get());
+            delete gu[t];
+            delete gdA[t];
+        }
         if (rep == 0) {
-            const double eu = rel_error(u, u_want), ei = rel_error(dinp, dinp_want),
-                         ea = rel_error(dA, dA_want);
-            std::printf("  %s dropped_matmul N=%d in=%d r=%d p=%g%s: max rel error u %.3g, dinp "
-                        "%.3g, dA %.3g\n",
-                        prec, N, in, r, p, offset ? " misaligned" : "", eu, ei, ea);
+            double eu = 0.0, ea = 0.0;
+            const double ei = rel_error(got[0], dinp_want);
+            for (int t = 0; t < n; t++) {
+                eu = std::fmax(eu, rel_error(got[1 + 2 * t], u_want[t]));
+                ea = std::fmax(ea, rel_error(got[2 + 2 * t], dA_want[t]));
+            }
+            std::printf("  %s dropped_matmul N=%d in=%d r=%d n=%d p=%g%s%s: max rel error u %.3g, "
+                        "dinp %.3g, dA %.3g\n",
+                        prec, N, in, r, n, p, offset ? " misaligned" : "",
+                        skip_dA ? " one dA NULL" : "", eu, ei, ea);
             EXPECT(eu <= 1e-5 && ei <= 1e-5 && ea <= 1e-5,
-                   "%s dropped_matmul N=%d in=%d r=%d: errors %.3g %.3g %.3g", prec, N, in, r, eu,
-                   ei, ea);
-            u_first = u;
-            dinp_first = dinp;
-            dA_first = dA;
+                   "%s dropped_matmul N=%d in=%d r=%d n=%d: errors %.3g %.3g %.3g", prec, N, in, r,
+                   n, eu, ei, ea);
+            first = got;
         } else {
-            EXPECT(u == u_first && dinp == dinp_first && dA == dA_first,
-                   "%s dropped_matmul N=%d in=%d r=%d: a second run gave other bits", prec, N, in,
-                   r);
+            EXPECT(got == first, "%s dropped_matmul N=%d in=%d r=%d n=%d: a second run differs",
+                   prec, N, in, r, n);
         }
     }
-    { /* one gradient at a time: the other stays untouched (NULL) */
-        Dev gdinp(be, dinp0), gdA(be, dA0);
-        be->dropped_matmul_backward(be, nullptr, gdA.p, gdu.p, gx.p + lead, gA.p, N, in, r, p, seed,
-                                    stream, gscratch.p);
-        be->dropped_matmul_backward(be, gdinp.p, nullptr, gdu.p, gx.p + lead, gA.p, N, in, r, p,
-                                    seed, stream, gscratch.p);
-        expect_synced(be, "dropped_matmul (one gradient)");
-        EXPECT(gdA.get() == dA_first && gdinp.get() == dinp_first,
-               "%s dropped_matmul N=%d in=%d r=%d: one gradient alone differs", prec, N, in, r);
+    for (int t = 0; t < n; t++) {
+        delete gA[t];
+        delete gdu[t];
     }
 }
 
 static void check_dropped(const mg_backend *be, const char *prec) {
-    check_dropped_shape(be, 1, 1, 1, 0.5f, false, prec);
-    check_dropped_shape(be, 7, 13, 3, 0.1f, true, prec);
-    check_dropped_shape(be, 130, 64, 16, 0.05f, false, prec); /* two row blocks */
-    check_dropped_shape(be, 300, 600, 16, 0.3f, false, prec); /* column slices, row slices */
-    check_dropped_shape(be, 70, 520, 20, 0.05f, true, prec);  /* two rank tiles, misaligned */
-    check_dropped_shape(be, 257, 36, 40, 0.9f, false, prec);  /* rank beyond in/slices */
+    check_dropped_shape(be, 1, 1, 1, 1, 0.5f, false, false, prec);
+    check_dropped_shape(be, 7, 13, 3, 2, 0.1f, true, false, prec);
+    check_dropped_shape(be, 130, 64, 16, 3, 0.05f, false, true, prec);  /* two row blocks */
+    check_dropped_shape(be, 300, 600, 16, 1, 0.3f, false, false, prec); /* column, row slices */
+    check_dropped_shape(be, 300, 600, 16, 3, 0.3f, false, false, prec); /* the same, q/k/v */
+    check_dropped_shape(be, 70, 520, 20, 2, 0.05f, true, false, prec);  /* two rank tiles */
+    check_dropped_shape(be, 257, 36, 40, 3, 0.9f, false, true, prec);   /* rank beyond in */
 }
 
 static void check_memory_and_errors(const mg_backend *be) {

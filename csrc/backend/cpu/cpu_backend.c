@@ -153,26 +153,31 @@ static void cpu_dropout_backward(const mg_backend *be, float *dinp, const float 
     (void)be;
     dropout_backward(dinp, dout, n, p, seed, stream);
 }
-/* drop(x) into scratch, then OpenBLAS: the products of lora.c before the GPU fused them. */
-static void cpu_dropped_matmul_forward(const mg_backend *be, float *u, const float *x,
-                                       const float *A, int N, int in, int r, float p, uint64_t seed,
-                                       uint64_t stream, float *scratch) {
+/* Each drop_t(x) into scratch, then OpenBLAS: one product after another, as lora.c did before
+ * the GPU fused them. */
+static void cpu_dropped_matmul_forward(const mg_backend *be, const float *x, int N, int in, int r,
+                                       float p, uint64_t seed, const mg_dropped_product *prods,
+                                       int n, float *scratch) {
     (void)be;
-    dropout_forward(scratch, x, (long)N * in, p, seed, stream);
-    mg_sgemm(false, true, N, r, in, 1.0f, scratch, in, A, in, 0.0f, u, r);
-}
-static void cpu_dropped_matmul_backward(const mg_backend *be, float *dinp, float *dA,
-                                        const float *du, const float *x, const float *A, int N,
-                                        int in, int r, float p, uint64_t seed, uint64_t stream,
-                                        float *scratch) {
-    (void)be;
-    if (dA) {
-        dropout_forward(scratch, x, (long)N * in, p, seed, stream);
-        mg_sgemm(true, false, r, in, N, 1.0f, du, r, scratch, in, 1.0f, dA, in);
+    for (int t = 0; t < n; t++) {
+        dropout_forward(scratch, x, (long)N * in, p, seed, prods[t].stream);
+        mg_sgemm(false, true, N, r, in, 1.0f, scratch, in, prods[t].A, in, 0.0f, prods[t].u, r);
     }
-    if (dinp) {
-        mg_sgemm(false, false, N, in, r, 1.0f, du, r, A, in, 0.0f, scratch, in);
-        dropout_backward(dinp, scratch, (long)N * in, p, seed, stream);
+}
+static void cpu_dropped_matmul_backward(const mg_backend *be, float *dinp, const float *x, int N,
+                                        int in, int r, float p, uint64_t seed,
+                                        const mg_dropped_product *prods, int n, float *scratch) {
+    (void)be;
+    for (int t = 0; t < n; t++) {
+        const mg_dropped_product *d = &prods[t];
+        if (d->dA) {
+            dropout_forward(scratch, x, (long)N * in, p, seed, d->stream);
+            mg_sgemm(true, false, r, in, N, 1.0f, d->du, r, scratch, in, 1.0f, d->dA, in);
+        }
+        if (dinp) {
+            mg_sgemm(false, false, N, in, r, 1.0f, d->du, r, d->A, in, 0.0f, scratch, in);
+            dropout_backward(dinp, scratch, (long)N * in, p, seed, d->stream);
+        }
     }
 }
 static void cpu_cross_entropy(const mg_backend *be, float *logits, const int32_t *labels, long N,

@@ -62,12 +62,12 @@ void cuda_dropout_forward(const mg_backend *be, float *out, const float *inp, lo
                           uint64_t seed, uint64_t stream);
 void cuda_dropout_backward(const mg_backend *be, float *dinp, const float *dout, long n, float p,
                            uint64_t seed, uint64_t stream);
-void cuda_dropped_matmul_forward(const mg_backend *be, float *u, const float *x, const float *A,
-                                 int N, int in, int r, float p, uint64_t seed, uint64_t stream,
+void cuda_dropped_matmul_forward(const mg_backend *be, const float *x, int N, int in, int r,
+                                 float p, uint64_t seed, const mg_dropped_product *prods, int n,
                                  float *scratch);
-void cuda_dropped_matmul_backward(const mg_backend *be, float *dinp, float *dA, const float *du,
-                                  const float *x, const float *A, int N, int in, int r, float p,
-                                  uint64_t seed, uint64_t stream, float *scratch);
+void cuda_dropped_matmul_backward(const mg_backend *be, float *dinp, const float *x, int N, int in,
+                                  int r, float p, uint64_t seed, const mg_dropped_product *prods,
+                                  int n, float *scratch);
 void cuda_cross_entropy(const mg_backend *be, float *logits, const int32_t *labels, long N, int V,
                         float grad_scale, double *loss_sum, long *count);
 size_t cuda_infonce_scratch(const mg_backend *be, int n, int D);
