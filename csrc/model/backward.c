@@ -50,8 +50,13 @@ static void lora_grad_site(mg_lora_site *sites, int *n, const mg_model *m, const
         dA = gp.A;
         dB = gp.B;
     }
-    sites[(*n)++] = (mg_lora_site){pair, MG_DROP_STREAM_LORA(l, t),        NULL, 0, dout,
-                                   ldd,  train->acts->layers[l].lora_u[t], dA,   dB};
+    sites[(*n)++] = (mg_lora_site){.pair = pair,
+                                   .stream = MG_DROP_STREAM_LORA(l, t),
+                                   .dout = dout,
+                                   .ldd = ldd,
+                                   .u = train->acts->layers[l].lora_u[t],
+                                   .dA = dA,
+                                   .dB = dB};
 }
 
 /* LoRA backward of the n sites of layer l, which share the input inp; dinp += their input

@@ -72,8 +72,8 @@ static void lora_site(mg_lora_site *sites, int *n, const mg_model *m, int layer,
     const mg_lora_pair *pair = mg_lora_get(m->lora, layer, t);
     if (pair == NULL) return;
     float *u = train && train->acts ? train->acts->layers[layer].lora_u[t] : u_scratch;
-    sites[(*n)++] =
-        (mg_lora_site){pair, MG_DROP_STREAM_LORA(layer, t), out, ldo, NULL, 0, u, NULL, NULL};
+    sites[(*n)++] = (mg_lora_site){
+        .pair = pair, .stream = MG_DROP_STREAM_LORA(layer, t), .out = out, .ldo = ldo, .u = u};
 }
 
 /* Adds the LoRA updates of the n sites, which share the input inp. A pass that keeps no record
