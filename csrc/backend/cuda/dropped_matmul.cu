@@ -142,6 +142,21 @@ __global__ void sum_slices_kernel(float *out, const float *part, long len, int s
     }
 }
 
+/* Rows c .. c + rows of every du_t, ranks j0 .. j0 + kRankTile, into du_s (zeros beyond rows
+ * and r), between barriers: the block's previous chunk is consumed first. */
+template <int NT>
+__device__ inline void stage_du(mg_float4 (*du_s)[kRowChunk][kRankQuads], const Group &g, long c,
+                                int rows, int j0, int r) {
+    float *du_flat = &du_s[0][0][0].x;
+    __syncthreads();
+    for (int i = threadIdx.x; i < NT * kRowChunk * kRankTile; i += kThreads) {
+        const int tt = i / (kRowChunk * kRankTile), rr = i / kRankTile % kRowChunk,
+                  j = i % kRankTile;
+        du_flat[i] = (rr < rows && j0 + j < r) ? pick(g.du, tt)[(c + rr) * r + j0 + j] : 0.0f;
+    }
+    __syncthreads();
+}
+
 /* Weight gradients: dA_t[r, in] += du_t[N, r]^T drop_t(x). One thread per column of x (a warp
  * reads 32 consecutive floats of a row), looping over the rows of its slice blockIdx.y; each
  * element read feeds all NT products. The du_t rows are staged kRowChunk at a time. Partial sums
@@ -152,7 +167,6 @@ __global__ void __launch_bounds__(kThreads)
     dropped_dweight_kernel(Group g, float *part, const float *x, int N, int in, int r,
                            int rows_per_slice, float p, float keep_scale) {
     __shared__ mg_float4 du_s[NT][kRowChunk][kRankQuads];
-    float *du_flat = &du_s[0][0][0].x;
     const int t = threadIdx.x;
     const int k = blockIdx.x * kThreads + t;
     const int j0 = blockIdx.z * kRankTile;
@@ -164,13 +178,7 @@ __global__ void __launch_bounds__(kThreads)
             acc[tt][j] = 0.0f;
     for (long c = n_begin; c < n_end; c += kRowChunk) {
         const int rows = n_end - c < kRowChunk ? (int)(n_end - c) : kRowChunk;
-        __syncthreads(); /* the previous chunk is consumed */
-        for (int i = t; i < NT * kRowChunk * kRankTile; i += kThreads) {
-            const int tt = i / (kRowChunk * kRankTile), rr = i / kRankTile % kRowChunk,
-                      j = i % kRankTile;
-            du_flat[i] = (rr < rows && j0 + j < r) ? pick(g.du, tt)[(c + rr) * r + j0 + j] : 0.0f;
-        }
-        __syncthreads();
+        stage_du<NT>(du_s, g, c, rows, j0, r);
         if (k >= in) continue;
         int rr = 0;
         for (; rr + 4 <= rows; rr += 4) { /* four loads in flight */
@@ -211,7 +219,6 @@ __global__ void __launch_bounds__(kThreads)
     dropped_dinput_kernel(Group g, float *dinp, int N, int in, int r, int j0, float p,
                           float keep_scale) {
     __shared__ mg_float4 du_s[NT][kRowChunk][kRankQuads];
-    float *du_flat = &du_s[0][0][0].x;
     const int t = threadIdx.x;
     const int k = blockIdx.y * kThreads + t;
     float a[NT][kRankTile];
@@ -222,13 +229,7 @@ __global__ void __launch_bounds__(kThreads)
     const long n_end = n_begin + kRowsPerInputBlock < N ? n_begin + kRowsPerInputBlock : N;
     for (long c = n_begin; c < n_end; c += kRowChunk) {
         const int rows = n_end - c < kRowChunk ? (int)(n_end - c) : kRowChunk;
-        __syncthreads();
-        for (int i = t; i < NT * kRowChunk * kRankTile; i += kThreads) {
-            const int tt = i / (kRowChunk * kRankTile), rr = i / kRankTile % kRowChunk,
-                      j = i % kRankTile;
-            du_flat[i] = (rr < rows && j0 + j < r) ? pick(g.du, tt)[(c + rr) * r + j0 + j] : 0.0f;
-        }
-        __syncthreads();
+        stage_du<NT>(du_s, g, c, rows, j0, r);
         if (k >= in) continue;
         int rr = 0;
         for (; rr + 4 <= rows; rr += 4) { /* four read-modify-writes in flight */
