@@ -34,7 +34,7 @@ def test_magnet_preset_lowers_every_loss(stories, texts):
     r = stories.adapt(texts, steps=300, batch_size=4, seq_len=64, lr=3e-3, progress=False)
     assert len(r.history) == 300
     first, last = slice(0, 20), slice(-20, None)
-    # measured on this data: mntp 5.27 -> 4.02, sscl 0.97 -> 0.18, msg 4.42 -> 3.70
+    # measured on this data (stop 14): mntp 5.27 -> 4.08, sscl 1.07 -> 0.21, msg 4.47 -> 3.58
     assert _losses(r.history, "mntp", last) < _losses(r.history, "mntp", first) - 0.8
     assert _losses(r.history, "sscl", last) < _losses(r.history, "sscl", first) - 0.5
     assert _losses(r.history, "msg", last) < _losses(r.history, "msg", first) - 0.4
