@@ -275,6 +275,16 @@ int pack(Group *g, const mg_dropped_product *prods, int n, uint64_t seed, Use us
     return m;
 }
 
+/* outs[t] (= or +=, by accumulate) the sum over the slices of part[slice][t][len], t < NT: the
+ * partial sums of a split product, added in slice order. */
+template <int NT>
+void add_slices(const mg_backend *be, float *const (&outs)[MG_DROPPED_MAX], const float *part,
+                long len, long slices, int accumulate) {
+    for (int tt = 0; tt < NT; tt++)
+        MG_LAUNCH(sum_slices_kernel, mg_cuda_blocks(len, 256), 256, 0, be, outs[tt],
+                  part + tt * len, len, (int)slices, NT * len, accumulate);
+}
+
 template <int NT>
 void forward_n(const mg_backend *be, const Group &g, const float *x, int N, int in, int r, float p,
                float *scratch) {
@@ -292,11 +302,7 @@ void forward_n(const mg_backend *be, const Group &g, const float *x, int N, int 
     auto kernel = in % 4 == 0 && mg_aligned16(x) ? dropped_forward_kernel<NT, true>
                                                  : dropped_forward_kernel<NT, false>;
     MG_LAUNCH(kernel, grid, kThreads, 0, be, g, scratch, x, N, in, r, cols, p, keep_scale);
-    if (slices == 1) return;
-    const long len = (long)N * r;
-    for (int tt = 0; tt < NT; tt++)
-        MG_LAUNCH(sum_slices_kernel, mg_cuda_blocks(len, 256), 256, 0, be, g.u[tt],
-                  scratch + tt * len, len, (int)slices, NT * len, 0);
+    if (slices > 1) add_slices<NT>(be, g.u, scratch, (long)N * r, slices, 0);
 }
 
 template <int NT>
@@ -317,11 +323,7 @@ void dweight_n(const mg_backend *be, const Group &g, const float *x, int N, int 
     auto kernel = dropped_dweight_kernel<NT>;
     MG_LAUNCH(kernel, grid, kThreads, 0, be, g, scratch, x, N, in, r, rows_per_slice, p,
               dropout_keep_scale(p));
-    if (slices == 1) return;
-    const long len = (long)r * in;
-    for (int tt = 0; tt < NT; tt++)
-        MG_LAUNCH(sum_slices_kernel, mg_cuda_blocks(len, 256), 256, 0, be, g.dA[tt],
-                  scratch + tt * len, len, (int)slices, NT * len, 1);
+    if (slices > 1) add_slices<NT>(be, g.dA, scratch, (long)r * in, slices, 1);
 }
 
 template <int NT>
