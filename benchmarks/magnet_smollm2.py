@@ -89,12 +89,14 @@ def evaluate(model: Any, args: argparse.Namespace, data: Path, log: Any) -> dict
         return res  # a sentence encoder baseline: STS rows only
     dirs = {"conll2003": data / "conll2003", "conll2000": data / "conll2000",
             "ud": data / "ud_ewt"}
+    features: dict[Any, Any] = {}  # the CoNLL-2003 tasks share their sentences' vectors
     for task in PROBES:
         log(f"  probe {task}")
         res[task] = tasks.evaluate_tagging(model, task, dirs[task.split("-")[0]],
                                            max_sentences=args.max_sentences,
                                            max_test_sentences=args.max_test_sentences,
-                                           epochs=args.probe_epochs, seed=args.seed)
+                                           epochs=args.probe_epochs, seed=args.seed,
+                                           feature_cache=features)
     wiki = data / "wikitext2" / "wiki.test.tokens"
     log("  infill")
     res["infill"] = tasks.evaluate_infill(model, wiki, num_spans=args.num_spans, seed=args.seed)

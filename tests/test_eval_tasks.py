@@ -77,6 +77,21 @@ def test_tagging_probe_runs(model: magnet.Model) -> None:
         tasks.evaluate_tagging(model, "ner", FIX)
 
 
+def test_tagging_feature_cache_reuses_vectors(model: magnet.Model) -> None:
+    f = FIX / "conll2003.txt"
+    cache: dict = {}
+    kw = dict(train_path=f, test_path=f, epochs=5, lr=5e-2, progress=False)
+    first = tasks.evaluate_tagging(model, "conll2003-ner", feature_cache=cache, **kw)
+    assert len(cache) == 1  # train and test are the same sentences here: embedded once
+    cached_vecs = next(iter(cache.values()))[0]
+    pos_cached = tasks.evaluate_tagging(model, "conll2003-pos", feature_cache=cache, **kw)
+    assert len(cache) == 1 and next(iter(cache.values()))[0] is cached_vecs
+    pos_fresh = tasks.evaluate_tagging(model, "conll2003-pos", **kw)
+    assert pos_cached["accuracy"] == pos_fresh["accuracy"]
+    assert pos_cached["probe_loss"] == pos_fresh["probe_loss"]
+    assert first["train_words"] == pos_cached["train_words"]
+
+
 def test_infill_matches_a_direct_computation(model: magnet.Model) -> None:
     path = FIX / "wiki.tokens"
     window, n = 64, 3

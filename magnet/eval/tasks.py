@@ -200,12 +200,16 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
                      max_sentences: int | None = None, max_test_sentences: int | None = None,
                      epochs: int = 10, lr: float = 5e-3, batch_size: int = 128,
                      weight_decay: float = 0.0, seed: int = 0, embed_batch_size: int = 32,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True,
+                     feature_cache: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Train a linear probe on the train split's word vectors, score it on the test split.
 
     ``data``: the data set's directory (default file names per task), or give ``train_path`` and
     ``test_path``. ``max_sentences`` / ``max_test_sentences``: seeded random subsets (the test
     default is ``max_sentences``). IOB1 files are converted to IOB2 for training and scoring.
+    ``feature_cache``: a dict kept by the caller for one model and reused across calls; word
+    vectors of sentence lists already in it are not computed again (the three CoNLL-2003 tasks
+    read the same sentences, so they embed them once).
     Returns the score (x100) under ``score`` and ``f1``/``accuracy``, with counts.
     """
     if task not in TAGGING_TASKS:
@@ -225,8 +229,15 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
 
     def features(sents: list[TaggedSentence], desc: str
                  ) -> tuple[np.ndarray, list[list[str]], list[np.ndarray], int]:
-        vecs, kept = word_vectors(model, [s.words for s in sents], embed_batch_size,
-                                  progress=progress)
+        words = [s.words for s in sents]
+        # keyed by the words themselves (and the model): the tasks differ only in the tags
+        key = (id(model), embed_batch_size, tuple(tuple(w) for w in words))
+        if feature_cache is not None and key in feature_cache:
+            vecs, kept = feature_cache[key]
+        else:
+            vecs, kept = word_vectors(model, words, embed_batch_size, progress=progress)
+            if feature_cache is not None:
+                feature_cache[key] = (vecs, kept)
         labels = [[_tags(s, spec)[i] for i in k] for s, k in zip(sents, kept, strict=True)]
         dropped = sum(len(s.words) - len(k) for s, k in zip(sents, kept, strict=True))
         X = np.concatenate(vecs) if vecs else np.zeros((0, model.config.hidden_size),
