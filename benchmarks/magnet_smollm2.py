@@ -73,24 +73,49 @@ def minilm_encoder() -> tuple[Any, str]:
     return SentenceTransformer(str(path), device="cpu"), str(path)
 
 
-def evaluate(model: Any, args: argparse.Namespace, data: Path, log: Any) -> dict[str, Any]:
-    """Every task of the suite on one model; a dict task -> result."""
-    res: dict[str, Any] = {}
-    sts_sets = {"sts-b": data / "sts" / "stsbenchmark" / "sts-test.csv"}
+def sts_sets(args: argparse.Namespace, data: Path) -> dict[str, Path]:
+    """The STS files to score: STS-B test, plus SICK-R and SentEval years where given."""
+    sets = {"sts-b": data / "sts" / "stsbenchmark" / "sts-test.csv"}
     if args.sick:
-        sts_sets["sick-r"] = Path(args.sick)
+        sets["sick-r"] = Path(args.sick)
     for year in args.senteval or []:
-        sts_sets[Path(year).name.lower()] = Path(year)
-    for name, path in sts_sets.items():
-        log(f"  sts {name}")
-        res[f"sts:{name}"] = tasks.evaluate_sts(model, path, max_pairs=args.sts_max_pairs,
-                                                seed=args.seed)
-    if not hasattr(model, "hidden_states"):
+        sets[Path(year).name.lower()] = Path(year)
+    return sets
+
+
+def planned(args: argparse.Namespace, data: Path, decoder: bool) -> list[str]:
+    """The result keys ``evaluate`` produces: STS for every model; for a decoder also STS with
+    mean pooling (LLM2Vec's pooling), the probes, infilling, retention and repetition."""
+    keys = [f"sts:{name}" for name in sts_sets(args, data)]
+    if decoder:
+        keys += [f"sts-mean:{name}" for name in sts_sets(args, data)]
+        keys += [*PROBES, "infill", "retention", "repetition"]
+    return keys
+
+
+def evaluate(model: Any, args: argparse.Namespace, data: Path, log: Any,
+             have: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every task of the suite on one model; a dict task -> result. Tasks already in ``have``
+    (results saved by an earlier invocation) are kept, not run again."""
+    res: dict[str, Any] = dict(have or {})
+    decoder = hasattr(model, "hidden_states")
+    for name, path in sts_sets(args, data).items():
+        # the last token for every decoder (MAGNET's pooling), and the mean over the text's
+        # tokens (the pooling the llm2vec preset trains with and LLM2Vec evaluates with)
+        for key, pooling in ((f"sts:{name}", "last"), (f"sts-mean:{name}", "mean")):
+            if key in res or (pooling == "mean" and not decoder):
+                continue
+            log(f"  sts {name}" + (" (mean pooling)" if pooling == "mean" else ""))
+            res[key] = tasks.evaluate_sts(model, path, max_pairs=args.sts_max_pairs,
+                                          seed=args.seed, pooling=pooling)
+    if not decoder:
         return res  # a sentence encoder baseline: STS rows only
     dirs = {"conll2003": data / "conll2003", "conll2000": data / "conll2000",
             "ud": data / "ud_ewt"}
     features: dict[Any, Any] = {}  # the CoNLL-2003 tasks share their sentences' vectors
     for task in PROBES:
+        if task in res:
+            continue
         log(f"  probe {task}")
         res[task] = tasks.evaluate_tagging(model, task, dirs[task.split("-")[0]],
                                            max_sentences=args.max_sentences,
@@ -98,11 +123,17 @@ def evaluate(model: Any, args: argparse.Namespace, data: Path, log: Any) -> dict
                                            epochs=args.probe_epochs, seed=args.seed,
                                            feature_cache=features)
     wiki = data / "wikitext2" / "wiki.test.tokens"
-    log("  infill")
-    res["infill"] = tasks.evaluate_infill(model, wiki, num_spans=args.num_spans, seed=args.seed)
-    log("  retention")
-    res["retention"] = tasks.evaluate_retention(model, wiki, max_tokens=args.retention_tokens)
-    if hasattr(model, "generate"):
+    if "infill" not in res:
+        log("  infill")
+        res["infill"] = tasks.evaluate_infill(model, wiki, num_spans=args.num_spans,
+                                              seed=args.seed)
+    if "retention" not in res:
+        log("  retention")
+        res["retention"] = tasks.evaluate_retention(model, wiki,
+                                                    max_tokens=args.retention_tokens)
+    if "repetition" in res:
+        pass
+    elif hasattr(model, "generate"):
         log("  repetition")
         res["repetition"] = tasks.evaluate_repetition(model, wiki, num_prompts=args.num_prompts,
                                                       max_new_tokens=args.max_new_tokens,
@@ -162,8 +193,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     rows: list[tuple[str, list[str]]] = []
     sts_keys = sorted({k for r in results.values() for k in r if k.startswith("sts:")})
     for k in sts_keys:
-        rows.append((f"STS {k[4:]} (Spearman x100)",
+        rows.append((f"STS {k[4:]}, last token (Spearman x100)",
                      [fmt(results[n].get(k, {}).get("spearman")) for n in names]))
+        mean = f"sts-mean:{k[4:]}"
+        if any(mean in r for r in results.values()):
+            rows.append((f"STS {k[4:]}, mean pooling (Spearman x100)",
+                         [fmt(results[n].get(mean, {}).get("spearman")) for n in names]))
     for t in PROBES:
         metric = "accuracy" if t.endswith(("pos", "upos")) else "F1"
         rows.append((f"{t} probe ({metric} x100)",
@@ -254,48 +289,67 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     infos: dict[str, Any] = {}
 
-    def cached(name: str, make: Any) -> None:
+    def cached(name: str, get_model: Any, decoder: bool = True) -> None:
+        """Evaluate ``name`` on whatever its saved results lack (everything when none are
+        saved); ``get_model()`` loads it only when something is missing."""
         path = out / "results" / f"{name}.json"
-        if path.is_file() and not args.fresh:
+        have = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
+        missing = [k for k in planned(args, data, decoder) if k not in have]
+        if not missing:
             log(f"[{name}] results cached in {path}")
-            results[name] = json.loads(path.read_text())
+            results[name] = have
+            return
+        if have:
+            log(f"[{name}] saved results lack {', '.join(missing)}")
+        model = get_model()
+        if model is None:
+            log(f"[{name}] no saved model to evaluate them on; kept the saved results")
+            results[name] = have
             return
         t0 = time.perf_counter()
-        res = make()
-        res["_eval_wall_s"] = time.perf_counter() - t0
+        res = evaluate(model, args, data, log, have)
+        res["_eval_wall_s" if not have else "_topup_wall_s"] = time.perf_counter() - t0
         path.write_text(json.dumps(res, indent=2, default=float))
         results[name] = res
 
     log(f"base model {base_path}")
-    cached("base", lambda: evaluate(load(base_path, args), args, data, log))
+    cached("base", lambda: load(base_path, args))
     texts: list[str] | None = None
     for preset in [s for s in args.presets.split(",") if s]:
         res_path = out / "results" / f"{preset}.json"
         info_path = out / "models" / f"{preset}.json"
-        if res_path.is_file() and info_path.is_file() and not args.fresh:
-            # evaluated before (possibly on another machine: results_on_gpu.sh brings back
-            # the results without the model)
-            log(f"[{preset}] results cached in {res_path}")
-            results[preset] = json.loads(res_path.read_text())
-            infos[preset] = json.loads(info_path.read_text())
-            continue
         if args.fresh:
             import shutil
 
             shutil.rmtree(out / "models" / preset, ignore_errors=True)
             shutil.rmtree(out / "ckpt" / preset, ignore_errors=True)
-        if texts is None:
-            texts = training_texts(data, args.max_docs)
-            log(f"training text: {len(texts)} documents")
-        model, info = adapted(preset, base_path, texts, args, out, log)
-        infos[preset] = info
-        cached(preset, lambda m=model: evaluate(m, args, data, log))
+        elif res_path.is_file() and info_path.is_file():
+            # evaluated before (possibly on another machine: results_on_gpu.sh brings back
+            # the results without the model, which is then not adapted again)
+            infos[preset] = json.loads(info_path.read_text())
+            saved = out / "models" / preset
+
+            def saved_model(saved: Path = saved) -> magnet.Model | None:
+                return load(saved, args) if (saved / "config.json").is_file() else None
+
+            cached(preset, saved_model)
+            continue
+
+        def adapt_it(preset: str = preset) -> magnet.Model:
+            nonlocal texts
+            if texts is None:
+                texts = training_texts(data, args.max_docs)
+                log(f"training text: {len(texts)} documents")
+            model, infos[preset] = adapted(preset, base_path, texts, args, out, log)
+            return model
+
+        cached(preset, adapt_it)
     if not args.no_anchor:
         enc, where = minilm_encoder()
         if enc is None:
             log(f"all-MiniLM-L6-v2 {where}")
         else:
-            cached("all-MiniLM-L6-v2", lambda: evaluate(enc, args, data, log))
+            cached("all-MiniLM-L6-v2", lambda: enc, decoder=False)
     wall = time.perf_counter() - t_start
     command = "python " + " ".join(shlex.quote(a) for a in [
         os.path.relpath(__file__, ROOT), *sys.argv[1:]])
