@@ -95,51 +95,43 @@ def planned(args: argparse.Namespace, data: Path, decoder: bool) -> list[str]:
 
 def evaluate(model: Any, args: argparse.Namespace, data: Path, log: Any,
              have: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every task of the suite on one model; a dict task -> result. Tasks already in ``have``
+    """Every task of ``planned`` on one model; a dict task -> result. Tasks already in ``have``
     (results saved by an earlier invocation) are kept, not run again."""
     res: dict[str, Any] = dict(have or {})
-    decoder = hasattr(model, "hidden_states")
-    for name, path in sts_sets(args, data).items():
-        # the last token for every decoder (MAGNET's pooling), and the mean over the text's
-        # tokens (the pooling the llm2vec preset trains with and LLM2Vec evaluates with)
-        for key, pooling in ((f"sts:{name}", "last"), (f"sts-mean:{name}", "mean")):
-            if key in res or (pooling == "mean" and not decoder):
-                continue
-            log(f"  sts {name}" + (" (mean pooling)" if pooling == "mean" else ""))
-            res[key] = tasks.evaluate_sts(model, path, max_pairs=args.sts_max_pairs,
-                                          seed=args.seed, pooling=pooling)
-    if not decoder:
-        return res  # a sentence encoder baseline: STS rows only
+    sets = sts_sets(args, data)
     dirs = {"conll2003": data / "conll2003", "conll2000": data / "conll2000",
             "ud": data / "ud_ewt"}
-    features: dict[Any, Any] = {}  # the CoNLL-2003 tasks share their sentences' vectors
-    for task in PROBES:
-        if task in res:
-            continue
-        log(f"  probe {task}")
-        res[task] = tasks.evaluate_tagging(model, task, dirs[task.split("-")[0]],
-                                           max_sentences=args.max_sentences,
-                                           max_test_sentences=args.max_test_sentences,
-                                           epochs=args.probe_epochs, seed=args.seed,
-                                           feature_cache=features)
     wiki = data / "wikitext2" / "wiki.test.tokens"
-    if "infill" not in res:
-        log("  infill")
-        res["infill"] = tasks.evaluate_infill(model, wiki, num_spans=args.num_spans,
-                                              seed=args.seed)
-    if "retention" not in res:
-        log("  retention")
-        res["retention"] = tasks.evaluate_retention(model, wiki,
-                                                    max_tokens=args.retention_tokens)
-    if "repetition" in res:
-        pass
-    elif hasattr(model, "generate"):
-        log("  repetition")
-        res["repetition"] = tasks.evaluate_repetition(model, wiki, num_prompts=args.num_prompts,
-                                                      max_new_tokens=args.max_new_tokens,
-                                                      seed=args.seed)
-    else:
-        res["repetition"] = {"skipped": "this magnet has no Model.generate"}
+    features: dict[Any, Any] = {}  # the CoNLL-2003 tasks share their sentences' vectors
+
+    def run(key: str) -> dict[str, Any]:
+        kind, _, name = key.partition(":")
+        if kind in ("sts", "sts-mean"):
+            # the last token (MAGNET's pooling), and the mean over the text's tokens (the
+            # pooling the llm2vec preset trains with and LLM2Vec evaluates with)
+            pooling = "mean" if kind == "sts-mean" else "last"
+            log(f"  sts {name}" + (" (mean pooling)" if pooling == "mean" else ""))
+            return tasks.evaluate_sts(model, sets[name], max_pairs=args.sts_max_pairs,
+                                      seed=args.seed, pooling=pooling)
+        log(f"  {'probe ' if key in PROBES else ''}{key}")
+        if key in PROBES:
+            return tasks.evaluate_tagging(model, key, dirs[key.split("-")[0]],
+                                          max_sentences=args.max_sentences,
+                                          max_test_sentences=args.max_test_sentences,
+                                          epochs=args.probe_epochs, seed=args.seed,
+                                          feature_cache=features)
+        if key == "infill":
+            return tasks.evaluate_infill(model, wiki, num_spans=args.num_spans, seed=args.seed)
+        if key == "retention":
+            return tasks.evaluate_retention(model, wiki, max_tokens=args.retention_tokens)
+        if not hasattr(model, "generate"):
+            return {"skipped": "this magnet has no Model.generate"}
+        return tasks.evaluate_repetition(model, wiki, num_prompts=args.num_prompts,
+                                         max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+    for key in planned(args, data, decoder=hasattr(model, "hidden_states")):
+        if key not in res:
+            res[key] = run(key)
     return res
 
 

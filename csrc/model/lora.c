@@ -196,11 +196,9 @@ void lora_backward(const mg_backend *be, float *dinp, const mg_lora_site *sites,
         if (prods[t].dA)
             be->sgemm(be, true, false, r, in, N, 1.0f, prods[t].du, r, inp, in, 1.0f, prods[t].dA,
                       in);
-        if (dinp) {
-            be->sgemm(be, false, false, N, in, r, 1.0f, prods[t].du, r, prods[t].A, in, 0.0f, dx,
+        if (dinp) /* dinp += du A: the product adds in place (beta = 1) */
+            be->sgemm(be, false, false, N, in, r, 1.0f, prods[t].du, r, prods[t].A, in, 1.0f, dinp,
                       in);
-            be->add_inplace(be, dinp, dx, (long)N * in);
-        }
     }
 }
 
