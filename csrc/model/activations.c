@@ -4,6 +4,13 @@
 
 #include "../core/alloc.h"
 
+/* Every buffer starts on a 64-byte boundary (16 floats): the GPU kernels take their float4 paths
+ * and cuBLAS its aligned ones only on 16-byte aligned rows, and a size such as N * n_heads (9 heads
+ * for SmolLM2) would otherwise shift every buffer after it. */
+static size_t padded(size_t n) {
+    return (n + 15) & ~(size_t)15;
+}
+
 int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config *c,
                         const mg_lora *lora, long N, mg_error *err) {
     const size_t D = c->dim, F = c->hidden_dim, QD = (size_t)c->n_heads * c->head_dim;
@@ -12,8 +19,11 @@ int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config
     for (int t = 0; lora && t < MG_LORA_TARGETS; t++)
         n_lora += (lora->targets >> t) & 1;
     const size_t stats = be->attention_saves_stats ? (size_t)c->n_heads : 0;
-    const size_t per_row = 4 * D + 2 * QD + 3 * F + (size_t)n_lora * r + stats;
-    const size_t rows = (size_t)N * ((size_t)c->n_layers * per_row + 2 * D + 1);
+    const size_t tokens = (size_t)N;
+    const size_t per_layer = 4 * padded(tokens * D) + 2 * padded(tokens * QD) +
+                             padded(tokens * stats) + 3 * padded(tokens * F) +
+                             (size_t)n_lora * padded(tokens * r);
+    const size_t rows = (size_t)c->n_layers * per_layer + 2 * padded(tokens * D) + padded(tokens);
     if (a->block != NULL && (a->be != be || a->capacity < rows)) mg_activations_release(a);
     if (a->layers == NULL)
         a->layers =
@@ -31,7 +41,7 @@ int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config
     }
     a->N = N;
     float *p = a->block;
-#define TAKE(n) (p += (n), p - (n))
+#define TAKE(n) (p += padded(n), p - padded(n))
     for (int l = 0; l < c->n_layers; l++) {
         mg_layer_activations *L = &a->layers[l];
         L->x_in = TAKE(N * D);
