@@ -136,7 +136,7 @@ int main(void) {
             if (n == 1) continue;
             /* n independent single-threaded GEMMs at once; the rate counts all n. */
             mg_blas_set_num_threads(1);
-            double apart = 1e30;
+            double apart = 0; /* the slowest thread's best time (a max reduction) */
 #pragma omp parallel num_threads(n) reduction(max : apart)
             {
                 Gemm mine = gemm_new(M, N, K);
