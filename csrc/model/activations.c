@@ -11,19 +11,44 @@ static size_t padded(size_t n) {
     return (n + 15) & ~(size_t)15;
 }
 
+/* Walks the layout of N rows once: with base set, points every buffer into it; with base NULL,
+ * only counts. Returns the floats the layout takes, so the size and the pointers cannot drift. */
+static size_t lay_out(mg_activations *a, const mg_config *c, const mg_lora *lora, size_t N,
+                      size_t stats, float *base) {
+    const size_t D = c->dim, F = c->hidden_dim, QD = (size_t)c->n_heads * c->head_dim;
+    const size_t r = lora ? (size_t)lora->rank : 0;
+    size_t off = 0;
+    mg_layer_activations counting; /* where the pointers go while only counting */
+#define TAKE(n) (off += padded(n), base ? base + off - padded(n) : NULL)
+    for (int l = 0; l < c->n_layers; l++) {
+        mg_layer_activations *L = base ? &a->layers[l] : &counting;
+        L->x_in = TAKE(N * D);
+        L->h1 = TAKE(N * D);
+        L->q = TAKE(N * QD);
+        L->att = TAKE(N * QD);
+        L->att_stats = stats ? TAKE(N * stats) : NULL;
+        L->x_mid = TAKE(N * D);
+        L->h2 = TAKE(N * D);
+        L->gate = TAKE(N * F);
+        L->up = TAKE(N * F);
+        L->act = TAKE(N * F);
+        for (int t = 0; t < MG_LORA_TARGETS; t++)
+            L->lora_u[t] = lora && ((lora->targets >> t) & 1) ? TAKE(N * r) : NULL;
+    }
+    float *x_final = TAKE(N * D), *hidden = TAKE(N * D), *pos = TAKE(N);
+#undef TAKE
+    if (base) {
+        a->x_final = x_final;
+        a->hidden = hidden;
+        a->pos = (int *)pos;
+    }
+    return off;
+}
+
 int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config *c,
                         const mg_lora *lora, long N, mg_error *err) {
-    const size_t D = c->dim, F = c->hidden_dim, QD = (size_t)c->n_heads * c->head_dim;
-    size_t r = lora ? (size_t)lora->rank : 0;
-    int n_lora = 0;
-    for (int t = 0; lora && t < MG_LORA_TARGETS; t++)
-        n_lora += (lora->targets >> t) & 1;
     const size_t stats = be->attention_saves_stats ? (size_t)c->n_heads : 0;
-    const size_t tokens = (size_t)N;
-    const size_t per_layer = 4 * padded(tokens * D) + 2 * padded(tokens * QD) +
-                             padded(tokens * stats) + 3 * padded(tokens * F) +
-                             (size_t)n_lora * padded(tokens * r);
-    const size_t rows = (size_t)c->n_layers * per_layer + 2 * padded(tokens * D) + padded(tokens);
+    const size_t rows = lay_out(a, c, lora, (size_t)N, stats, NULL);
     if (a->block != NULL && (a->be != be || a->capacity < rows)) mg_activations_release(a);
     if (a->layers == NULL)
         a->layers =
@@ -40,27 +65,7 @@ int mg_activations_init(mg_activations *a, const mg_backend *be, const mg_config
         return err->code;
     }
     a->N = N;
-    float *p = a->block;
-#define TAKE(n) (p += padded(n), p - padded(n))
-    for (int l = 0; l < c->n_layers; l++) {
-        mg_layer_activations *L = &a->layers[l];
-        L->x_in = TAKE(N * D);
-        L->h1 = TAKE(N * D);
-        L->q = TAKE(N * QD);
-        L->att = TAKE(N * QD);
-        L->att_stats = stats ? TAKE(N * (long)stats) : NULL;
-        L->x_mid = TAKE(N * D);
-        L->h2 = TAKE(N * D);
-        L->gate = TAKE(N * F);
-        L->up = TAKE(N * F);
-        L->act = TAKE(N * F);
-        for (int t = 0; t < MG_LORA_TARGETS; t++)
-            L->lora_u[t] = lora && ((lora->targets >> t) & 1) ? TAKE(N * r) : NULL;
-    }
-    a->x_final = TAKE(N * D);
-    a->hidden = TAKE(N * D);
-    a->pos = (int *)TAKE(N);
-#undef TAKE
+    lay_out(a, c, lora, (size_t)N, stats, a->block);
     return MG_OK;
 }
 
