@@ -30,9 +30,16 @@ typedef struct {
 /* Largest head size the CPU kernel handles (checked when a model is built). */
 #define MG_ATT_MAX_HD 512
 
+/* Keys per row of the CPU kernel's transposed keys and scores: Tk rounded up to whole blocks
+ * of ATT_KEY_BLOCK, so that the score kernel runs whole register blocks over a row's last keys
+ * instead of a scalar loop (which took as long as the blocks at the causal rows' ragged ends
+ * and at the lengths of short sentences). */
+#define ATT_KEY_BLOCK 16
+#define ATT_PADDED_KEYS(Tk) (((size_t)(Tk) + ATT_KEY_BLOCK - 1) / ATT_KEY_BLOCK * ATT_KEY_BLOCK)
+
 /* Floats of scratch attention_forward needs. */
 #define ATTENTION_SCRATCH(B, Hkv, hd, Tk, threads)                                                 \
-    ((size_t)(B) * (Hkv) * (hd) * (Tk) + (size_t)(threads) * ATT_GROUP * (Tk))
+    (((size_t)(B) * (Hkv) * (hd) + (size_t)(threads) * ATT_GROUP) * ATT_PADDED_KEYS(Tk))
 
 /* out/q: [B, Tq, Hq, hd]; k/v: [B, kv_stride, Hkv, hd]; q_roles/q_seg: [B, Tq];
  * k_roles/k_seg: [B, kv_stride]. scratch: ATTENTION_SCRATCH(B, Hkv, hd, Tk, omp_get_max_threads()).
@@ -42,9 +49,9 @@ void attention_forward(float *out, const float *q, const float *k, const float *
                        const int32_t *k_seg, attention_shape s, float *scratch);
 
 /* Floats of scratch attention_backward needs: per thread, K and V of one (row, kv head)
- * transposed to [hd, Tk], and the probabilities and their gradients of one query group. */
+ * transposed to [hd, padded Tk], and the probabilities and their gradients of one query group. */
 #define ATTENTION_BACKWARD_SCRATCH(hd, Tk, threads)                                                \
-    ((size_t)(threads) * (2 * (size_t)(hd) * (Tk) + 2 * (size_t)ATT_GROUP * (Tk)))
+    ((size_t)(threads) * (2 * (size_t)(hd) + 2 * (size_t)ATT_GROUP) * ATT_PADDED_KEYS(Tk))
 
 /* Backward of attention_forward, same shapes and rule, accumulating into dq [B, Tq, Hq, hd] and
  * dk/dv [B, kv_stride, Hkv, hd] (any may be NULL). Each query's probabilities P are recomputed
