@@ -85,6 +85,39 @@ def test_matmul_few_rows_do_not_depend_on_their_neighbours(rng):
         assert np.array_equal(some, sixteen[16 - n:]), f"{n} rows changed with their neighbours"
 
 
+@pytest.mark.parametrize("N", [17, 150, 301])
+@pytest.mark.parametrize("n_in", [7, 37, 576, 600])
+@pytest.mark.parametrize("n_out", [1, 19, 200, 8193])
+def test_matmul_many_rows(rng, N, n_in, n_out):
+    """Past 16 rows the forward takes the packed GEMM (csrc/ops/packed_matmul.c), and past
+    MG_PACKED_MAX_COLS = 8192 columns OpenBLAS. The sizes cross every edge of the packed one:
+    rows past its 144-row block and not a multiple of its 6-row tile, columns not a multiple of
+    its 16-column tile, inputs shorter than its 8-wide packing, and inputs in several blocks (576
+    is three blocks of 192, 600 three of 200). Weights scaled as in a model (outputs of order
+    1), so that float32 rounding stays within the float64 reference's tolerance."""
+    x, w, dout = rand(rng, N, n_in), rand(rng, n_out, n_in, scale=n_in**-0.5), rand(rng, N, n_out)
+    b = rand(rng, n_out)
+    out, *_ = _C.op_matmul(x, w, b, dout)
+    close("matmul out", out, F.linear(leaf(x), leaf(w), leaf(b)))
+
+
+def test_matmul_many_rows_do_not_depend_on_the_batch_or_threads(rng):
+    """The packed GEMM sums every output in the same order whatever the batch and the thread
+    count: a slice of the rows gives bit-identical results alone, with one thread or several."""
+    x, w, dout = rand(rng, 300, 600), rand(rng, 200, 600), rand(rng, 300, 200)
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(1)
+        one, *_ = _C.op_matmul(x, w, None, dout)
+        _C.set_num_threads(3)
+        three, *_ = _C.op_matmul(x, w, None, dout)
+        part, *_ = _C.op_matmul(x[101:200], w, None, dout[101:200])
+    finally:
+        _C.set_num_threads(before)
+    assert np.array_equal(one, three), "the thread count changed the product"
+    assert np.array_equal(part, three[101:200]), "rows changed with the rest of the batch"
+
+
 # --- norms ----------------------------------------------------------------------------------
 
 

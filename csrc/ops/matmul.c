@@ -4,6 +4,7 @@
 #include <stddef.h>
 
 #include "../backend/cpu/blas.h"
+#include "packed_matmul.h"
 #include "skinny_matmul.h"
 
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
@@ -12,7 +13,10 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
         skinny_matmul_forward(out, inp, weight, bias, N, I, O, accumulate);
         return;
     }
-    mg_sgemm(false, true, N, O, I, 1.0f, inp, I, weight, I, accumulate ? 1.0f : 0.0f, out, O);
+    const bool packed =
+        O <= MG_PACKED_MAX_COLS && packed_matmul_forward(out, inp, weight, N, I, O, accumulate);
+    if (!packed)
+        mg_sgemm(false, true, N, O, I, 1.0f, inp, I, weight, I, accumulate ? 1.0f : 0.0f, out, O);
     if (bias == NULL) return;
 #pragma omp parallel for schedule(static) if (MG_WORTH_THREADS((long)N * O))
     for (int n = 0; n < N; n++) {
