@@ -25,13 +25,13 @@
  * columns) stay with OpenBLAS, which was 1.07x to 1.14x faster on them in the same runs. */
 #define MG_PACKED_MAX_COLS 8192
 
-    /* out[N, O] (= or +=, by accumulate) inp[N, I] @ weight[O, I]^T. Returns false, having written
-     * nothing, when this build has no AVX2 kernel or the packing buffers cannot be allocated; the
-     * caller then uses the BLAS. Must not be called from inside an OpenMP parallel region. Every
-     * output element is summed over I in the same order (the same blocks of I, each in ascending
-     * order) whatever N and the thread count are, so a row's result does not depend on the other
-     * rows of the call or on the threads. */
-    bool packed_matmul_forward(float *out, const float *inp, const float *weight, int N, int I,
-                               int O, bool accumulate);
+/* out[N, O] (= or +=, by accumulate) inp[N, I] @ weight[O, I]^T. Returns false, having written
+ * nothing, when this build has no AVX2 kernel or the packing buffers cannot be allocated; the
+ * caller then uses the BLAS. Must not be called from inside an OpenMP parallel region. Every
+ * output element is summed over I in the same order (the same blocks of I, each in ascending
+ * order) whatever N and the thread count are, so a row's result does not depend on the other
+ * rows of the call or on the threads. */
+bool packed_matmul_forward(float *out, const float *inp, const float *weight, int N, int I, int O,
+                           bool accumulate);
 
 #endif
