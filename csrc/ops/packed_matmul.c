@@ -165,8 +165,8 @@ static inline void load_rows8(__m256 r[8], const float *src, size_t ld, int rows
 }
 
 /* packed[p][k][j] = weight[p*NR + j][k] for the block's NR-column panels, zero past the last
- * column, so the micro-kernel reads NR contiguous floats per k. Eight k at a time through two
- * 8 x 8 transposes; a packing loop of scalar stores cost as much as a fifth of a small product. */
+ * column, so the micro-kernel reads NR contiguous floats per k. Eight k at a time, through two
+ * 8 x 8 transposes. */
 static void pack_weight(float *restrict packed, const float *restrict weight, int ldw, int nc,
                         int kc) {
     for (int p = 0; p < nc; p += NR) {
@@ -256,8 +256,10 @@ bool packed_matmul_forward(float *out, const float *inp, const float *weight, in
     /* each thread gets whole NR-column panels, at least one */
     const int panels = (O + NR - 1) / NR;
     if (threads > panels) threads = panels;
-    const int widest = (panels + threads - 1) / threads * NR;
-    const size_t w_floats = (size_t)KC * min_int(NC, widest);
+    /* room for a whole NC block of columns, whatever share of them a thread gets: OpenMP may
+     * run fewer threads than asked, and then each one's share is wider (pages a thread never
+     * touches are never backed) */
+    const size_t w_floats = (size_t)KC * min_int(NC, panels * NR);
     /* + the input packing's spill, rounded to keep every buffer 64-byte aligned */
     const size_t x_floats = (size_t)KC * MC + 16;
     const size_t per_thread = w_floats + x_floats;
