@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
+import pytest
 
 import magnet
 
@@ -68,3 +72,33 @@ def test_adapt_beside_inference_leaves_weights_as_a_serial_run(stories_dir):
             np.testing.assert_array_equal(ours[name], ref[name])
     finally:
         magnet.set_num_threads(magnet._C.cpu_count())
+
+
+# A product large enough for OpenBLAS to split into jobs that wait for each other, then the same
+# on more rows through the packed GEMM; prints the thread count magnet settled on.
+_THREADED_PRODUCTS = """
+import numpy as np
+import magnet
+from magnet import _C
+magnet.set_num_threads(2)
+rng = np.random.default_rng(0)
+for n in (300, 600):
+    x = rng.standard_normal((n, 600), dtype=np.float32)
+    w = rng.standard_normal((200, 600), dtype=np.float32)
+    d = rng.standard_normal((n, 200), dtype=np.float32)
+    _C.op_matmul(x, w, None, d)
+print(magnet.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("env, threads", [({"OMP_DYNAMIC": "true"}, "2"),
+                                          ({"OMP_THREAD_LIMIT": "1"}, "1")])
+def test_openmp_settings_do_not_hang_the_blas(env, threads):
+    """OpenBLAS's jobs run on an OpenMP team and wait for each other, so a team smaller than the
+    job count used to hang for ever: OMP_DYNAMIC=true let OpenMP hand out fewer threads, and
+    OMP_THREAD_LIMIT capped them below magnet's count. Both now finish, with OMP_THREAD_LIMIT
+    capping magnet's thread count."""
+    r = subprocess.run([sys.executable, "-c", _THREADED_PRODUCTS], env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == threads

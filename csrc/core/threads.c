@@ -12,6 +12,8 @@ int mg_cpu_count(void) {
 
 void mg_set_num_threads(int n) {
     if (n < 1) n = 1;
+    /* OpenMP never runs more threads than this, and OpenBLAS's jobs need a thread each */
+    if (n > omp_get_thread_limit()) n = omp_get_thread_limit();
     omp_set_num_threads(n);
     mg_blas_set_num_threads(n);
 }
