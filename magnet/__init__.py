@@ -22,7 +22,10 @@ SPAN = 1
 
 
 def set_num_threads(n: int) -> None:
-    """Set the worker threads used by magnet's C core (OpenMP loops and OpenBLAS)."""
+    """Set the worker threads used by magnet's C core (OpenMP loops and OpenBLAS).
+
+    The count is capped at ``OMP_THREAD_LIMIT`` when that is set (``get_num_threads`` reports
+    the count in use)."""
     if not isinstance(n, int) or isinstance(n, bool):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
     _C.set_num_threads(n)
