@@ -32,8 +32,8 @@ typedef struct {
 
 /* Keys per row of the CPU kernel's transposed keys and scores: Tk rounded up to whole blocks
  * of ATT_KEY_BLOCK, so that the score kernel runs whole register blocks over a row's last keys
- * instead of a scalar loop (which took as long as the blocks at the causal rows' ragged ends
- * and at the lengths of short sentences). */
+ * instead of a scalar loop (up to 15 keys per query group at a causal row's ragged end, and 9
+ * of a 25-token sentence's 25). */
 #define ATT_KEY_BLOCK 16
 #define ATT_PADDED_KEYS(Tk) (((size_t)(Tk) + ATT_KEY_BLOCK - 1) / ATT_KEY_BLOCK * ATT_KEY_BLOCK)
 
