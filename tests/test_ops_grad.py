@@ -89,8 +89,9 @@ def test_matmul_few_rows_do_not_depend_on_their_neighbours(rng):
 @pytest.mark.parametrize("n_in", [7, 37, 576, 600])
 @pytest.mark.parametrize("n_out", [1, 19, 200, 8193])
 def test_matmul_many_rows(rng, N, n_in, n_out):
-    """Past 16 rows the forward takes the packed GEMM (csrc/ops/packed_matmul.c), and past
-    MG_PACKED_MAX_COLS = 8192 columns OpenBLAS. The sizes cross every edge of the packed one:
+    """Past 16 rows the forward takes the packed GEMM (csrc/ops/packed_matmul.c; OpenBLAS in
+    builds for AVX-512), and past MG_PACKED_MAX_COLS = 8192 columns OpenBLAS. The sizes cross
+    every edge of the packed one:
     rows past its 144-row block and not a multiple of its 6-row tile, columns not a multiple of
     its 16-column tile, inputs shorter than its 8-wide packing, and inputs in several blocks (576
     is three blocks of 192, 600 three of 200). Weights scaled as in a model (outputs of order
@@ -101,6 +102,8 @@ def test_matmul_many_rows(rng, N, n_in, n_out):
     close("matmul out", out, F.linear(leaf(x), leaf(w), leaf(b)))
 
 
+@pytest.mark.skipif(not _C.HAS_PACKED_MATMUL,
+                    reason="this build uses OpenBLAS for many rows (no AVX2, or AVX-512)")
 def test_matmul_many_rows_do_not_depend_on_the_batch_or_threads(rng):
     """The packed GEMM sums every output in the same order whatever the batch and the thread
     count: a slice of the rows gives bit-identical results alone, with one thread or several."""

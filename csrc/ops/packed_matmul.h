@@ -14,8 +14,11 @@
 
 #include <stdbool.h>
 
-/* the micro-kernel is x86-64 assembly with AVX2 and FMA */
-#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+/* The micro-kernel is x86-64 assembly with AVX2 and FMA. A CPU with AVX-512 keeps OpenBLAS: its
+ * 512-bit sgemm kernels run twice as many FMAs per instruction as this 256-bit kernel (2-core
+ * Zen 5, benchmarks/packed_matmul.c: this GEMM at 0.48x to 0.58x of sgemm; the SmolLM2 forward
+ * 1.5x faster with OpenBLAS, docs/performance.md). */
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 #define MG_HAVE_PACKED_MATMUL 1
 #else
 #define MG_HAVE_PACKED_MATMUL 0

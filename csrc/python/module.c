@@ -2,10 +2,12 @@
 #define PY_ARRAY_UNIQUE_SYMBOL MAGNET_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
+#undef I /* <complex.h>, through NumPy, defines I; packed_matmul.h names a dimension I */
 
 #include "../backend/backend.h"
 #include "../backend/cpu/blas.h"
 #include "../core/threads.h"
+#include "../ops/packed_matmul.h"
 #include "bindings.h"
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
@@ -135,6 +137,11 @@ PyMODINIT_FUNC PyInit__C(void) {
     Py_INCREF(&MgpyGeneratorType);
     if (PyModule_AddObject(m, "Generator", (PyObject *)&MgpyGeneratorType) < 0) {
         Py_DECREF(&MgpyGeneratorType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* whether linear layers over many rows take our packed GEMM or OpenBLAS (tests read it) */
+    if (PyModule_AddIntConstant(m, "HAS_PACKED_MATMUL", MG_HAVE_PACKED_MATMUL) < 0) {
         Py_DECREF(m);
         return NULL;
     }
