@@ -17,7 +17,7 @@
 /* The micro-kernel is x86-64 assembly with AVX2 and FMA. A CPU with AVX-512 keeps OpenBLAS: its
  * 512-bit sgemm kernels run twice as many FMAs per instruction as this 256-bit kernel (2-core
  * Zen 5, benchmarks/packed_matmul.c: this GEMM at 0.48x to 0.58x of sgemm; the SmolLM2 forward
- * 1.5x faster with OpenBLAS, docs/performance.md). */
+ * 1.37x to 1.55x faster with OpenBLAS, docs/performance.md). */
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 #define MG_HAVE_PACKED_MATMUL 1
 #else
