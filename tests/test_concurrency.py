@@ -75,7 +75,8 @@ def test_adapt_beside_inference_leaves_weights_as_a_serial_run(stories_dir):
 
 
 # A product large enough for OpenBLAS to split into jobs that wait for each other, then the same
-# on more rows through the packed GEMM; prints the thread count magnet settled on.
+# on more rows (through the packed GEMM where the build has it, else OpenBLAS again); prints the
+# thread count magnet settled on.
 _THREADED_PRODUCTS = """
 import numpy as np
 import magnet

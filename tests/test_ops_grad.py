@@ -91,11 +91,11 @@ def test_matmul_few_rows_do_not_depend_on_their_neighbours(rng):
 def test_matmul_many_rows(rng, N, n_in, n_out):
     """Past 16 rows the forward takes the packed GEMM (csrc/ops/packed_matmul.c; OpenBLAS in
     builds for AVX-512), and past MG_PACKED_MAX_COLS = 8192 columns OpenBLAS. The sizes cross
-    every edge of the packed one:
-    rows past its 144-row block and not a multiple of its 6-row tile, columns not a multiple of
-    its 16-column tile, inputs shorter than its 8-wide packing, and inputs in several blocks (576
-    is three blocks of 192, 600 three of 200). Weights scaled as in a model (outputs of order
-    1), so that float32 rounding stays within the float64 reference's tolerance."""
+    every edge of the packed one: rows past its 144-row block and not a multiple of its 6-row
+    tile, columns not a multiple of its 16-column tile, inputs shorter than its 8-wide packing,
+    and inputs in several blocks (576 is three blocks of 192, 600 three of 200). Weights scaled
+    as in a model (outputs of order 1), so that float32 rounding stays within the float64
+    reference's tolerance."""
     x, w, dout = rand(rng, N, n_in), rand(rng, n_out, n_in, scale=n_in**-0.5), rand(rng, N, n_out)
     b = rand(rng, n_out)
     out, *_ = _C.op_matmul(x, w, b, dout)
