@@ -88,6 +88,22 @@ def test_max_length(stories):
         stories.embed("x", max_length=head - 1)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_last_pooling_equals_full_states(tmp_path, arch):
+    """Last-token pooling runs the last layer on each text's last row only (csrc/model/embed.c);
+    the vectors must equal the last rows of the full hidden states, LoRA attached, padding in
+    the batch."""
+    make_checkpoint(arch, tmp_path)
+    m = magnet.Model.from_pretrained(tmp_path)
+    m.tokenizer = word_tokenizer()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{i}" for i in rng.integers(5, 60, n)) for n in (3, 9, 1, 14, 6)]
+    m.adapt(texts * 4, steps=2, batch_size=4, seq_len=16, lr=1e-2, progress=False)
+    got = m.embed(texts, pooling="last", instruction="w40 w41", batch_size=3)
+    for i, t in enumerate(texts):
+        np.testing.assert_allclose(got[i], reference_sentence(m, t, "last", "w40 w41"), atol=1e-4)
+
+
 def test_no_bos_tokenizer_gpt2(tmp_path):
     make_checkpoint("gpt2", tmp_path)
     m = magnet.Model.from_pretrained(tmp_path)

@@ -42,8 +42,11 @@ int mg_model_embed(const mg_model *m, const int32_t *tokens, const int32_t *segm
         ranges[b] = (int64_t)b * T + start[b];
         ranges[B + b] = (int64_t)b * T + end[b];
     }
+    /* last-token pooling reads one row per text: the last layer runs on those rows alone, and
+     * the other rows' hidden states are never made */
+    const int last_only = mode == MG_POOL_LAST;
     /* hidden states, the sentence vectors (off the host only) and the staged ranges */
-    const size_t plan[] = {floats, mg_on_host(be) ? 0 : (size_t)B * D,
+    const size_t plan[] = {last_only ? 0 : floats, mg_on_host(be) ? 0 : (size_t)B * D,
                            mg_stage_bytes(be, 2 * (size_t)B * sizeof(int64_t)) / 4};
     mg_workspace ws;
     mg_kv_cache cache;
@@ -56,11 +59,19 @@ int mg_model_embed(const mg_model *m, const int32_t *tokens, const int32_t *segm
     float *hidden = mg_workspace_floats(&ws, plan[0], err);
     float *vecs = mg_on_host(be) ? out : mg_workspace_floats(&ws, plan[1], err);
     void *ranges_dev = mg_workspace_floats(&ws, plan[2], err);
+    if (last_only) /* the rows to keep: each text's last token */
+        for (int b = 0; b < B; b++)
+            ranges[b] = ranges[B + b] - 1;
     if (err->code == MG_OK && mg_kv_cache_init(&cache, be, &m->config, B, T, 1, err) == MG_OK &&
-        mg_model_step(m, &cache, tokens, roles, segments, pos, B, T, hidden, NULL, 0, err) ==
-            MG_OK) {
-        const int64_t *d_ranges = mg_stage(be, ranges_dev, ranges, 2 * (size_t)B * sizeof(int64_t));
-        be->range_pool_forward(be, vecs, hidden, d_ranges, d_ranges + B, B, D, mode);
+        (last_only ? mg_model_step_rows(m, &cache, tokens, roles, segments, pos, B, T, ranges, B,
+                                        vecs, NULL, err)
+                   : mg_model_step(m, &cache, tokens, roles, segments, pos, B, T, hidden, NULL, 0,
+                                   err)) == MG_OK) {
+        if (!last_only) {
+            const int64_t *d_ranges =
+                mg_stage(be, ranges_dev, ranges, 2 * (size_t)B * sizeof(int64_t));
+            be->range_pool_forward(be, vecs, hidden, d_ranges, d_ranges + B, B, D, mode);
+        }
         if (normalize) be->l2_normalize_rows(be, vecs, B, D);
         if (!mg_on_host(be)) be->download(be, out, vecs, (size_t)B * D * sizeof(float));
         be->sync(be, err);

@@ -141,23 +141,30 @@ static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, cons
                   cache->capacity, cache->length);
 }
 
-int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
-                  const uint8_t *roles, const int32_t *segments, const int *positions, int B,
-                  int Tq, float *hidden_out, float *logits_out, int logits_last_only,
-                  mg_error *err) {
-    return mg_model_step_ex(m, cache, tokens, roles, segments, positions, B, Tq, hidden_out,
-                            logits_out, logits_last_only, NULL, err);
-}
-
-int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
-                     const uint8_t *roles, const int32_t *segments, const int *positions, int B,
-                     int Tq, float *hidden_out, float *logits_out, int logits_last_only,
-                     const mg_train_pass *train, mg_error *err) {
+/* One step (see mg_model_step_ex). With keep_rows (host, n_keep flat row indices into the
+ * B x Tq tokens), only those rows leave the last layer: its keys and values and its attention
+ * run for every row, as the cache and the other queries need them, but the output projection,
+ * the MLP, the final norm and the LM head run on the kept rows alone, which is exact because
+ * those are row-wise. hidden_out and logits_out then hold n_keep rows. Not for training. */
+static int model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                      const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                      int Tq, float *hidden_out, float *logits_out, int logits_last_only,
+                      const int64_t *keep_rows, int n_keep, const mg_train_pass *train,
+                      mg_error *err) {
     const mg_backend *be = m->be;
     const mg_config *c = &m->config;
     const mg_params *p = &m->params;
     if (validate_step(m, cache, tokens, roles, segments, positions, B, Tq, err) != MG_OK)
         return err->code;
+    if (keep_rows != NULL) {
+        if (train != NULL || logits_last_only || n_keep <= 0)
+            return mg_fail(err, MG_ERR_VALUE, "internal: kept rows need an inference pass");
+        for (int i = 0; i < n_keep; i++)
+            if (keep_rows[i] < 0 || keep_rows[i] >= (int64_t)B * Tq)
+                return mg_fail(err, MG_ERR_VALUE, "internal: kept row %lld is outside %d x %d",
+                               (long long)keep_rows[i], B, Tq);
+    }
+    const long K = keep_rows ? n_keep : 0;
     if (cache->be != be)
         return mg_fail(err, MG_ERR_VALUE, "internal: the cache lives on another backend");
     mg_activations *rec = train ? train->acts : NULL;
@@ -179,21 +186,27 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
         /* host arrays staged into backend memory (none on the CPU) */
         mg_stage_bytes(be, (size_t)N * 4) / 4, rec ? 0 : mg_stage_bytes(be, (size_t)N * 4) / 4,
         mg_stage_bytes(be, (size_t)N * 4) / 4, mg_stage_bytes(be, (size_t)N * 4) / 4,
-        mg_stage_bytes(be, (size_t)B * 8) / 4};
+        mg_stage_bytes(be, (size_t)B * 8) / 4,
+        /* the kept rows: their attention outputs and residual stream, indices, segments */
+        (size_t)K * QD, (size_t)K * D, mg_stage_bytes(be, (size_t)K * 8) / 4,
+        mg_stage_bytes(be, (size_t)K * 4) / 4};
     size_t bytes = 0;
     for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         bytes += mg_arena_floats_bytes(plan[i]);
     int32_t *ids_host = mg_alloc_uninit((size_t)N, sizeof(int32_t), "token ids", err);
     int64_t *last_rows = mg_alloc_uninit((size_t)B, sizeof(int64_t), "last rows", err);
+    int32_t *keep_segs = K ? mg_alloc_uninit((size_t)K, sizeof(int32_t), "kept rows", err) : NULL;
     if (err->code != MG_OK) {
         mg_free(ids_host);
         mg_free(last_rows);
+        mg_free(keep_segs);
         return err->code;
     }
     mg_workspace ws;
     if (mg_workspace_init(&ws, be, bytes, err) != 0) {
         mg_free(ids_host);
         mg_free(last_rows);
+        mg_free(keep_segs);
         return err->code;
     }
     float *x = mg_workspace_floats(&ws, plan[0], err);
@@ -216,6 +229,10 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
     void *roles_dev = mg_workspace_floats(&ws, plan[15], err);
     void *segs_dev = mg_workspace_floats(&ws, plan[16], err);
     void *last_dev = mg_workspace_floats(&ws, plan[17], err);
+    float *keep_att = mg_workspace_floats(&ws, plan[18], err);
+    float *keep_x = mg_workspace_floats(&ws, plan[19], err);
+    void *keep_dev = mg_workspace_floats(&ws, plan[20], err);
+    void *keep_segs_dev = mg_workspace_floats(&ws, plan[21], err);
     if (err->code != MG_OK) goto done;
 
     for (long n = 0; n < N; n++)
@@ -226,6 +243,14 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
     if (rec && mg_on_host(be)) memcpy(rec->pos, positions, (size_t)N * sizeof(int));
     const uint8_t *q_roles = mg_stage(be, roles_dev, roles, (size_t)N);
     const int32_t *q_segs = mg_stage(be, segs_dev, segments, (size_t)N * 4);
+    const int64_t *keep_idx = NULL;
+    const int32_t *keep_q_segs = NULL;
+    if (K) {
+        for (long i = 0; i < K; i++)
+            keep_segs[i] = segments[keep_rows[i]];
+        keep_idx = mg_stage(be, keep_dev, keep_rows, (size_t)K * 8);
+        keep_q_segs = mg_stage(be, keep_segs_dev, keep_segs, (size_t)K * 4);
+    }
     /* the keys' roles and segments join the cache (copies within the backend: no host waits) */
     for (int b = 0; b < B; b++) {
         be->copy(be, cache->roles + (long)b * cache->capacity + cache->length,
@@ -237,6 +262,7 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
     const int gpt2 = c->arch == MG_ARCH_GPT2;
     be->embedding_forward(be, x, ids, pos, p->tok_embeddings, gpt2 ? p->pos_embeddings : NULL,
                           (int)N, D);
+    long Nl = N; /* rows after each layer's attention */
     for (int l = 0; l < c->n_layers; l++) {
         const mg_layer_params *L = &p->layers[l];
         mg_layer_activations *R = rec ? &rec->layers[l] : NULL;
@@ -262,40 +288,49 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
                               mg_kv_cache_rows(cache, cache->v, slot, 0), q_roles, q_segs,
                               cache->roles, cache->segments, shape, R ? R->att_stats : NULL,
                               scratch);
-        be->matmul_forward(be, tmp, att, L->wo, L->bo, (int)N, QD, D, false);
-        apply_lora_one(tmp, D, att, (int)N, m, l, MG_LORA_O, train, drop_buf, u_scratch);
-        residual_add(be, x, tmp, N * D, train, MG_DROP_STREAM_ATTN(l));
-        if (R) be->copy(be, R->x_mid, x, sizeof(float) * N * D);
+        float *att_in = att;
+        if (K && l == c->n_layers - 1) {
+            /* the last layer goes on with the kept rows only (see model_step) */
+            be->gather_rows(be, keep_att, att, keep_idx, K, QD);
+            be->gather_rows(be, keep_x, x, keep_idx, K, D);
+            att_in = keep_att;
+            x = keep_x;
+            Nl = K;
+        }
+        be->matmul_forward(be, tmp, att_in, L->wo, L->bo, (int)Nl, QD, D, false);
+        apply_lora_one(tmp, D, att_in, (int)Nl, m, l, MG_LORA_O, train, drop_buf, u_scratch);
+        residual_add(be, x, tmp, Nl * D, train, MG_DROP_STREAM_ATTN(l));
+        if (R) be->copy(be, R->x_mid, x, sizeof(float) * Nl * D);
 
         if (gpt2) {
-            be->layernorm_forward(be, h2, x, L->mlp_norm_w, L->mlp_norm_b, (int)N, D, c->norm_eps);
-            be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)N, D, F, false);
-            apply_lora_one(up, F, h2, (int)N, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
-            if (act != up) be->copy(be, act, up, sizeof(float) * N * F);
-            be->gelu_tanh_forward(be, act, N * F);
+            be->layernorm_forward(be, h2, x, L->mlp_norm_w, L->mlp_norm_b, (int)Nl, D, c->norm_eps);
+            be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)Nl, D, F, false);
+            apply_lora_one(up, F, h2, (int)Nl, m, l, MG_LORA_UP, train, drop_buf, u_scratch);
+            if (act != up) be->copy(be, act, up, sizeof(float) * Nl * F);
+            be->gelu_tanh_forward(be, act, Nl * F);
         } else {
-            be->rmsnorm_forward(be, h2, x, L->mlp_norm_w, (int)N, D, c->norm_eps);
-            be->matmul_forward(be, gate, h2, L->w_gate, L->b_gate, (int)N, D, F, false);
-            be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)N, D, F, false);
+            be->rmsnorm_forward(be, h2, x, L->mlp_norm_w, (int)Nl, D, c->norm_eps);
+            be->matmul_forward(be, gate, h2, L->w_gate, L->b_gate, (int)Nl, D, F, false);
+            be->matmul_forward(be, up, h2, L->w_up, L->b_up, (int)Nl, D, F, false);
             mg_lora_site sites[2];
             int n = 0;
             lora_site(sites, &n, m, l, MG_LORA_GATE, gate, F, train, u_scratch);
             lora_site(sites, &n, m, l, MG_LORA_UP, up, F, train, u_scratch);
-            apply_lora(m, sites, n, h2, (int)N, train, drop_buf);
-            be->swiglu_forward(be, act, gate, up, N * F);
+            apply_lora(m, sites, n, h2, (int)Nl, train, drop_buf);
+            be->swiglu_forward(be, act, gate, up, Nl * F);
         }
-        be->matmul_forward(be, tmp, act, L->w_down, L->b_down, (int)N, F, D, false);
-        apply_lora_one(tmp, D, act, (int)N, m, l, MG_LORA_DOWN, train, drop_buf, u_scratch);
-        residual_add(be, x, tmp, N * D, train, MG_DROP_STREAM_MLP(l));
+        be->matmul_forward(be, tmp, act, L->w_down, L->b_down, (int)Nl, F, D, false);
+        apply_lora_one(tmp, D, act, (int)Nl, m, l, MG_LORA_DOWN, train, drop_buf, u_scratch);
+        residual_add(be, x, tmp, Nl * D, train, MG_DROP_STREAM_MLP(l));
     }
-    if (rec) be->copy(be, rec->x_final, x, sizeof(float) * N * D);
+    if (rec) be->copy(be, rec->x_final, x, sizeof(float) * Nl * D);
     if (gpt2)
-        be->layernorm_forward(be, hidden, x, p->final_norm_w, p->final_norm_b, (int)N, D,
+        be->layernorm_forward(be, hidden, x, p->final_norm_w, p->final_norm_b, (int)Nl, D,
                               c->norm_eps);
     else
-        be->rmsnorm_forward(be, hidden, x, p->final_norm_w, (int)N, D, c->norm_eps);
-    be->zero_padding_rows(be, hidden, q_segs, N, D);
-    if (rec && hidden != rec->hidden) be->copy(be, rec->hidden, hidden, sizeof(float) * N * D);
+        be->rmsnorm_forward(be, hidden, x, p->final_norm_w, (int)Nl, D, c->norm_eps);
+    be->zero_padding_rows(be, hidden, K ? keep_q_segs : q_segs, Nl, D);
+    if (rec && hidden != rec->hidden) be->copy(be, rec->hidden, hidden, sizeof(float) * Nl * D);
     if (logits_out != NULL && logits_last_only) {
         for (int b = 0; b < B; b++)
             last_rows[b] = (int64_t)b * Tq + Tq - 1;
@@ -303,15 +338,54 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
         be->gather_rows(be, last, hidden, rows, B, D);
         be->matmul_forward(be, logits_out, last, p->lm_head, NULL, B, D, V, false);
     } else if (logits_out != NULL) {
-        be->matmul_forward(be, logits_out, hidden, p->lm_head, NULL, (int)N, D, V, false);
-        be->zero_padding_rows(be, logits_out, q_segs, N, V);
+        be->matmul_forward(be, logits_out, hidden, p->lm_head, NULL, (int)Nl, D, V, false);
+        be->zero_padding_rows(be, logits_out, K ? keep_q_segs : q_segs, Nl, V);
     }
     if (be->sync(be, err) == MG_OK) cache->length += Tq;
 done:
     mg_workspace_release(&ws);
     mg_free(ids_host);
     mg_free(last_rows);
+    mg_free(keep_segs);
     return err->code;
+}
+
+int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                  const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                  int Tq, float *hidden_out, float *logits_out, int logits_last_only,
+                  mg_error *err) {
+    return mg_model_step_ex(m, cache, tokens, roles, segments, positions, B, Tq, hidden_out,
+                            logits_out, logits_last_only, NULL, err);
+}
+
+int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                     const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                     int Tq, float *hidden_out, float *logits_out, int logits_last_only,
+                     const mg_train_pass *train, mg_error *err) {
+    if (logits_last_only && logits_out != NULL && hidden_out == NULL && train == NULL && Tq > 1 &&
+        B > 0) {
+        /* nobody reads the other rows' states: the last layer runs on the last rows alone */
+        int64_t *last = mg_alloc_uninit((size_t)B, sizeof(int64_t), "last rows", err);
+        if (last == NULL) return err->code;
+        for (int b = 0; b < B; b++)
+            last[b] = (int64_t)b * Tq + Tq - 1;
+        model_step(m, cache, tokens, roles, segments, positions, B, Tq, NULL, logits_out, 0, last,
+                   B, NULL, err);
+        mg_free(last);
+        return err->code;
+    }
+    return model_step(m, cache, tokens, roles, segments, positions, B, Tq, hidden_out, logits_out,
+                      logits_last_only, NULL, 0, train, err);
+}
+
+int mg_model_step_rows(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                       const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                       int Tq, const int64_t *keep_rows, int n_keep, float *hidden_out,
+                       float *logits_out, mg_error *err) {
+    if (keep_rows == NULL)
+        return mg_fail(err, MG_ERR_VALUE, "internal: mg_model_step_rows needs rows to keep");
+    return model_step(m, cache, tokens, roles, segments, positions, B, Tq, hidden_out, logits_out,
+                      0, keep_rows, n_keep, NULL, err);
 }
 
 int mg_model_forward(const mg_model *m, const int32_t *tokens, const uint8_t *roles,

@@ -163,8 +163,9 @@ int mg_generator_append(mg_generator *g, const int32_t *tokens, const uint8_t *r
     const size_t N = (size_t)g->B * T;
     const mg_backend *be = g->model->be;
     int *pos = mg_alloc_uninit(N, sizeof(int), "positions", err);
-    float *hidden = NULL;
-    if (err->code == MG_OK) hidden = be->alloc(be, N * g->D * sizeof(float), "states", err);
+    float *hidden = NULL; /* the states of every new token, only for a session that keeps them */
+    if (err->code == MG_OK && g->hidden != NULL)
+        hidden = be->alloc(be, N * g->D * sizeof(float), "states", err);
     if (err->code == MG_OK) {
         for (size_t n = 0; n < N; n++)
             pos[n] = segments[n] < 0 ? 0 : positions[n];

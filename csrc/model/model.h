@@ -65,6 +65,16 @@ int mg_model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
                   int Tq, float *hidden_out, float *logits_out, int logits_last_only,
                   mg_error *err);
 
+/* mg_model_step for a caller that needs the outputs of some rows only: keep_rows (host, n_keep
+ * flat indices into the B x Tq tokens) pick them, and hidden_out [n_keep, D] and
+ * logits_out [n_keep, V] (either may be NULL) hold them in that order. Every row still updates
+ * the cache and is seen by the others; the last layer's row-wise work runs on the kept rows only.
+ */
+int mg_model_step_rows(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
+                       const uint8_t *roles, const int32_t *segments, const int *positions, int B,
+                       int Tq, const int64_t *keep_rows, int n_keep, float *hidden_out,
+                       float *logits_out, mg_error *err);
+
 struct mg_train_pass_s;
 
 /* mg_model_step with training settings: dropout, and recording activations for the backward
