@@ -164,7 +164,11 @@ static int model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *toke
                 return mg_fail(err, MG_ERR_VALUE, "internal: kept row %lld is outside %d x %d",
                                (long long)keep_rows[i], B, Tq);
     }
-    const long K = keep_rows ? n_keep : 0;
+    /* a caller that reads only the last rows' logits, and no states, needs no other rows out of
+     * the last layer either: those rows are kept (one token per row gains nothing) */
+    const int last_only = keep_rows == NULL && logits_last_only && logits_out != NULL &&
+                          hidden_out == NULL && train == NULL && Tq > 1;
+    const long K = keep_rows ? n_keep : last_only ? B : 0;
     if (cache->be != be)
         return mg_fail(err, MG_ERR_VALUE, "internal: the cache lives on another backend");
     mg_activations *rec = train ? train->acts : NULL;
@@ -234,6 +238,12 @@ static int model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *toke
     void *keep_dev = mg_workspace_floats(&ws, plan[20], err);
     void *keep_segs_dev = mg_workspace_floats(&ws, plan[21], err);
     if (err->code != MG_OK) goto done;
+    for (int b = 0; b < B; b++)
+        last_rows[b] = (int64_t)b * Tq + Tq - 1;
+    if (last_only) { /* the kept rows' logits are then the last rows' */
+        keep_rows = last_rows;
+        logits_last_only = 0;
+    }
 
     for (long n = 0; n < N; n++)
         ids_host[n] = segments[n] < 0 ? 0 : tokens[n];
@@ -332,8 +342,6 @@ static int model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *toke
     be->zero_padding_rows(be, hidden, K ? keep_q_segs : q_segs, Nl, D);
     if (rec && hidden != rec->hidden) be->copy(be, rec->hidden, hidden, sizeof(float) * Nl * D);
     if (logits_out != NULL && logits_last_only) {
-        for (int b = 0; b < B; b++)
-            last_rows[b] = (int64_t)b * Tq + Tq - 1;
         const int64_t *rows = mg_stage(be, last_dev, last_rows, (size_t)B * 8);
         be->gather_rows(be, last, hidden, rows, B, D);
         be->matmul_forward(be, logits_out, last, p->lm_head, NULL, B, D, V, false);
@@ -362,18 +370,6 @@ int mg_model_step_ex(const mg_model *m, mg_kv_cache *cache, const int32_t *token
                      const uint8_t *roles, const int32_t *segments, const int *positions, int B,
                      int Tq, float *hidden_out, float *logits_out, int logits_last_only,
                      const mg_train_pass *train, mg_error *err) {
-    if (logits_last_only && logits_out != NULL && hidden_out == NULL && train == NULL && Tq > 1 &&
-        B > 0) {
-        /* nobody reads the other rows' states: the last layer runs on the last rows alone */
-        int64_t *last = mg_alloc_uninit((size_t)B, sizeof(int64_t), "last rows", err);
-        if (last == NULL) return err->code;
-        for (int b = 0; b < B; b++)
-            last[b] = (int64_t)b * Tq + Tq - 1;
-        model_step(m, cache, tokens, roles, segments, positions, B, Tq, NULL, logits_out, 0, last,
-                   B, NULL, err);
-        mg_free(last);
-        return err->code;
-    }
     return model_step(m, cache, tokens, roles, segments, positions, B, Tq, hidden_out, logits_out,
                       logits_last_only, NULL, 0, train, err);
 }
