@@ -29,6 +29,9 @@ ARCH_CONFIGS = {
                   max_position_embeddings=128, tie_word_embeddings=True),
     "gpt2": dict(model_type="gpt2", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
                  n_positions=64, bos_token_id=0, eos_token_id=0),
+    "gpt2-untied": dict(model_type="gpt2", vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                        n_positions=64, bos_token_id=0, eos_token_id=0,
+                        tie_word_embeddings=False),
 }
 
 

@@ -98,3 +98,29 @@ def test_sliding_window_longer_than_input_is_rejected(tmp_path):
     m.logits(np.zeros(64, np.int64))  # exactly the window: fine
     with pytest.raises(ValueError, match="sliding window"):
         m.logits(np.zeros(65, np.int64))
+
+
+def test_untied_gpt2_head_survives_save(tmp_path):
+    """GPT-2 with its own lm_head: loaded, used and saved as such (not tied to wte)."""
+    import torch
+
+    make_checkpoint("gpt2-untied", tmp_path / "src")
+    m = magnet.Model.from_pretrained(tmp_path / "src")
+    assert not m.config.tie_word_embeddings
+    m.save_pretrained(tmp_path / "saved")
+    ref = __import__("transformers").AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    ids = np.arange(20) % VOCAB
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.as_tensor(ids[None])).logits[0].numpy()
+    assert np.abs(m.logits(ids) - theirs).max() < TOL
+
+
+def test_smollm3_layers_without_rope_are_rejected(tmp_path):
+    import json
+
+    cfg = dict(model_type="smollm3", vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
+               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+               max_position_embeddings=128)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="layers without RoPE"):
+        magnet.Model.from_pretrained(tmp_path)

@@ -106,7 +106,7 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
             intermediate_size=int(cfg.get("n_inner") or 4 * d),
             max_positions=int(cfg["n_positions"]),
             norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
-            tie_word_embeddings=True,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=cfg.get("eos_token_id"),
             model_type=model_type,
@@ -117,6 +117,15 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
             f"unsupported model_type {model_type!r}: magnet supports "
             f"{', '.join(LLAMA_FAMILY)} and gpt2"
         )
+    if model_type == "smollm3":
+        n_layers = int(cfg["num_hidden_layers"])
+        rope_layers = cfg.get("no_rope_layers")  # 1 = the layer uses RoPE, 0 = it does not
+        if rope_layers is None:  # transformers' default: every interval-th layer without RoPE
+            interval = int(cfg.get("no_rope_layer_interval") or 4)
+            rope_layers = [int((i + 1) % interval != 0) for i in range(n_layers)]
+        if not isinstance(rope_layers, list) or not all(rope_layers):
+            raise ValueError("unsupported SmolLM3 config: layers without RoPE (no_rope_layers "
+                             f"{rope_layers}); magnet applies RoPE in every layer")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r} (expected silu)")
     d, h = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
@@ -174,7 +183,7 @@ _GPT2_NAMES = [
     (r"h\.(\d+)\.mlp\.c_proj\.(weight|bias)", "layers.{}.w_down.{}"),
 ]
 # The causal-mask buffers old GPT-2 checkpoints carry; the unified rule replaces them.
-_GPT2_IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$|lm_head\.weight$")
+_GPT2_IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 
 
 def _rename(name: str, table: list[tuple[str, str]]) -> str | None:
@@ -194,6 +203,9 @@ def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[s
             base = name[len("transformer."):] if name.startswith("transformer.") else name
             if _GPT2_IGNORED.fullmatch(base):
                 continue
+            if base == "lm_head.weight":
+                out[base] = np.ascontiguousarray(arr, dtype=np.float32)
+                continue
             m = re.fullmatch(r"h\.(\d+)\.attn\.c_attn\.(weight|bias)", base)
             if m:
                 layer, kind = m.groups()
@@ -208,7 +220,7 @@ def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[s
             if base.endswith(".weight") and (".c_proj." in base or ".c_fc." in base):
                 arr = arr.T  # Conv1D [in, out] -> Linear [out, in]
             out[target] = np.ascontiguousarray(arr, dtype=np.float32)
-        return out
+        return _untie(config, out)
     for name, arr in state.items():
         if _LLAMA_IGNORED.fullmatch(name):
             continue
@@ -216,8 +228,16 @@ def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[s
         if target is None:
             raise ValueError(f"unexpected tensor {name!r} for model_type {config.model_type!r}")
         out[target] = np.ascontiguousarray(arr, dtype=np.float32)
+    return _untie(config, out)
+
+
+def _untie(config: ModelConfig, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A tied head reads the embeddings (a stored copy is dropped); an untied one must exist."""
     if config.tie_word_embeddings:
         out.pop("lm_head.weight", None)
+    elif "lm_head.weight" not in out:
+        raise ValueError("the config says tie_word_embeddings=false but the checkpoint has no "
+                         "lm_head.weight")
     return out
 
 
@@ -308,7 +328,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
                 "n_embd": config.hidden_size, "n_layer": config.num_layers,
                 "n_head": config.num_heads, "n_inner": config.intermediate_size,
                 "n_positions": config.max_positions, "layer_norm_epsilon": config.norm_eps,
-                "activation_function": "gelu_new", "tie_word_embeddings": True}
+                "activation_function": "gelu_new"}
     model_type = config.model_type if config.model_type in LLAMA_FAMILY else "llama"
     arch = {"mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(
         model_type, "LlamaForCausalLM")
@@ -355,6 +375,9 @@ def tensors_to_hf(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict[s
         m = re.fullmatch(r"layers\.(\d+)\.(wq|wk|wv)\.(weight|bias)", name) if gpt2 else None
         if m:  # GPT-2 keeps q, k, v fused in c_attn
             qkv_parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = arr
+            continue
+        if gpt2 and name == "lm_head.weight":  # an untied head sits beside the transformer
+            out[name] = np.ascontiguousarray(arr)
             continue
         hf = _hf_name(name, _GPT2_NAMES if gpt2 else _LLAMA_NAMES)
         if hf is None:
