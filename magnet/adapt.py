@@ -200,6 +200,20 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         raise ValueError("adapt needs a tokenizer with an EOS token (SSCL appends it)")
     spec = PRESETS[preset]
     stage_list = list(stages) if stages is not None else list(spec["stages"])
+    if not stage_list:
+        raise ValueError("stages must hold at least one Stage")
+    for i, st in enumerate(stage_list):
+        if not isinstance(st, Stage):
+            raise TypeError(f"stages[{i}] is {type(st).__name__}, not magnet.adapt.Stage")
+        if not (isinstance(st.fraction, (int, float)) and st.fraction > 0
+                and math.isfinite(st.fraction)):
+            raise ValueError(f"stages[{i}].fraction must be a positive number, got {st.fraction}")
+        if len(st.weights) != 3 or not all(
+                isinstance(w, (int, float)) and w >= 0 and math.isfinite(w) for w in st.weights):
+            raise ValueError(f"stages[{i}].weights must be three non-negative numbers "
+                             f"(mntp, sscl, msg), got {st.weights}")
+        if st.pooling not in ("last", "mean"):
+            raise ValueError(f"stages[{i}].pooling must be 'last' or 'mean', got {st.pooling!r}")
     if weights is not None:
         unknown = set(weights) - {"mntp", "sscl", "msg"}
         if unknown:
@@ -229,12 +243,28 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             raise ValueError(f"{checkpoint_path}: the checkpoint was made for another model")
 
     targets = lora_mask(lora_targets)
-    if not full_finetune:
-        if resume and meta is not None:
+    attached = model._c.lora_info()
+    if resume and meta is not None:
+        if bool(meta.get("full_finetune", not meta.get("lora"))) != bool(full_finetune):
+            kind = "a full fine-tune" if not meta.get("lora") else "a LoRA run"
+            raise ValueError(f"{checkpoint_path}: the checkpoint is {kind}; resume it with "
+                             f"full_finetune={not meta.get('lora')}")
+        if not full_finetune:  # the checkpoint holds the adapters: they replace attached ones
             lora = meta["lora"]
             model._c.attach_lora(lora[0], float(lora[1]), lora[2], seed)
-        else:
+        elif attached:  # the checkpoint holds every weight; adapters would sit on top of them
+            model._c.detach_lora()
+    elif attached and not full_finetune and (
+            attached[0] == lora_rank and math.isclose(attached[1], lora_alpha, rel_tol=1e-6)
+            and attached[2] == targets):
+        pass  # adapters of the same shape are attached: training continues from them
+    elif attached:
+        # never throw away a previous adaptation: fold it into the weights, then train anew
+        model._c.merge_lora()
+        if not full_finetune:
             model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
+    elif not full_finetune:
+        model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
     config = dict(
         mask_token_id=mask_token_id(model), use_spans=spec["use_spans"],
         all_span_frac=spec["all_span_frac"], temperature=temperature,
@@ -290,7 +320,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
 
     eval_chunks: list[list[np.ndarray]] = []
     if eval_data is not None:
-        es = ChunkStream(read_texts(eval_data), tok, seq_len, seed + 1)
+        es = ChunkStream(read_texts(eval_data), tok, seq_len, seed + 1, what="eval_data")
         eval_chunks = [es.take(batch_size) for _ in range(eval_batches)]
 
     def evaluate(step: int) -> None:
@@ -344,7 +374,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
                 meta_out = {"step": done, "position": stream.position, "seed": seed,
                             "preset": preset, "model": _fingerprint(model),
-                            "lora": list(model._c.lora_info() or ()), "history": result.history}
+                            "lora": list(model._c.lora_info() or ()),
+                            "full_finetune": bool(full_finetune), "history": result.history}
                 result.checkpoint = str(_save_checkpoint(checkpoint_path, trainer, model,
                                                          meta_out))
             if eval_chunks and (done % checkpoint_every == 0 or done == steps):

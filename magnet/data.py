@@ -74,7 +74,8 @@ class ChunkStream:
     """
 
     def __init__(self, texts: Iterable[str], tokenizer: Tokenizer, seq_len: int, seed: int,
-                 min_tokens: int = 2) -> None:
+                 min_tokens: int = 2, what: str = "the training data") -> None:
+        self.what = what
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.seed = seed
@@ -89,12 +90,12 @@ class ChunkStream:
         if self._finite:
             for i, t in enumerate(texts):
                 if not isinstance(t, str):
-                    raise TypeError(f"training text {i} is {type(t).__name__}, not str")
+                    raise TypeError(f"{what}: text {i} is {type(t).__name__}, not str")
             for ids in tokenizer.encode_batch(list(texts), add_bos=False):
                 self._chunks.extend(self._split(ids))
             if not self._chunks:
                 raise ValueError(
-                    f"the training data holds no text of at least {min_tokens} tokens"
+                    f"{what} holds no text of at least {min_tokens} tokens"
                 )
         else:
             self._iter = iter(texts)
@@ -115,10 +116,11 @@ class ChunkStream:
                 t = next(self._iter)  # type: ignore[arg-type]
             except StopIteration:
                 raise ValueError(
-                    "the streamed training data ran out before training ended"
+                    f"{self.what} (streamed) ran out before training ended"
                 ) from None
             if not isinstance(t, str):
-                raise TypeError(f"training text {self.position} is {type(t).__name__}, not str")
+                raise TypeError(f"{self.what}: text {self.position} is {type(t).__name__}, "
+                                "not str")
             self._pending.extend(self._split(self.tokenizer.encode(t, add_bos=False)))
         return self._pending.pop(0)
 

@@ -349,8 +349,10 @@ class Model:
 
         Adapters are merged into the written weights (``merge_lora=True``) or saved beside
         them as a PEFT-style adapter. The write is atomic: a crash leaves any previous
-        directory at ``out_dir`` intact. ``Model.from_pretrained(out_dir)`` gives identical
-        outputs.
+        directory at ``out_dir`` intact. Files there that are not model files (notes, an
+        ``adapt`` checkpoint) are kept; other weight files (shards, ``pytorch_model.bin``, a
+        stale adapter) are removed. ``out_dir`` cannot be the working directory or hold it.
+        ``Model.from_pretrained(out_dir)`` gives identical outputs.
         """
         from magnet.save import save_pretrained
 

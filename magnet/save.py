@@ -1,6 +1,7 @@
 """save_pretrained: a Hugging Face model directory (config.json, model.safetensors, tokenizer),
 with LoRA adapters merged or kept as a PEFT-style adapter, written so that a crash at any
-moment leaves the previous directory intact."""
+moment leaves the previous directory intact. Files in that directory that are not model files
+(notes, training checkpoints) are kept."""
 
 from __future__ import annotations
 
@@ -62,13 +63,60 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+# What save_pretrained writes, and what would contradict it if left beside it (other weight
+# files, shards and their index, a stale adapter). Everything else in an existing directory
+# belongs to the user (notes, checkpoints, other files) and is carried into the new one.
+_OWNED = re.compile(r"config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json"
+                    r"|model\.safetensors|model\.safetensors\.index\.json"
+                    r"|model-\d+-of-\d+\.safetensors|pytorch_model.*\.bin(\.index\.json)?"
+                    r"|adapter_config\.json|adapter_model\.safetensors")
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A hard link costs no space or time; copy where the file system has none."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Put the user's entries of the directory being replaced into its replacement."""
+    for entry in os.scandir(old):
+        dst = new / entry.name
+        if _OWNED.fullmatch(entry.name) or os.path.lexists(dst):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry.path, dst, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry.path, dst)
+
+
+def _default_dir_mode() -> int:
+    """0o777 less the process umask (mkdtemp makes 0o700 directories)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o777 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o755
+
+
 def _publish(tmp: Path, out: Path) -> None:
-    """Make ``tmp`` appear at ``out``; an existing ``out`` stays whole until the switch."""
+    """Make ``tmp`` appear at ``out``; an existing ``out`` stays whole until the switch, and
+    the user's own files in it are carried over (hard links)."""
     if not out.exists():
+        os.chmod(tmp, _default_dir_mode())
         os.replace(tmp, out)
         return
     if not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
+    os.chmod(tmp, out.stat().st_mode & 0o7777)
+    _carry_over(out, tmp)
     if _exchange(tmp, out):
         shutil.rmtree(tmp)
         return
@@ -86,10 +134,18 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     ``adapter_model.safetensors`` (PEFT's names for the LLaMA family, magnet's for GPT-2).
     The model in memory is not changed.
     """
-    out = Path(out_dir)
+    given = Path(out_dir)
+    out = Path(os.path.realpath(given))  # a symlinked directory: write where it points
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    parent = out.parent if str(out.parent) else Path(".")
+        raise FileExistsError(f"{given} exists and is not a directory")
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if out == cwd or out in cwd.parents:
+        raise ValueError(
+            f"cannot save into {given}: it is (or holds) the current working directory, and "
+            "save_pretrained replaces the directory as a whole so that a crash never leaves "
+            "half a model; save into a subdirectory"
+        )
+    parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     lora = model._c.lora_info()
     tensors = model.state_dict()
@@ -126,7 +182,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return given
 
 
 def load_adapter(model: Model, directory: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import magnet
+from magnet.adapt import Stage
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +110,68 @@ def test_save_and_reload_gives_identical_logits(stories, texts, tmp_path, merge)
     assert again.tokenizer.encode("a dog") == stories.tokenizer.encode("a dog")
 
 
-def test_save_over_existing_directory_replaces_it_whole(stories, tmp_path):
+def test_save_over_existing_directory_keeps_the_users_files(stories, tmp_path):
+    """The directory is swapped whole, but what the user put in it survives; stale weight
+    files that would contradict the new ones do not."""
     target = tmp_path / "model"
     stories.save_pretrained(target)
-    (target / "stale.txt").write_text("old")
+    (target / "notes.txt").write_text("mine")
+    (target / "runs").mkdir()
+    (target / "runs" / "log.txt").write_text("log")
+    for stale in ("model-00001-of-00002.safetensors", "model.safetensors.index.json",
+                  "adapter_config.json", "pytorch_model.bin"):
+        (target / stale).write_text("stale")
     stories.save_pretrained(target)
-    assert not (target / "stale.txt").exists()
+    assert (target / "notes.txt").read_text() == "mine"
+    assert (target / "runs" / "log.txt").read_text() == "log"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "config.json", "model.safetensors", "notes.txt", "runs", "tokenizer.json",
+        "tokenizer_config.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    probe = tmp_path / "probe"
+    probe.mkdir()  # the mode a directory gets under this umask (mkdtemp's would be 0o700)
+    assert target.stat().st_mode & 0o777 == probe.stat().st_mode & 0o777
+    np.testing.assert_array_equal(magnet.Model.from_pretrained(target).logits([1, 5, 9]),
+                                  stories.logits([1, 5, 9]))
+
+
+def test_checkpoint_survives_a_save_into_its_directory(stories_dir, texts, tmp_path):
+    run = tmp_path / "run"
+    m = magnet.Model.from_pretrained(stories_dir)
+    m.adapt(texts, steps=2, batch_size=2, seq_len=32, progress=False, checkpoint_dir=run,
+            checkpoint_every=1)
+    m.save_pretrained(run)
+    assert (run / "checkpoint.npz").is_file()
+    again = magnet.Model.from_pretrained(stories_dir)
+    r = again.adapt(texts, steps=3, batch_size=2, seq_len=32, progress=False,
+                    checkpoint_dir=run, resume=True)
+    assert [h["step"] for h in r.history] == [0, 1, 2]
+
+
+def test_save_into_the_working_directory_is_refused(stories, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for target in (".", str(tmp_path)):
+        with pytest.raises(ValueError, match="working directory"):
+            stories.save_pretrained(target)
+    assert list(work.iterdir()) == []
+
+
+def test_second_adapt_continues_instead_of_resetting(stories, texts):
+    """A second adapt() keeps what the first one learned: adapters of the same shape go on
+    training, adapters of another shape are merged into the weights first."""
+    ids = stories.tokenizer.encode("Once upon a time there was a little dog")
+    base = stories.logits(ids)
+    stories.adapt(texts, steps=3, batch_size=2, seq_len=32, lr=1e-2, progress=False)
+    adapted = stories.logits(ids)
+    assert np.abs(adapted - base).max() > 1e-2
+    stories.adapt(texts, steps=1, batch_size=2, seq_len=32, lr=0.0, progress=False)
+    np.testing.assert_array_equal(stories.logits(ids), adapted)
+    stories.adapt(texts, steps=1, batch_size=2, seq_len=32, lr=0.0, lora_rank=4,
+                  progress=False)
+    assert stories._c.lora_info()[0] == 4
+    np.testing.assert_allclose(stories.logits(ids), adapted, rtol=0, atol=5e-5)
 
 
 def test_saved_model_loads_in_transformers(stories, tmp_path):
@@ -146,6 +202,23 @@ def test_bad_input(stories, texts, tmp_path):
         stories.adapt(str(tmp_path / "missing.txt"), steps=1, progress=False)
     with pytest.raises(ValueError, match="unknown loss weights"):
         stories.adapt(texts, steps=1, progress=False, weights={"nsp": 1.0})
+    with pytest.raises(ValueError, match="stages must hold at least one"):
+        stories.adapt(texts, steps=1, progress=False, stages=[])
+    with pytest.raises(ValueError, match=r"stages\[0\]\.pooling"):
+        stories.adapt(texts, steps=1, progress=False,
+                      stages=[Stage(1.0, (1.0, 0.0, 0.0), "max")])
+    with pytest.raises(ValueError, match="eval_data holds no text"):
+        stories.adapt(texts, steps=1, progress=False, eval_data=[])
+
+
+def test_resume_with_the_other_training_kind_is_rejected(stories_dir, texts, tmp_path):
+    m = magnet.Model.from_pretrained(stories_dir)
+    m.adapt(texts, steps=1, batch_size=2, seq_len=32, progress=False, full_finetune=True,
+            checkpoint_dir=tmp_path / "ck")
+    again = magnet.Model.from_pretrained(stories_dir)
+    with pytest.raises(ValueError, match="full fine-tune; resume it with full_finetune=True"):
+        again.adapt(texts, steps=2, batch_size=2, seq_len=32, progress=False,
+                    checkpoint_dir=tmp_path / "ck", resume=True)
 
 
 def test_checkpoint_of_another_model_is_rejected(stories, texts, tmp_path):
