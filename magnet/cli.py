@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,42 @@ def _load(path: str, tokenizer: str | None = None) -> Any:
     return magnet.Model.from_pretrained(path, tokenizer=tokenizer)
 
 
+def _check_writable(path: str | None, option: str) -> None:
+    """Fail early (before loading the model and computing) when ``path`` cannot be written."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {path}: is a directory")
+    if not p.parent.is_dir():
+        raise ValueError(f"{option} {path}: directory {os.fspath(p.parent)} does not exist")
+    if not os.access(p.parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{option} {path}: not writable")
+
+
+def _split_lines(data: bytes, name: str) -> list[str]:
+    """``data`` decoded as UTF-8 and split at ``\\n`` only (a trailing ``\\r`` is dropped from each
+    line); empty lines are kept, but a final newline does not start another line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - data.rfind(b"\n", 0, e.start)
+        raise ValueError(f"{name}:{line}: not UTF-8 text ({e.reason} at byte {col} of the line)"
+                         ) from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.text or [])
     if args.input:
         p = Path(args.input)
         if not p.is_file():
             raise FileNotFoundError(f"input file not found: {args.input}")
-        texts += [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines()
-                  if line.strip()]
+        texts += _split_lines(p.read_bytes(), args.input)  # one text (and one row) per line
     if not texts:
         raise ValueError("no text given (use --text or --input FILE with one text per line)")
     return texts
@@ -55,6 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
+    _check_writable(args.json, "--json")
     m = _load(args.model, args.tokenizer)
     result = m.adapt(args.data, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                      seq_len=args.seq_len, lr=args.lr, lora_rank=args.lora_rank,
@@ -72,27 +102,33 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    m = _load(args.model, args.tokenizer)
+    _check_writable(args.out, "--out")
     texts = _read_texts(args)
+    m = _load(args.model, args.tokenizer)
+    # through an open file: np.save / np.savez would append .npy / .npz to the name
     if args.level == "sentence":
         vecs = m.embed(texts, pooling=args.pooling, normalize=args.normalize,
                        batch_size=args.batch_size, show_progress_bar=not args.quiet)
-        np.save(args.out, vecs)
+        with open(args.out, "wb") as f:
+            np.save(f, vecs)
         print(f"wrote {args.out}: float32 {list(vecs.shape)}")
     else:
         res = m.embed(texts, level="token", normalize=args.normalize,
                       batch_size=args.batch_size, show_progress_bar=not args.quiet)
         arrays = {f"text{i}": r.vectors for i, r in enumerate(res)}
-        np.savez(args.out, **arrays)
+        with open(args.out, "wb") as f:
+            np.savez(f, **arrays)
         print(f"wrote {args.out}: {len(res)} arrays of float32 [T_i, {m.config.hidden_size}]")
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return dict(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed)
+                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                seed=args.seed)
 
 
 def cmd_infill(args: argparse.Namespace) -> None:
+    _check_writable(args.json, "--json")
     m = _load(args.model, args.tokenizer)
     r = m.infill(args.text, blank=args.blank, span_tokens=args.span_tokens, **_sampling(args))
     if args.json:
@@ -101,14 +137,19 @@ def cmd_infill(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    _check_writable(args.json, "--json")
     m = _load(args.model, args.tokenizer)
     kw = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, **_sampling(args))
     if args.stream:
         sys.stdout.write(args.prompt)
+        pieces = []
         for piece in m.generate(args.prompt, stream=True, **kw):
+            pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        if args.json:
+            _write_json({"prompt": args.prompt, "completion": "".join(pieces)}, args.json)
         return
     text = m.generate(args.prompt, **kw)
     if args.json:
@@ -166,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embed", help="sentence (.npy) or token (.npz) embeddings")
     common(e)
     e.add_argument("--text", action="append", help="a text (repeatable)")
-    e.add_argument("--input", help="file with one text per line")
-    e.add_argument("--out", required=True, help="output .npy (sentence) or .npz (token)")
+    e.add_argument("--input", help="UTF-8 file with one text per line (one vector or array per "
+                   "line, blank lines included)")
+    e.add_argument("--out", required=True,
+                   help="output file, NumPy .npy (sentence) or .npz (token) format; written at "
+                   "exactly this path")
     e.add_argument("--level", default="sentence", choices=["sentence", "token"])
     e.add_argument("--pooling", default="last", choices=["last", "mean"])
     e.add_argument("--normalize", action="store_true")
@@ -179,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--temperature", type=float, default=1.0)
         sp.add_argument("--top-k", type=int, default=0)
         sp.add_argument("--top-p", type=float, default=1.0)
+        sp.add_argument("--min-p", type=float, default=0.0,
+                        help="drop tokens below min-p times the top probability (0 = off)")
+        sp.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="penalise tokens already in the prompt or output (1 = off)")
         sp.add_argument("--seed", type=int, default=None)
         sp.add_argument("--json", help="also write the result as JSON to this file")
 
@@ -215,8 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, TypeError, OSError, FloatingPointError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except MemoryError as e:  # keep the core's message (what it tried to allocate)
+        msg = str(e).splitlines()[0] if str(e).strip() else ""
+        if "memory" not in msg.lower():
+            msg = f"out of memory: {msg}" if msg else "out of memory"
+        sys.stderr.write(f"magnet: error: {msg}\n")
+        return 2
+    except (ValueError, TypeError, OSError, OverflowError, FloatingPointError) as e:
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, OverflowError):
+            msg = f"value out of range ({msg})"
         sys.stderr.write(f"magnet: error: {msg}\n")
         return 2
     except KeyboardInterrupt:

@@ -53,6 +53,84 @@ def test_embed_writes_numpy(tmp_path, level):
         assert sorted(z.files) == ["text0", "text1"] and z["text0"].shape[1] == 64
 
 
+@pytest.mark.parametrize(("level", "name"), [("sentence", "vecs"), ("token", "tok.npy")])
+def test_embed_writes_exactly_the_given_path(tmp_path, level, name):
+    out = tmp_path / name
+    r = run("embed", "--text", "A dog ran.", "--out", str(out), "--level", level, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == [name]  # no .npy / .npz appended
+    assert r.stdout.startswith(f"wrote {out}:")
+    with open(out, "rb") as f:
+        loaded = np.load(f)
+        assert (loaded.shape == (1, 64)) if level == "sentence" else (loaded.files == ["text0"])
+
+
+def test_embed_input_gives_one_row_per_line(tmp_path):
+    # blank and whitespace-only lines are rows too; U+2028, \x85 and \x0c do not end a line;
+    # "\r\n" does; the final newline does not start another row
+    lines = ["first line", "", "third line", "   ", "one\u2028text", "a\x85b\x0cc", "last"]
+    inp = tmp_path / "in.txt"
+    inp.write_bytes(("\n".join(lines[:-1]) + "\r\n" + lines[-1] + "\n").encode())
+    out = tmp_path / "v.npy"
+    r = run("embed", "--input", str(inp), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    vecs = np.load(out)
+    m = magnet.Model.from_pretrained("stories260K")
+    assert vecs.shape == (len(lines), 64)
+    np.testing.assert_allclose(vecs, m.embed(lines), atol=1e-5)
+
+
+def test_embed_input_not_utf8_names_file_and_line(tmp_path):
+    inp = tmp_path / "latin1.txt"
+    inp.write_bytes(b"fine\ncaf\xe9\n")
+    r = run("embed", "--input", str(inp), "--out", str(tmp_path / "v.npy"), "--quiet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{inp}:2: not UTF-8" in r.stderr
+
+
+def test_generate_stream_writes_json(tmp_path):
+    out = tmp_path / "g.json"
+    r = run("generate", "--prompt", "Once upon a time", "--max-new-tokens", "8", "--stream",
+            "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    m = magnet.Model.from_pretrained("stories260K")
+    assert res == {"prompt": "Once upon a time",
+                   "completion": m.generate("Once upon a time", max_new_tokens=8)}
+    assert r.stdout == "Once upon a time" + res["completion"] + "\n"
+
+
+@pytest.mark.parametrize("command", ["generate", "infill"])
+@pytest.mark.parametrize(("flag", "name", "value"), [("--min-p", "min_p", 0.3),
+                                                     ("--repetition-penalty",
+                                                      "repetition_penalty", 3.0)])
+def test_min_p_and_repetition_penalty_are_passed_through(tmp_path, command, flag, name, value):
+    m = magnet.Model.from_pretrained("stories260K")
+    if command == "generate":
+        call = dict(prompt="Once upon a time", max_new_tokens=40, do_sample=True, seed=1)
+        args = ["--prompt", call["prompt"], "--max-new-tokens", "40"]
+        key = "completion"
+
+        def api(**kw):
+            return m.generate(**call, **kw)
+    else:
+        call = dict(text="The little [BLANK] ran to the park.", span_tokens=8, do_sample=True,
+                    seed=1)
+        args = ["--text", call["text"], "--span-tokens", "8"]
+        key = "text"
+
+        def api(**kw):
+            return m.infill(**call, **kw).text
+    want = api(**{name: value})
+    assert want != api()  # the option changes this output
+    out = tmp_path / "r.json"
+    r = run(command, *args, "--do-sample", "--seed", "1", flag, str(value), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())[key] == want
+    r = run(command, *args, flag, "-1")
+    assert r.returncode == 2 and name in r.stderr, r.stderr
+
+
 def test_adapt_saves_a_loadable_model(tmp_path):
     data = tmp_path / "data.txt"
     data.write_text("\n\n".join(f"Once upon a time a {w} went to the park and played all day."
@@ -84,6 +162,14 @@ def test_demo_runs():
     ["generate", "--prompt", "hi", "--top-p", "7"],
     ["infill", "--text", "no blank here"],
     ["frobnicate"],
+    # OverflowError (int32 arguments) and MemoryError (the key/value cache) from the core
+    ["generate", "--prompt", "hi", "--do-sample", "--top-k", "3000000000"],
+    ["infill", "--text", "a [BLANK] b", "--span-tokens", "3000000000"],
+    ["generate", "--prompt", "hi", "--max-new-tokens", "2000000000"],
+    # output paths are checked before the work
+    ["embed", "--text", "x", "--out", "no/such/dir/o.npy"],
+    ["embed", "--text", "x", "--out", "."],
+    ["generate", "--prompt", "hi", "--json", "no/such/dir/g.json"],
 ])
 def test_errors_are_one_line_with_status_2(args, tmp_path):
     r = subprocess.run([sys.executable, "-m", "magnet", *args], capture_output=True, text=True,
@@ -91,6 +177,11 @@ def test_errors_are_one_line_with_status_2(args, tmp_path):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("magnet: error: ") or r.stderr.startswith("magnet ")
+    if "2000000000" in args:
+        assert "memory" in r.stderr  # the MemoryError's own message survives
+    if "3000000000" in args:
+        assert "out of range" in r.stderr
 
 
 def test_eval_sts_writes_results(tmp_path, shared_data):

@@ -112,3 +112,48 @@ def test_senteval_count_mismatch(tmp_path: Path) -> None:
     (tmp_path / "STS.gs.x.txt").unlink()
     with pytest.raises(FileNotFoundError, match="STS.gs.x.txt"):
         readers.read_senteval_sts(tmp_path)
+
+
+def test_lines_end_at_newline_only(tmp_path: Path) -> None:
+    # str.splitlines() would also break at \x0b, \x0c, \x1c-\x1e, \x85, U+2028 and U+2029
+    odd = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    f = tmp_path / "sts-test.csv"
+    f.write_bytes(("g\tf\t2012\t1\t3.0\tA man\u2028plays.\tA man plays.\r\n"
+                   f"g\tf\t2012\t2\t4.0\tA{odd}dog.\tA dog runs.\n").encode())
+    p = readers.read_sts_benchmark(f)
+    assert p.s1 == ["A man\u2028plays.", f"A{odd}dog."] and p.s2[0] == "A man plays."
+    assert p.scores.tolist() == [3.0, 4.0]
+    # line numbers do not drift past such a character
+    f.write_text("g\tf\t2012\t1\t3.0\ta\u2028b\tc\ng\tf\t2012\t2\t4.0\tonly one\n",
+                 encoding="utf-8")
+    with pytest.raises(EvalDataError, match=r"sts-test.csv:2: expected 7"):
+        readers.read_sts_benchmark(f)
+
+    d = tmp_path / "senteval"
+    d.mkdir()
+    (d / "STS.input.x.txt").write_text("A\x85b.\tc.\nd.\te\u2029f.\n", encoding="utf-8")
+    (d / "STS.gs.x.txt").write_text("1\r\n2\r\n")
+    (x,) = readers.read_senteval_sts(d)
+    assert x.s1 == ["A\x85b.", "d."] and x.s2 == ["c.", "e\u2029f."]
+    assert x.scores.tolist() == [1.0, 2.0]
+
+    f = tmp_path / "eng.train"
+    f.write_text("New\xa0York NNP I-NP I-LOC\ncity\u2028 NN I-NP O\n\nHi UH I-INTJ O\n",
+                 encoding="utf-8")
+    sents = readers.read_conll2003(f)
+    assert [s.words for s in sents] == [["New\xa0York", "city\u2028"], ["Hi"]]
+
+    f = tmp_path / "wiki.tokens"
+    f.write_text(" = A = \n a\x0cb \n = B = \n c \n", encoding="utf-8")
+    assert readers.read_wikitext(f) == ["= A =\na\x0cb", "= B =\nc"]
+
+
+def test_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "sts.csv"
+    f.write_bytes(b"g\tf\ty\t1\t3\ta\tb\ng\tf\ty\t2\t3\t\xff\tb\n")
+    with pytest.raises(EvalDataError, match=r"sts.csv:2: not UTF-8 text .*byte 11 of the line"):
+        readers.read_sts_benchmark(f)
+    f = tmp_path / "t.conllu"
+    f.write_bytes(b"# text = caf\xe9\n")
+    with pytest.raises(EvalDataError, match=r"t.conllu:1: not UTF-8"):
+        readers.read_conllu(f)

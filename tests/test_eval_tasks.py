@@ -171,3 +171,63 @@ def test_cli_writes_json(stories_dir: Path, tmp_path: Path, model: magnet.Model,
                     str(tmp_path), "--no-progress", "--threads", "1"])
     assert rc == 2
     assert "eng.train" in capsys.readouterr().err
+
+
+def test_cli_checks_out_before_the_run(stories_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["sts", "--model", str(stories_dir / "stories260K.bin"), "--data",
+            str(FIX / "sick"), "--no-progress", "--threads", "1"]
+    for out, says in ((tmp_path / "no" / "dir" / "r.json", "does not exist"),
+                      (tmp_path, "is a directory")):
+        rc = eval_main([*base, "--out", str(out)])
+        cap = capsys.readouterr()
+        assert rc == 2 and cap.out == ""  # nothing was run
+        assert cap.err.startswith("error: --out") and says in cap.err
+    # a write that fails anyway is reported the same way, after the result is printed
+    import magnet.eval.__main__ as cli
+
+    monkeypatch.setattr(cli, "check_writable", lambda path: None)
+    rc = eval_main([*base, "--out", str(tmp_path / "no" / "r.json")])
+    cap = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in cap.err
+    assert cap.err.startswith("error: cannot write --out") and json.loads(cap.out)["task"] == "sts"
+
+
+@pytest.mark.parametrize(("task", "option"), [
+    ("sts", "--max-pairs"), ("ud-upos", "--max-sentences"), ("sts", "--batch-size"),
+    ("ud-upos", "--max-test-sentences"), ("infill", "--num-spans"),
+    ("repetition", "--num-prompts"),
+])
+def test_cli_rejects_zero_counts(stories_dir: Path, task: str, option: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("0", "-1"):
+        with pytest.raises(SystemExit) as e:
+            eval_main([task, "--model", str(stories_dir / "stories260K.bin"), "--data",
+                       str(FIX), option, value, "--no-progress"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+        assert f"argument {option}: must be an integer >= 1, got {value}" in err
+
+
+def test_cli_missing_data_is_an_error(stories_dir: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert eval_main(["sts", "--model", str(stories_dir / "stories260K.bin")]) == 2
+    assert capsys.readouterr().err == "error: sts: --data is required\n"
+
+
+def test_functions_reject_zero_counts(model: magnet.Model) -> None:
+    with pytest.raises(ValueError, match="max_pairs must be an integer >= 1, got 0"):
+        tasks.evaluate_sts(model, FIX / "sick", max_pairs=0, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        tasks.evaluate_sts(model, FIX / "sick", batch_size=0, progress=False)
+    f = FIX / "tiny.conllu"
+    with pytest.raises(ValueError, match="max_sentences must be an integer >= 1, got 0"):
+        tasks.evaluate_tagging(model, "ud-upos", train_path=f, test_path=f, max_sentences=0,
+                               progress=False)
+    with pytest.raises(ValueError, match="num_spans must be an integer >= 1, got 0"):
+        tasks.evaluate_infill(model, FIX / "wiki.tokens", num_spans=0, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        tasks.evaluate_retention(model, FIX / "wiki.tokens", batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="num_prompts must be an integer >= 1, got 0"):
+        tasks.evaluate_repetition(model, FIX / "wiki.tokens", num_prompts=0, progress=False)

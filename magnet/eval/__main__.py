@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,41 @@ from magnet.eval.tasks import (
 TASKS = ("sts", *TAGGING_TASKS, "infill", "retention", "repetition")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1 (0 would empty the data or the batches)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def check_writable(path: str) -> None:
+    """Raise ValueError unless ``path`` can be written: not a directory, its parent an existing,
+    writable directory (and the file itself writable if it exists)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--out {path}: is a directory")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {path}: directory {os.fspath(parent)} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"--out {path}: not writable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
-    p = argparse.ArgumentParser(prog="python -m magnet.eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m magnet.eval", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS)
     p.add_argument("--model", required=True, help="model path (magnet.Model.from_pretrained)")
     p.add_argument("--tokenizer", default=None, help="tokenizer file for a llama2.c checkpoint")
@@ -37,32 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="C core worker threads")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
+    p.add_argument("--batch-size", type=_count, default=None, help="sequences per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("sts")
     g.add_argument("--format", choices=("stsb", "sick", "senteval"), default=None)
     g.add_argument("--split", default="test")
     g.add_argument("--pooling", choices=("last", "mean"), default="last")
-    g.add_argument("--max-pairs", type=int, default=None)
+    g.add_argument("--max-pairs", type=_count, default=None)
     g = p.add_argument_group("probes")
     g.add_argument("--train", default=None, help="train file (overrides --data's default)")
     g.add_argument("--test", default=None, help="test file (overrides --data's default)")
-    g.add_argument("--max-sentences", type=int, default=None, help="train sentences (seeded)")
-    g.add_argument("--max-test-sentences", type=int, default=None,
+    g.add_argument("--max-sentences", type=_count, default=None, help="train sentences (seeded)")
+    g.add_argument("--max-test-sentences", type=_count, default=None,
                    help="test sentences (default: --max-sentences)")
-    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--epochs", type=_count, default=10)
     g.add_argument("--lr", type=float, default=5e-3)
-    g.add_argument("--probe-batch-size", type=int, default=128)
+    g.add_argument("--probe-batch-size", type=_count, default=128)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g = p.add_argument_group("infill / retention / repetition")
-    g.add_argument("--num-spans", type=int, default=200)
-    g.add_argument("--window", type=int, default=None,
+    g.add_argument("--num-spans", type=_count, default=200)
+    g.add_argument("--window", type=_count, default=None,
                    help="tokens per window (infill 128, retention 256)")
-    g.add_argument("--stride", type=int, default=128)
-    g.add_argument("--max-tokens", type=int, default=None, help="retention: first N tokens")
-    g.add_argument("--num-prompts", type=int, default=50)
-    g.add_argument("--prompt-tokens", type=int, default=32)
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--stride", type=_count, default=128)
+    g.add_argument("--max-tokens", type=_count, default=None, help="retention: first N tokens")
+    g.add_argument("--num-prompts", type=_count, default=50)
+    g.add_argument("--prompt-tokens", type=_count, default=32)
+    g.add_argument("--max-new-tokens", type=_count, default=128)
     g.add_argument("--do-sample", action="store_true")
     return p
 
@@ -74,28 +106,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is not None:
         magnet.set_num_threads(args.threads)
     if args.data is None and (args.task not in TAGGING_TASKS or not (args.train and args.test)):
-        raise SystemExit(f"{args.task}: --data is required")
+        raise ValueError(f"{args.task}: --data is required")
     model = magnet.Model.from_pretrained(args.model, tokenizer=args.tokenizer)
     progress = not args.no_progress
-    bs = args.batch_size
+
+    def bs(default: int) -> int:  # None: the task's default (0 and negatives fail in argparse)
+        return default if args.batch_size is None else args.batch_size
+
     if args.task == "sts":
-        res = evaluate_sts(model, args.data, args.format, args.split, bs or 32, args.pooling,
+        res = evaluate_sts(model, args.data, args.format, args.split, bs(32), args.pooling,
                            max_pairs=args.max_pairs, seed=args.seed, progress=progress)
     elif args.task in TAGGING_TASKS:
         res = evaluate_tagging(model, args.task, args.data, args.train, args.test,
                                args.max_sentences, args.max_test_sentences, args.epochs, args.lr,
                                args.probe_batch_size, args.weight_decay, args.seed,
-                               embed_batch_size=bs or 32, progress=progress)
+                               embed_batch_size=bs(32), progress=progress)
     elif args.task == "infill":
         res = evaluate_infill(model, args.data, args.num_spans, args.window or 128,
-                              seed=args.seed, batch_size=bs or 8, progress=progress)
+                              seed=args.seed, batch_size=bs(8), progress=progress)
     elif args.task == "retention":
         res = evaluate_retention(model, args.data, args.window or 256, args.stride,
-                                 args.max_tokens, bs or 4, progress=progress)
+                                 args.max_tokens, bs(4), progress=progress)
     else:
         res = evaluate_repetition(model, args.data, args.num_prompts, args.prompt_tokens,
                                   args.max_new_tokens, args.do_sample, seed=args.seed,
-                                  batch_size=bs or 8, progress=progress)
+                                  batch_size=bs(8), progress=progress)
     res["model"] = str(args.model)
     return res
 
@@ -104,14 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
     try:
+        if args.out:
+            check_writable(args.out)  # before the run, not after it
         res = run(args)
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except MemoryError as e:  # keep the core's message (what it tried to allocate)
+        msg = str(e) or "out of memory"
+        print(f"error: {msg if 'memory' in msg.lower() else 'out of memory: ' + msg}",
+              file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, OverflowError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(res, indent=2, default=float)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"error: cannot write --out {args.out}: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -1,7 +1,8 @@
 """Readers of the evaluation data sets, each in its original file layout.
 
 Every reader raises :class:`EvalDataError` (a ``ValueError``) naming the file and the line of
-malformed input, and ``FileNotFoundError`` naming a missing file.
+malformed input (or of bytes that are not UTF-8), and ``FileNotFoundError`` naming a missing
+file. Lines end at ``\\n`` (or ``\\r\\n``) only, not at the other breaks ``str.splitlines`` knows.
 
 - STS Benchmark ``sts-{train,dev,test}.csv``: tab-separated genre, file, year, id, score (0-5),
   sentence 1, sentence 2 (some lines carry further source columns, which are ignored).
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 _TAG = re.compile(r"^(O|[BIES]-\S+)$")
+_ASCII_WS = re.compile(r"[ \t\x0b\x0c]+")  # column separators (not U+00A0, U+2028, ...)
 
 
 class EvalDataError(ValueError):
@@ -59,10 +61,20 @@ def _lines(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"evaluation data file not found: {os.fspath(path)}")
+    data = p.read_bytes()
     try:
-        return p.read_text(encoding="utf-8").splitlines()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise EvalDataError(f"{p}: not UTF-8 text ({e})") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - data.rfind(b"\n", 0, e.start)
+        raise EvalDataError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {col} of the line)"
+                            ) from None
+    # lines end at "\n" only ("\r\n" too): str.splitlines() would also break at \x0b, \x0c,
+    # \x1c-\x1e, \x85, U+2028 and U+2029, which may occur inside a sentence
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # after the final newline
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _score(text: str, path: str | os.PathLike, lineno: int) -> float:
@@ -183,7 +195,7 @@ def _read_columns(path: str | os.PathLike, names: tuple[str, ...], skip_docstart
                 c.clear()
 
     for lineno, line in enumerate(_lines(path), 1):
-        parts = line.split()
+        parts = [x for x in _ASCII_WS.split(line) if x]
         if not parts:
             flush()
             continue

@@ -46,6 +46,14 @@ IGNORE = -100
 DEFAULT_INSTRUCTION = "Given the sentence, find its representation: "
 
 
+def _check_count(name: str, value: int | None, allow_none: bool = True) -> None:
+    """``value`` must be an int >= 1 (or None where ``allow_none``); a ValueError naming it."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def _bar(items: Iterable[Any], progress: bool, desc: str, total: int | None = None
          ) -> Iterable[Any]:
     if not progress:
@@ -138,6 +146,8 @@ def evaluate_sts(encoder: Any, path: str | os.PathLike, fmt: str | None = None,
     """STS: per file Spearman/Pearson x100; ``spearman``/``pearson`` = the mean over files
     (SentEval's "all" for STS12-16; the single file's score otherwise). ``max_pairs``: a seeded
     random subset of each file."""
+    _check_count("batch_size", batch_size, allow_none=False)
+    _check_count("max_pairs", max_pairs)
     t0 = time.perf_counter()
     files = load_sts(path, fmt, split)
     per = {}
@@ -216,6 +226,11 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
         raise ValueError(f"unknown tagging task {task!r}; choose one of "
                          f"{', '.join(TAGGING_TASKS)}")
     spec = TAGGING_TASKS[task]
+    _check_count("max_sentences", max_sentences)
+    _check_count("max_test_sentences", max_test_sentences)
+    _check_count("epochs", epochs, allow_none=False)
+    _check_count("batch_size", batch_size, allow_none=False)
+    _check_count("embed_batch_size", embed_batch_size, allow_none=False)
     if train_path is None or test_path is None:
         if data is None:
             raise ValueError(f"{task}: give data (the directory) or train_path and test_path")
@@ -342,6 +357,8 @@ def evaluate_infill(model: Model, path: str | os.PathLike, num_spans: int = 200,
     if not (1 <= span_min <= span_max) or window < span_max + 2 * min_context + 2:
         raise ValueError("need 1 <= span_min <= span_max and window >= span_max + "
                          "2 * min_context + 2")
+    _check_count("num_spans", num_spans, allow_none=False)
+    _check_count("batch_size", batch_size, allow_none=False)
     t0 = time.perf_counter()
     stream = _token_stream(model, path)
     body = window - 1
@@ -392,6 +409,8 @@ def evaluate_retention(model: Model, path: str | os.PathLike, window: int = 256,
     """
     if not (1 <= stride <= window - 1):
         raise ValueError("need 1 <= stride <= window - 1")
+    _check_count("max_tokens", max_tokens)
+    _check_count("batch_size", batch_size, allow_none=False)
     t0 = time.perf_counter()
     stream = _token_stream(model, path)
     if max_tokens is not None:
@@ -469,6 +488,9 @@ def evaluate_repetition(model: Any, path: str | os.PathLike, num_prompts: int = 
     returned under ``samples``."""
     if not hasattr(model, "generate"):
         raise TypeError("evaluate_repetition needs a model with generate() (magnet.Model.generate)")
+    for name, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
+                        ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        _check_count(name, value, allow_none=False)
     t0 = time.perf_counter()
     prompts = repetition_prompts(model, path, num_prompts, prompt_tokens, seed)
     outs: list[str] = []
