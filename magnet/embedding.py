@@ -28,6 +28,8 @@ pass and the pooling run in C (``magnet._C.embed``) with the GIL released.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,14 +70,14 @@ class TokenEmbeddings:
     offsets: list[tuple[int, int]]
 
 
-def _check_texts(texts: Any) -> tuple[list[str], bool]:
+def _check_texts(texts: Any, allow_empty: bool = False) -> tuple[list[str], bool]:
     single = isinstance(texts, str)
     items = [texts] if single else texts
     if isinstance(items, np.ndarray):
         items = items.tolist()
     if not isinstance(items, (list, tuple)):
         raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-    if not items:
+    if not items and not allow_empty:
         raise ValueError("texts is an empty list")
     for t in items:
         if not isinstance(t, str):
@@ -139,6 +141,11 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
                              f"than max_length={max_length} (pass truncate=True to cut it)")
         text_ids.append(e.ids[:room])
     seqs = [head + t + suffix for t in text_ids]
+    for i, seq in enumerate(seqs):
+        if not seq:  # sentence level only: token level always starts from BOS/EOS
+            raise ValueError(f"text {i} has no tokens, and there is no BOS, EOS or instruction "
+                             "token to embed it by: it cannot be embedded (pass an instruction "
+                             "or drop empty texts)")
     if level == "sentence":
         # pooling range [start, end): text tokens + EOS; "last" uses end - 1
         ranges = [(len(head), len(s)) for s in seqs]
@@ -185,30 +192,142 @@ def _batches(seqs: list[list[int]], batch_size: int, show: bool | None, desc: st
         yield idx, ids, seg
 
 
-OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+IGNORED_ENCODE_KWARGS = frozenset({"prompt_name", "prompt_type", "task_name", "task", "device",
+                                   "pool", "chunk_size", "processing_kwargs"})
+"""Keyword arguments that sentence-transformers/MTEB callers pass and ``encode`` ignores without
+a warning: magnet has no named prompts, runs on the CPU in one process, and the results do not
+depend on them. Any other unknown keyword argument is ignored with a UserWarning."""
+
+_log = logging.getLogger(__name__)
+
+
+def _int8_ranges(emb: np.ndarray, precision: str) -> np.ndarray:
+    """Per-dimension [min; max] from the embeddings themselves (sentence-transformers 6.2's
+    ``_get_quantization_ranges`` without calibration embeddings)."""
+    if emb.ndim == 1 or emb.shape[0] == 1:
+        raise ValueError(f"Cannot compute {precision} quantization ranges from a single embedding; "
+                         "encode several texts at once, or encode in float32 and quantize with "
+                         "ranges from a representative set of embeddings")
+    if emb.shape[0] < 100:
+        _log.warning("Computing %s quantization buckets based on %d embeddings. %s quantization "
+                     "is more stable with ranges calculated from more embeddings.",
+                     precision, len(emb), precision)
+    return np.vstack((np.min(emb, axis=0), np.max(emb, axis=0)))
+
+
+def quantize(emb: np.ndarray, precision: str, ranges: np.ndarray | None = None) -> np.ndarray:
+    """float32 [..., D] -> ``precision``, exactly as sentence-transformers 6.2's
+    ``quantize_embeddings`` without calibration: "int8"/"uint8" cut each dimension's [min, max]
+    (over ``emb``'s rows unless ``ranges`` is given) into 256 buckets; "binary"/"ubinary" pack the
+    signs (> 0) into D/8 bytes, int8 (offset by -128) or uint8."""
+    if emb.ndim == 2 and emb.shape[0] == 0:
+        dim = emb.shape[1]
+        if precision.endswith("int8"):
+            return np.zeros((0, dim), np.int8 if precision == "int8" else np.uint8)
+        if precision.endswith("binary"):
+            return np.zeros((0, (dim + 7) // 8), np.int8 if precision == "binary" else np.uint8)
+    if precision == "float32":
+        return emb.astype(np.float32)
+    if precision.endswith("int8"):
+        if ranges is None:
+            ranges = _int8_ranges(emb, precision)
+        ranges = ranges.astype(np.float32, copy=False)
+        starts = ranges[0, :]
+        steps = (ranges[1, :] - starts) / 255
+        steps = np.where(steps == 0, 1, steps)
+        q = np.clip(np.floor((emb - starts) / steps), 0, 255)
+        return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
+    if precision == "binary":
+        return (np.packbits(emb > 0, axis=-1) - 128).astype(np.int8)
+    if precision == "ubinary":
+        return np.packbits(emb > 0, axis=-1)
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("convert_to_tensor=True needs PyTorch, which is not installed; "
+                          "install torch or leave convert_to_tensor=False for numpy arrays") from e
+    return torch
 
 
 def encode(model: Model, sentences: str | Sequence[str], batch_size: int = 32,
-           show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
-           convert_to_numpy: bool = True, normalize_embeddings: bool = False,
-           **kwargs: Any) -> np.ndarray | list[np.ndarray]:
+           show_progress_bar: bool | None = None,
+           output_value: str | None = "sentence_embedding", convert_to_numpy: bool = True,
+           normalize_embeddings: bool = False, *, prompt: str | None = None,
+           precision: str | None = "float32", convert_to_tensor: bool = False,
+           truncate_dim: int | None = None, pooling: str = "last", max_length: int | None = None,
+           **kwargs: Any) -> Any:
     """See :meth:`magnet.Model.encode`."""
     if output_value not in OUTPUT_VALUES:
         raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, got {output_value!r}")
-    prompt = kwargs.get("prompt")
+    if precision is None:
+        precision = "float32"  # as sentence-transformers: no quantization
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "float32" and output_value is None:
+        raise ValueError(f"precision={precision!r} needs output_value='sentence_embedding' or "
+                         "'token_embeddings', not None")
+    D = model.config.hidden_size
+    if truncate_dim is not None:
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)):
+            raise TypeError("truncate_dim must be an int or None, got "
+                            f"{type(truncate_dim).__name__}")
+        if not 1 <= truncate_dim <= D:
+            raise ValueError(f"truncate_dim must be in [1, {D}] (the model's hidden size), "
+                             f"got {truncate_dim}")
+        truncate_dim = int(truncate_dim)
+    unknown = sorted(set(kwargs) - IGNORED_ENCODE_KWARGS)
+    if unknown:
+        warnings.warn(f"encode ignores the keyword arguments {unknown}", UserWarning, stacklevel=3)
+    torch = _torch() if convert_to_tensor else None
+    items, single = _check_texts(sentences, allow_empty=True)
     instruction = DEFAULT if prompt is None else prompt
-    pooling = kwargs.get("pooling", "last")
-    max_length = kwargs.get("max_length")
-    if output_value == "token_embeddings":
-        out = embed(model, sentences, level="token", instruction=instruction,
-                    batch_size=batch_size, normalize=normalize_embeddings, max_length=max_length,
-                    show_progress_bar=show_progress_bar)
-        if isinstance(out, TokenEmbeddings):
-            return out.vectors
-        return [t.vectors for t in out]
-    emb = embed(model, sentences, level="sentence", pooling=pooling, instruction=instruction,
-                batch_size=batch_size, normalize=normalize_embeddings, max_length=max_length,
-                show_progress_bar=show_progress_bar)
-    if convert_to_numpy or emb.ndim == 1:
-        return emb
-    return list(emb)
+
+    sent = tok = None
+    if output_value != "token_embeddings":
+        if items:
+            sent = embed(model, items, level="sentence", pooling=pooling, instruction=instruction,
+                         batch_size=batch_size, max_length=max_length,
+                         show_progress_bar=show_progress_bar)
+        else:
+            sent = np.zeros((0, D), np.float32)
+        sent = sent[:, :truncate_dim]  # before normalization, as sentence-transformers
+        if normalize_embeddings and output_value == "sentence_embedding":
+            sent = np.ascontiguousarray(sent)
+            _normalize_rows(sent)
+    if output_value != "sentence_embedding":  # token vectors are never normalized or truncated
+        tok = embed(model, items, level="token", instruction=instruction, batch_size=batch_size,
+                    max_length=max_length, show_progress_bar=show_progress_bar) if items else []
+
+    def out(x: np.ndarray) -> Any:
+        return torch.from_numpy(x) if torch is not None else x
+
+    result: Any
+    if output_value == "sentence_embedding":
+        sent = quantize(np.ascontiguousarray(sent), precision)
+        if torch is not None:
+            result = out(sent)
+        elif convert_to_numpy:
+            result = sent
+        else:
+            result = list(sent)
+    elif output_value == "token_embeddings":
+        vecs = [t.vectors for t in tok]
+        if precision != "float32" and vecs:
+            ranges = None
+            if precision.endswith("int8"):  # one set of buckets for all texts' tokens
+                allv = np.concatenate(vecs, axis=0)
+                ranges = _int8_ranges(allv, precision) if len(allv) else None
+            vecs = [quantize(v, precision, ranges) for v in vecs]
+        result = [out(v) for v in vecs]
+    else:
+        result = [{"input_ids": out(np.array(t.ids, np.int64)),
+                   "attention_mask": out(np.ones(len(t.ids), np.int64)),
+                   "token_embeddings": out(t.vectors),
+                   "sentence_embedding": out(np.array(s))} for t, s in zip(tok, sent, strict=True)]
+    return result[0] if single else result

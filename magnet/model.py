@@ -290,21 +290,36 @@ class Model:
                      max_length, truncate, show_progress_bar)
 
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32,
-               show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
-               convert_to_numpy: bool = True, normalize_embeddings: bool = False, **kwargs: Any
-               ) -> np.ndarray | list[np.ndarray]:
-        """sentence-transformers-style ``encode`` (for MTEB and similar callers).
+               show_progress_bar: bool | None = None,
+               output_value: str | None = "sentence_embedding", convert_to_numpy: bool = True,
+               normalize_embeddings: bool = False, *, prompt: str | None = None,
+               precision: str | None = "float32", convert_to_tensor: bool = False,
+               truncate_dim: int | None = None, pooling: str = "last",
+               max_length: int | None = None, **kwargs: Any) -> Any:
+        """sentence-transformers-style ``encode`` (for MTEB and similar callers), following
+        ``SentenceTransformer.encode`` of sentence-transformers 6.2.
 
-        ``output_value="sentence_embedding"``: float32 [N, D] ([D] for a str) with last-token
-        pooling and the default instruction (``prompt=`` overrides it, ``pooling=`` "mean"
-        switches pooling); ``"token_embeddings"``: a list of float32 [T_i, D] arrays.
-        ``convert_to_numpy=False`` gives a list of [D] arrays. Other keyword arguments are
-        accepted and ignored.
+        ``output_value="sentence_embedding"``: float32 [N, D] ([D] for a str) with ``pooling``
+        ("last" or "mean") and the default instruction (``prompt=`` replaces it);
+        ``truncate_dim=k`` (1 <= k <= D) keeps the first k dims, then ``normalize_embeddings``
+        scales to unit length. ``"token_embeddings"``: a list of float32 [T_i, D] arrays (never
+        normalized nor truncated). ``None``: per text a dict with ``"input_ids"``,
+        ``"attention_mask"``, ``"token_embeddings"`` and ``"sentence_embedding"`` (truncated, not
+        normalized). ``precision``: "float32", or "int8"/"uint8" (per-dimension buckets from the
+        batch's min/max; needs two or more embeddings) or "binary"/"ubinary" (packed signs, D/8
+        bytes), as ``sentence_transformers.quantize_embeddings``. ``convert_to_tensor=True``
+        gives torch tensors (ImportError without PyTorch); ``convert_to_numpy=False`` a list of
+        [D] arrays. An empty list gives a (0, D) array ([] for the list outputs).
+        ``max_length`` counts all input tokens (default: the model's positions). Ignored
+        silently: prompt_name, prompt_type, task_name, task, device, pool, chunk_size,
+        processing_kwargs; any other keyword argument is ignored with a UserWarning.
         """
         from magnet.embedding import encode
 
         return encode(self, sentences, batch_size, show_progress_bar, output_value,
-                      convert_to_numpy, normalize_embeddings, **kwargs)
+                      convert_to_numpy, normalize_embeddings, prompt=prompt, precision=precision,
+                      convert_to_tensor=convert_to_tensor, truncate_dim=truncate_dim,
+                      pooling=pooling, max_length=max_length, **kwargs)
 
     def adapt(self, data: Any, preset: str = "magnet", steps: int = 1000, batch_size: int = 8,
               seq_len: int = 256, lr: float = 2e-4, lora_rank: int = 16,

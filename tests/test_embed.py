@@ -3,13 +3,15 @@ sentence-transformers ``encode`` surface; bad input; concurrent calls on one mod
 
 from __future__ import annotations
 
+import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
 
 import magnet
-from magnet.embedding import DEFAULT_INSTRUCTION
+from magnet.embedding import DEFAULT_INSTRUCTION, quantize
 from tests.hf_models import make_checkpoint
 from tests.tiny_text import word_tokenizer
 
@@ -133,6 +135,171 @@ def test_encode_sentence_transformers_surface(stories):
         stories.encode(TEXTS, output_value="embeddings")
 
 
+# sentence-transformers 6.2 behaviour of SentenceTransformer.encode, written down as expected
+# values (no sentence-transformers dependency in the tests).
+ST_QUANT_IN = np.array([[-1, 0.5, 2, 0.1, -0.3, 0.7, 0.2, -0.9, 1.5],
+                        [1, 0, 2, -0.2, 0.4, -0.6, 0.3, 0.8, -1.1],
+                        [0, 1, -2, 0.3, 0.0, 0.2, -0.4, 0.5, 0.9]], np.float32)
+ST_QUANT_OUT = {  # sentence_transformers.quantize_embeddings(ST_QUANT_IN, precision)
+    "int8": [[-128, -1, 126, 25, -128, 127, 90, -128, 127],
+             [126, -128, 126, -128, 127, -128, 127, 127, -128],
+             [-1, 126, -128, 126, -19, 28, -128, 81, 68]],
+    "uint8": [[0, 127, 254, 153, 0, 255, 218, 0, 255], [254, 0, 254, 0, 255, 0, 255, 255, 0],
+              [127, 254, 0, 254, 109, 156, 0, 209, 196]],
+    "binary": [[-10, 0], [43, -128], [-43, 0]],
+    "ubinary": [[118, 128], [171, 0], [85, 128]],
+}
+ST_QUANT_DTYPE = {"int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
+
+
+@pytest.mark.parametrize("precision", sorted(ST_QUANT_OUT))
+def test_quantize_matches_sentence_transformers(precision):
+    got = quantize(ST_QUANT_IN, precision)
+    assert got.dtype == ST_QUANT_DTYPE[precision]
+    np.testing.assert_array_equal(got, ST_QUANT_OUT[precision])
+
+
+def test_encode_truncate_dim(stories):
+    D = stories.config.hidden_size
+    full = stories.embed(TEXTS)
+    got = stories.encode(TEXTS, truncate_dim=16)
+    assert got.shape == (len(TEXTS), 16)
+    np.testing.assert_allclose(got, full[:, :16], atol=1e-6)
+    unit = stories.encode(TEXTS, truncate_dim=16, normalize_embeddings=True)  # truncate first
+    np.testing.assert_allclose(unit, full[:, :16] / np.linalg.norm(full[:, :16], axis=1,
+                                                                   keepdims=True), atol=1e-5)
+    assert stories.encode("Tom", truncate_dim=5).shape == (5,)
+    assert stories.encode(TEXTS, truncate_dim=D).shape == (len(TEXTS), D)
+    tok = stories.encode(TEXTS[:2], output_value="token_embeddings", truncate_dim=8)
+    assert tok[0].shape[1] == D  # token embeddings are not truncated
+    for bad in (0, -1, D + 1):
+        with pytest.raises(ValueError, match="truncate_dim"):
+            stories.encode(TEXTS, truncate_dim=bad)
+    for bad in (1.5, True, "8"):
+        with pytest.raises(TypeError, match="truncate_dim"):
+            stories.encode(TEXTS, truncate_dim=bad)
+
+
+def test_encode_precision(stories):
+    e = stories.encode(TEXTS, normalize_embeddings=True)
+    ub = stories.encode(TEXTS, normalize_embeddings=True, precision="ubinary")
+    assert ub.dtype == np.uint8 and ub.shape == (len(TEXTS), stories.config.hidden_size // 8)
+    np.testing.assert_array_equal(np.unpackbits(ub, axis=1).astype(bool), e > 0)
+    b = stories.encode(TEXTS, normalize_embeddings=True, precision="binary")
+    np.testing.assert_array_equal(b, (ub.astype(np.int16) - 128).astype(np.int8))
+    u8 = stories.encode(TEXTS, precision="uint8", truncate_dim=24)
+    f = stories.encode(TEXTS, truncate_dim=24)
+    lo, hi = f.min(0), f.max(0)
+    assert u8.dtype == np.uint8 and u8.shape == f.shape
+    np.testing.assert_array_equal(u8.argmin(0), f.argmin(0))
+    np.testing.assert_array_equal(u8.min(0), 0)
+    assert (u8.max(0) >= 254).all()  # each dimension's [min, max] spans the 256 buckets
+    np.testing.assert_allclose(u8, (f - lo) / ((hi - lo) / 255), atol=1.01)
+    i8 = stories.encode(TEXTS, precision="int8", truncate_dim=24)
+    np.testing.assert_array_equal(i8, (u8.astype(np.int16) - 128).astype(np.int8))
+    assert stories.encode(TEXTS, precision=None).dtype == np.float32
+    with pytest.raises(ValueError, match="single embedding"):  # as sentence-transformers
+        stories.encode(TEXTS[0], precision="int8")
+    assert stories.encode(TEXTS[0], precision="ubinary").shape == (ub.shape[1],)
+    tok = stories.encode(TEXTS[:2], output_value="token_embeddings", precision="uint8")
+    allv = np.concatenate(stories.encode(TEXTS[:2], output_value="token_embeddings"))
+    assert all(t.dtype == np.uint8 for t in tok)  # one set of buckets for all texts' tokens
+    np.testing.assert_array_equal(np.concatenate(tok), quantize(allv, "uint8"))
+    for bad in ("fp16", "float16", "bf16"):
+        with pytest.raises(ValueError, match="ubinary"):
+            stories.encode(TEXTS, precision=bad)
+    with pytest.raises(ValueError, match="output_value"):
+        stories.encode(TEXTS, precision="int8", output_value=None)
+
+
+def test_encode_convert_to_tensor(stories, monkeypatch):
+    torch = pytest.importorskip("torch")
+    t = stories.encode(TEXTS, convert_to_tensor=True, convert_to_numpy=True)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_allclose(t.numpy(), stories.embed(TEXTS), atol=1e-6)
+    assert stories.encode("Tom", convert_to_tensor=True).shape == (stories.config.hidden_size,)
+    q = stories.encode(TEXTS, convert_to_tensor=True, precision="int8")
+    assert isinstance(q, torch.Tensor) and q.dtype == torch.int8
+    assert tuple(stories.encode([], convert_to_tensor=True).shape) == (0,
+                                                                        stories.config.hidden_size)
+    tok = stories.encode(TEXTS[:2], output_value="token_embeddings", convert_to_tensor=True)
+    assert all(isinstance(x, torch.Tensor) for x in tok)
+
+
+def test_encode_convert_to_tensor_without_torch(stories, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(ImportError, match="PyTorch"):
+        stories.encode(TEXTS, convert_to_tensor=True)
+    assert isinstance(stories.encode(TEXTS[:1]), np.ndarray)
+
+
+def test_encode_empty(stories):
+    D = stories.config.hidden_size
+    e = stories.encode([])
+    assert isinstance(e, np.ndarray) and e.dtype == np.float32 and e.shape == (0, D)
+    assert stories.encode((), truncate_dim=8).shape == (0, 8)
+    assert stories.encode(np.array([], dtype=str)).shape == (0, D)
+    assert stories.encode([], convert_to_numpy=False) == []
+    assert stories.encode([], output_value="token_embeddings") == []
+    assert stories.encode([], output_value=None) == []
+    assert stories.encode([], precision="ubinary").shape == (0, D // 8)
+    with pytest.raises(ValueError, match="empty"):
+        stories.embed([])
+
+
+def test_encode_output_value_none(stories):
+    out = stories.encode(TEXTS, output_value=None, truncate_dim=12, normalize_embeddings=True)
+    sent = stories.embed(TEXTS)
+    tok = stories.embed(TEXTS, level="token")
+    assert isinstance(out, list) and len(out) == len(TEXTS)
+    for d, s, t in zip(out, sent, tok, strict=True):
+        assert set(d) == {"input_ids", "attention_mask", "token_embeddings", "sentence_embedding"}
+        # as sentence-transformers: truncated, but normalize_embeddings is not applied here
+        np.testing.assert_allclose(d["sentence_embedding"], s[:12], atol=1e-6)
+        np.testing.assert_allclose(d["token_embeddings"], t.vectors, atol=1e-6)
+        np.testing.assert_array_equal(d["input_ids"], t.ids)
+        np.testing.assert_array_equal(d["attention_mask"], np.ones(len(t.ids)))
+    one = stories.encode(TEXTS[1], output_value=None)
+    assert isinstance(one, dict) and one["sentence_embedding"].shape == (sent.shape[1],)
+
+
+def test_encode_token_embeddings_not_normalized(stories):
+    """sentence-transformers applies normalize_embeddings to sentence embeddings only."""
+    plain = stories.encode(TEXTS[:2], output_value="token_embeddings")
+    norm = stories.encode(TEXTS[:2], output_value="token_embeddings", normalize_embeddings=True)
+    for a, b in zip(plain, norm, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(np.linalg.norm(b, axis=1), 1.0)
+
+
+def test_encode_keyword_arguments(stories):
+    ref = stories.encode(TEXTS[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = stories.encode(TEXTS[:2], prompt_name="query", task_name="STS", device="cpu",
+                             prompt_type=None, chunk_size=4)
+    np.testing.assert_array_equal(got, ref)
+    with pytest.warns(UserWarning, match="normalise_embeddings"):
+        stories.encode(TEXTS[:2], normalise_embeddings=True)
+    np.testing.assert_allclose(stories.encode(TEXTS[:2], pooling="mean"),
+                               stories.embed(TEXTS[:2], pooling="mean"), atol=1e-6)
+
+
+def test_no_specials_empty_text(tmp_path):
+    """Neither BOS nor EOS, no instruction: an empty text has no token to embed."""
+    make_checkpoint("llama", tmp_path)
+    m = magnet.Model.from_pretrained(tmp_path)
+    m.tokenizer = word_tokenizer(bos_id=None, eos_id=None)
+    for texts, i in (([""], 0), (["w5", ""], 1), (["", "w5"], 0)):
+        with pytest.raises(ValueError, match=f"text {i} has no tokens"):
+            m.embed(texts, instruction=None)
+    got = m.embed(["w5 w6", ""], instruction="w40", pooling="mean")
+    h = m.hidden_states(np.array([5, 6]), roles=np.zeros(2, np.uint8))
+    assert got.shape == (2, m.config.hidden_size)
+    np.testing.assert_allclose(m.embed("w5 w6", instruction=None, pooling="mean"), h.mean(0),
+                               atol=1e-4)
+
+
 def test_bad_input(stories):
     with pytest.raises(ValueError, match="empty"):
         stories.embed([])
@@ -146,8 +313,6 @@ def test_bad_input(stories):
         stories.embed("a", pooling="max")
     with pytest.raises(ValueError, match="batch_size"):
         stories.embed("a", batch_size=0)
-    with pytest.raises(ValueError, match="empty"):
-        stories.encode([])
 
 
 def test_threads_equal_serial(stories):
