@@ -180,6 +180,9 @@ def test_gpt2_sequence_beyond_n_positions(gpt2) -> None:
     with pytest.raises(ValueError, match=f"sequence of {n + 1} tokens exceeds the model's {n} "
                                          "positions"):
         m.logits(np.ones(n + 1, np.int64))
+    with pytest.raises(ValueError, match=f"sequence of {3 * n} tokens exceeds the model's {n} "
+                                         f"positions; use sequences of at most {n} tokens"):
+        m.logits(np.ones(3 * n, np.int64))  # the error names the length, not the first excess
     # positions count within a segment: two segments of n tokens each fit in one row
     seg = np.repeat([0, 1], n)
     assert m.logits(np.ones(2 * n, np.int64), segments=seg).shape == (2 * n, VOCAB)

@@ -40,6 +40,7 @@ static int validate_step(const mg_model *m, const mg_kv_cache *cache, const int3
         return mg_fail(err, MG_ERR_VALUE, "%d more tokens exceed the cache (%d of %d used)", Tq,
                        cache->length, cache->capacity);
     const long N = (long)B * Tq;
+    int longest = 0; /* the longest sequence's length, named in the errors below */
     for (long n = 0; n < N; n++) {
         if (segments[n] < -1)
             return mg_fail(err, MG_ERR_VALUE, "segments must be >= -1 (-1 marks padding), got %d",
@@ -53,16 +54,18 @@ static int validate_step(const mg_model *m, const mg_kv_cache *cache, const int3
                            tokens[n], c->vocab_size);
         if (positions[n] < 0)
             return mg_fail(err, MG_ERR_VALUE, "negative position %d", positions[n]);
-        if (c->arch == MG_ARCH_GPT2 && positions[n] >= c->max_positions)
-            return mg_fail(err, MG_ERR_VALUE,
-                           "sequence of %d tokens exceeds the model's %d positions",
-                           positions[n] + 1, c->max_positions);
-        if (c->sliding_window > 0 && positions[n] >= c->sliding_window)
-            return mg_fail(err, MG_ERR_UNSUPPORTED,
-                           "sequence of %d tokens exceeds the model's sliding window of %d, which "
-                           "magnet does not implement; use sequences of at most %d tokens",
-                           positions[n] + 1, c->sliding_window, c->sliding_window);
+        if (positions[n] >= longest) longest = positions[n] + 1;
     }
+    if (c->arch == MG_ARCH_GPT2 && longest > c->max_positions)
+        return mg_fail(err, MG_ERR_VALUE,
+                       "sequence of %d tokens exceeds the model's %d positions; use sequences "
+                       "of at most %d tokens",
+                       longest, c->max_positions, c->max_positions);
+    if (c->sliding_window > 0 && longest > c->sliding_window)
+        return mg_fail(err, MG_ERR_UNSUPPORTED,
+                       "sequence of %d tokens exceeds the model's sliding window of %d, which "
+                       "magnet does not implement; use sequences of at most %d tokens",
+                       longest, c->sliding_window, c->sliding_window);
     return MG_OK;
 }
 
