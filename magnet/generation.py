@@ -14,6 +14,7 @@ output depends on its row index within the batch when sampling.
 
 from __future__ import annotations
 
+import numbers
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ SPAN = 1
 # Prompt tokens kept in front of new tokens when decoding them, so a tokenizer that strips the
 # first token's leading space (SentencePiece) strips it from the anchor, not from the new text.
 _ANCHOR = 4
+# Positions and session lengths are int32 in the C core.
+MAX_POSITIONS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,13 @@ class Sampling:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.do_sample, (bool, np.bool_)):
+            raise TypeError(f"do_sample must be a bool, got {self.do_sample!r}")
         for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or v != v:
                 raise TypeError(f"{name} must be a number, got {v!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)):
+        if isinstance(self.top_k, (bool, np.bool_)) or not isinstance(self.top_k, numbers.Integral):
             raise TypeError(f"top_k must be an int, got {self.top_k!r}")
         if self.do_sample and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 when do_sample=True, got {self.temperature}")
@@ -63,10 +68,11 @@ class Sampling:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     def c_kwargs(self) -> dict[str, Any]:
+        # a top_k beyond the vocabulary filters nothing (as transformers): clamp it to an int32
         return dict(do_sample=bool(self.do_sample),
                     temperature=float(self.temperature) if self.do_sample else 1.0,
-                    top_k=int(self.top_k), top_p=float(self.top_p), min_p=float(self.min_p),
-                    repetition_penalty=float(self.repetition_penalty))
+                    top_k=min(int(self.top_k), MAX_POSITIONS), top_p=float(self.top_p),
+                    min_p=float(self.min_p), repetition_penalty=float(self.repetition_penalty))
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -84,6 +90,25 @@ def eos_id_of(model: Model) -> int:
     if tok is not None and tok.eos_id is not None:
         return int(tok.eos_id)
     return -1 if model.config.eos_token_id is None else int(model.config.eos_token_id)
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` itself; ValueError when it is not valid Unicode (a lone surrogate, which UTF-8
+    and so the tokenizer cannot encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} contains a lone surrogate {text[e.start]!r} at index {e.start}, "
+                         f"which is not valid Unicode text") from None
+    return text
+
+
+def special_tokens(tokenizer: Tokenizer) -> dict[int, str]:
+    """Text of each special token (those that decoding leaves out), by id."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None or not hasattr(backend, "get_added_tokens_decoder"):
+        return {}
+    return {int(i): t.content for i, t in backend.get_added_tokens_decoder().items() if t.special}
 
 
 def continuation_text(tokenizer: Tokenizer, before: Sequence[int], ids: Sequence[int]) -> str:
@@ -185,21 +210,63 @@ def _check_id_prompts(model: Model, prompts: Any) -> list[list[int]]:
 
 
 class _Row:
-    """Decoded text of one row so far, cut at the first stop string."""
+    """Decoded text of one row so far, cut at the first stop string.
 
-    def __init__(self, tokenizer: Tokenizer, prompt: list[int], stops: list[str]) -> None:
+    ``text`` leaves special tokens out (``skip_special_tokens``); stop strings are matched on the
+    raw text, which has each special token's own text where it was generated, so a stop string
+    may name a special token (as transformers' ``stop_strings``).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt: list[int], stops: list[str],
+                 specials: dict[int, str] | None = None) -> None:
         self.tokenizer, self.prompt, self.stops = tokenizer, prompt, stops
+        self.specials = specials or {}
         self.ids: list[int] = []
         self.text = ""
+        self.marks: list[tuple[int, str]] = []  # (offset in text, raw text) per special token
         self.stopped = False
 
     def add(self, token: int, eos_id: int) -> None:
-        if token != eos_id:
-            self.ids.append(token)
-        self.text = continuation_text(self.tokenizer, self.prompt, self.ids)
-        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if token == eos_id:
+            return
+        self.ids.append(token)
+        if token in self.specials:  # decoding skips it: the text is unchanged
+            self.marks.append((len(self.text), self.specials[token]))
+        else:
+            self.text = continuation_text(self.tokenizer, self.prompt, self.ids)
+        if not self.stops:
+            return
+        raw = self._raw(len(self.text))
+        cut = min((i for i in (raw.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
-            self.text, self.stopped = self.text[:cut], True
+            self.text, self.stopped = self.text[:self._text_index(cut)], True
+
+    def _raw(self, n: int) -> str:
+        """The raw text of ``text[:n]`` and of the special tokens generated up to there."""
+        if not self.marks:
+            return self.text[:n]
+        parts, at = [], 0
+        for offset, raw in self.marks:
+            offset = max(at, min(offset, len(self.text)))
+            if offset > n:
+                break
+            parts += [self.text[at:offset], raw]
+            at = offset
+        parts.append(self.text[at:n])
+        return "".join(parts)
+
+    def _text_index(self, r: int) -> int:
+        """Index in ``text`` of raw index ``r`` (a special token's start, when inside one)."""
+        shift = at = 0
+        for offset, raw in self.marks:
+            offset = max(at, min(offset, len(self.text)))
+            if r < offset + shift:
+                break
+            if r < offset + shift + len(raw):
+                return offset
+            shift += len(raw)
+            at = offset
+        return r - shift
 
     def safe_length(self) -> int:
         """Length of the text that no later token can change: incomplete UTF-8 (shown as
@@ -208,13 +275,14 @@ class _Row:
         n = len(text)
         while n > 0 and text[n - 1] == "\ufffd":
             n -= 1
+        raw = self._raw(n)
         hold = 0
         for s in self.stops:
-            for k in range(min(len(s) - 1, n), hold, -1):
-                if text.endswith(s[:k], 0, n):
+            for k in range(min(len(s) - 1, len(raw)), hold, -1):
+                if raw.endswith(s[:k]):
                     hold = k
                     break
-        return n - hold
+        return min(n, self._text_index(len(raw) - hold)) if hold else n
 
 
 def generate(model: Model, prompt: str | Sequence[str], max_new_tokens: int = 64,
@@ -235,10 +303,11 @@ def generate(model: Model, prompt: str | Sequence[str], max_new_tokens: int = 64
     for p in prompts:
         if not isinstance(p, str):
             raise TypeError(f"prompts must be str, got {type(p).__name__}")
+        check_text(p, "prompt")
     if stream and not single:
         raise ValueError("stream=True takes a single prompt (a str), not a list")
     max_new_tokens = _check_max_new_tokens(max_new_tokens)
-    sampling = Sampling(bool(do_sample), temperature, top_k, top_p, min_p, repetition_penalty)
+    sampling = Sampling(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
     stops = _check_stop(stop)
     eos = eos_id_of(model)
     start = tokenizer.bos_id if tokenizer.bos_id is not None else (eos if eos >= 0 else None)
@@ -248,7 +317,8 @@ def generate(model: Model, prompt: str | Sequence[str], max_new_tokens: int = 64
             if start is None:
                 raise ValueError("empty prompt and the tokenizer has no BOS or EOS to start from")
             ids[i] = [start]
-    rows = [_Row(tokenizer, p, stops) for p in ids]
+    specials = special_tokens(tokenizer) if stops else {}
+    rows = [_Row(tokenizer, p, stops, specials) for p in ids]
     steps = decode_steps(model, ids, max_new_tokens, sampling,
                          resolve_seed(seed if do_sample else 0), eos)
     if stream:

@@ -3,7 +3,8 @@
 Layout: ``[BOS] + piece_0 + blank_0 + piece_1 + ...`` in text order, positions 0, 1, 2, ... over
 the whole layout (a blank of L tokens occupies L positions, so a span keeps the positions of
 the tokens it replaces). BOS is the tokenizer's BOS, else its EOS (so a blank at the start of
-the text has a state to be predicted from). Each known piece is tokenized on its own.
+the text has a state to be predicted from). Each known piece is tokenized on its own; a piece
+after a blank continues the text, so it gets no prefix space (SentencePiece's "▁").
 
 1. Every context token is appended in ONE model step, all CONTEXT (bidirectional: the context
    sees all context, never span tokens), its keys/values kept in the session's cache.
@@ -22,7 +23,9 @@ tokens). Blank j in row c scores::
 with raw model log-probabilities (no temperature or filtering), where r_j is the first token of
 the known text after the blank (EOS when the blank ends the text; no term when another blank
 follows directly). Each blank takes its best-scoring length (ties: the shorter), and the text is
-then filled once more with the chosen lengths; those are reported in ``span_tokens``.
+then filled once more with the chosen lengths; those are reported in ``span_tokens``. Candidates
+whose layout would not fit the model's positions (GPT-2's learned table, Mistral's sliding
+window) are left out; when none fits, ValueError.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magnet import _C
-from magnet.generation import Sampling, continuation_text, eos_id_of, resolve_seed
+from magnet.generation import (
+    MAX_POSITIONS,
+    Sampling,
+    check_text,
+    continuation_text,
+    eos_id_of,
+    resolve_seed,
+)
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -160,6 +170,9 @@ def _positions(pieces: Sequence[list[int] | int]
             prev_blank = prev_blank and not piece
     if not blanks:
         raise ValueError("the text has no blank to fill")
+    if p > MAX_POSITIONS:
+        raise ValueError(f"the layout needs {p} positions, more than the {MAX_POSITIONS} a "
+                         f"session can hold")
     return ids, pos, blanks
 
 
@@ -181,6 +194,9 @@ def _parse(text: Any, blank: str) -> list[str | None]:
                 raise TypeError(f"segments must be str or None (a blank), got {type(p).__name__}")
     else:
         raise TypeError(f"text must be a str or a list of str/None, got {type(text).__name__}")
+    for p in pieces:
+        if p is not None:
+            check_text(p, "text")
     if not any(p is None for p in pieces):
         raise ValueError(f"the text has no blank to fill (mark one with {blank!r}, or None in a "
                          f"list of segments)")
@@ -205,6 +221,30 @@ def _lengths(span_tokens: Any, n: int) -> list[int | None]:
     return [None if v is None else int(v) for v in items]
 
 
+def _candidates(length_candidates: Any) -> list[int]:
+    if isinstance(length_candidates, (str, bytes)) or not hasattr(length_candidates, "__iter__"):
+        raise TypeError("length_candidates must be a sequence of ints")
+    items = list(length_candidates)
+    for c in items:
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) or c < 1:
+            raise ValueError(f"length_candidates must be ints >= 1, got {c!r}")
+    if not items:
+        raise ValueError("length_candidates is empty")
+    return sorted({int(c) for c in items})
+
+
+def position_limit(model: Model) -> int:
+    """Positions a layout may use: GPT-2's learned table, a sliding window (which magnet does
+    not implement, so longer sequences are refused), else what a session can hold."""
+    cfg = model.config
+    limit = MAX_POSITIONS
+    if cfg.arch == "gpt2" and cfg.max_positions > 0:
+        limit = min(limit, cfg.max_positions)
+    if cfg.sliding_window:
+        limit = min(limit, cfg.sliding_window)
+    return limit
+
+
 def infill(model: Model, text: str | Sequence[str | None], blank: str = DEFAULT_BLANK,
            span_tokens: int | Sequence[int | None] | None = None,
            do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
@@ -218,16 +258,16 @@ def infill(model: Model, text: str | Sequence[str | None], blank: str = DEFAULT_
     pieces = _parse(text, blank)
     n_blanks = sum(p is None for p in pieces)
     lengths = _lengths(span_tokens, n_blanks)
-    cands = sorted({int(c) for c in length_candidates})
-    if not cands or cands[0] < 1:
-        raise ValueError("length_candidates must be ints >= 1")
-    sampling = Sampling(bool(do_sample), temperature, top_k, top_p, min_p, repetition_penalty)
+    cands = _candidates(length_candidates)
+    sampling = Sampling(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
     seed_ = resolve_seed(seed if do_sample else 0)
     eos = eos_id_of(model)
     start = tok.bos_id if tok.bos_id is not None else (eos if eos >= 0 else None)
     if start is None:
         raise ValueError("infill needs a BOS or EOS token to start the layout")
-    encoded = [None if p is None else tok.encode(p, add_bos=False) for p in pieces]
+    # a piece after a blank continues the text: no prefix space (SentencePiece's "▁")
+    encoded = [None if p is None else tok.encode(p, add_bos=False, prefix_space=i == 0)
+               for i, p in enumerate(pieces)]
     encoded = [e for e in encoded if e is None or e]  # empty known pieces vanish
     # first token of the known text after each blank (EOS at the end; None before a blank)
     right: list[int | None] = []
@@ -240,8 +280,24 @@ def infill(model: Model, text: str | Sequence[str | None], blank: str = DEFAULT_
         it = iter(lens)
         return [[start]] + [next(it) if e is None else e for e in encoded]
 
+    # lengths whose layout fits the model's positions
+    limit = position_limit(model)
+    fixed = 1 + sum(len(e) for e in encoded if e is not None) + sum(v or 0 for v in lengths)
+    free = sum(v is None for v in lengths)
+    if free:
+        fitting = [c for c in cands if fixed + c * free <= limit]
+        if not fitting:
+            raise ValueError(
+                f"the text needs {fixed + cands[0] * free} positions with blanks of "
+                f"{cands[0]} token(s) (the shortest length candidate), more than the model's "
+                f"{limit}")
+        cands = fitting
+    elif fixed > limit:
+        raise ValueError(f"the text and its blanks need {fixed} positions, more than the model's "
+                         f"{limit}")
+
     scores: list[dict[int, float]] = [{} for _ in range(n_blanks)]
-    if any(v is None for v in lengths):
+    if free:
         rows = [layout([c if v is None else v for v in lengths]) for c in cands]
         trial = fill_layout(model, rows, sampling, seed_, [right] * len(rows))
         for j, v in enumerate(lengths):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import tokenizers
 
@@ -12,6 +14,8 @@ class Tokenizer:
 
     ``encode(text, add_bos=True) -> list[int]`` and ``decode(ids) -> str``. Formats build one
     from their own description (``tokenizer.json``, GGUF metadata, a llama2.c vocabulary).
+    ``encode(text, prefix_space=False)`` tokenizes text that continues other text: without the
+    space a SentencePiece-style tokenizer puts in front of a text ("▁").
     """
 
     def __init__(
@@ -25,16 +29,25 @@ class Tokenizer:
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.add_bos_default = add_bos_default
+        self._continuing: tokenizers.Tokenizer | None = None
 
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Token ids of ``text``; a BOS id first when ``add_bos`` (default: the model's habit)."""
+    def encode(self, text: str, add_bos: bool | None = None, prefix_space: bool = True
+               ) -> list[int]:
+        """Token ids of ``text``; a BOS id first when ``add_bos`` (default: the model's habit).
+
+        ``prefix_space=False``: no space is added in front of the text (SentencePiece's dummy
+        prefix: a ``Prepend("▁")`` normalizer, a ``Metaspace`` or ``ByteLevel`` pre-tokenizer
+        that adds one), for a piece that continues earlier text; tokenizers that add none
+        (GPT-2's byte-level BPE) are unaffected.
+        """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        backend = self.backend if prefix_space else self._continuing_backend()
+        ids = backend.encode(text, add_special_tokens=False).ids
         if add_bos is None:
             add_bos = self.add_bos_default
         if add_bos and self.bos_id is not None:
@@ -52,6 +65,24 @@ class Tokenizer:
         prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
         return [prefix + e.ids for e in encs]
 
+    def _continuing_backend(self) -> tokenizers.Tokenizer:
+        """The backend with its prefix space switched off (itself when it adds none)."""
+        if self._continuing is None:
+            spec = json.loads(self.backend.to_str())
+            changed = False
+            if spec.get("normalizer") is not None:
+                spec["normalizer"], n = _without_prepend(spec["normalizer"])
+                changed |= n
+            if spec.get("pre_tokenizer") is not None:
+                changed |= _no_prefix_space(spec["pre_tokenizer"])
+            if changed:
+                backend = tokenizers.Tokenizer.from_str(json.dumps(spec))
+                backend.encode_special_tokens = self.backend.encode_special_tokens
+            else:
+                backend = self.backend
+            self._continuing = backend
+        return self._continuing
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``."""
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -61,3 +92,36 @@ class Tokenizer:
             f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
             f"eos_id={self.eos_id})"
         )
+
+
+def _without_prepend(node: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """A normalizer description without its ``Prepend`` steps, and whether there were any."""
+    if node.get("type") == "Prepend":
+        return None, True
+    if node.get("type") == "Sequence":
+        kept, changed = [], False
+        for child in node.get("normalizers", []):
+            c, n = _without_prepend(child)
+            changed |= n
+            if c is not None:
+                kept.append(c)
+        return {**node, "normalizers": kept}, changed
+    return node, False
+
+
+def _no_prefix_space(node: dict[str, Any]) -> bool:
+    """Switches off, in place, the prefix space of the pre-tokenizers in ``node``."""
+    kind = node.get("type")
+    if kind == "Sequence":
+        changed = False
+        for child in node.get("pretokenizers", []):
+            changed |= _no_prefix_space(child)
+        return changed
+    changed = False
+    if kind == "Metaspace" and node.get("prepend_scheme", "never") != "never":
+        node["prepend_scheme"] = "never"
+        changed = True
+    if kind in ("Metaspace", "ByteLevel") and node.get("add_prefix_space"):
+        node["add_prefix_space"] = False
+        changed = True
+    return changed

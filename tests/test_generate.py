@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import magnet
+from magnet import _C
 from magnet.generation import Sampling, generate_ids
 from tests.hf_models import VOCAB, make_checkpoint
 from tests.tiny_text import word_tokenizer, words
@@ -170,3 +171,104 @@ def test_bad_input(stories):
         generate_ids(stories, [[]], 3)
     with pytest.raises(ValueError):
         generate_ids(stories, [[10**6]], 3)
+
+
+def test_stop_string_names_a_special_token(tiny):
+    """A stop string may be a special token's text (transformers' stop_strings): it is matched on
+    the text with special tokens, while the returned text leaves them out as before."""
+    _, _, m = tiny
+    eos = m.config.eos_token_id
+    m.tokenizer = word_tokenizer(eos_id=eos)
+    prompt = "w10 w11 w12"
+    kw = dict(max_new_tokens=20, do_sample=True, temperature=2.0, seed=1)
+    ids = generate_ids(m, [m.tokenizer.encode(prompt)], 20, Sampling(True, 2.0), seed=1)[0]
+    k = next(k for k in range(2, len(ids) - 2) if ids[k] not in ids[:k] + [1, eos])
+    special = f"w{ids[k]}"
+    m.tokenizer.backend.add_special_tokens([special])  # now decoding skips it
+    full = m.generate(prompt, **kw)
+    assert full == " " + words(t for t in ids if t not in (ids[k], eos, 1))  # 1: BOS
+    cut = m.generate(prompt, stop=special, **kw)
+    assert cut == " " + words(t for t in ids[:k] if t != 1)
+    assert m.generate(prompt, stop=["zzz", special + "w"], **kw) == full
+    for stop in (special, [special, "zzz"], f"w{ids[k - 1]}"):
+        pieces = list(m.generate(prompt, stop=stop, stream=True, **kw))
+        assert "".join(pieces) == m.generate(prompt, stop=stop, **kw), stop
+    assert m.generate([prompt, "w20"], stop=special, **kw)[0] == cut
+
+
+def test_numpy_scalars_are_numbers(stories):
+    kw = dict(max_new_tokens=12, do_sample=True, seed=4)
+    plain = dict(temperature=float(np.float32(0.7)), top_p=float(np.float32(0.9)),
+                 min_p=0.01, repetition_penalty=float(np.float32(1.1)))
+    ref = stories.generate("Once", **kw, **plain)
+    got = stories.generate("Once", **kw, temperature=np.float32(0.7), top_p=np.float32(0.9),
+                           min_p=np.float64(0.01), repetition_penalty=np.float32(1.1))
+    assert got == ref
+    assert stories.generate("Once", **kw, temperature=np.int64(1)) == \
+        stories.generate("Once", **kw, temperature=1)
+    assert stories.generate("Once", 8, do_sample=np.bool_(False)) == stories.generate("Once", 8)
+    with pytest.raises(TypeError, match="temperature"):
+        stories.generate("Once", temperature=np.bool_(True))
+
+
+def test_tiny_temperature_is_greedy(stories):
+    """(x - max) / t is computed in double: no overflow for any t > 0, the limit is greedy; the
+    Python check and the C check agree on what is > 0."""
+    greedy = stories.generate("Once upon a time", max_new_tokens=10)
+    for t in (1e-30, 1e-38, 1e-44, 1e-46, 1e-300, 5e-324):
+        got = stories.generate("Once upon a time", max_new_tokens=10, do_sample=True, seed=0,
+                               temperature=t)
+        assert got == greedy, t
+        _C.Generator(stories._c, 1, 4, do_sample=True, temperature=t)
+    for t in (0.0, -1e-300):
+        with pytest.raises(ValueError, match="temperature"):
+            stories.generate("Once", do_sample=True, temperature=t)
+        with pytest.raises(ValueError, match="temperature"):
+            _C.Generator(stories._c, 1, 4, do_sample=True, temperature=t)
+
+
+def test_top_k_beyond_the_vocabulary_filters_nothing(stories):
+    kw = dict(max_new_tokens=15, do_sample=True, seed=2)
+    assert stories.generate("Once", top_k=3_000_000_000, **kw) == stories.generate("Once", **kw)
+    assert stories.generate("Once", top_k=np.int64(2**40), **kw) == stories.generate("Once", **kw)
+
+
+def test_kv_cache_grows_with_the_generation(tiny):
+    """The session allocates its first tokens and grows on demand: a huge max_new_tokens costs
+    nothing when EOS comes early, and decoding across a growth stays exact."""
+    name, _, m = tiny
+    prompt = [1, 5, 9]
+    limit = 64 - len(prompt) if name == "gpt2" else 4300  # GPT-2 has 64 learned positions
+    free = generate_ids(m, [prompt], limit, eos_id=-1)[0]
+    ref = m.logits(np.array(prompt + free[:-1]))[len(prompt) - 1:].argmax(-1)
+    assert free == ref.tolist()
+    stop = free[2]
+    assert generate_ids(m, [prompt], 10**8, eos_id=stop)[0] == free[:free.index(stop) + 1]
+    gen = _C.Generator(m._c, 1, 10**8)
+    assert gen.capacity < 10**5
+    with pytest.raises(MemoryError, match="KV cache"):
+        generate_ids(m, [prompt], 2**31)
+    # a session that keeps hidden states grows them too
+    if name != "gpt2":
+        n = 5000
+        ids = np.random.default_rng(3).integers(0, VOCAB, n).astype(np.int32)
+        gen = _C.Generator(m._c, 1, n, keep_hidden=True)
+        for a in range(0, n, 1000):
+            c = ids[None, a:a + 1000]
+            gen.append(c, np.ones_like(c, np.uint8), np.zeros_like(c), np.arange(a, a + 1000,
+                                                                              dtype=np.int32)[None])
+        assert gen.capacity == n and gen.length == n
+        full = m.logits(ids)
+        for i in (10, 4000, 4999):
+            gen.logits_at(np.array([i], np.int32))
+            assert np.abs(gen.logits()[0] - full[i]).max() < 1e-4
+
+
+def test_bad_flags_and_text(stories):
+    with pytest.raises(TypeError, match="do_sample"):
+        stories.generate("Once", do_sample="no")
+    with pytest.raises(TypeError, match="do_sample"):
+        stories.generate("Once", do_sample=1)
+    for prompt in ("Once \ud800 upon", ["fine", "\udfff"]):
+        with pytest.raises(ValueError, match="surrogate"):
+            stories.generate(prompt)

@@ -13,21 +13,23 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     if (B <= 0 || capacity <= 0)
         return mg_fail(err, MG_ERR_VALUE, "invalid session size (%d rows x %d tokens)", B,
                        capacity);
-    if ((long)B * capacity > (1L << 28))
-        return mg_fail(err, MG_ERR_NOMEM, "session of %d rows x %d tokens is too large", B,
-                       capacity);
-    if (params->do_sample && !(params->temperature > 0.0f))
+    const int first =
+        capacity < MG_GENERATOR_FIRST_CAPACITY ? capacity : MG_GENERATOR_FIRST_CAPACITY;
+    if ((long)B * first > (1L << 28))
+        return mg_fail(err, MG_ERR_NOMEM, "session of %d rows x %d tokens is too large", B, first);
+    if (params->do_sample && !(params->temperature > 0.0))
         return mg_fail(err, MG_ERR_VALUE, "temperature must be > 0 when sampling");
-    if (!(params->top_p > 0.0f && params->top_p <= 1.0f))
+    if (!(params->top_p > 0.0 && params->top_p <= 1.0))
         return mg_fail(err, MG_ERR_VALUE, "top_p must lie in (0, 1]");
-    if (!(params->min_p >= 0.0f && params->min_p <= 1.0f))
+    if (!(params->min_p >= 0.0 && params->min_p <= 1.0))
         return mg_fail(err, MG_ERR_VALUE, "min_p must lie in [0, 1]");
     if (params->top_k < 0) return mg_fail(err, MG_ERR_VALUE, "top_k must be >= 0");
-    if (!(params->repetition_penalty > 0.0f))
+    if (!(params->repetition_penalty > 0.0))
         return mg_fail(err, MG_ERR_VALUE, "repetition_penalty must be > 0");
     if (eos_id >= c->vocab_size)
         return mg_fail(err, MG_ERR_VALUE, "eos id %d is out of range", eos_id);
     g->model = m;
+    g->max_capacity = capacity;
     g->B = B;
     g->V = c->vocab_size;
     g->D = c->dim;
@@ -35,21 +37,19 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     g->seed = seed;
     g->eos_id = eos_id < 0 ? -1 : eos_id;
     const mg_backend *be = m->be;
-    if (mg_kv_cache_init(&g->cache, be, c, B, capacity, c->n_layers, err) != MG_OK)
-        return err->code;
+    if (mg_kv_cache_init(&g->cache, be, c, B, first, c->n_layers, err) != MG_OK) return err->code;
     const size_t BV = (size_t)B * g->V;
     g->logits = mg_alloc(BV, sizeof(float), "logits", err);
     g->greedy_tok = mg_alloc((size_t)B, sizeof(int32_t), "greedy tokens", err);
     g->greedy_lp = mg_alloc((size_t)B, sizeof(float), "greedy log-probabilities", err);
-    g->device_greedy = !mg_on_host(be) && !params->do_sample && params->repetition_penalty == 1.0f;
+    g->device_greedy = !mg_on_host(be) && !params->do_sample && params->repetition_penalty == 1.0;
     g->dev_logits = g->logits;
     if (!mg_on_host(be) && err->code == MG_OK)
         g->dev_logits = be->alloc(be, BV * sizeof(float), "device logits", err);
     /* in the model's backend memory: what the model writes */
     if (err->code == MG_OK) g->step_logits = be->alloc(be, BV * sizeof(float), "step logits", err);
     if (keep_hidden && err->code == MG_OK)
-        g->hidden =
-            be->alloc(be, (size_t)B * capacity * g->D * sizeof(float), "hidden states", err);
+        g->hidden = be->alloc(be, (size_t)B * first * g->D * sizeof(float), "hidden states", err);
     if (err->code == MG_OK)
         g->step_hidden = be->alloc(be, (size_t)B * g->D * sizeof(float), "step states", err);
     g->seen = mg_alloc(BV, 1, "seen tokens", err);
@@ -94,6 +94,66 @@ void mg_generator_release(mg_generator *g) {
     mg_free(g->step_pos);
     mg_free(g->step_role);
     memset(g, 0, sizeof(*g));
+}
+
+/* Makes room for `need` tokens per row: a larger cache (and state buffer) holding what the
+ * session has appended so far, twice the size or what is needed, at most max_capacity. */
+static int reserve(mg_generator *g, int need, mg_error *err) {
+    mg_kv_cache *old = &g->cache;
+    if (need <= old->capacity) return MG_OK;
+    if (need > g->max_capacity)
+        return mg_fail(err, MG_ERR_VALUE, "the session is full (%d tokens per row)",
+                       g->max_capacity);
+    int size = old->capacity > g->max_capacity / 2 ? g->max_capacity : 2 * old->capacity;
+    if (size < need) size = need;
+    if ((long)g->B * size > (1L << 28))
+        return mg_fail(err, MG_ERR_NOMEM, "session of %d rows x %d tokens is too large", g->B,
+                       size);
+    const mg_backend *be = g->model->be;
+    mg_kv_cache grown;
+    if (mg_kv_cache_init(&grown, be, &g->model->config, g->B, size, old->n_slots, err) != MG_OK)
+        return err->code;
+    float *hidden = NULL;
+    if (g->hidden != NULL) {
+        hidden = be->alloc(be, (size_t)g->B * size * g->D * sizeof(float), "hidden states", err);
+        if (hidden == NULL) {
+            mg_kv_cache_release(&grown);
+            return err->code;
+        }
+    }
+    const int n = old->length;
+    if (n > 0) {
+        const size_t kv_bytes = sizeof(float) * (size_t)n * old->kv_dim;
+        for (int s = 0; s < old->n_slots; s++)
+            for (int b = 0; b < g->B; b++) {
+                be->copy(be, mg_kv_cache_rows(&grown, grown.k, s, b),
+                         mg_kv_cache_rows(old, old->k, s, b), kv_bytes);
+                be->copy(be, mg_kv_cache_rows(&grown, grown.v, s, b),
+                         mg_kv_cache_rows(old, old->v, s, b), kv_bytes);
+            }
+        for (int b = 0; b < g->B; b++) {
+            be->copy(be, grown.roles + (long)b * size, old->roles + (long)b * old->capacity,
+                     (size_t)n);
+            be->copy(be, grown.segments + (long)b * size, old->segments + (long)b * old->capacity,
+                     sizeof(int32_t) * n);
+            if (hidden != NULL)
+                be->copy(be, hidden + (long)b * size * g->D,
+                         g->hidden + (long)b * old->capacity * g->D, sizeof(float) * n * g->D);
+        }
+    }
+    grown.length = n;
+    if (be->sync(be, err) != MG_OK) {
+        mg_kv_cache_release(&grown);
+        if (hidden != NULL) be->free(be, hidden);
+        return err->code;
+    }
+    mg_kv_cache_release(old);
+    *old = grown;
+    if (hidden != NULL) {
+        be->free(be, g->hidden);
+        g->hidden = hidden;
+    }
+    return MG_OK;
 }
 
 /* After dev_logits changed: a GPU decoding greedily chooses there and reads back the choices;
@@ -157,9 +217,10 @@ static int run_step(mg_generator *g, const int32_t *tokens, const uint8_t *roles
 int mg_generator_append(mg_generator *g, const int32_t *tokens, const uint8_t *roles,
                         const int32_t *segments, const int32_t *positions, int T, mg_error *err) {
     if (T <= 0) return mg_fail(err, MG_ERR_VALUE, "nothing to append");
-    if (T > g->cache.capacity - g->cache.length)
+    if (T > g->max_capacity - g->cache.length)
         return mg_fail(err, MG_ERR_VALUE, "%d more tokens exceed the session (%d of %d used)", T,
-                       g->cache.length, g->cache.capacity);
+                       g->cache.length, g->max_capacity);
+    if (reserve(g, g->cache.length + T, err) != MG_OK) return err->code;
     const size_t N = (size_t)g->B * T;
     const mg_backend *be = g->model->be;
     int *pos = mg_alloc_uninit(N, sizeof(int), "positions", err);
@@ -237,9 +298,7 @@ int mg_generator_decode_step(mg_generator *g, int32_t *tokens, float *logprobs, 
     for (int b = 0; b < g->B; b++)
         any |= g->pending[b] >= 0;
     if (any) {
-        if (g->cache.length >= g->cache.capacity)
-            return mg_fail(err, MG_ERR_VALUE, "the session is full (%d tokens per row)",
-                           g->cache.capacity);
+        if (reserve(g, g->cache.length + 1, err) != MG_OK) return err->code;
         for (int b = 0; b < g->B; b++) {
             const int live = g->pending[b] >= 0;
             g->step_tok[b] = live ? g->pending[b] : 0;
@@ -264,9 +323,7 @@ int mg_generator_decode_step(mg_generator *g, int32_t *tokens, float *logprobs, 
 int mg_generator_span_step(mg_generator *g, const int32_t *positions, int32_t *tokens,
                            float *logprobs, mg_error *err) {
     if (!g->has_logits) return mg_fail(err, MG_ERR_VALUE, "append the context before a span");
-    if (g->cache.length >= g->cache.capacity)
-        return mg_fail(err, MG_ERR_VALUE, "the session is full (%d tokens per row)",
-                       g->cache.capacity);
+    if (reserve(g, g->cache.length + 1, err) != MG_OK) return err->code;
     for (int b = 0; b < g->B; b++)
         g->step_role[b] = positions[b] >= 0;
     sample_rows(g, g->step_role, tokens, logprobs);

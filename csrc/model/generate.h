@@ -12,7 +12,8 @@
 
 typedef struct {
     const mg_model *model;
-    mg_kv_cache cache;
+    mg_kv_cache cache; /* allocated for cache.capacity tokens per row, grown on demand */
+    int max_capacity;  /* tokens per row the session may come to hold */
     int B, V, D;
     sampling_params params;
     uint64_t seed;
@@ -38,6 +39,11 @@ typedef struct {
     uint8_t *step_role;  /* [B] */
     float *step_hidden;  /* [B, D] */
 } mg_generator;
+
+/* Tokens per row allocated at once: a session of up to this many is allocated whole (a request
+ * beyond memory fails here), a longer one starts with this many and doubles as it fills, so a
+ * generous limit costs nothing until it is used. */
+#define MG_GENERATOR_FIRST_CAPACITY 4096
 
 /* capacity: tokens per row the session may hold; keep_hidden: keep every appended token's
  * final state (needed by mg_generator_logits_at). */

@@ -85,10 +85,10 @@ static void select_top(int32_t *idx, int n, int k, const float *f) {
 /* Keeps the most probable candidates whose mass before them is below top_p (Hugging Face's
  * TopPLogitsWarper). Only candidates above a weight threshold are sorted: the threshold is
  * lowered until the sorted ones hold enough mass, so the usual case sorts a few hundred. */
-static int top_p_filter(int32_t *idx, int n, const float *w, double total, float top_p,
+static int top_p_filter(int32_t *idx, int n, const float *w, double total, double top_p,
                         uint64_t *keys) {
     static const float thresholds[] = {1e-2f, 1e-4f, 1e-6f, 1e-9f, 0.0f};
-    const double target = (double)top_p * total;
+    const double target = top_p * total;
     int g = 0;
     for (unsigned t = 0; t < sizeof(thresholds) / sizeof(thresholds[0]); t++) {
         double mass = 0.0;
@@ -116,10 +116,10 @@ int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampl
     float *f = (float *)scratch;
     int32_t *idx = (int32_t *)(scratch + ((size_t)V + 1) / 2);
     uint64_t *keys = scratch + ((size_t)V + 1) / 2 * 2;
-    const float rp = p->repetition_penalty;
+    const double rp = p->repetition_penalty;
     for (int i = 0; i < V; i++) {
         float x = logits[i];
-        if (seen != NULL && seen[i] && rp != 1.0f) x = x > 0.0f ? x / rp : x * rp;
+        if (seen != NULL && seen[i] && rp != 1.0) x = (float)(x > 0.0f ? x / rp : x * rp);
         f[i] = x;
     }
     int chosen = 0;
@@ -127,11 +127,13 @@ int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampl
         for (int i = 1; i < V; i++)
             if (f[i] > f[chosen]) chosen = i;
     } else {
+        /* (x - max) / t in double: <= 0, so no overflow to inf (inf - inf would be NaN) for any
+         * t > 0; a tiny t leaves the maximum at 0 and sends the rest to -inf (weight 0) */
         float m = -INFINITY;
-        for (int i = 0; i < V; i++) {
-            f[i] = f[i] / p->temperature;
+        for (int i = 0; i < V; i++)
             if (f[i] > m) m = f[i];
-        }
+        for (int i = 0; i < V; i++)
+            f[i] = (float)(((double)f[i] - m) / p->temperature);
         int n = V;
         for (int i = 0; i < V; i++)
             idx[i] = i;
@@ -146,11 +148,11 @@ int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampl
         }
         double total = 0.0;
         for (int c = 0; c < n; c++) {
-            f[idx[c]] = expf(f[idx[c]] - m); /* weights; the maximum has weight 1 */
+            f[idx[c]] = expf(f[idx[c]]); /* weights; the maximum has weight 1 */
             total += f[idx[c]];
         }
-        if (p->top_p < 1.0f) n = top_p_filter(idx, n, f, total, p->top_p, keys);
-        if (p->min_p > 0.0f) { /* the most probable token (weight 1) always survives */
+        if (p->top_p < 1.0) n = top_p_filter(idx, n, f, total, p->top_p, keys);
+        if (p->min_p > 0.0) { /* the most probable token (weight 1) always survives */
             int kept = 0;
             for (int c = 0; c < n; c++)
                 if (f[idx[c]] >= p->min_p) idx[kept++] = idx[c];

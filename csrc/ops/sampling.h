@@ -6,12 +6,12 @@
 #include <stdint.h>
 
 typedef struct {
-    int do_sample;            /* 0: greedy argmax (after the repetition penalty) */
-    float temperature;        /* > 0 when sampling */
-    int top_k;                /* 0: off */
-    float top_p;              /* (0, 1]; 1: off */
-    float min_p;              /* [0, 1]; 0: off */
-    float repetition_penalty; /* > 0; 1: off */
+    int do_sample;             /* 0: greedy argmax (after the repetition penalty) */
+    double temperature;        /* > 0 when sampling (any double: scaling cannot overflow) */
+    int top_k;                 /* 0 or >= V: off */
+    double top_p;              /* (0, 1]; 1: off */
+    double min_p;              /* [0, 1]; 0: off */
+    double repetition_penalty; /* > 0; 1: off */
 } sampling_params;
 
 /* A uniform double in [0, 1) from splitmix64 of (seed, step, row): counter-based, so a draw
@@ -23,7 +23,9 @@ double sampling_uniform(uint64_t seed, uint64_t step, uint64_t row);
 
 /* Chooses a token from logits[V] (not modified). seen[V] (may be NULL) flags the tokens that the
  * repetition penalty applies to: a seen logit x becomes x / penalty when x > 0, else x * penalty
- * (Hugging Face's RepetitionPenaltyLogitsProcessor). u is the uniform draw used when sampling.
+ * (Hugging Face's RepetitionPenaltyLogitsProcessor). The temperature scales (x - max) / t in
+ * double, so a tiny temperature tends to the greedy choice (ties shared) instead of overflowing.
+ * u is the uniform draw used when sampling.
  * Writes the log-probability of the chosen token under the raw (unprocessed) logits to
  * *raw_logprob when not NULL. scratch: SAMPLING_SCRATCH_WORDS(V) words. Ties go to the lower
  * token id (as torch.argmax). */

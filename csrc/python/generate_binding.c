@@ -79,9 +79,9 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
         "top_p", "min_p", "repetition_penalty", "seed",        "eos_id",    NULL};
     PyObject *model_obj;
     int B, capacity, keep_hidden = 0, do_sample = 0, top_k = 0, eos_id = -1;
-    float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, rep = 1.0f;
+    double temperature = 1.0, top_p = 1.0, min_p = 0.0, rep = 1.0;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|$ppfifffKi", kwlist, &model_obj, &B,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|$ppdidddKi", kwlist, &model_obj, &B,
                                      &capacity, &keep_hidden, &do_sample, &temperature, &top_k,
                                      &top_p, &min_p, &rep, &seed, &eos_id))
         return -1;
@@ -257,6 +257,11 @@ static PyObject *Generator_length(MgpyGenerator *self, void *closure) {
     return PyLong_FromLong(self->ready ? self->gen.cache.length : 0);
 }
 
+static PyObject *Generator_capacity(MgpyGenerator *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(self->ready ? self->gen.cache.capacity : 0);
+}
+
 static PyObject *Generator_finished(MgpyGenerator *self, void *closure) {
     (void)closure;
     npy_intp n = self->ready ? self->gen.B : 0;
@@ -283,6 +288,8 @@ static PyMethodDef Generator_methods[] = {
 
 static PyGetSetDef Generator_getset[] = {
     {"length", (getter)Generator_length, NULL, "tokens per row appended so far", NULL},
+    {"capacity", (getter)Generator_capacity, NULL,
+     "tokens per row allocated now (grows on demand up to the session's capacity)", NULL},
     {"finished", (getter)Generator_finished, NULL, "bool[B]: rows that are done", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
