@@ -38,10 +38,16 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # every id that ends generation (config.json's list, or generation_config.json's); the
+    # tokenizer's EOS (appended to sentence inputs) stays eos_token_id
+    eos_token_ids: tuple[int, ...] = ()
     model_type: str = ""
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.eos_token_ids and self.eos_token_id is not None:
+            self.eos_token_ids = (self.eos_token_id,)
+        self.eos_token_ids = tuple(int(i) for i in self.eos_token_ids)
         if self.arch not in ARCHITECTURES:
             raise ValueError(
                 f"unsupported architecture {self.arch!r}; "
@@ -57,7 +63,8 @@ class ModelConfig:
         """The dict the C core's Model constructor reads."""
         d = asdict(self)
         d["num_layers"] = self.num_layers
-        return {k: v for k, v in d.items() if k not in ("source", "model_type")}
+        return {k: v for k, v in d.items()
+                if k not in ("source", "model_type", "eos_token_ids")}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

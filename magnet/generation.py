@@ -92,6 +92,14 @@ def eos_id_of(model: Model) -> int:
     return -1 if model.config.eos_token_id is None else int(model.config.eos_token_id)
 
 
+def eos_ids_of(model: Model) -> tuple[int, ...]:
+    """Every id that ends generation: the tokenizer's EOS and the config's list (Llama 3
+    Instruct lists three, as transformers' generate reads them)."""
+    first = eos_id_of(model)
+    ids = ((first,) if first >= 0 else ()) + tuple(model.config.eos_token_ids)
+    return tuple(dict.fromkeys(ids))
+
+
 def check_text(text: str, what: str) -> str:
     """``text`` itself; ValueError when it is not valid Unicode (a lone surrogate, which UTF-8
     and so the tokenizer cannot encode)."""
@@ -140,12 +148,13 @@ def _check_stop(stop: Any) -> list[str]:
 
 
 def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 sampling: Sampling, seed: int, eos_id: int) -> Iterator[tuple[Any, np.ndarray]]:
+                 sampling: Sampling, seed: int, eos_id: int | Sequence[int]
+                 ) -> Iterator[tuple[Any, np.ndarray]]:
     """Yields ``(generator, tokens)`` once per new token: tokens int32 [B], -1 for finished rows.
 
     The caller may ``generator.finish(row)`` between steps (stop strings). A row ends when it
-    samples ``eos_id`` (the EOS token is yielded) or is finished; the loop ends when every row
-    has ended or after ``max_new_tokens`` steps.
+    samples ``eos_id`` (or one of a sequence of them; the EOS token is yielded) or is finished;
+    the loop ends when every row has ended or after ``max_new_tokens`` steps.
     """
     B = len(prompts)
     T = max(len(p) for p in prompts)
@@ -176,15 +185,15 @@ def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens:
 
 def generate_ids(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                  sampling: Sampling | None = None, seed: int | None = None,
-                 eos_id: int | None = None) -> list[list[int]]:
+                 eos_id: int | Sequence[int] | None = None) -> list[list[int]]:
     """Token-level generation: new token ids per prompt (EOS included when sampled).
 
-    ``prompts``: non-empty token-id lists (a batch; lengths may differ). ``eos_id`` defaults to
-    the model's (``-1``: none).
+    ``prompts``: non-empty token-id lists (a batch; lengths may differ). ``eos_id`` (an id or a
+    sequence of ids) defaults to the model's (``-1``: none).
     """
     prompts = _check_id_prompts(model, prompts)
     max_new_tokens = _check_max_new_tokens(max_new_tokens)
-    eos = eos_id_of(model) if eos_id is None else int(eos_id)
+    eos = eos_ids_of(model) if eos_id is None else eos_id
     out: list[list[int]] = [[] for _ in prompts]
     for _, tokens in decode_steps(model, prompts, max_new_tokens, sampling or Sampling(),
                                   resolve_seed(seed if sampling and sampling.do_sample else 0),
@@ -226,8 +235,8 @@ class _Row:
         self.marks: list[tuple[int, str]] = []  # (offset in text, raw text) per special token
         self.stopped = False
 
-    def add(self, token: int, eos_id: int) -> None:
-        if token == eos_id:
+    def add(self, token: int, eos_ids: tuple[int, ...]) -> None:
+        if token in eos_ids:
             return
         self.ids.append(token)
         if token in self.specials:  # decoding skips it: the text is unchanged
@@ -309,8 +318,8 @@ def generate(model: Model, prompt: str | Sequence[str], max_new_tokens: int = 64
     max_new_tokens = _check_max_new_tokens(max_new_tokens)
     sampling = Sampling(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
     stops = _check_stop(stop)
-    eos = eos_id_of(model)
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else (eos if eos >= 0 else None)
+    eos = eos_ids_of(model)
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else (eos[0] if eos else None)
     ids = tokenizer.encode_batch(list(prompts))
     for i, p in enumerate(ids):
         if not p:  # an empty prompt starts from BOS (or EOS, GPT-2's document separator)
@@ -333,7 +342,8 @@ def generate(model: Model, prompt: str | Sequence[str], max_new_tokens: int = 64
     return texts[0] if single else texts
 
 
-def _stream(row: _Row, steps: Iterator[tuple[Any, np.ndarray]], eos: int) -> Iterator[str]:
+def _stream(row: _Row, steps: Iterator[tuple[Any, np.ndarray]], eos: tuple[int, ...]
+            ) -> Iterator[str]:
     """Text pieces of one row; their concatenation equals the non-streaming result."""
     sent = 0
     for gen, tokens in steps:

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from magnet.formats.huggingface import config_to_hf, tensors_to_hf, write_safetensors
+from magnet.formats.huggingface import (
+    config_to_hf,
+    generation_config_to_hf,
+    tensors_to_hf,
+    write_safetensors,
+)
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -159,6 +164,8 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     try:
         cfg = config_to_hf(model.config)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        (tmp / "generation_config.json").write_text(
+            json.dumps(generation_config_to_hf(model.config), indent=2))
         write_safetensors(tmp / "model.safetensors", tensors_to_hf(model.config, tensors),
                           {"format": "pt"})
         if model.tokenizer is not None:

@@ -125,8 +125,8 @@ def test_save_over_existing_directory_keeps_the_users_files(stories, tmp_path):
     assert (target / "notes.txt").read_text() == "mine"
     assert (target / "runs" / "log.txt").read_text() == "log"
     assert sorted(p.name for p in target.iterdir()) == [
-        "config.json", "model.safetensors", "notes.txt", "runs", "tokenizer.json",
-        "tokenizer_config.json"]
+        "config.json", "generation_config.json", "model.safetensors", "notes.txt", "runs",
+        "tokenizer.json", "tokenizer_config.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     probe = tmp_path / "probe"
     probe.mkdir()  # the mode a directory gets under this umask (mkdtemp's would be 0o700)

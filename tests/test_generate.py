@@ -272,3 +272,45 @@ def test_bad_flags_and_text(stories):
     for prompt in ("Once \ud800 upon", ["fine", "\udfff"]):
         with pytest.raises(ValueError, match="surrogate"):
             stories.generate(prompt)
+
+
+@pytest.mark.parametrize("where", ["config", "generation_config"])
+def test_every_eos_id_ends_generation(tmp_path, where):
+    """A list of EOS ids (Llama 3 Instruct's three) ends a row at any of them, as in
+    transformers; from config.json or generation_config.json, and kept by save_pretrained."""
+    import json
+
+    import torch
+
+    ref = make_checkpoint("llama", tmp_path / "src")
+    prompt = [1, 5, 9]
+    free = generate_ids(magnet.Model.from_pretrained(tmp_path / "src"), [prompt], 16,
+                        eos_id=-1)[0]
+    i = next(i for i in range(2, 16) if free[i] not in free[:i] and 2 not in free[:i + 1])
+    stop = free[i]
+    cfg_path = tmp_path / "src" / "config.json"
+    if where == "config":  # transformers' generation_config.json would take precedence
+        (tmp_path / "src" / "generation_config.json").unlink(missing_ok=True)
+        cfg = json.loads(cfg_path.read_text())
+        cfg["eos_token_id"] = [2, stop]
+        cfg_path.write_text(json.dumps(cfg))
+    else:
+        (tmp_path / "src" / "generation_config.json").write_text(
+            json.dumps({"eos_token_id": [2, stop]}))
+    m = magnet.Model.from_pretrained(tmp_path / "src")
+    assert (m.config.eos_token_id, m.config.eos_token_ids) == (2, (2, stop))
+    assert generate_ids(m, [prompt], 16)[0] == free[:i + 1]
+    with torch.no_grad():
+        hf = ref.generate(torch.as_tensor([prompt]), max_new_tokens=16, do_sample=False,
+                          eos_token_id=[2, stop], pad_token_id=0,
+                          attention_mask=torch.ones(1, 3, dtype=torch.long))
+    assert hf[0, 3:].tolist() == free[:i + 1]
+    again = magnet.Model.from_pretrained(m.save_pretrained(tmp_path / "saved"))
+    assert (again.config.eos_token_id, again.config.eos_token_ids) == (2, (2, stop))
+
+
+def test_bad_eos_ids_are_rejected(stories):
+    for bad, match in (([1, -3], "non-negative"), ([1, 10**6], "out of range"),
+                       (list(range(17)), "at most 16"), ("x", "int or a sequence")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            generate_ids(stories, [[1, 2]], 4, eos_id=bad)

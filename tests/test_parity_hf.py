@@ -124,3 +124,14 @@ def test_smollm3_layers_without_rope_are_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="layers without RoPE"):
         magnet.Model.from_pretrained(tmp_path)
+
+
+def test_untied_config_without_a_head_is_rejected(tmp_path):
+    import json
+
+    make_checkpoint("qwen2", tmp_path)  # tied: the file holds no lm_head.weight
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["tie_word_embeddings"] = False
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no lm_head.weight"):
+        magnet.Model.from_pretrained(tmp_path)

@@ -7,7 +7,8 @@
 #include "transfer.h"
 
 int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, int keep_hidden,
-                      const sampling_params *params, uint64_t seed, int eos_id, mg_error *err) {
+                      const sampling_params *params, uint64_t seed, const int *eos_ids, int n_eos,
+                      mg_error *err) {
     memset(g, 0, sizeof(*g));
     const mg_config *c = &m->config;
     if (B <= 0 || capacity <= 0)
@@ -26,8 +27,11 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     if (params->top_k < 0) return mg_fail(err, MG_ERR_VALUE, "top_k must be >= 0");
     if (!(params->repetition_penalty > 0.0))
         return mg_fail(err, MG_ERR_VALUE, "repetition_penalty must be > 0");
-    if (eos_id >= c->vocab_size)
-        return mg_fail(err, MG_ERR_VALUE, "eos id %d is out of range", eos_id);
+    if (n_eos < 0 || n_eos > MG_GENERATOR_MAX_EOS)
+        return mg_fail(err, MG_ERR_VALUE, "%d EOS ids (at most %d)", n_eos, MG_GENERATOR_MAX_EOS);
+    for (int i = 0; i < n_eos; i++)
+        if (eos_ids[i] < 0 || eos_ids[i] >= c->vocab_size)
+            return mg_fail(err, MG_ERR_VALUE, "eos id %d is out of range", eos_ids[i]);
     g->model = m;
     g->max_capacity = capacity;
     g->B = B;
@@ -35,7 +39,9 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     g->D = c->dim;
     g->params = *params;
     g->seed = seed;
-    g->eos_id = eos_id < 0 ? -1 : eos_id;
+    g->n_eos = n_eos;
+    for (int i = 0; i < n_eos; i++)
+        g->eos_ids[i] = eos_ids[i];
     const mg_backend *be = m->be;
     if (mg_kv_cache_init(&g->cache, be, c, B, first, c->n_layers, err) != MG_OK) return err->code;
     const size_t BV = (size_t)B * g->V;
@@ -315,7 +321,8 @@ int mg_generator_decode_step(mg_generator *g, int32_t *tokens, float *logprobs, 
     sample_rows(g, g->step_role, tokens, logprobs);
     for (int b = 0; b < g->B; b++) {
         g->pending[b] = tokens[b];
-        if (tokens[b] >= 0 && tokens[b] == g->eos_id) g->finished[b] = 1;
+        for (int i = 0; i < g->n_eos && tokens[b] >= 0; i++)
+            if (tokens[b] == g->eos_ids[i]) g->finished[b] = 1;
     }
     return MG_OK;
 }

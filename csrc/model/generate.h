@@ -10,6 +10,9 @@
 #include "../ops/sampling.h"
 #include "model.h"
 
+/* Token ids that end a row (Llama 3 lists three). */
+#define MG_GENERATOR_MAX_EOS 16
+
 typedef struct {
     const mg_model *model;
     mg_kv_cache cache; /* allocated for cache.capacity tokens per row, grown on demand */
@@ -17,7 +20,8 @@ typedef struct {
     int B, V, D;
     sampling_params params;
     uint64_t seed;
-    int eos_id;          /* a row that samples it is finished; -1: none */
+    int eos_ids[MG_GENERATOR_MAX_EOS]; /* a row that samples one of them is finished */
+    int n_eos;
     uint64_t draws;      /* samples drawn so far: the step coordinate of the RNG */
     int has_logits;      /* logits hold a prediction for every row */
     float *logits;       /* [B, V] next-token logits of each row (host) */
@@ -48,7 +52,8 @@ typedef struct {
 /* capacity: tokens per row the session may hold; keep_hidden: keep every appended token's
  * final state (needed by mg_generator_logits_at). */
 int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, int keep_hidden,
-                      const sampling_params *params, uint64_t seed, int eos_id, mg_error *err);
+                      const sampling_params *params, uint64_t seed, const int *eos_ids, int n_eos,
+                      mg_error *err);
 void mg_generator_release(mg_generator *g);
 
 /* Appends tokens[B, T] with their roles, segments (-1: padding) and positions (int32, [B, T]);

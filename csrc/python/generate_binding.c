@@ -3,6 +3,7 @@
 #define NO_IMPORT_ARRAY
 #define PY_ARRAY_UNIQUE_SYMBOL MAGNET_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <limits.h>
 #include <numpy/arrayobject.h>
 #include <string.h>
 
@@ -73,18 +74,60 @@ static int claim(MgpyGenerator *self) {
     return 0;
 }
 
+/* eos_id: None, an int (-1: none) or a sequence of ints, the ids that end a row. */
+static int eos_ids_from(PyObject *obj, int *ids, int *n) {
+    *n = 0;
+    if (obj == NULL || obj == Py_None) return 0;
+    if (PyLong_Check(obj)) {
+        long v = PyLong_AsLong(obj);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v != -1) ids[(*n)++] = v > INT_MAX ? INT_MAX : (v < INT_MIN ? INT_MIN : (int)v);
+        return 0;
+    }
+    if (PyUnicode_Check(obj) || PyBytes_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "eos_id must be an int or a sequence of ints");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(obj, "eos_id must be an int or a sequence of ints");
+    if (seq == NULL) return -1;
+    const Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    if (len > MG_GENERATOR_MAX_EOS) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d EOS ids, got %zd", MG_GENERATOR_MAX_EOS, len);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        long v = PyLong_Check(item) ? PyLong_AsLong(item) : -1;
+        if (!PyLong_Check(item) || (v == -1 && PyErr_Occurred()) || v < 0 || v > INT_MAX) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_ValueError, "eos ids must be non-negative token ids");
+            }
+            return -1;
+        }
+        ids[(*n)++] = (int)v;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
 static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {
         "model", "rows",  "capacity",           "keep_hidden", "do_sample", "temperature", "top_k",
         "top_p", "min_p", "repetition_penalty", "seed",        "eos_id",    NULL};
     PyObject *model_obj;
-    int B, capacity, keep_hidden = 0, do_sample = 0, top_k = 0, eos_id = -1;
+    int B, capacity, keep_hidden = 0, do_sample = 0, top_k = 0;
     double temperature = 1.0, top_p = 1.0, min_p = 0.0, rep = 1.0;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|$ppdidddKi", kwlist, &model_obj, &B,
+    PyObject *eos_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|$ppdidddKO", kwlist, &model_obj, &B,
                                      &capacity, &keep_hidden, &do_sample, &temperature, &top_k,
-                                     &top_p, &min_p, &rep, &seed, &eos_id))
+                                     &top_p, &min_p, &rep, &seed, &eos_obj))
         return -1;
+    int eos_ids[MG_GENERATOR_MAX_EOS], n_eos = 0;
+    if (eos_ids_from(eos_obj, eos_ids, &n_eos) != 0) return -1;
     mg_model *m = model_of(model_obj);
     if (m == NULL) return -1;
     if (self->ready) {
@@ -96,7 +139,7 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
     mg_error_clear(&err);
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = mg_generator_init(&self->gen, m, B, capacity, keep_hidden, &p,
-                                                  (uint64_t)seed, eos_id, &err);
+                                                  (uint64_t)seed, eos_ids, n_eos, &err);
     Py_END_ALLOW_THREADS if (rc != MG_OK) {
         mgpy_raise(&err);
         return -1;

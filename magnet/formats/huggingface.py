@@ -79,6 +79,17 @@ def _check_types(cfg: dict[str, Any]) -> None:
             raise ValueError(f"config field {key!r} must be positive, got {cfg[key]!r}")
 
 
+def _token_ids(value: Any, key: str) -> tuple[int, ...]:
+    """A token-id field that may be null, an int or a list of ints (Llama 3's EOS ids)."""
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"config field {key!r} must be a token id or a list of them, "
+                         f"got {value!r}")
+    return tuple(values)
+
+
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     """Map a transformers `config.json` dict to a ModelConfig (ValueError when unsupported)."""
     _check_types(cfg)
@@ -108,7 +119,8 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
             norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
             bos_token_id=cfg.get("bos_token_id"),
-            eos_token_id=cfg.get("eos_token_id"),
+            eos_token_id=(_token_ids(cfg.get("eos_token_id"), "eos_token_id") or (None,))[0],
+            eos_token_ids=_token_ids(cfg.get("eos_token_id"), "eos_token_id"),
             model_type=model_type,
             source=cfg,
         )
@@ -132,9 +144,8 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     sliding = 0
     if model_type == "mistral" or (model_type == "qwen2" and cfg.get("use_sliding_window")):
         sliding = int(cfg.get("sliding_window") or 0)
-    eos = cfg.get("eos_token_id")
-    if isinstance(eos, list):
-        eos = eos[0] if eos else None
+    eos_ids = _token_ids(cfg.get("eos_token_id"), "eos_token_id")
+    eos = eos_ids[0] if eos_ids else None
     return ModelConfig(
         arch="llama",
         vocab_size=int(cfg["vocab_size"]),
@@ -150,6 +161,7 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_id=eos,
+        eos_token_ids=eos_ids,
         model_type=model_type,
         source=cfg,
         **_rope(cfg),
@@ -232,12 +244,9 @@ def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[s
 
 
 def _untie(config: ModelConfig, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A tied head reads the embeddings (a stored copy is dropped); an untied one must exist."""
+    """A tied head reads the embeddings: a stored copy is dropped."""
     if config.tie_word_embeddings:
         out.pop("lm_head.weight", None)
-    elif "lm_head.weight" not in out:
-        raise ValueError("the config says tie_word_embeddings=false but the checkpoint has no "
-                         "lm_head.weight")
     return out
 
 
@@ -314,8 +323,28 @@ def load_huggingface(directory: str | os.PathLike) -> Loaded:
     except (TypeError, AttributeError, OverflowError, ZeroDivisionError) as e:
         # a value of a type or size the field cannot take (e.g. a list where a number belongs)
         raise ValueError(f"{cfg_path}: malformed config ({type(e).__name__}: {e})") from None
+    gen_path = directory / "generation_config.json"
+    if gen_path.is_file():  # transformers' generate stops at its EOS ids when it has them
+        try:
+            gen = json.loads(gen_path.read_text(encoding="utf-8"))
+            gen_eos = _token_ids(gen.get("eos_token_id"), "eos_token_id") if isinstance(
+                gen, dict) else ()
+        except ValueError as e:
+            raise ValueError(f"{gen_path}: {e}") from None
+        if gen_eos:
+            config.eos_token_ids = gen_eos
     tensors = tensors_from_hf(config, read_state(directory))
+    if not config.tie_word_embeddings and "lm_head.weight" not in tensors:
+        raise ValueError(f"{cfg_path} says tie_word_embeddings=false but the checkpoint has no "
+                         "lm_head.weight")
     return Loaded(config, tensors, read_tokenizer(directory, config))
+
+
+def generation_config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """A transformers `generation_config.json`: the ids that end generation."""
+    ids = list(config.eos_token_ids)
+    return {"bos_token_id": config.bos_token_id,
+            "eos_token_id": ids[0] if len(ids) == 1 else (ids or None)}
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
