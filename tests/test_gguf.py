@@ -346,3 +346,63 @@ def test_sentencepiece_tokenizer_matches_transformers(tmp_path: Path, shared_dat
     matched = sum(tok.encode(ln) == ref(ln)["input_ids"] for ln in lines)
     print(f"\nLLaMA-2 SentencePiece GGUF tokenizer: {matched}/{len(lines)} lines identical")
     assert matched == len(lines)
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "gpt-2"])
+def test_byte_level_split_follows_tokenizer_pre(tmp_path: Path, shared_data: Path,
+                                                pre: str) -> None:
+    """tokenizer.ggml.pre picks the text split a byte-level vocabulary was learned with (Llama 3
+    groups digits by three, Qwen2 splits every digit), as transformers' GGUF tokenizer does.
+    GPT-2's vocabulary stands in for the real ones."""
+    import json
+
+    src = shared_data / "tokenizers" / "gpt2"
+    if not (src / "encoder.json").is_file() or not (src / "vocab.bpe").is_file():
+        pytest.skip(f"{src}/encoder.json and vocab.bpe not found")
+    enc = json.loads((src / "encoder.json").read_text(encoding="utf-8"))
+    tokens = sorted(enc, key=enc.get)
+    merges = [ln for ln in (src / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]
+              if ln]
+    meta = {
+        "llama.block_count": ("uint32", 1), "llama.context_length": ("uint32", 64),
+        "llama.embedding_length": ("uint32", 8), "llama.feed_forward_length": ("uint32", 16),
+        "llama.attention.head_count": ("uint32", 2),
+        "tokenizer.ggml.model": ("string", "gpt2"), "tokenizer.ggml.pre": ("string", pre),
+        "tokenizer.ggml.tokens": ("array", tokens), "tokenizer.ggml.merges": ("array", merges),
+        "tokenizer.ggml.token_type": ("array", [3 if t == "<|endoftext|>" else 1
+                                                 for t in tokens]),
+        "tokenizer.ggml.bos_token_id": ("uint32", 50256),
+        "tokenizer.ggml.eos_token_id": ("uint32", 50256),
+    }
+    path = tmp_path / f"{pre}.gguf"
+    write_gguf(path, {}, meta)
+    from magnet.formats.gguf import gguf_tokenizer
+
+    tok = gguf_tokenizer(magnet._C.read_gguf(path)[0])
+    ref = _hf_tokenizer(path)
+    texts = ["12345678", "In 2024, 1000000 people", "I DON'T know", "a\n\n\nb", "x 123 y"]
+    for t in texts:
+        assert tok.encode(t, add_bos=False) == ref(t, add_special_tokens=False)["input_ids"], t
+    digits = [tok.backend.id_to_token(i) for i in tok.encode("12345678", add_bos=False)]
+    assert digits == {"llama-bpe": ["123", "456", "78"], "qwen2": list("12345678"),
+                      "gpt-2": ["123", "45", "678"]}[pre]
+
+
+@pytest.mark.parametrize("keys, want", [
+    ({}, ("default", 1.0)),
+    ({"rope.scaling.type": "linear", "rope.scaling.factor": 4.0}, ("linear", 4.0)),
+    ({"rope.scaling.factor": 4.0}, ("linear", 4.0)),  # llama.cpp: the type defaults to linear
+    ({"rope.scale_linear": 2.0}, ("linear", 2.0)),  # the pre-2023 key
+    ({"rope.scaling.type": "none", "rope.scaling.factor": 4.0}, ("default", 1.0)),
+    ({"rope.scaling.factor": 1.0}, ("default", 1.0)),
+])
+def test_rope_scaling_keys_as_llama_cpp_reads_them(keys, want) -> None:
+    from magnet.formats.gguf import gguf_config
+
+    meta = {"general.architecture": "llama", "llama.block_count": 1,
+            "llama.context_length": 64, "llama.embedding_length": 8,
+            "llama.feed_forward_length": 16, "llama.attention.head_count": 2,
+            **{f"llama.{k}": v for k, v in keys.items()}}
+    tensors = {"token_embd.weight": np.zeros((10, 8), np.float32)}
+    config = gguf_config(meta, tensors)
+    assert (config.rope_type, config.rope_factor) == want

@@ -93,10 +93,17 @@ def gguf_config(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ModelCo
     else:
         eps = _get(meta, p + "attention.layer_norm_rms_epsilon", float, 1e-5)
     rope_type, rope_factor, rope_orig = "default", 1.0, 0
-    scaling = meta.get(p + "rope.scaling.type", "none")
+    # as llama.cpp reads them: the type defaults to linear, the factor to the pre-2023 key
+    # rope.scale_linear, and a factor of 0 or 1 scales nothing
+    scaling = meta.get(p + "rope.scaling.type", "linear")
+    factor_key = p + ("rope.scaling.factor" if p + "rope.scaling.factor" in meta
+                      else "rope.scale_linear")
+    factor = _get(meta, factor_key, (int, float), 0.0)
     if scaling == "linear":
-        rope_type = "linear"
-        rope_factor = float(_get(meta, p + "rope.scaling.factor", (int, float)))
+        if factor < 0 or not np.isfinite(factor):
+            raise ValueError(f"GGUF RoPE scaling factor {factor!r} is not a positive number")
+        if factor not in (0.0, 1.0):
+            rope_type, rope_factor = "linear", float(factor)
     elif scaling not in ("none", ""):
         raise ValueError(f"unsupported GGUF RoPE scaling {scaling!r}")
     return ModelConfig(
@@ -208,6 +215,19 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+# tokenizer.ggml.pre names whose text split is not GPT-2's: Llama 3's (numbers in groups of up
+# to three) and Qwen2's (single digits). The regexes are those of the original tokenizers.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_SPLITS = {
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "dbrx"),
+                    _LLAMA3_SPLIT),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
+}
+
+
 def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     """The tokenizer GGUF metadata describes, built as transformers builds it for a GGUF file
     (so the ids match ``AutoTokenizer.from_pretrained(dir, gguf_file=name)``)."""
@@ -237,7 +257,14 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
             vocab, _split_merges(merges_meta), dropout=None, continuing_subword_prefix="",
             end_of_word_suffix="", fuse_unk=False,
         ))
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        split = _PRE_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+        if split is None:  # GPT-2's own split (also SmolLM's and unknown names, as transformers)
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        else:  # the split the vocabulary's merges were learned with, then the byte alphabet
+            backend.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(tokenizers.Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])
         backend.decoder = decoders.ByteLevel()
         control_ok = alphabet  # a "control" token outside the alphabet is a llama.cpp mislabel
         add_bos_default = bool(meta.get("tokenizer.ggml.add_bos_token", False))
