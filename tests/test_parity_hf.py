@@ -135,3 +135,29 @@ def test_untied_config_without_a_head_is_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="no lm_head.weight"):
         magnet.Model.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("adds_bos, key, want", [
+    (False, None, False),  # SmolLM2's folders: model_type llama, no BOS in the post-processor
+    (True, None, True),  # Mistral's, saved by transformers 5 without add_bos_token
+    (True, False, False),  # tokenizer_config.json's explicit add_bos_token wins
+    (False, True, True),
+])
+def test_tokenizer_adds_bos_as_its_post_processor_does(tmp_path, adds_bos, key, want):
+    import json
+
+    import tokenizers
+    from tokenizers import models, pre_tokenizers, processors
+
+    make_checkpoint("llama", tmp_path)  # LlamaConfig: bos_token_id 1
+    backend = tokenizers.Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)},
+                                                    unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if adds_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="w1 $A", special_tokens=[("w1", 1)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    if key is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": key}))
+    m = magnet.Model.from_pretrained(tmp_path)
+    assert m.tokenizer.encode("w5 w6") == ([1, 5, 6] if want else [5, 6])

@@ -281,6 +281,14 @@ def read_state(directory: Path) -> dict[str, np.ndarray]:
     )
 
 
+def _post_processor_adds_bos(backend: tokenizers.Tokenizer, bos_id: int | None) -> bool:
+    if bos_id is None:
+        return False
+    plain = backend.encode("a", add_special_tokens=False).ids
+    special = backend.encode("a", add_special_tokens=True).ids
+    return len(special) > len(plain) and special[0] == bos_id
+
+
 def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
     """`tokenizer.json` through the tokenizers library; BOS added when the checkpoint does."""
     path = directory / "tokenizer.json"
@@ -290,7 +298,9 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
         backend = tokenizers.Tokenizer.from_file(os.fspath(path))
     except Exception as e:  # the tokenizers library raises a bare Exception
         raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
-    add_bos = config.arch == "llama" and config.model_type == "llama"
+    # BOS as the tokenizer's own post-processor adds it (what transformers and tokenizers do),
+    # unless tokenizer_config.json says otherwise
+    add_bos = _post_processor_adds_bos(backend, config.bos_token_id)
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():
         try:
