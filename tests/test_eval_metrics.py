@@ -92,3 +92,26 @@ def test_repetition_on_crafted_text() -> None:
 def test_rankdata_matches_argsort_without_ties() -> None:
     x = np.random.default_rng(0).normal(size=50)
     assert np.array_equal(metrics.rankdata(x), np.argsort(np.argsort(x)) + 1.0)
+
+
+def test_repetition_scores_over_no_continuation_are_none() -> None:
+    # a continuation of fewer than 4 words has no 4-gram share, one without text no sentence
+    sc = metrics.repetition_scores(["a b", ""])
+    assert sc["repeated_4gram_share"] is None and sc["ngram_scored"] == 0
+    assert sc["repeated_sentence_share"] == 0.0 and sc["sentence_scored"] == 1
+    assert metrics.repetition_scores([])["repeated_sentence_share"] is None
+
+
+def test_correlations_follow_scipy_on_odd_input() -> None:
+    # scipy.stats.spearmanr / pearsonr (nan_policy="propagate"): a NaN gives NaN
+    x, y = [1.0, 2.0, math.nan, 4.0], [1.0, 2.0, 3.0, 5.0]
+    assert math.isnan(metrics.spearman(x, y)) and math.isnan(metrics.spearman(y, x))
+    assert math.isnan(metrics.pearson(x, y))
+    assert np.isnan(metrics.rankdata(x)).all()
+    assert math.isnan(metrics.pearson([1.0, math.inf, 3.0], [1.0, 2.0, 3.0]))
+    # extreme magnitudes neither overflow nor underflow
+    assert metrics.pearson([1e200, 2e200, 3e200], [1, 2, 3]) == pytest.approx(1.0)
+    assert metrics.pearson([1e-200, 2e-200, 4e-200], [1, 2, 4]) == pytest.approx(1.0)
+    assert metrics.pearson([1e308, -1e308, 1e308], [1, 2, 3]) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.pearson([3e200, 2e200, 1e200], [1, 2, 3]) == pytest.approx(-1.0)
+    assert -1.0 <= metrics.pearson([1, 2, 3], [2, 4, 6]) <= 1.0

@@ -114,3 +114,42 @@ def test_word_vectors_follow_the_mntp_shift(stories_dir: Path, one_thread: None)
     np.testing.assert_allclose(tv.vectors, h[:-1], rtol=1e-4, atol=1e-5)
     idx = first_subtokens(sents[0], tv.tokens, tv.offsets)
     np.testing.assert_allclose(vecs[0], h[np.array(idx)], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [dict(lr=float("inf")), dict(lr=float("nan")), dict(lr=1e300),
+                                 dict(weight_decay=float("inf")), dict(lr=-1.0)])
+def test_probe_rejects_non_finite_rates(bad: dict[str, float]) -> None:
+    X, y = _blobs(n=20)
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"probe {name} must be a finite number >= 0"):
+        _C.probe_train(X, y, 3, bad)  # the C core checks too (1e300 overflows float32)
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        train_probe(X, [str(v) for v in y], **bad)
+
+
+def test_probe_seed_is_64_bit() -> None:
+    X, y = _blobs(n=50)
+    W0, _, _ = _C.probe_train(X, y, 3, {"epochs": 1, "batch_size": 8})
+    for seed in (1 << 32, (1 << 64) - 1, np.uint64((1 << 64) - 1)):
+        W, _, _ = _C.probe_train(X, y, 3, {"epochs": 1, "batch_size": 8, "seed": seed})
+        assert not np.array_equal(W, W0)  # not read as 0 (32-bit truncation)
+    a = train_probe(X, list(map(str, y)), epochs=1, batch_size=8, seed=(1 << 64) - 1)
+    b = train_probe(X, list(map(str, y)), epochs=1, batch_size=8, seed=(1 << 64) - 1)
+    assert np.array_equal(a.W, b.W)
+    for seed in (-1, 1 << 64):
+        in_range = rf"must be an integer in \[0, 2\*\*64\), got {seed}"
+        with pytest.raises(ValueError, match=f"config 'seed' {in_range}"):
+            _C.probe_train(X, y, 3, {"seed": seed})
+        with pytest.raises(ValueError, match=f"^seed {in_range}"):
+            train_probe(X, list(map(str, y)), seed=seed)
+    with pytest.raises(TypeError, match="seed"):
+        _C.probe_train(X, y, 3, {"seed": 1.5})
+
+
+def test_probe_without_training_rows() -> None:
+    with pytest.raises(ValueError, match=r"no training rows \(0 labelled words\)"):
+        train_probe(np.zeros((0, 4), np.float32), [])
+    with pytest.raises(ValueError, match="no training rows"):
+        _C.probe_train(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), 2, {})
+    with pytest.raises(ValueError, match="num_classes must be in"):
+        _C.probe_train(np.zeros((2, 4), np.float32), np.zeros(2, np.int32), 0, {})

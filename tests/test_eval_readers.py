@@ -157,3 +157,51 @@ def test_not_utf8_names_file_and_line(tmp_path: Path) -> None:
     f.write_bytes(b"# text = caf\xe9\n")
     with pytest.raises(EvalDataError, match=r"t.conllu:1: not UTF-8"):
         readers.read_conllu(f)
+
+
+def test_conllu_upos_must_be_universal(tmp_path: Path) -> None:
+    f = tmp_path / "t.conllu"
+    good = "1\tEU\tEU\tPROPN\tNNP\t_\t0\troot\t_\t_\n"
+    for upos in ("FOO", "", "_", "propn"):
+        f.write_text(f"# c\n{good}2\trejects\treject\t{upos}\tVBZ\t_\t1\tdep\t_\t_\n\n",
+                     encoding="utf-8")
+        with pytest.raises(EvalDataError, match=rf"t.conllu:3: UPOS {upos!r} is not one of the "
+                                                r"17 Universal POS tags"):
+            readers.read_conllu(f)
+    # "_" on a multi-word token line is fine (the line is skipped)
+    f.write_text(f"1-2\tEU's\t_\t_\t_\t_\t_\t_\t_\t_\n{good}2\t's\t's\tPART\tPOS\t_\t1\tcase\t_\t_\n",
+                 encoding="utf-8")
+    assert readers.read_conllu(f)[0].tags["upos"] == ["PROPN", "PART"]
+
+
+def test_leading_bom_is_dropped(tmp_path: Path) -> None:
+    bom = b"\xef\xbb\xbf"
+    f = tmp_path / "eng.train"
+    f.write_bytes(bom + b"-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\n\n")
+    assert [s.words for s in readers.read_conll2003(f)] == [["EU"]]
+    f = tmp_path / "t.conllu"
+    f.write_bytes(bom + b"# sent_id = 1\n1\tEU\tEU\tPROPN\tNNP\t_\t0\troot\t_\t_\n\n")
+    assert readers.read_conllu(f)[0].words == ["EU"]
+    f = tmp_path / "train.txt"
+    f.write_bytes(bom + b"EU NNP B-NP\n")
+    assert readers.read_conll2000(f)[0].words == ["EU"]
+    f = tmp_path / "SICK.txt"
+    f.write_bytes(bom + b"sentence_A\tsentence_B\trelatedness_score\tSemEval_set\na\tb\t3\tTEST\n")
+    assert readers.read_sick(f).s1 == ["a"]
+    f = tmp_path / "sts-test.csv"
+    f.write_bytes(bom + b"g\tf\t2012\t1\t3.0\tA\tB\n")
+    assert readers.read_sts_benchmark(f).s1 == ["A"]
+    f = tmp_path / "wiki.tokens"
+    f.write_bytes(bom + b" = A = \n a b \n")
+    assert readers.read_wikitext(f) == ["= A =\na b"]
+    assert readers.wikitext_paragraphs(f) == ["a b"]
+    d = tmp_path / "senteval"
+    d.mkdir()
+    (d / "STS.input.x.txt").write_bytes(bom + b"a\tb\n")
+    (d / "STS.gs.x.txt").write_bytes(bom + b"4.5\n")
+    (x,) = readers.read_senteval_sts(d)
+    assert x.s1 == ["a"] and x.scores.tolist() == [4.5]
+    # only at the start of the file: elsewhere U+FEFF is text
+    f = tmp_path / "sts-test.csv"
+    f.write_bytes(b"g\tf\t2012\t1\t3.0\t\xef\xbb\xbfA\tB\n")
+    assert readers.read_sts_benchmark(f).s1 == ["\ufeffA"]

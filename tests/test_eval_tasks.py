@@ -231,3 +231,110 @@ def test_functions_reject_zero_counts(model: magnet.Model) -> None:
         tasks.evaluate_retention(model, FIX / "wiki.tokens", batch_size=0, progress=False)
     with pytest.raises(ValueError, match="num_prompts must be an integer >= 1, got 0"):
         tasks.evaluate_repetition(model, FIX / "wiki.tokens", num_prompts=0, progress=False)
+
+
+def test_token_stream_joins_articles_with_a_blank_line(model: magnet.Model) -> None:
+    path = FIX / "wiki.tokens"
+    text = "\n\n".join(tasks.read_wikitext(path))
+    assert tasks._token_stream(model, path).tolist() == model.tokenizer.encode(text, add_bos=False)
+    assert '"\\n\\n"' in (tasks._token_stream.__doc__ or "")  # the docstring says so too
+
+
+def test_cli_out_is_strict_json(stories_dir: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    # one new token: no continuation has 4 words, so the 4-gram share is undefined
+    out = tmp_path / "r.json"
+    rc = eval_main(["repetition", "--model", str(stories_dir / "stories260K.bin"), "--data",
+                    str(FIX / "wiki.tokens"), "--num-prompts", "2", "--prompt-tokens", "8",
+                    "--max-new-tokens", "1", "--out", str(out), "--no-progress",
+                    "--threads", "1"])
+    assert rc == 0
+    text = out.read_text()
+
+    def reject(const: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {const}")
+
+    res = json.loads(text, parse_constant=reject)
+    assert res["repeated_4gram_share"] is None and res["ngram_scored"] == 0
+    assert json.loads(capsys.readouterr().out, parse_constant=reject) == res
+    from magnet.eval.__main__ import strict_json
+
+    assert strict_json({"a": [float("nan"), np.float32("inf"), np.float64(2.5)],
+                        "b": np.array([1.0, np.nan]), "c": (np.int64(3), "x", None)}) == {
+        "a": [None, None, 2.5], "b": [1.0, None], "c": [3, "x", None]}
+
+
+def test_sts_undefined_correlation_is_none() -> None:
+    class Constant:  # every sentence the same vector: cosine 1 everywhere, no correlation
+        def encode(self, texts: list[str], batch_size: int = 32, **kw: Any) -> np.ndarray:
+            return np.ones((len(texts), 4), np.float32)
+
+    res = tasks.evaluate_sts(Constant(), FIX / "sick", progress=False)
+    assert res["spearman"] is None and res["pearson"] is None
+    assert res["files"]["SICK-TEST"]["spearman"] is None
+    json.dumps(res, allow_nan=False)
+
+
+@pytest.mark.parametrize("task", ["infill", "ud-upos", "repetition", "sts"])
+def test_cli_seed_range(stories_dir: Path, task: str,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("-1", str(1 << 64)):
+        with pytest.raises(SystemExit) as e:
+            eval_main([task, "--model", str(stories_dir / "stories260K.bin"), "--data",
+                       str(FIX), "--seed", value, "--no-progress"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+        assert f"argument --seed: must be an integer in [0, 2**64), got {value}" in err
+
+
+def test_functions_share_the_seed_range(model: magnet.Model) -> None:
+    f = FIX / "tiny.conllu"
+    big = (1 << 64) - 1  # the probe's C core used to read a 32-bit seed
+    res = tasks.evaluate_tagging(model, "ud-upos", train_path=f, test_path=f, epochs=1,
+                                 seed=big, progress=False)
+    assert res["seed"] == big and res["train_words"] > 0
+    res = tasks.evaluate_infill(model, FIX / "wiki.tokens", num_spans=1, window=64, span_min=8,
+                                span_max=8, min_context=8, seed=big, progress=False)
+    assert res["spans"] == 1
+    for seed in (-1, 1 << 64):
+        match = rf"seed must be an integer in \[0, 2\*\*64\), got {seed}"
+        with pytest.raises(ValueError, match=match):
+            tasks.evaluate_infill(model, FIX / "wiki.tokens", seed=seed, progress=False)
+        with pytest.raises(ValueError, match=match):
+            tasks.evaluate_tagging(model, "ud-upos", train_path=f, test_path=f, seed=seed,
+                                   progress=False)
+        with pytest.raises(ValueError, match=match):
+            tasks.evaluate_repetition(model, FIX / "wiki.tokens", seed=seed, progress=False)
+        with pytest.raises(ValueError, match=match):
+            tasks.evaluate_sts(model, FIX / "sick", seed=seed, progress=False)
+
+
+def test_tagging_rejects_bad_rates_before_embedding(model: magnet.Model,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def no_embedding(*a: Any, **kw: Any) -> None:
+        raise AssertionError("embedded before checking the probe settings")
+
+    monkeypatch.setattr(tasks, "word_vectors", no_embedding)
+    f = FIX / "tiny.conllu"
+    for kw in (dict(lr=float("inf")), dict(weight_decay=float("inf")), dict(lr=float("nan"))):
+        with pytest.raises(ValueError, match="must be a finite number >= 0"):
+            tasks.evaluate_tagging(model, "ud-upos", train_path=f, test_path=f, progress=False,
+                                   **kw)
+    for opt in ("--lr", "--weight-decay"):
+        with pytest.raises(SystemExit):
+            eval_main(["ud-upos", "--model", "unused", "--data", str(FIX), opt, "inf"])
+        assert f"argument {opt}: must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_tagging_without_training_words(model: magnet.Model,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def all_cut(m: Any, sents: list[list[str]], *a: Any, **kw: Any) -> tuple[list, list]:
+        return ([np.zeros((0, 64), np.float32) for _ in sents],
+                [np.zeros(0, np.int64) for _ in sents])  # every word past the length limit
+
+    monkeypatch.setattr(tasks, "word_vectors", all_cut)
+    f = FIX / "tiny.conllu"
+    with pytest.raises(ValueError, match=r"ud-upos: no training words: all \d+ words of the "
+                                         r"\d+ train sentences were cut by the length limit"):
+        tasks.evaluate_tagging(model, "ud-upos", train_path=f, test_path=f, progress=False)

@@ -58,12 +58,19 @@ int mg_probe_train(const float *X, const int32_t *y, long N, int D, int C,
                    const mg_probe_config *cfg, float *W, float *b, float *epoch_loss,
                    mg_error *err) {
     if (check_args(N, D, C, err)) return err->code;
-    if (cfg->epochs < 1 || cfg->batch_size < 1 || !(cfg->lr >= 0.0f) ||
-        !(cfg->weight_decay >= 0.0f) || !(cfg->beta1 >= 0.0f && cfg->beta1 < 1.0f) ||
-        !(cfg->beta2 >= 0.0f && cfg->beta2 < 1.0f) || !(cfg->eps > 0.0f))
+    /* isfinite: an infinite lr or decay (or a double that overflowed float) gives NaN weights */
+    if (!(isfinite(cfg->lr) && cfg->lr >= 0.0f))
+        return mg_fail(err, MG_ERR_VALUE, "probe lr must be a finite number >= 0 (got %g)",
+                       (double)cfg->lr);
+    if (!(isfinite(cfg->weight_decay) && cfg->weight_decay >= 0.0f))
         return mg_fail(err, MG_ERR_VALUE,
-                       "probe needs epochs >= 1, batch_size >= 1, lr >= 0, "
-                       "weight_decay >= 0, betas in [0, 1) and eps > 0");
+                       "probe weight_decay must be a finite number >= 0 (got %g)",
+                       (double)cfg->weight_decay);
+    if (cfg->epochs < 1 || cfg->batch_size < 1 || !(cfg->beta1 >= 0.0f && cfg->beta1 < 1.0f) ||
+        !(cfg->beta2 >= 0.0f && cfg->beta2 < 1.0f) || !(isfinite(cfg->eps) && cfg->eps > 0.0f))
+        return mg_fail(err, MG_ERR_VALUE,
+                       "probe needs epochs >= 1, batch_size >= 1, betas in [0, 1) and a finite "
+                       "eps > 0");
     for (long n = 0; n < N; n++)
         if (y[n] < 0 || y[n] >= C)
             return mg_fail(err, MG_ERR_VALUE, "probe label %d at row %ld is outside [0, %d)", y[n],

@@ -26,9 +26,32 @@ static PyArrayObject *probe_array(PyObject *obj, const char *name, int type, int
     return PyArray_GETCONTIGUOUS((PyArrayObject *)obj);
 }
 
+/* cfg["seed"] (default 0) as a uint64: any integer 0 <= seed < 2**64, as the other seeded
+ * entry points take. 0, or -1 with an exception naming the seed. */
+static int parse_probe_seed(PyObject *cfg, uint64_t *out) {
+    PyObject *v = PyDict_GetItemString(cfg, "seed"); /* borrowed */
+    *out = 0;
+    if (v == NULL || v == Py_None) return 0;
+    if (PyBool_Check(v) || !PyIndex_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "config 'seed' must be an int, got %s", Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    PyObject *n = PyNumber_Index(v); /* numpy integers too */
+    if (n == NULL) return -1;
+    const unsigned long long x = PyLong_AsUnsignedLongLong(n);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "config 'seed' must be an integer in [0, 2**64), got %S", n);
+        Py_DECREF(n);
+        return -1;
+    }
+    Py_DECREF(n);
+    *out = (uint64_t)x;
+    return 0;
+}
+
 static int parse_probe_config(PyObject *cfg, mg_probe_config *c) {
-    const int epochs = 10, batch = 256, one = 1, zero = 0;
-    int seed;
+    const int epochs = 10, batch = 256, one = 1;
     if (mgpy_dict_int(cfg, "epochs", &epochs, &c->epochs) ||
         mgpy_dict_int(cfg, "batch_size", &batch, &c->batch_size) ||
         mgpy_dict_float(cfg, "lr", 1e-3f, &c->lr) ||
@@ -36,11 +59,9 @@ static int parse_probe_config(PyObject *cfg, mg_probe_config *c) {
         mgpy_dict_float(cfg, "beta1", 0.9f, &c->beta1) ||
         mgpy_dict_float(cfg, "beta2", 0.999f, &c->beta2) ||
         mgpy_dict_float(cfg, "eps", 1e-8f, &c->eps) ||
-        mgpy_dict_int(cfg, "standardize", &one, &c->standardize) ||
-        mgpy_dict_int(cfg, "seed", &zero, &seed))
+        mgpy_dict_int(cfg, "standardize", &one, &c->standardize))
         return -1;
-    c->seed = (uint64_t)(int64_t)seed;
-    return 0;
+    return parse_probe_seed(cfg, &c->seed);
 }
 
 /* probe_train(X float32[N, D], y int32[N], num_classes, config dict) -> (W[C, D], b[C],
@@ -62,9 +83,21 @@ PyObject *mgpy_probe_train(PyObject *self, PyObject *args) {
                      (Py_ssize_t)PyArray_DIM(y, 0), (Py_ssize_t)N);
         goto done;
     }
-    if (D > (1 << 30) || C < 1 || C > (1 << 20) || c.epochs < 1) {
-        PyErr_SetString(PyExc_ValueError, "probe needs 1 <= num_classes <= 2**20, epochs >= 1 "
-                                          "and a sane feature count");
+    if (N < 1) {
+        PyErr_SetString(PyExc_ValueError, "probe_train: no training rows (X has 0 rows)");
+        goto done;
+    }
+    if (D < 1 || D > (1 << 30)) {
+        PyErr_Format(PyExc_ValueError, "probe_train: X needs 1 to 2**30 features, got %zd",
+                     (Py_ssize_t)D);
+        goto done;
+    }
+    if (C < 1 || C > (1 << 20)) {
+        PyErr_Format(PyExc_ValueError, "probe_train: num_classes must be in [1, 2**20], got %d", C);
+        goto done;
+    }
+    if (c.epochs < 1) {
+        PyErr_Format(PyExc_ValueError, "probe_train: epochs must be >= 1, got %d", c.epochs);
         goto done;
     }
     npy_intp wd[2] = {C, D}, bd[1] = {C}, ld[1] = {c.epochs};

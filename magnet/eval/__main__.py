@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from magnet.eval.probe import SEED_LIMIT
 from magnet.eval.tasks import (
     TAGGING_TASKS,
     evaluate_infill,
@@ -45,6 +49,44 @@ def _count(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """argparse type: an integer 0 <= seed < 2**64 (every task's seed range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64), got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """argparse type: a finite number >= 0 (learning rate, weight decay)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with NumPy scalars and arrays as Python values and every non-finite float (an
+    undefined score) as None, so that ``json.dumps(..., allow_nan=False)`` writes valid JSON."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def check_writable(path: str) -> None:
     """Raise ValueError unless ``path`` can be written: not a directory, its parent an existing,
     writable directory (and the file itself writable if it exists)."""
@@ -67,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer file for a llama2.c checkpoint")
     p.add_argument("--data", default=None, help="data file or directory")
     p.add_argument("--out", default=None, help="write the result JSON here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="0 <= seed < 2**64")
     p.add_argument("--threads", type=int, default=None, help="C core worker threads")
     p.add_argument("--batch-size", type=_count, default=None, help="sequences per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -83,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-test-sentences", type=_count, default=None,
                    help="test sentences (default: --max-sentences)")
     g.add_argument("--epochs", type=_count, default=10)
-    g.add_argument("--lr", type=float, default=5e-3)
+    g.add_argument("--lr", type=_rate, default=5e-3)
     g.add_argument("--probe-batch-size", type=_count, default=128)
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=_rate, default=0.0)
     g = p.add_argument_group("infill / retention / repetition")
     g.add_argument("--num-spans", type=_count, default=200)
     g.add_argument("--window", type=_count, default=None,
@@ -150,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, OverflowError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(res, indent=2, default=float)
+    text = json.dumps(strict_json(res), indent=2, allow_nan=False)
     print(text)
     if args.out:
         try:

@@ -1,7 +1,8 @@
 """Metrics of the evaluation suite, each a small pure function on plain Python / NumPy data.
 
 - :func:`spearman`: Pearson correlation of the ranks, ties given their average rank (as
-  ``scipy.stats.spearmanr``); :func:`pearson`: the sample correlation coefficient.
+  ``scipy.stats.spearmanr``); :func:`pearson`: the sample correlation coefficient. Both follow
+  scipy on odd input: NaN for a NaN in either sequence or a constant one.
 - :func:`entity_scores`: chunk-level precision, recall and F1 with seqeval's default
   (CoNLL ``conlleval``) conventions: a chunk is (type, start, end); an ``I-X`` after ``O`` or after
   another type starts a chunk; a predicted chunk counts only when type, start and end all match.
@@ -22,10 +23,13 @@ import numpy as np
 
 
 def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x``; tied values all get the mean of the ranks they span."""
+    """Ranks 1..n of ``x``; tied values all get the mean of the ranks they span (all NaN when
+    ``x`` holds a NaN, as scipy's ``rankdata``)."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 1:
         raise ValueError(f"rankdata needs a 1-D sequence, got shape {a.shape}")
+    if np.isnan(a).any():  # scipy's nan_policy="propagate": NaN has no rank
+        return np.full(len(a), np.nan)
     order = np.argsort(a, kind="mergesort")
     sorted_a = a[order]
     ranks = np.empty(len(a), dtype=np.float64)
@@ -38,22 +42,40 @@ def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _unit_centred(a: np.ndarray) -> np.ndarray | None:
+    """``a`` centred and scaled to unit norm, or None when it is constant or not finite.
+    Scaled by its largest magnitude first, so no square overflows (1e200) or underflows."""
+    top = float(np.max(np.abs(a)))
+    if not math.isfinite(top) or top == 0.0:
+        return None
+    d = a / top
+    d = d - d.mean()
+    top = float(np.max(np.abs(d)))
+    if top == 0.0:
+        return None
+    d = d / top
+    return d / math.sqrt(float(np.dot(d, d)))
+
+
 def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Pearson's r of two equally long sequences (NaN when either is constant)."""
+    """Pearson's r of two equally long sequences (NaN when either is constant or holds a NaN or
+    an infinity, as ``scipy.stats.pearsonr``)."""
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"pearson needs two 1-D sequences of one length, got {a.shape}, {b.shape}")
     if len(a) < 2:
         raise ValueError("pearson needs at least 2 pairs")
-    da = a - a.mean()
-    db = b - b.mean()
-    denom = math.sqrt(float(np.dot(da, da)) * float(np.dot(db, db)))
-    return float(np.dot(da, db)) / denom if denom > 0 else float("nan")
+    ua = _unit_centred(a)
+    ub = _unit_centred(b)
+    if ua is None or ub is None:
+        return float("nan")
+    return max(-1.0, min(1.0, float(np.dot(ua, ub))))
 
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Spearman's rho: Pearson's r of the average ranks (ties handled as scipy does)."""
+    """Spearman's rho: Pearson's r of the average ranks (ties handled as scipy does; NaN when
+    either sequence holds a NaN, scipy's default ``nan_policy="propagate"``)."""
     return pearson(rankdata(x), rankdata(y))
 
 
@@ -198,15 +220,16 @@ def repeated_sentence_share(text: str) -> float | None:
     return repeated / len(sentences)
 
 
-def repetition_scores(texts: Sequence[str], n: int = 4) -> dict[str, float]:
+def repetition_scores(texts: Sequence[str], n: int = 4) -> dict[str, float | int | None]:
     """Means over continuations of :func:`repeated_ngram_share` and
     :func:`repeated_sentence_share` (continuations where a share is None are left out of that
-    mean; ``ngram_scored`` / ``sentence_scored`` count the rest)."""
+    mean; ``ngram_scored`` / ``sentence_scored`` count the rest). A mean over no continuation is
+    undefined: None (``null`` in the CLI's JSON)."""
     grams = [r for r in (repeated_ngram_share(t, n) for t in texts) if r is not None]
     sents = [r for r in (repeated_sentence_share(t) for t in texts) if r is not None]
     return {
-        f"repeated_{n}gram_share": float(np.mean(grams)) if grams else float("nan"),
-        "repeated_sentence_share": float(np.mean(sents)) if sents else float("nan"),
+        f"repeated_{n}gram_share": float(np.mean(grams)) if grams else None,
+        "repeated_sentence_share": float(np.mean(sents)) if sents else None,
         "ngram_scored": len(grams),
         "sentence_scored": len(sents),
         "continuations": len(texts),

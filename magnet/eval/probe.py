@@ -31,6 +31,27 @@ if TYPE_CHECKING:
     from magnet.model import Model
 
 _MARKERS = ("\u2581", "\u0120", "\u010a")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+SEED_LIMIT = 1 << 64  # seeds are 0 <= seed < 2**64 in every task (the C core reads a uint64)
+
+
+def check_seed(seed: object) -> None:
+    """A ValueError (TypeError for a non-integer) naming the seed unless 0 <= seed < 2**64."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {int(seed)}")
+
+
+def check_probe_settings(lr: float, weight_decay: float, seed: object) -> None:
+    """ValueError unless ``lr`` and ``weight_decay`` are numbers in [0, float32 max] (NaN and
+    infinities fail) and ``seed`` is a valid seed (:func:`check_seed`)."""
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not 0 <= value <= _FLOAT32_MAX:  # NaN fails too; the C core trains in float32
+            raise ValueError(f"{name} must be a finite number >= 0 (float32), got {value}")
+    check_seed(seed)
 
 
 @dataclass
@@ -132,10 +153,14 @@ def train_probe(X: np.ndarray, labels: Sequence[str], epochs: int = 10, lr: floa
                 standardize: bool = True, classes: Sequence[str] | None = None) -> Probe:
     """Train a linear probe on ``X`` [N, D] for string ``labels`` (in C; see the module doc).
 
-    ``classes``: the label set (default: the sorted distinct labels)."""
+    ``classes``: the label set (default: the sorted distinct labels). ``lr`` and
+    ``weight_decay``: finite, >= 0; ``seed``: 0 <= seed < 2**64."""
+    check_probe_settings(lr, weight_decay, seed)
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != len(labels):
         raise ValueError(f"X must be [N, D] with N = {len(labels)} labels, got {X.shape}")
+    if len(labels) == 0:
+        raise ValueError("train_probe: no training rows (0 labelled words)")
     names = sorted(set(labels)) if classes is None else list(classes)
     index = {c: i for i, c in enumerate(names)}
     missing = {lab for lab in labels if lab not in index}

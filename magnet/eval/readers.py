@@ -3,6 +3,7 @@
 Every reader raises :class:`EvalDataError` (a ``ValueError``) naming the file and the line of
 malformed input (or of bytes that are not UTF-8), and ``FileNotFoundError`` naming a missing
 file. Lines end at ``\\n`` (or ``\\r\\n``) only, not at the other breaks ``str.splitlines`` knows.
+A UTF-8 byte-order mark at the start of a file is dropped.
 
 - STS Benchmark ``sts-{train,dev,test}.csv``: tab-separated genre, file, year, id, score (0-5),
   sentence 1, sentence 2 (some lines carry further source columns, which are ignored).
@@ -15,7 +16,9 @@ file. Lines end at ``\\n`` (or ``\\r\\n``) only, not at the other breaks ``str.s
   between sentences, ``-DOCSTART-`` lines skipped.
 - CoNLL-2000 ``*.txt``: ``token POS chunk`` a line (chunk in IOB2).
 - CoNLL-U (UD English-EWT): 10 tab-separated columns; multi-word token ranges (``6-7``) and
-  empty nodes (``8.1``) are skipped, so the words are the syntactic words.
+  empty nodes (``8.1``) are skipped, so the words are the syntactic words. A word's UPOS must be
+  one of the 17 Universal POS tags: ``_`` (unspecified) is valid CoNLL-U, but UD treebanks may
+  not leave a word's UPOS unspecified and a probe cannot score it; an empty field is invalid.
 - WikiText ``wiki.*.tokens``: articles split at level-1 headings ``= Title =``.
 """
 
@@ -30,6 +33,9 @@ import numpy as np
 
 _TAG = re.compile(r"^(O|[BIES]-\S+)$")
 _ASCII_WS = re.compile(r"[ \t\x0b\x0c]+")  # column separators (not U+00A0, U+2028, ...)
+# https://universaldependencies.org/u/pos/
+UPOS_TAGS = frozenset(("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART",
+                       "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X"))
 
 
 class EvalDataError(ValueError):
@@ -69,6 +75,8 @@ def _lines(path: str | os.PathLike) -> list[str]:
         col = e.start - data.rfind(b"\n", 0, e.start)
         raise EvalDataError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {col} of the line)"
                             ) from None
+    if text.startswith("\ufeff"):  # a byte-order mark is not part of the first line
+        text = text[1:]
     # lines end at "\n" only ("\r\n" too): str.splitlines() would also break at \x0b, \x0c,
     # \x1c-\x1e, \x85, U+2028 and U+2029, which may occur inside a sentence
     lines = text.split("\n")
@@ -252,6 +260,9 @@ def read_conllu(path: str | os.PathLike) -> list[TaggedSentence]:
             continue
         if not cols[0].isdigit():
             raise EvalDataError(f"{path}:{lineno}: ID {cols[0]!r} is not a word index")
+        if cols[3] not in UPOS_TAGS:
+            raise EvalDataError(f"{path}:{lineno}: UPOS {cols[3]!r} is not one of the 17 "
+                                f"Universal POS tags ({', '.join(sorted(UPOS_TAGS))})")
         words.append(cols[1])
         upos.append(cols[3])
         xpos.append(cols[4])

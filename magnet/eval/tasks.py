@@ -24,7 +24,7 @@ import numpy as np
 
 from magnet import _C
 from magnet.eval import metrics
-from magnet.eval.probe import train_probe, word_vectors
+from magnet.eval.probe import check_probe_settings, check_seed, train_probe, word_vectors
 from magnet.eval.readers import (
     STSPairs,
     TaggedSentence,
@@ -107,8 +107,18 @@ def score_sts(encoder: Any, pairs: STSPairs, batch_size: int = 32, pooling: str 
     a = vecs[[where[t] for t in pairs.s1]]
     b = vecs[[where[t] for t in pairs.s2]]
     sims = cosine_rows(a, b)
-    return {"spearman": 100 * metrics.spearman(sims, pairs.scores),
-            "pearson": 100 * metrics.pearson(sims, pairs.scores), "pairs": len(pairs)}
+    return {"spearman": _percent(metrics.spearman(sims, pairs.scores)),
+            "pearson": _percent(metrics.pearson(sims, pairs.scores)), "pairs": len(pairs)}
+
+
+def _percent(r: float) -> float | None:
+    """100 r, or None where r is undefined (NaN: constant or NaN similarities)."""
+    return None if np.isnan(r) else 100 * r
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """The mean, or None when any value is undefined."""
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def load_sts(path: str | os.PathLike, fmt: str | None = None, split: str = "test"
@@ -145,7 +155,9 @@ def evaluate_sts(encoder: Any, path: str | os.PathLike, fmt: str | None = None,
                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """STS: per file Spearman/Pearson x100; ``spearman``/``pearson`` = the mean over files
     (SentEval's "all" for STS12-16; the single file's score otherwise). ``max_pairs``: a seeded
-    random subset of each file."""
+    random subset of each file. A correlation that is undefined (constant or NaN similarities)
+    is None, and so is a mean over files that includes one."""
+    check_seed(seed)
     _check_count("batch_size", batch_size, allow_none=False)
     _check_count("max_pairs", max_pairs)
     t0 = time.perf_counter()
@@ -158,8 +170,8 @@ def evaluate_sts(encoder: Any, path: str | os.PathLike, fmt: str | None = None,
                          f.scores[pick])
         per[f.name] = score_sts(encoder, f, batch_size, pooling, instruction, progress)
     return {"task": "sts", "data": os.fspath(path),
-            "spearman": float(np.mean([v["spearman"] for v in per.values()])),
-            "pearson": float(np.mean([v["pearson"] for v in per.values()])),
+            "spearman": _mean_or_none([v["spearman"] for v in per.values()]),
+            "pearson": _mean_or_none([v["pearson"] for v in per.values()]),
             "files": per,
             "pooling": pooling if hasattr(encoder, "hidden_states") else "the encoder's own",
             "wall_s": time.perf_counter() - t0}
@@ -231,6 +243,7 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
     _check_count("epochs", epochs, allow_none=False)
     _check_count("batch_size", batch_size, allow_none=False)
     _check_count("embed_batch_size", embed_batch_size, allow_none=False)
+    check_probe_settings(lr, weight_decay, seed)
     if train_path is None or test_path is None:
         if data is None:
             raise ValueError(f"{task}: give data (the directory) or train_path and test_path")
@@ -260,6 +273,9 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
         return X, labels, kept, dropped
 
     X_train, y_train, _, drop_train = features(train, "train")
+    if len(X_train) == 0:
+        raise ValueError(f"{task}: no training words: all {drop_train} words of the "
+                         f"{len(train)} train sentences were cut by the length limit")
     t_feat = time.perf_counter()
     probe = train_probe(X_train, [t for s in y_train for t in s], epochs=epochs, lr=lr,
                         batch_size=batch_size, weight_decay=weight_decay, seed=seed)
@@ -304,8 +320,8 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
 
 
 def _token_stream(model: Model, path: str | os.PathLike) -> np.ndarray:
-    """All WikiText articles (detokenized), tokenized without BOS and concatenated, articles
-    separated by a newline."""
+    """All WikiText articles (detokenized), joined with a blank line (``"\\n\\n"``) between
+    two articles and tokenized as one text without BOS."""
     articles = read_wikitext(path)
     ids = model.tokenizer.encode("\n\n".join(articles), add_bos=False)
     return np.asarray(ids, dtype=np.int32)
@@ -359,6 +375,7 @@ def evaluate_infill(model: Model, path: str | os.PathLike, num_spans: int = 200,
                          "2 * min_context + 2")
     _check_count("num_spans", num_spans, allow_none=False)
     _check_count("batch_size", batch_size, allow_none=False)
+    check_seed(seed)
     t0 = time.perf_counter()
     stream = _token_stream(model, path)
     body = window - 1
@@ -491,6 +508,7 @@ def evaluate_repetition(model: Any, path: str | os.PathLike, num_prompts: int = 
     for name, value in (("num_prompts", num_prompts), ("prompt_tokens", prompt_tokens),
                         ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         _check_count(name, value, allow_none=False)
+    check_seed(seed)
     t0 = time.perf_counter()
     prompts = repetition_prompts(model, path, num_prompts, prompt_tokens, seed)
     outs: list[str] = []
