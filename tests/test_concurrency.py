@@ -103,3 +103,34 @@ def test_openmp_settings_do_not_hang_the_blas(env, threads):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == threads
+
+
+@pytest.mark.parametrize("other", ["merge", "adapt_other_rank"])
+def test_adapters_swapped_during_adapt_stop_it_cleanly(stories_dir, other):
+    """merge_lora() or a second adapt() with another rank while adapt() trains: the training
+    run stops with a clear error at its next step (it used to write through stale sizes and
+    crash); the model stays usable."""
+    m = magnet.Model.from_pretrained(stories_dir)
+    texts = [f"Once upon a time a little dog number {i} found a ball." for i in range(40)]
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            m.adapt(texts, steps=400, batch_size=2, seq_len=24, lora_rank=2, progress=False,
+                    callback=lambda rec: started.set())
+        except BaseException as e:  # noqa: BLE001 - reported to the main thread
+            errors.append(e)
+
+    t = threading.Thread(target=train)
+    t.start()
+    assert started.wait(60)
+    if other == "merge":
+        m.merge_lora()
+    else:
+        m.adapt(texts, steps=2, batch_size=2, seq_len=24, lora_rank=8, progress=False)
+    t.join(120)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+    assert "adapters were attached, merged or detached" in str(errors[0])
+    assert np.isfinite(m.logits([1, 5, 9])).all()

@@ -76,6 +76,7 @@ int mg_model_attach_lora(mg_model *m, mg_lora *lora, mg_error *err) {
     }
     mg_lora_free(m->lora);
     m->lora = lora;
+    m->lora_version++;
     return MG_OK;
 }
 
@@ -84,6 +85,7 @@ void mg_model_merge_lora(mg_model *m) {
     mg_lora_merge(m->be, m->lora, &m->params, &m->config);
     mg_lora_free(m->lora);
     m->lora = NULL;
+    m->lora_version++;
 }
 
 /* Frees what lives in the backend's memory and forgets it, so the host-side release that

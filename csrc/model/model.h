@@ -21,6 +21,9 @@ typedef struct mg_model_s {
     mg_params params;
     float *inv_freq; /* [head_dim / 2], LLaMA family only */
     mg_lora *lora;   /* attached adapters (owned), applied by every forward; NULL when none */
+    /* Counts adapter swaps (attach, merge, detach): a trainer made for one set of adapters
+     * refuses to run on another instead of writing through stale sizes. */
+    unsigned long lora_version;
     /* Readers (forward passes, training forward/backward) share it; whatever changes weights
      * or swaps adapters (optimizer step, merge, attach, load) holds it alone. Callers take it
      * around their calls (the Python binding does, with the GIL released). */

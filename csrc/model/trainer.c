@@ -30,6 +30,7 @@ mg_trainer *mg_trainer_create(mg_model *model, const mg_train_config *cfg, mg_er
     mg_trainer *t = mg_alloc(1, sizeof(mg_trainer), "trainer", err);
     if (t == NULL) return NULL;
     t->model = model;
+    t->lora_version = model->lora_version;
     t->cfg = *cfg;
     const size_t n = mg_trainer_numel(t);
     float **g = cfg->full_finetune ? &t->grads.params : &t->grads.lora;
@@ -166,11 +167,20 @@ static void pool_ranges(int64_t *start, int64_t *end, const sscl_place *pl, int 
     }
 }
 
+int mg_trainer_check_adapters(const mg_trainer *t, mg_error *err) {
+    if (t->model->lora_version != t->lora_version)
+        return mg_fail(err, MG_ERR_VALUE,
+                       "the model's LoRA adapters were attached, merged or detached while this "
+                       "training run was using them; start a new run");
+    return MG_OK;
+}
+
 int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg_losses *out,
                           mg_error *err) {
     mg_model *m = t->model;
     const mg_config *c = &m->config;
     memset(out, 0, sizeof(*out));
+    if (mg_trainer_check_adapters(t, err) != MG_OK) return err->code;
     const int use_masked = (mb->w_mntp > 0.0f || mb->w_msg > 0.0f) && mb->masked.rows > 0;
     const int use_sscl = mb->w_sscl > 0.0f && mb->sscl_a.rows >= 2;
     if (check_rows(&mb->masked, "masked-view batch", 1, err) ||
@@ -347,6 +357,7 @@ done:
 }
 
 int mg_trainer_apply(mg_trainer *t, double *grad_norm, float *lr_used, mg_error *err) {
+    if (mg_trainer_check_adapters(t, err) != MG_OK) return err->code;
     const size_t n = mg_trainer_numel(t);
     float *grads = mg_trainer_grads(t), *params = mg_trainer_params(t);
     float *m = t->cfg.full_finetune ? t->m_params : t->m_lora;

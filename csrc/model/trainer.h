@@ -49,6 +49,7 @@ typedef struct {
 
 typedef struct {
     mg_model *model;
+    unsigned long lora_version; /* the model's adapters this trainer was sized for */
     mg_train_config cfg;
     mg_grads grads;
     float *m_params, *v_params; /* AdamW moments for full fine-tuning */
@@ -60,6 +61,10 @@ typedef struct {
 /* The model must have adapters attached unless cfg->full_finetune. */
 mg_trainer *mg_trainer_create(mg_model *model, const mg_train_config *cfg, mg_error *err);
 void mg_trainer_free(mg_trainer *t);
+
+/* MG_OK, or an error when the model's adapters were attached, merged or detached since the
+ * trainer was made (its buffers are sized for the old ones). Every trainer call checks it. */
+int mg_trainer_check_adapters(const mg_trainer *t, mg_error *err);
 
 /* Forward (and, when train, backward accumulating gradients) of one micro-batch. */
 int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg_losses *out,

@@ -196,27 +196,41 @@ static PyObject *flat_copy(const mg_backend *be, const float *src, size_t n) {
 static PyObject *Trainer_grad_dict(MgpyTrainer *self, PyObject *unused) {
     (void)unused;
     const mg_trainer *t = self->trainer;
-    if (t->cfg.full_finetune)
-        return mgpy_slots_to_dict(t->model->be, t->model->params.slots, t->model->params.n_slots,
-                                  t->grads.params);
-    return mgpy_slots_to_dict(t->model->be, t->model->lora->slots, t->model->lora->n_slots,
-                              t->grads.lora);
+    PyObject *out = NULL;
+    mg_error err;
+    mg_error_clear(&err);
+    MGPY_LOCKED_READ(t->model, if (mg_trainer_check_adapters(t, &err) != MG_OK);
+                     else if (t->cfg.full_finetune) out =
+                         mgpy_slots_to_dict(t->model->be, t->model->params.slots,
+                                            t->model->params.n_slots, t->grads.params);
+                     else out = mgpy_slots_to_dict(t->model->be, t->model->lora->slots,
+                                                   t->model->lora->n_slots, t->grads.lora));
+    return err.code != MG_OK ? mgpy_raise(&err) : out;
 }
 
 /* state() -> {"params", "m", "v": flat float32 copies, "step": int}: all that resuming needs. */
 static PyObject *Trainer_state(MgpyTrainer *self, PyObject *unused) {
     (void)unused;
     const mg_trainer *t = self->trainer;
-    const size_t n = mg_trainer_numel(t);
     const float *m = t->cfg.full_finetune ? t->m_params : t->m_lora;
     const float *v = t->cfg.full_finetune ? t->v_params : t->v_lora;
-    return Py_BuildValue(
-        "{s:N,s:N,s:N,s:i}", "params", flat_copy(t->model->be, mg_trainer_params(t), n), "m",
-        flat_copy(t->model->be, m, n), "v", flat_copy(t->model->be, v, n), "step", t->step);
+    PyObject *out = NULL;
+    mg_error err;
+    mg_error_clear(&err);
+    MGPY_LOCKED_READ(
+        t->model, if (mg_trainer_check_adapters(t, &err) == MG_OK) {
+            const size_t n = mg_trainer_numel(t);
+            out = Py_BuildValue("{s:N,s:N,s:N,s:i}", "params",
+                                flat_copy(t->model->be, mg_trainer_params(t), n), "m",
+                                flat_copy(t->model->be, m, n), "v", flat_copy(t->model->be, v, n),
+                                "step", t->step);
+        });
+    return err.code != MG_OK ? mgpy_raise(&err) : out;
 }
 
-static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
-    mg_trainer *t = self->trainer;
+/* The work of load_state, with the model locked for writing by the caller. */
+static PyObject *load_state_locked(mg_trainer *t, PyObject *state, mg_error *err) {
+    if (mg_trainer_check_adapters(t, err) != MG_OK) return NULL;
     const size_t n = mg_trainer_numel(t);
     if (!PyDict_Check(state)) {
         PyErr_SetString(PyExc_TypeError, "trainer state must be a dict");
@@ -245,20 +259,35 @@ static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
         return NULL;
     }
     const mg_backend *be = t->model->be;
-    MGPY_LOCKED_WRITE(t->model,
-                      for (int i = 0; i < 3; i++) be->upload(
-                          be, dst[i],
-                          PyArray_DATA((PyArrayObject *)PyDict_GetItemString(state, keys[i])),
-                          n * sizeof(float)));
+    for (int i = 0; i < 3; i++)
+        be->upload(be, dst[i], PyArray_DATA((PyArrayObject *)PyDict_GetItemString(state, keys[i])),
+                   n * sizeof(float));
     be->zero(be, mg_trainer_grads(t), n * sizeof(float));
     t->step = (int)s;
     Py_RETURN_NONE;
 }
 
+static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
+    mg_trainer *t = self->trainer;
+    mg_error err;
+    mg_error_clear(&err);
+    /* the check and everything after it under the write lock: no swap can come between */
+    Py_BEGIN_ALLOW_THREADS mg_model_lock_write(t->model);
+    Py_END_ALLOW_THREADS PyObject *res = load_state_locked(t, state, &err);
+    mg_model_unlock(t->model);
+    if (err.code != MG_OK) return mgpy_raise(&err);
+    return res; /* NULL with a Python exception set for a malformed state */
+}
+
 static PyObject *Trainer_zero_grad(MgpyTrainer *self, PyObject *unused) {
     (void)unused;
-    const mg_backend *be = self->trainer->model->be;
-    be->zero(be, mg_trainer_grads(self->trainer), mg_trainer_numel(self->trainer) * sizeof(float));
+    mg_trainer *t = self->trainer;
+    const mg_backend *be = t->model->be;
+    mg_error err;
+    mg_error_clear(&err);
+    MGPY_LOCKED_READ(t->model, if (mg_trainer_check_adapters(t, &err) == MG_OK) be->zero(
+                                   be, mg_trainer_grads(t), mg_trainer_numel(t) * sizeof(float)));
+    if (err.code != MG_OK) return mgpy_raise(&err);
     Py_RETURN_NONE;
 }
 
