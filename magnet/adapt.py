@@ -194,6 +194,27 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         raise ValueError(f"seq_len={seq_len} exceeds the model's context of {limit} tokens")
     if not (lr >= 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a non-negative number, got {lr}")
+    # every setting is checked before the model's adapters are touched: a call that fails leaves
+    # the model as it was
+    if not full_finetune:
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or not (
+                1 <= lora_rank <= 4096):
+            raise ValueError(f"lora_rank must be an int in 1..4096, got {lora_rank!r}")
+        if not (isinstance(lora_alpha, (int, float)) and lora_alpha > 0
+                and math.isfinite(lora_alpha)):
+            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+    for name, value in (("lora_dropout", lora_dropout), ("resid_dropout", resid_dropout)):
+        if not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0
+            and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0
+            and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+    if warmup_steps is not None and (isinstance(warmup_steps, bool)
+                                     or not isinstance(warmup_steps, int) or warmup_steps < 0):
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     if model.tokenizer is None:
         raise ValueError("adapt needs a model with a tokenizer")
     if model.tokenizer.eos_id is None:

@@ -247,3 +247,14 @@ def test_nan_loss_stops_with_checkpoint_intact(stories, texts, tmp_path):
         stories.adapt(texts, steps=50, batch_size=2, seq_len=32, lr=1e30, progress=False,
                       checkpoint_dir=ck, checkpoint_every=1000, warmup_steps=0, clip_norm=0.0)
     assert (ck / "checkpoint.npz").read_bytes() == good
+
+
+@pytest.mark.parametrize("bad", [dict(lora_rank=0), dict(lora_rank=4, lora_dropout=2.0),
+                                 dict(lora_alpha=-1.0), dict(temperature=0.0)])
+def test_failed_adapt_leaves_the_model_as_it_was(stories, texts, bad):
+    stories.adapt(texts, steps=2, batch_size=2, seq_len=32, lora_rank=8, progress=False)
+    info, logits = stories._c.lora_info(), stories.logits([1, 5, 9])
+    with pytest.raises(ValueError):
+        stories.adapt(texts, steps=1, batch_size=2, seq_len=32, progress=False, **bad)
+    assert stories._c.lora_info() == info
+    np.testing.assert_array_equal(stories.logits([1, 5, 9]), logits)
