@@ -1,5 +1,9 @@
 """magnet: one decoder that embeds, infills and generates (MAGNET, Khosla et al., ACL 2025)."""
 
+import numbers
+
+import numpy as np
+
 # OpenBLAS comes from the scipy-openblas32 wheel; importing it loads the shared library so the
 # extension's OpenBLAS symbols resolve whichever environment built it.
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401
@@ -26,9 +30,9 @@ def set_num_threads(n: int) -> None:
 
     The count is capped at ``OMP_THREAD_LIMIT`` when that is set (``get_num_threads`` reports
     the count in use)."""
-    if not isinstance(n, int) or isinstance(n, bool):
+    if not isinstance(n, numbers.Integral) or isinstance(n, (bool, np.bool_)):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
-    _C.set_num_threads(n)
+    _C.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:

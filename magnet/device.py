@@ -45,7 +45,9 @@ def parse_device(device: str) -> tuple[str, int]:
     if kind == "cuda":
         if not index:
             return "cuda", 0
-        if index.isdigit():
+        if index.isascii() and index.isdigit():  # not "²" or other Unicode digits
+            if int(index) >= 2**31:
+                raise ValueError(f"device {device!r}: no CUDA device has index {index}")
             return "cuda", int(index)
     raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
@@ -54,7 +56,7 @@ def parse_precision(kind: str, precision: str | None) -> int:
     """The C precision code for a device; None picks bf16 on a GPU and fp32 on the CPU."""
     if precision is None:
         precision = "bf16" if kind == "cuda" else "fp32"
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected 'fp32' or 'bf16'")
     if kind == "cpu" and precision != "fp32":
         raise ValueError("the CPU computes in float32 only: use precision='fp32' (or leave it "

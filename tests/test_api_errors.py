@@ -365,3 +365,32 @@ def test_set_num_threads_rejects_bad_values(llama) -> None:
         still_works(m, want)
     finally:
         magnet.set_num_threads(before)
+
+
+def test_adapter_and_weight_shapes_are_checked(llama) -> None:
+    """A transposed matrix has the right element count but the wrong shape: rejected."""
+    m, want = llama
+    sd = m._c.state_dict()
+    name = next(k for k, v in sd.items() if v.ndim == 2 and v.shape[0] != v.shape[1])
+    bad = dict(sd)
+    bad[name] = np.ascontiguousarray(sd[name].T)
+    with pytest.raises(ValueError, match=rf"parameter '{name}' must be .* of shape"):
+        m._c.load_state_dict(bad)
+    m._c.attach_lora(2, 4.0, 1, 0)
+    lsd = m._c.lora_state_dict()
+    lname = next(k for k, v in lsd.items() if v.shape[0] != v.shape[1])
+    lbad = dict(lsd)
+    lbad[lname] = np.ascontiguousarray(lsd[lname].T)
+    with pytest.raises(ValueError, match="of shape"):
+        m._c.load_lora_state_dict(lbad)
+    m._c.detach_lora()
+    still_works(m, want)
+
+
+def test_set_num_threads_takes_numpy_ints() -> None:
+    n = magnet.get_num_threads()
+    magnet.set_num_threads(np.int64(1))
+    assert magnet.get_num_threads() == 1
+    with pytest.raises(TypeError):
+        magnet.set_num_threads(np.bool_(True))
+    magnet.set_num_threads(n)

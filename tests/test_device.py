@@ -14,14 +14,19 @@ def test_parse_device_and_precision():
     assert parse_device("cpu") == ("cpu", 0)
     assert parse_device("cuda") == ("cuda", 0)
     assert parse_device("CUDA:3") == ("cuda", 3)
-    for bad in ("gpu", "cuda:x", "cpu:1", ""):
+    for bad in ("gpu", "cuda:x", "cpu:1", "", "cuda:\u00b2"):
         with pytest.raises(ValueError, match="unknown device"):
             parse_device(bad)
+    for huge in ("cuda:2147483648", "cuda:99999999999999999999"):
+        with pytest.raises(ValueError, match="no CUDA device has index"):
+            parse_device(huge)
     with pytest.raises(TypeError, match="device must be a str"):
         parse_device(0)
     assert parse_precision("cuda", None) == 1 and parse_precision("cpu", None) == 0
     with pytest.raises(ValueError, match="unknown precision"):
         parse_precision("cuda", "fp16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        parse_precision("cuda", ["fp32"])
     with pytest.raises(ValueError, match="float32 only"):
         parse_precision("cpu", "bf16")
 

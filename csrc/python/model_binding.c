@@ -244,13 +244,21 @@ int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const mg_param_slot
             PyErr_Format(PyExc_ValueError, "missing parameter '%s'", slot->name);
             return -1;
         }
-        if (!PyArray_Check(v) || PyArray_TYPE((PyArrayObject *)v) != NPY_FLOAT32 ||
-            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v) ||
-            (size_t)PyArray_SIZE((PyArrayObject *)v) != slot->numel) {
-            PyErr_Format(PyExc_ValueError,
-                         "parameter '%s' must be a contiguous float32 array of "
-                         "%zu values",
-                         slot->name, slot->numel);
+        int same_shape = PyArray_Check(v) && PyArray_NDIM((PyArrayObject *)v) == slot->ndim;
+        for (int d = 0; same_shape && d < slot->ndim; d++)
+            same_shape = PyArray_DIM((PyArrayObject *)v, d) == slot->shape[d];
+        if (!same_shape || PyArray_TYPE((PyArrayObject *)v) != NPY_FLOAT32 ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v)) {
+            /* the shape too, not only the count: a transposed matrix has the same count */
+            if (slot->ndim == 2)
+                PyErr_Format(PyExc_ValueError,
+                             "parameter '%s' must be a contiguous float32 array of shape "
+                             "(%lld, %lld)",
+                             slot->name, (long long)slot->shape[0], (long long)slot->shape[1]);
+            else
+                PyErr_Format(PyExc_ValueError,
+                             "parameter '%s' must be a contiguous float32 array of shape (%lld,)",
+                             slot->name, (long long)slot->shape[0]);
             return -1;
         }
     }
@@ -333,13 +341,10 @@ static PyObject *Model_lora_state_dict(MgpyModel *self, PyObject *unused) {
 }
 
 static PyObject *Model_load_lora_state_dict(MgpyModel *self, PyObject *dict) {
-    mg_lora *l = self->model->lora;
-    if (l == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the model has no LoRA adapters attached");
-        return NULL;
-    }
-    MGPY_LOCKED_WRITE(self->model,
-                      int rc = mgpy_dict_to_slots(l->be, dict, l->slots, l->n_slots, l->block));
+    MGPY_LOCKED_WRITE(
+        self->model, mg_lora *l = self->model->lora; int rc = -1;
+        if (l == NULL) PyErr_SetString(PyExc_ValueError, "the model has no LoRA adapters attached");
+        else rc = mgpy_dict_to_slots(l->be, dict, l->slots, l->n_slots, l->block));
     if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
