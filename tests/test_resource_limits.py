@@ -53,6 +53,21 @@ def test_logits_beyond_memory(model: magnet.Model) -> None:
     assert rss_bytes() - before < 16 * 4 * model.config.vocab_size * B
 
 
+def test_pass_beyond_memory_as_a_whole(model: magnet.Model) -> None:
+    """The logits (45 % of the free memory) and the pass's activations (about 80 %: 3.4 kB a
+    token for stories260K against 2 kB of logits) each fit, but not together: each buffer alone
+    passed its check, so the pass is checked whole (it used to grow until the OOM killer
+    came)."""
+    T = min(512, model.config.max_positions)
+    B = int(0.45 * available_bytes() / (T * 4 * model.config.vocab_size)) + 1
+    ids = np.zeros((B, T), np.int32)
+    before = rss_bytes()
+    with pytest.raises(MemoryError, match="needs more memory than is available"):
+        model.logits(ids)
+    assert rss_bytes() - before < 16 * 4 * model.config.vocab_size * B
+    assert model.logits([1, 2, 3]).shape == (3, model.config.vocab_size)
+
+
 def test_raw_forward_beyond_memory(model: magnet.Model) -> None:
     T = min(512, model.config.max_positions)
     B = rows_beyond_memory(model, T, 4 * model.config.hidden_size)

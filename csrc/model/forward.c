@@ -149,6 +149,19 @@ static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, cons
  * run for every row, as the cache and the other queries need them, but the output projection,
  * the MLP, the final norm and the LM head run on the kept rows alone, which is exact because
  * those are row-wise. hidden_out and logits_out then hold n_keep rows. Not for training. */
+/* Each buffer of a pass is checked against the free memory on its own, and buffers not yet
+ * touched do not lower it: a pass whose activations (bytes), fresh key/value cache and outputs
+ * (floats, allocated by the caller) cannot exist together would be granted by overcommit and
+ * killed when touched. Checked as a whole when it is large. */
+static int pass_exceeds_memory(const mg_kv_cache *cache, size_t bytes, long hidden_floats,
+                               long logits_floats) {
+    size_t need = bytes + sizeof(float) * ((size_t)hidden_floats + (size_t)logits_floats);
+    if (cache->length == 0)
+        need += 2 * sizeof(float) * (size_t)cache->n_slots * (size_t)cache->B *
+                (size_t)cache->capacity * (size_t)cache->kv_dim;
+    return need >= MG_CHECKED_ALLOC && need > mg_memory_available();
+}
+
 static int model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
                       const uint8_t *roles, const int32_t *segments, const int *positions, int B,
                       int Tq, float *hidden_out, float *logits_out, int logits_last_only,
@@ -200,6 +213,14 @@ static int model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *toke
     size_t bytes = 0;
     for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
         bytes += mg_arena_floats_bytes(plan[i]);
+    if (mg_on_host(be) &&
+        pass_exceeds_memory(cache, bytes, hidden_out && !keep_rows ? N * D : 0,
+                            logits_out && !keep_rows ? (logits_last_only ? (long)B : N) * V : 0))
+        return mg_fail(err, MG_ERR_NOMEM,
+                       "a pass over %d x %d tokens needs more memory than is available "
+                       "(activations, key/value cache and outputs together); use a smaller "
+                       "batch or shorter sequences",
+                       B, Tq);
     int32_t *ids_host = mg_alloc_uninit((size_t)N, sizeof(int32_t), "token ids", err);
     int64_t *last_rows = mg_alloc_uninit((size_t)B, sizeof(int64_t), "last rows", err);
     int32_t *keep_segs = K ? mg_alloc_uninit((size_t)K, sizeof(int32_t), "kept rows", err) : NULL;
