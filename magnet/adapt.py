@@ -378,7 +378,9 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 where = f"; the last good checkpoint is in {checkpoint_path}" if (
                     checkpoint_path) else ""
                 raise FloatingPointError(
-                    f"training loss became {loss} at step {step}{where}"
+                    f"training loss became {loss} at step {step}{where}; the model in memory "
+                    "holds the diverged weights: load it again before using it (a lower lr "
+                    "usually helps)"
                 )
             grad_norm, lr_used = trainer.apply()
             dt = time.perf_counter() - t0
