@@ -25,20 +25,30 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 EMBEDDED_MODELS = {"stories260K": Path(__file__).resolve().parent / "models" / "stories260K"}
 
 
-def _resolve(path: str | os.PathLike, tokenizer: str | os.PathLike | None) -> Loaded:
-    """Pick the format from what is at ``path``."""
+def _resolve(path: str | os.PathLike, tokenizer: str | os.PathLike | None
+             ) -> tuple[Loaded, Path | None]:
+    """Pick the format from what is at ``path``; also the directory an adapter may sit in."""
     if isinstance(path, str) and path in EMBEDDED_MODELS and not Path(path).exists():
         path = EMBEDDED_MODELS[path]
+    if os.fspath(path) == "":
+        raise ValueError("path is empty: pass a model directory, a file or a hub id")
     p = Path(path)
+    if not p.exists() and isinstance(path, str) and _HUB_ID.fullmatch(path) and (
+            not path.startswith(".")):
+        p = _from_hub(path)
+    if tokenizer is not None and not _is_llama2c(p):
+        raise ValueError("tokenizer= names the tokenizer file of a llama2.c checkpoint; GGUF "
+                         "files and Hugging Face directories carry their own tokenizer")
     if p.is_file():
-        if p.suffix == ".gguf":
+        suffix = p.suffix.lower()
+        if suffix == ".gguf":
             from magnet.formats.gguf import load_gguf
 
-            return load_gguf(p)
-        if p.suffix == ".bin":
+            return load_gguf(p), None
+        if suffix == ".bin":
             from magnet.formats.llama2c import load_llama2c
 
-            return load_llama2c(p, tokenizer=tokenizer)
+            return load_llama2c(p, tokenizer=tokenizer), None
         raise ValueError(
             f"{p}: unrecognised model file (expected a .gguf file, a llama2.c .bin checkpoint, "
             f"or a Hugging Face model directory)"
@@ -47,26 +57,40 @@ def _resolve(path: str | os.PathLike, tokenizer: str | os.PathLike | None) -> Lo
         if (p / "config.json").is_file():
             from magnet.formats.huggingface import load_huggingface
 
-            return load_huggingface(p)
-        ggufs = sorted(p.glob("*.gguf"))
+            return load_huggingface(p), p
+        ggufs = _ggufs_in(p)
         if len(ggufs) == 1:
             from magnet.formats.gguf import load_gguf
 
-            return load_gguf(ggufs[0])
+            return load_gguf(ggufs[0]), None
+        if len(ggufs) > 1:
+            raise ValueError(f"{p} holds {len(ggufs)} .gguf files "
+                             f"({', '.join(g.name for g in ggufs)}); pass the file itself")
         if list(p.glob("*.bin")):
             from magnet.formats.llama2c import load_llama2c
 
-            return load_llama2c(p, tokenizer=tokenizer)
+            return load_llama2c(p, tokenizer=tokenizer), None
         raise FileNotFoundError(
             f"{p}: no config.json, single .gguf file or llama2.c checkpoint in this directory"
         )
-    if isinstance(path, str) and _HUB_ID.fullmatch(path) and not path.startswith("."):
-        return _from_hub(path)
     raise FileNotFoundError(f"no model at {os.fspath(path)!r}: not a file or directory")
 
 
-def _from_hub(repo_id: str) -> Loaded:
-    """Download a Hugging Face repository snapshot (needs the optional huggingface_hub)."""
+def _ggufs_in(directory: Path) -> list[Path]:
+    return sorted(q for q in directory.iterdir() if q.is_file() and q.suffix.lower() == ".gguf")
+
+
+def _is_llama2c(p: Path) -> bool:
+    """A llama2.c checkpoint file, or a directory that would be loaded as one."""
+    if p.is_file():
+        return p.suffix.lower() == ".bin"
+    return p.is_dir() and not (p / "config.json").is_file() and not _ggufs_in(p) and bool(
+        list(p.glob("*.bin")))
+
+
+def _from_hub(repo_id: str) -> Path:
+    """Download a Hugging Face repository snapshot (needs the optional huggingface_hub): every
+    file a local directory would be read for."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -74,13 +98,18 @@ def _from_hub(repo_id: str) -> Loaded:
             f"{repo_id!r} is not a local path; downloading it needs huggingface_hub "
             f"(pip install 'magnet-lm[hub]')"
         ) from None
-    from magnet.formats.huggingface import load_huggingface
-
-    local = snapshot_download(
-        repo_id, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
-                                 "tokenizer.json", "tokenizer_config.json"]
-    )
-    return load_huggingface(local)
+    try:
+        local = snapshot_download(
+            repo_id, allow_patterns=["config.json", "generation_config.json", "*.safetensors",
+                                     "*.safetensors.index.json", "tokenizer.json",
+                                     "tokenizer_config.json", "adapter_config.json"]
+        )
+    except Exception as e:  # huggingface_hub raises its own types for offline, 404, network
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local path, and downloading it from the Hugging Face hub "
+            f"failed ({type(e).__name__}: {e})"
+        ) from None
+    return Path(local)
 
 
 def _as_int_array(x: Any, name: str) -> np.ndarray:
@@ -125,13 +154,12 @@ class Model:
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-        loaded = _resolve(path, tokenizer)
+        loaded, directory = _resolve(path, tokenizer)
         model = cls(loaded.config, loaded.tensors, loaded.tokenizer)
-        p = Path(path)
-        if p.is_dir() and (p / "adapter_config.json").is_file():
+        if directory is not None and (directory / "adapter_config.json").is_file():
             from magnet.save import load_adapter
 
-            load_adapter(model, p)
+            load_adapter(model, directory)
         if device != "cpu" or precision not in (None, "fp32"):
             model.to(device, precision=precision)
         return model

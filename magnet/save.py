@@ -21,6 +21,7 @@ from magnet.formats.huggingface import (
     config_to_hf,
     generation_config_to_hf,
     tensors_to_hf,
+    tokenizer_to_hf,
     write_safetensors,
 )
 
@@ -169,11 +170,10 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
         write_safetensors(tmp / "model.safetensors", tensors_to_hf(model.config, tensors),
                           {"format": "pt"})
         if model.tokenizer is not None:
-            model.tokenizer.backend.save(os.fspath(tmp / "tokenizer.json"))
-            (tmp / "tokenizer_config.json").write_text(json.dumps(
-                {"add_bos_token": model.tokenizer.add_bos_default,
-                 "bos_token_id": model.tokenizer.bos_id, "eos_token_id": model.tokenizer.eos_id},
-                indent=2))
+            tok_json, tok_cfg = tokenizer_to_hf(model.tokenizer)
+            (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2),
+                                                       encoding="utf-8")
         if lora and not merge_lora:
             rank, alpha, mask = lora
             targets = [k for k, bit in _TARGET_BITS.items() if mask >> bit & 1]

@@ -24,11 +24,13 @@ class Tokenizer:
         bos_id: int | None,
         eos_id: int | None,
         add_bos_default: bool = True,
+        chat_template: str | None = None,
     ) -> None:
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.add_bos_default = add_bos_default
+        self.chat_template = chat_template  # the Jinja template the checkpoint ships, if any
         self._continuing: tokenizers.Tokenizer | None = None
 
     @property

@@ -319,7 +319,9 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     ]
     if user:
         backend.add_tokens(user)
-    return Tokenizer(backend, special_ids["bos"], special_ids["eos"], add_bos_default)
+    template = meta.get("tokenizer.chat_template")
+    return Tokenizer(backend, special_ids["bos"], special_ids["eos"], add_bos_default,
+                     chat_template=template if isinstance(template, str) else None)
 
 
 def _split_merges(merges_meta: list[Any]) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import tokenizers
+from tokenizers import processors
 
 from magnet import _C
 from magnet.config import ModelConfig
@@ -289,6 +290,31 @@ def _post_processor_adds_bos(backend: tokenizers.Tokenizer, bos_id: int | None) 
     return len(special) > len(plain) and special[0] == bos_id
 
 
+def tokenizer_to_hf(tok: Tokenizer) -> tuple[str, dict[str, Any]]:
+    """`tokenizer.json` text and `tokenizer_config.json` for ``tok``, such that magnet and
+    transformers' AutoTokenizer read back the ids ``tok`` gives: BOS by the post-processor, the
+    special tokens named, typed special-token text kept plain where ``tok`` keeps it so."""
+    backend = tokenizers.Tokenizer.from_str(tok.backend.to_str())
+    bos = backend.id_to_token(tok.bos_id) if tok.bos_id is not None else None
+    if bos is not None and _post_processor_adds_bos(backend, tok.bos_id) != tok.add_bos_default:
+        lead = f"{bos} " if tok.add_bos_default else ""
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{lead}$A", pair=f"{lead}$A {lead}$B:1",
+            special_tokens=[(bos, tok.bos_id)] if tok.add_bos_default else [])
+    names = {k: backend.id_to_token(i) for k, i in (("bos_token", tok.bos_id),
+                                                    ("eos_token", tok.eos_id)) if i is not None}
+    unk = getattr(backend.model, "unk_token", None)
+    if isinstance(unk, str) and backend.token_to_id(unk) is not None:
+        names["unk_token"] = unk
+    cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
+                           "add_bos_token": tok.add_bos_default, "add_eos_token": False,
+                           **names, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+                           "split_special_tokens": bool(tok.backend.encode_special_tokens)}
+    if tok.chat_template is not None:
+        cfg["chat_template"] = tok.chat_template
+    return backend.to_str(), cfg
+
+
 def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
     """`tokenizer.json` through the tokenizers library; BOS added when the checkpoint does."""
     path = directory / "tokenizer.json"
@@ -301,6 +327,7 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
     # BOS as the tokenizer's own post-processor adds it (what transformers and tokenizers do),
     # unless tokenizer_config.json says otherwise
     add_bos = _post_processor_adds_bos(backend, config.bos_token_id)
+    template = None
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():
         try:
@@ -309,7 +336,12 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
             tok_settings = None
         if isinstance(tok_settings, dict):
             add_bos = bool(tok_settings.get("add_bos_token", add_bos))
-    return Tokenizer(backend, config.bos_token_id, config.eos_token_id, add_bos_default=add_bos)
+            # transformers' name for typed special-token text staying plain text
+            backend.encode_special_tokens = bool(tok_settings.get("split_special_tokens", False))
+            if isinstance(tok_settings.get("chat_template"), str):
+                template = tok_settings["chat_template"]
+    return Tokenizer(backend, config.bos_token_id, config.eos_token_id, add_bos_default=add_bos,
+                     chat_template=template)
 
 
 def load_huggingface(directory: str | os.PathLike) -> Loaded:
