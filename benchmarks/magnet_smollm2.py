@@ -220,7 +220,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "runs" / "magnet_smollm2"))
-    p.add_argument("--results", default=str(ROOT / "docs" / "RESULTS.md"))
+    p.add_argument("--results", default=None,
+                   help="the markdown table (default: docs/RESULTS.md; with --quick, "
+                   "OUT/RESULTS-quick.md, so a dry run never replaces the published table)")
     p.add_argument("--gguf", default=None, help="SmolLM2 GGUF (default: tests/conftest's lookup)")
     p.add_argument("--presets", default=",".join(PRESETS))
     p.add_argument("--steps", type=int, default=1000)
@@ -250,6 +252,9 @@ def main() -> int:
                    help="dry run sizes: tiny eval subsets (for checking the pipeline)")
     p.add_argument("--fresh", action="store_true", help="ignore saved results and models")
     args = p.parse_args()
+    if args.results is None:
+        args.results = str(Path(args.out) / "RESULTS-quick.md" if args.quick
+                           else ROOT / "docs" / "RESULTS.md")
     if args.quick:
         args.sts_max_pairs = args.sts_max_pairs or 50
         args.num_spans = min(args.num_spans, 8)

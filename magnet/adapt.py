@@ -374,15 +374,19 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 tokens += out["tokens"]
             w = stage.weights
             loss = w[0] * totals["mntp"] + w[1] * totals["sscl"] + w[2] * totals["msg"]
+            where = f"; the last good checkpoint is in {checkpoint_path}" if (
+                checkpoint_path) else ""
+            diverged = ("the model in memory holds the diverged weights: load it again before "
+                        "using it (a lower lr usually helps)")
             if not math.isfinite(loss):
-                where = f"; the last good checkpoint is in {checkpoint_path}" if (
-                    checkpoint_path) else ""
                 raise FloatingPointError(
-                    f"training loss became {loss} at step {step}{where}; the model in memory "
-                    "holds the diverged weights: load it again before using it (a lower lr "
-                    "usually helps)"
-                )
-            grad_norm, lr_used = trainer.apply()
+                    f"training loss became {loss} at step {step}{where}; {diverged}")
+            try:
+                grad_norm, lr_used = trainer.apply()
+            except ValueError as e:  # the C trainer refuses a step with a non-finite gradient
+                if "not finite" not in str(e):
+                    raise
+                raise FloatingPointError(f"{e}{where}; {diverged}") from None
             dt = time.perf_counter() - t0
             record = {"step": step, "loss": loss, **totals, "lr": lr_used,
                       "grad_norm": grad_norm, "tokens_per_s": tokens / dt if dt > 0 else 0.0}

@@ -395,7 +395,9 @@ class Model:
         directory at ``out_dir`` intact. Files there that are not model files (notes, an
         ``adapt`` checkpoint) are kept; other weight files (shards, ``pytorch_model.bin``, a
         stale adapter) are removed. ``out_dir`` cannot be the working directory or hold it.
-        ``Model.from_pretrained(out_dir)`` gives identical outputs.
+        ``Model.from_pretrained(out_dir)`` gives the same outputs: bit for bit with
+        ``merge_lora=False`` (or after :meth:`merge_lora`), within float rounding otherwise
+        (each merged weight is rounded once).
         """
         from magnet.save import save_pretrained
 

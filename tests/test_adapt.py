@@ -243,7 +243,7 @@ def test_nan_loss_stops_with_checkpoint_intact(stories, texts, tmp_path):
     good = (ck / "checkpoint.npz").read_bytes()
     meta_step = json.loads(bytes(np.load(ck / "checkpoint.npz")["meta"]).decode())["step"]
     assert meta_step == 2
-    with pytest.raises((FloatingPointError, ValueError), match="not finite|became"):
+    with pytest.raises(FloatingPointError, match="(not finite|became).*checkpoint is in"):
         stories.adapt(texts, steps=50, batch_size=2, seq_len=32, lr=1e30, progress=False,
                       checkpoint_dir=ck, checkpoint_every=1000, warmup_steps=0, clip_norm=0.0)
     assert (ck / "checkpoint.npz").read_bytes() == good
