@@ -38,29 +38,15 @@ def _check_writable(path: str | None, option: str) -> None:
         raise ValueError(f"{option} {path}: not writable")
 
 
-def _split_lines(data: bytes, name: str) -> list[str]:
-    """``data`` decoded as UTF-8 and split at ``\\n`` only (a trailing ``\\r`` is dropped from each
-    line); empty lines are kept, but a final newline does not start another line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - data.rfind(b"\n", 0, e.start)
-        raise ValueError(f"{name}:{line}: not UTF-8 text ({e.reason} at byte {col} of the line)"
-                         ) from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.text or [])
     if args.input:
         p = Path(args.input)
         if not p.is_file():
             raise FileNotFoundError(f"input file not found: {args.input}")
-        texts += _split_lines(p.read_bytes(), args.input)  # one text (and one row) per line
+        from magnet.data import text_lines
+
+        texts += text_lines(p.read_bytes(), args.input)  # one text (and one row) per line
     if not texts:
         raise ValueError("no text given (use --text or --input FILE with one text per line)")
     return texts

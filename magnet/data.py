@@ -65,6 +65,27 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             yield obj["text"]
 
 
+def text_lines(data: bytes, name: str, error: type[ValueError] = ValueError) -> list[str]:
+    """``data`` decoded as UTF-8 (a leading byte-order mark dropped) and split at ``\\n`` only,
+    a ``\\r`` before it dropped: str.splitlines() would also break at \\x0b, \\x0c,
+    \\x1c-\\x1e, \\x85, U+2028 and U+2029, which may occur inside a text. Empty lines are kept;
+    a final newline does not start another line. Undecodable bytes raise ``error`` naming
+    ``name`` and the line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - data.rfind(b"\n", 0, e.start)
+        raise error(f"{name}:{line}: not UTF-8 text ({e.reason} at byte {col} of the line)"
+                    ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 class ChunkStream:
     """Token chunks of at most ``seq_len`` tokens (BOS first), in a reproducible order.
 

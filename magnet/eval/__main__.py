@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,37 +39,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _count(text: str) -> int:
-    """argparse type: an integer >= 1 (0 would empty the data or the batches)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
+def _option(parse: Callable[[str], Any], ok: Callable[[Any], bool], rule: str
+            ) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, then require ``ok`` of the value (``rule`` says
+    what is required, in the error)."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {parse.__name__} value: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+    return convert
 
 
-def _seed(text: str) -> int:
-    """argparse type: an integer 0 <= seed < 2**64 (every task's seed range)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64), got {value}")
-    return value
-
-
-def _rate(text: str) -> float:
-    """argparse type: a finite number >= 0 (learning rate, weight decay)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+# counts (0 would empty the data or the batches), seeds (every task's range), rates (learning
+# rate, weight decay)
+_count = _option(int, lambda v: v >= 1, "an integer >= 1")
+_seed = _option(int, lambda v: 0 <= v < SEED_LIMIT, "an integer in [0, 2**64)")
+_rate = _option(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def strict_json(obj: Any) -> Any:

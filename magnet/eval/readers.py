@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from magnet.data import text_lines
+
 _TAG = re.compile(r"^(O|[BIES]-\S+)$")
 _ASCII_WS = re.compile(r"[ \t\x0b\x0c]+")  # column separators (not U+00A0, U+2028, ...)
 # https://universaldependencies.org/u/pos/
@@ -67,22 +69,7 @@ def _lines(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"evaluation data file not found: {os.fspath(path)}")
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - data.rfind(b"\n", 0, e.start)
-        raise EvalDataError(f"{p}:{line}: not UTF-8 text ({e.reason} at byte {col} of the line)"
-                            ) from None
-    if text.startswith("\ufeff"):  # a byte-order mark is not part of the first line
-        text = text[1:]
-    # lines end at "\n" only ("\r\n" too): str.splitlines() would also break at \x0b, \x0c,
-    # \x1c-\x1e, \x85, U+2028 and U+2029, which may occur inside a sentence
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # after the final newline
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return text_lines(p.read_bytes(), os.fspath(p), EvalDataError)
 
 
 def _score(text: str, path: str | os.PathLike, lineno: int) -> float:
