@@ -162,7 +162,7 @@ def combine_rows(chunks: list[np.ndarray], instr: list[int] | np.ndarray, eos_id
     for r in range(batch):
         L = int(mlen[r])
         t, ro, l1, l2 = _C.masked_view(np.ascontiguousarray(masked[r, :L]), masking,
-                                       vocab_size, seed, r)
+                                       vocab_size, seed, _C.MASK_STREAM_BASE + r)
         toks[r, :L], roles[r, :L], segs[r, :L], mntp[r, :L], msg[r, :L] = t, ro, 0, l1, l2
     for v in range(2):
         for r in range(batch):

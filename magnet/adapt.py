@@ -122,8 +122,9 @@ def _fingerprint(model: Model) -> dict[str, Any]:
             "num_parameters": model.num_parameters}
 
 
-def _seed_of(seed: int, step: int, micro: int) -> int:
-    return (seed * 1_000_003 + step * 64 + micro) % (1 << 63)
+def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1) -> int:
+    """Each (step, micro-batch) its own seed: steps 64 apart (more with more micro-batches)."""
+    return (seed * 1_000_003 + step * max(64, grad_accum) + micro) % (1 << 63)
 
 
 def _save_checkpoint(directory: Path, trainer: Any, model: Model, meta: dict[str, Any]) -> Path:
@@ -367,8 +368,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             tokens = 0
             for k in range(grad_accum):
                 chunks = stream.take(batch_size)
-                out = micro(chunks, stage, _seed_of(seed, step, k), True, 1.0 / grad_accum,
-                            (step * grad_accum + k) * batch_size)
+                out = micro(chunks, stage, _seed_of(seed, step, k, grad_accum), True,
+                            1.0 / grad_accum, (step * grad_accum + k) * batch_size)
                 for key in totals:
                     totals[key] += out[key] / grad_accum
                 tokens += out["tokens"]

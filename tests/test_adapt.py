@@ -258,3 +258,14 @@ def test_failed_adapt_leaves_the_model_as_it_was(stories, texts, bad):
         stories.adapt(texts, steps=1, batch_size=2, seq_len=32, progress=False, **bad)
     assert stories._c.lora_info() == info
     np.testing.assert_array_equal(stories.logits([1, 5, 9]), logits)
+
+
+def test_micro_batch_seeds_never_repeat():
+    """Each (step, micro-batch) gets its own seed, also beyond 64 micro-batches per step (micro
+    64 of a step used to repeat micro 0 of the next)."""
+    from magnet.adapt import _seed_of
+
+    for accum in (1, 8, 64, 100):
+        seeds = {_seed_of(3, s, k, accum) for s in range(5) for k in range(accum)}
+        assert len(seeds) == 5 * accum
+    assert _seed_of(3, 2, 5, 8) == _seed_of(3, 2, 5)  # unchanged up to 64 micro-batches

@@ -39,11 +39,14 @@ void mg_masked_view(const int32_t *tokens, int len, const mg_masking_config *cfg
             if (L > budget) L = budget;
             if (L > len - 1) L = len - 1;
             if (L < 1) break;
-            /* a few tries for a place that overlaps no span and keeps a context token before */
+            /* a few tries for a place that overlaps no span and keeps a context token before
+             * it and after it: a span touching an earlier one would merge with it, and that
+             * span's first token would be predicted from a span state */
             for (int attempt = 0; attempt < 8; attempt++) {
                 const int start =
                     1 + (int)mg_rng_uniform_int(seed, stream, draw++, (uint32_t)(len - L));
-                int free = roles_out[start - 1] == MG_ROLE_CONTEXT;
+                int free = roles_out[start - 1] == MG_ROLE_CONTEXT &&
+                           (start + L == len || roles_out[start + L] == MG_ROLE_CONTEXT);
                 for (int i = start; i < start + L && free; i++)
                     free = roles_out[i] == MG_ROLE_CONTEXT;
                 if (!free) continue;

@@ -276,7 +276,7 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
         const int len = mb->masked.lengths[r];
         const long o = (long)r * T;
         mg_masked_view(mb->masked.tokens + (long)r * mb->masked.T, len, &masking, mb->seed,
-                       (uint64_t)r, tokens + o, roles + o, mntp_lab + o, msg_lab + o);
+                       MG_MASK_STREAM(r), tokens + o, roles + o, mntp_lab + o, msg_lab + o);
         for (int i = 0; i < len; i++)
             segs[o + i] = 0;
     }

@@ -7,6 +7,7 @@
 #include "../backend/backend.h"
 #include "../backend/cpu/blas.h"
 #include "../core/threads.h"
+#include "../model/objectives.h"
 #include "../ops/packed_matmul.h"
 #include "bindings.h"
 
@@ -142,6 +143,13 @@ PyMODINIT_FUNC PyInit__C(void) {
     }
     /* whether linear layers over many rows take our packed GEMM or OpenBLAS (tests read it) */
     if (PyModule_AddIntConstant(m, "HAS_PACKED_MATMUL", MG_HAVE_PACKED_MATMUL) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* the trainer masks row r with stream MASK_STREAM_BASE + r (tests and benchmarks rebuild its
+     * masked views with masked_view) */
+    if (PyModule_AddObject(m, "MASK_STREAM_BASE", PyLong_FromUnsignedLongLong(MG_MASK_STREAM(0))) <
+        0) {
         Py_DECREF(m);
         return NULL;
     }
