@@ -267,10 +267,11 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     targets = lora_mask(lora_targets)
     attached = model._c.lora_info()
     if resume and meta is not None:
-        if bool(meta.get("full_finetune", not meta.get("lora"))) != bool(full_finetune):
-            kind = "a full fine-tune" if not meta.get("lora") else "a LoRA run"
+        was_full = bool(meta.get("full_finetune", not meta.get("lora")))
+        if was_full != bool(full_finetune):
+            kind = "a full fine-tune" if was_full else "a LoRA run"
             raise ValueError(f"{checkpoint_path}: the checkpoint is {kind}; resume it with "
-                             f"full_finetune={not meta.get('lora')}")
+                             f"full_finetune={was_full}")
         if not full_finetune:  # the checkpoint holds the adapters: they replace attached ones
             lora = meta["lora"]
             model._c.attach_lora(lora[0], float(lora[1]), lora[2], seed)

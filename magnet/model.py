@@ -36,56 +36,48 @@ def _resolve(path: str | os.PathLike, tokenizer: str | os.PathLike | None
     if not p.exists() and isinstance(path, str) and _HUB_ID.fullmatch(path) and (
             not path.startswith(".")):
         p = _from_hub(path)
-    if tokenizer is not None and not _is_llama2c(p):
+    kind, where = _locate(p, path)
+    if tokenizer is not None and kind != "llama2c":
         raise ValueError("tokenizer= names the tokenizer file of a llama2.c checkpoint; GGUF "
                          "files and Hugging Face directories carry their own tokenizer")
+    if kind == "gguf":
+        from magnet.formats.gguf import load_gguf
+
+        return load_gguf(where), None
+    if kind == "hf":
+        from magnet.formats.huggingface import load_huggingface
+
+        return load_huggingface(where), where
+    from magnet.formats.llama2c import load_llama2c
+
+    return load_llama2c(where, tokenizer=tokenizer), None
+
+
+def _locate(p: Path, given: str | os.PathLike) -> tuple[str, Path]:
+    """The format at ``p`` ("gguf", "hf" or "llama2c") and what its loader reads."""
     if p.is_file():
         suffix = p.suffix.lower()
-        if suffix == ".gguf":
-            from magnet.formats.gguf import load_gguf
-
-            return load_gguf(p), None
-        if suffix == ".bin":
-            from magnet.formats.llama2c import load_llama2c
-
-            return load_llama2c(p, tokenizer=tokenizer), None
+        if suffix in (".gguf", ".bin"):
+            return ("gguf" if suffix == ".gguf" else "llama2c"), p
         raise ValueError(
             f"{p}: unrecognised model file (expected a .gguf file, a llama2.c .bin checkpoint, "
             f"or a Hugging Face model directory)"
         )
     if p.is_dir():
         if (p / "config.json").is_file():
-            from magnet.formats.huggingface import load_huggingface
-
-            return load_huggingface(p), p
-        ggufs = _ggufs_in(p)
+            return "hf", p
+        ggufs = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() == ".gguf")
         if len(ggufs) == 1:
-            from magnet.formats.gguf import load_gguf
-
-            return load_gguf(ggufs[0]), None
+            return "gguf", ggufs[0]
         if len(ggufs) > 1:
             raise ValueError(f"{p} holds {len(ggufs)} .gguf files "
                              f"({', '.join(g.name for g in ggufs)}); pass the file itself")
         if list(p.glob("*.bin")):
-            from magnet.formats.llama2c import load_llama2c
-
-            return load_llama2c(p, tokenizer=tokenizer), None
+            return "llama2c", p
         raise FileNotFoundError(
             f"{p}: no config.json, single .gguf file or llama2.c checkpoint in this directory"
         )
-    raise FileNotFoundError(f"no model at {os.fspath(path)!r}: not a file or directory")
-
-
-def _ggufs_in(directory: Path) -> list[Path]:
-    return sorted(q for q in directory.iterdir() if q.is_file() and q.suffix.lower() == ".gguf")
-
-
-def _is_llama2c(p: Path) -> bool:
-    """A llama2.c checkpoint file, or a directory that would be loaded as one."""
-    if p.is_file():
-        return p.suffix.lower() == ".bin"
-    return p.is_dir() and not (p / "config.json").is_file() and not _ggufs_in(p) and bool(
-        list(p.glob("*.bin")))
+    raise FileNotFoundError(f"no model at {os.fspath(given)!r}: not a file or directory")
 
 
 def _from_hub(repo_id: str) -> Path:
