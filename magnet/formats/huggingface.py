@@ -27,15 +27,21 @@ def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     return default
 
 
+# transformers' per-family defaults for fields a config.json may omit
+_DEFAULT_THETA = {"smollm3": 2_000_000.0}  # the others: 10000
+_DEFAULT_TIED = {"smollm3": True}  # the others: untied
+
+
 def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
-    """RoPE settings from either transformers 5 (`rope_parameters`) or 4 (`rope_scaling`)."""
-    params = dict(cfg.get("rope_parameters") or {})
-    scaling = cfg.get("rope_scaling") or {}
-    params.update({k: v for k, v in scaling.items() if v is not None})
-    if scaling.get("type") is not None and scaling.get("rope_type") is None:
-        params["rope_type"] = scaling["type"]  # legacy key; it must win over rope_parameters
-    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    """RoPE settings from either transformers 5 (`rope_parameters`) or 4 (`rope_scaling`). As in
+    transformers, a non-empty `rope_scaling` replaces `rope_parameters` whole, and a theta that
+    neither names comes from the top-level `rope_theta`, else the family's default."""
+    params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    if params.get("type") is not None and params.get("rope_type") is None:
+        params["rope_type"] = params["type"]  # legacy key
+    default_theta = _DEFAULT_THETA.get(cfg.get("model_type", ""), 10000.0)
+    theta = _get(params, "rope_theta", default=_get(cfg, "rope_theta", default=default_theta))
+    rope_type = params.get("rope_type") or "default"
     out: dict[str, Any] = {"rope_theta": float(theta), "rope_type": rope_type}
     if rope_type not in ("default", "linear", "llama3"):
         raise ValueError(
@@ -47,8 +53,34 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
     if rope_type == "llama3":
         out["rope_low_freq_factor"] = float(params.get("low_freq_factor", 1.0))
         out["rope_high_freq_factor"] = float(params.get("high_freq_factor", 4.0))
-        out["rope_original_max_positions"] = int(params["original_max_position_embeddings"])
+        # transformers: a top-level value wins, else the rope dict's, else max_position_embeddings
+        original = cfg.get("original_max_position_embeddings")
+        if original is None:
+            original = params.get("original_max_position_embeddings",
+                                  cfg.get("max_position_embeddings", 2048))
+        out["rope_original_max_positions"] = int(original)
     return out
+
+
+def _sliding_window(cfg: dict[str, Any], model_type: str, n_layers: int) -> int:
+    """The attention window when any layer has one, as transformers decides per layer (0: none).
+    magnet applies it to every layer, which is exact for the sequences it accepts: the forward
+    refuses a sequence longer than the window."""
+    if model_type == "mistral":
+        window = cfg.get("sliding_window", 4096)  # MistralConfig's default; null: none
+        return int(window or 0)
+    if model_type not in ("qwen2", "smollm3") or not cfg.get("use_sliding_window"):
+        return 0
+    window = cfg.get("sliding_window", 4096 if model_type == "qwen2" else None)
+    if not window:
+        return 0
+    types = cfg.get("layer_types")
+    if types is None and model_type == "qwen2":  # Qwen2Config: layers from max_window_layers
+        first = cfg.get("max_window_layers", 28)
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+    if not isinstance(types, list):
+        return 0
+    return int(window) if "sliding_attention" in types[:n_layers] else 0
 
 
 # config.json fields read as numbers; a wrong JSON type is a ValueError naming the field.
@@ -142,9 +174,7 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r} (expected silu)")
     d, h = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-    sliding = 0
-    if model_type == "mistral" or (model_type == "qwen2" and cfg.get("use_sliding_window")):
-        sliding = int(cfg.get("sliding_window") or 0)
+    sliding = _sliding_window(cfg, model_type, int(cfg["num_hidden_layers"]))
     eos_ids = _token_ids(cfg.get("eos_token_id"), "eos_token_id")
     eos = eos_ids[0] if eos_ids else None
     return ModelConfig(
@@ -159,7 +189,8 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         max_positions=int(cfg.get("max_position_embeddings", 2048)),
         norm_eps=float(_get(cfg, "rms_norm_eps", default=1e-6)),
         sliding_window=sliding,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings",
+                                         _DEFAULT_TIED.get(model_type, False))),
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_id=eos,
         eos_token_ids=eos_ids,
@@ -245,9 +276,18 @@ def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[s
 
 
 def _untie(config: ModelConfig, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A tied head reads the embeddings: a stored copy is dropped."""
-    if config.tie_word_embeddings:
-        out.pop("lm_head.weight", None)
+    """A tied head reads the embeddings, so a stored copy of them is dropped. As transformers
+    does: a stored head that differs from the embeddings is kept (the model is untied), and a
+    stored head without embeddings is the embeddings."""
+    if not config.tie_word_embeddings or "lm_head.weight" not in out:
+        return out
+    head = out.pop("lm_head.weight")
+    embed = out.get("tok_embeddings")
+    if embed is None:
+        out["tok_embeddings"] = head
+    elif not np.array_equal(head, embed):
+        out["lm_head.weight"] = head
+        config.tie_word_embeddings = False
     return out
 
 
@@ -377,8 +417,10 @@ def load_huggingface(directory: str | os.PathLike) -> Loaded:
             config.eos_token_ids = gen_eos
     tensors = tensors_from_hf(config, read_state(directory))
     if not config.tie_word_embeddings and "lm_head.weight" not in tensors:
-        raise ValueError(f"{cfg_path} says tie_word_embeddings=false but the checkpoint has no "
-                         "lm_head.weight")
+        said = ("says tie_word_embeddings=false" if "tie_word_embeddings" in cfg else
+                f"does not set tie_word_embeddings (for {cfg.get('model_type')!r} that means "
+                "false)")
+        raise ValueError(f"{cfg_path} {said} but the checkpoint has no lm_head.weight")
     return Loaded(config, tensors, read_tokenizer(directory, config))
 
 
@@ -419,6 +461,16 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
            "rope_scaling": rope if config.rope_type != "default" else None}
     if model_type == "mistral":
         out["sliding_window"] = config.sliding_window or None
+    source = config.source or {}
+    if model_type in ("qwen2", "smollm3") and config.sliding_window:
+        # the window, and which layers have it, as the loaded config said
+        out.update(use_sliding_window=True, sliding_window=config.sliding_window)
+        out.update({k: source[k] for k in ("max_window_layers", "layer_types")
+                    if source.get(k) is not None})
+    if model_type == "smollm3":  # magnet loads SmolLM3 only with RoPE in every layer
+        out["no_rope_layers"] = [1] * config.num_layers
+    if "pad_token_id" in source:
+        out["pad_token_id"] = source["pad_token_id"]
     if model_type == "llama":
         out["attention_bias"] = bool(config.source.get("attention_bias", False))
         out["mlp_bias"] = bool(config.source.get("mlp_bias", False))
