@@ -233,7 +233,7 @@ fi
 # ---- e. model-level parity tests
 TESTS=()
 MISSING=()
-for f in tests/test_cuda_model.py tests/test_cuda_checks.py; do
+for f in tests/test_cuda_model.py tests/test_cuda_api.py tests/test_cuda_checks.py; do
     if [[ -f "$f" ]]; then TESTS+=("$f"); else MISSING+=("$f"); fi
 done
 # test_cuda_checks_on_gpu reruns step d's programs: left out when step d ran

@@ -175,7 +175,7 @@ static void refresh_logits(mg_generator *g) {
 }
 
 /* The host logits, current (read back if a greedy GPU session skipped that). */
-static const float *host_logits(mg_generator *g) {
+const float *mg_generator_logits(mg_generator *g) {
     if (g->host_stale) {
         g->model->be->download(g->model->be, g->logits, g->dev_logits,
                                sizeof(float) * (size_t)g->B * g->V);
@@ -261,7 +261,7 @@ int mg_generator_logits_at(mg_generator *g, const int32_t *index, mg_error *err)
     if (out == NULL) return err->code;
     be->matmul_forward(be, out, g->step_hidden, g->model->params.lm_head, NULL, rows, g->D, g->V,
                        false);
-    host_logits(g); /* rows not recomputed here keep their current values */
+    mg_generator_logits(g); /* rows not recomputed here keep their current values */
     rows = 0;
     for (int b = 0; b < g->B; b++)
         if (index[b] >= 0)
@@ -283,7 +283,7 @@ static void sample_rows(mg_generator *g, const uint8_t *active, int32_t *tokens,
         }
         return;
     }
-    const float *logits = host_logits(g);
+    const float *logits = mg_generator_logits(g);
 #pragma omp parallel for schedule(static) if (g->B > 1)
     for (int b = 0; b < g->B; b++) {
         float lp = 0.0f;
@@ -346,7 +346,7 @@ int mg_generator_span_step(mg_generator *g, const int32_t *positions, int32_t *t
 
 int mg_generator_logprob(mg_generator *g, const int32_t *tokens, float *out, mg_error *err) {
     if (!g->has_logits) return mg_fail(err, MG_ERR_VALUE, "no logits yet");
-    const float *logits = host_logits(g);
+    const float *logits = mg_generator_logits(g);
     for (int b = 0; b < g->B; b++) {
         if (tokens[b] >= g->V)
             return mg_fail(err, MG_ERR_VALUE, "token id %d is out of range", tokens[b]);

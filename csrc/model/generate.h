@@ -62,6 +62,10 @@ void mg_generator_release(mg_generator *g);
 int mg_generator_append(mg_generator *g, const int32_t *tokens, const uint8_t *roles,
                         const int32_t *segments, const int32_t *positions, int T, mg_error *err);
 
+/* The [B, V] next-token logits on the host: read back first where a GPU session decoding
+ * greedily left them on the device (the logits field alone may lag there). */
+const float *mg_generator_logits(mg_generator *g);
+
 /* Row b's logits become the prediction of the state at cache index index[b] (-1: leave). */
 int mg_generator_logits_at(mg_generator *g, const int32_t *index, mg_error *err);
 

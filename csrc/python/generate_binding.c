@@ -278,9 +278,15 @@ static PyObject *Generator_logits(MgpyGenerator *self, PyObject *unused) {
     if (!self->ready) return PyErr_Format(PyExc_RuntimeError, "Generator not initialised");
     npy_intp dims[2] = {self->gen.B, self->gen.V};
     PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
-    if (out != NULL)
-        memcpy(PyArray_DATA((PyArrayObject *)out), self->gen.logits,
-               sizeof(float) * (size_t)dims[0] * dims[1]);
+    if (out == NULL || claim(self) != 0) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    /* through mg_generator_logits: a greedy GPU session keeps its logits on the device */
+    const float *logits = NULL;
+    RUN_READING(self->model, logits = mg_generator_logits(&self->gen));
+    self->busy = 0;
+    memcpy(PyArray_DATA((PyArrayObject *)out), logits, sizeof(float) * (size_t)dims[0] * dims[1]);
     return out;
 }
 
