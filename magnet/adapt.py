@@ -101,7 +101,7 @@ def mask_token_id(model: Model) -> int:
         i = backend.token_to_id(tok)
         if i is not None:
             return int(i)
-    ids = model.tokenizer.encode("_", add_bos=False)
+    ids = model.tokenizer.encode("_", add_bos=False, add_eos=False)
     return int(ids[-1])
 
 
@@ -305,7 +305,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         stream.skip_to(int(meta["position"]))
         result.history = list(meta.get("history", []))
 
-    instr = tok.encode(instruction, add_bos=True) if instruction else (
+    instr = tok.encode(instruction, add_bos=True, add_eos=False) if instruction else (
         [tok.bos_id] if tok.bos_id is not None else [])
     eos = tok.eos_id
 
@@ -320,8 +320,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
 
     pair_rows = None
     if pairs is not None:
-        enc_a = tok.encode_batch([a for a, _ in pairs], add_bos=False)
-        enc_b = tok.encode_batch([b for _, b in pairs], add_bos=False)
+        enc_a = tok.encode_batch([a for a, _ in pairs], add_bos=False, add_eos=False)
+        enc_b = tok.encode_batch([b for _, b in pairs], add_bos=False, add_eos=False)
         pair_rows = [(np.asarray(a[:sscl_max_tokens], np.int32),
                       np.asarray(b[:sscl_max_tokens], np.int32)) for a, b in zip(enc_a, enc_b,
                                                                                 strict=True)]

@@ -112,7 +112,7 @@ class ChunkStream:
             for i, t in enumerate(texts):
                 if not isinstance(t, str):
                     raise TypeError(f"{what}: text {i} is {type(t).__name__}, not str")
-            for ids in tokenizer.encode_batch(list(texts), add_bos=False):
+            for ids in tokenizer.encode_batch(list(texts), add_bos=False, add_eos=False):
                 self._chunks.extend(self._split(ids))
             if not self._chunks:
                 raise ValueError(
@@ -142,7 +142,8 @@ class ChunkStream:
             if not isinstance(t, str):
                 raise TypeError(f"{self.what}: text {self.position} is {type(t).__name__}, "
                                 "not str")
-            self._pending.extend(self._split(self.tokenizer.encode(t, add_bos=False)))
+            ids = self.tokenizer.encode(t, add_bos=False, add_eos=False)
+            self._pending.extend(self._split(ids))
         return self._pending.pop(0)
 
     def _chunk_at(self, position: int) -> np.ndarray:

@@ -128,7 +128,7 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
         if first is None:
             raise ValueError("token embeddings need a BOS or EOS token to start from")
         prefix, suffix = [first], []
-    head = prefix + (tok.encode(instruction, add_bos=False) if instruction else [])
+    head = prefix + (tok.encode(instruction, add_bos=False, add_eos=False) if instruction else [])
     room = int(max_length) - len(head) - len(suffix)
     if room < 0 or (room == 0 and not suffix):
         raise ValueError(f"max_length={max_length} leaves no room for text after the "

@@ -266,7 +266,8 @@ def infill(model: Model, text: str | Sequence[str | None], blank: str = DEFAULT_
     if start is None:
         raise ValueError("infill needs a BOS or EOS token to start the layout")
     # a piece after a blank continues the text: no prefix space (SentencePiece's "▁")
-    encoded = [None if p is None else tok.encode(p, add_bos=False, prefix_space=i == 0)
+    encoded = [None if p is None else
+               tok.encode(p, add_bos=False, prefix_space=i == 0, add_eos=False)
                for i, p in enumerate(pieces)]
     encoded = [e for e in encoded if e is None or e]  # empty known pieces vanish
     # first token of the known text after each blank (EOS at the end; None before a blank)

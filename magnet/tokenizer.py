@@ -14,6 +14,8 @@ class Tokenizer:
 
     ``encode(text, add_bos=True) -> list[int]`` and ``decode(ids) -> str``. Formats build one
     from their own description (``tokenizer.json``, GGUF metadata, a llama2.c vocabulary).
+    ``add_bos_default`` / ``add_eos_default``: whether the checkpoint's own tokenizer puts BOS
+    in front of a text and EOS after it (transformers' ``add_special_tokens=True``).
     ``encode(text, prefix_space=False)`` tokenizes text that continues other text: without the
     space a SentencePiece-style tokenizer puts in front of a text ("▁").
     """
@@ -25,11 +27,13 @@ class Tokenizer:
         eos_id: int | None,
         add_bos_default: bool = True,
         chat_template: str | None = None,
+        add_eos_default: bool = False,
     ) -> None:
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.add_bos_default = add_bos_default
+        self.add_eos_default = add_eos_default
         self.chat_template = chat_template  # the Jinja template the checkpoint ships, if any
         self._continuing: tokenizers.Tokenizer | None = None
 
@@ -37,9 +41,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, add_bos: bool | None = None, prefix_space: bool = True
-               ) -> list[int]:
-        """Token ids of ``text``; a BOS id first when ``add_bos`` (default: the model's habit).
+    def encode(self, text: str, add_bos: bool | None = None, prefix_space: bool = True,
+               add_eos: bool | None = None) -> list[int]:
+        """Token ids of ``text``; a BOS id first when ``add_bos`` and an EOS id last when
+        ``add_eos`` (defaults: what the checkpoint's tokenizer does).
 
         ``prefix_space=False``: no space is added in front of the text (SentencePiece's dummy
         prefix: a ``Prepend("▁")`` normalizer, a ``Metaspace`` or ``ByteLevel`` pre-tokenizer
@@ -54,9 +59,12 @@ class Tokenizer:
             add_bos = self.add_bos_default
         if add_bos and self.bos_id is not None:
             ids = [self.bos_id, *ids]
+        if (self.add_eos_default if add_eos is None else add_eos) and self.eos_id is not None:
+            ids.append(self.eos_id)
         return ids
 
-    def encode_batch(self, texts: Sequence[str], add_bos: bool | None = None) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], add_bos: bool | None = None,
+                     add_eos: bool | None = None) -> list[list[int]]:
         """``encode`` over many texts, in parallel inside the tokenizers library."""
         for t in texts:
             if not isinstance(t, str):
@@ -65,7 +73,10 @@ class Tokenizer:
         if add_bos is None:
             add_bos = self.add_bos_default
         prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
-        return [prefix + e.ids for e in encs]
+        if add_eos is None:
+            add_eos = self.add_eos_default
+        suffix = [self.eos_id] if add_eos and self.eos_id is not None else []
+        return [prefix + e.ids + suffix for e in encs]
 
     def _continuing_backend(self) -> tokenizers.Tokenizer:
         """The backend with its prefix space switched off (itself when it adds none)."""

@@ -323,7 +323,7 @@ def _token_stream(model: Model, path: str | os.PathLike) -> np.ndarray:
     """All WikiText articles (detokenized), joined with a blank line (``"\\n\\n"``) between
     two articles and tokenized as one text without BOS."""
     articles = read_wikitext(path)
-    ids = model.tokenizer.encode("\n\n".join(articles), add_bos=False)
+    ids = model.tokenizer.encode("\n\n".join(articles), add_bos=False, add_eos=False)
     return np.asarray(ids, dtype=np.int32)
 
 

@@ -82,6 +82,19 @@ def gguf_config(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ModelCo
     if hidden <= 0 or heads <= 0 or kv_heads <= 0 or heads % kv_heads:
         raise ValueError(f"GGUF head counts {heads}/{kv_heads} do not fit hidden size {hidden}")
     head_dim = _get(meta, p + "attention.key_length", int, hidden // heads)
+    value_dim = _get(meta, p + "attention.value_length", int, head_dim)
+    if value_dim != head_dim:
+        raise ValueError(f"GGUF {p}attention.value_length {value_dim} differs from key_length "
+                         f"{head_dim}; magnet needs them equal")
+    if arch != "gpt2":
+        rotary = _get(meta, p + "rope.dimension_count", int, head_dim)
+        if rotary != head_dim:
+            raise ValueError(f"GGUF {p}rope.dimension_count {rotary} differs from the head size "
+                             f"{head_dim}: partial rotary embeddings are not supported")
+        attn_factor = _get(meta, p + "rope.scaling.attn_factor", (int, float), 1.0)
+        if attn_factor != 1.0:
+            raise ValueError(f"GGUF {p}rope.scaling.attn_factor {attn_factor!r} is not supported "
+                             "(magnet implements a factor of 1)")
     vocab = meta.get(p + "vocab_size")
     if not isinstance(vocab, int):
         emb = tensors.get("token_embd.weight")
@@ -91,7 +104,8 @@ def gguf_config(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ModelCo
     if arch == "gpt2":
         eps = _get(meta, p + "attention.layer_norm_epsilon", float, 1e-5)
     else:
-        eps = _get(meta, p + "attention.layer_norm_rms_epsilon", float, 1e-5)
+        # transformers' default for a file without the key (LlamaConfig, Qwen2Config: 1e-6)
+        eps = _get(meta, p + "attention.layer_norm_rms_epsilon", float, 1e-6)
     rope_type, rope_factor, rope_orig = "default", 1.0, 0
     # as llama.cpp reads them: the type defaults to linear, the factor to the pre-2023 key
     # rope.scale_linear, and a factor of 0 or 1 scales nothing
@@ -221,10 +235,23 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Tekken's (Mistral-Nemo) and GPT-4o's (o200k: cased words, contractions) splits, likewise.
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_CONTRACTION = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                + _CONTRACTION +
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                + _CONTRACTION +
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# the names transformers' GGUF loader maps (llama.cpp's pre-tokenizer types of the same name)
 _PRE_SPLITS = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "dbrx"),
-                    _LLAMA3_SPLIT),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "falcon-h1",
+                     "dbrx", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"), _LLAMA3_SPLIT),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2_SPLIT),
+    "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
 }
 
 
@@ -301,10 +328,15 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
         t for t, ty in zip(tokens, types, strict=False)
         if ty == _TOKEN_CONTROL and (control_ok is None or set(t) <= control_ok)
     ]
-    # transformers also registers the bos/eos/unk/pad strings as special tokens
+    # transformers also registers the bos/eos/unk/pad strings as special tokens; a default
+    # string the vocabulary lacks would get an id past the model's embeddings (Llama 3 has no
+    # <|endoftext|>), so only strings of the vocabulary are registered
+    in_vocab = set(tokens)
     for k in ("unknown", "bos", "eos", "padding"):
         tid = special_ids[k]
-        specials.append(tokens[tid] if tid is not None else default_specials.get(k))
+        default = default_specials.get(k)
+        specials.append(tokens[tid] if tid is not None else
+                        default if default in in_vocab else None)
     seen: set[str] = set()
     added = []
     for t in specials:
@@ -321,7 +353,8 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
         backend.add_tokens(user)
     template = meta.get("tokenizer.chat_template")
     return Tokenizer(backend, special_ids["bos"], special_ids["eos"], add_bos_default,
-                     chat_template=template if isinstance(template, str) else None)
+                     chat_template=template if isinstance(template, str) else None,
+                     add_eos_default=bool(meta.get("tokenizer.ggml.add_eos_token", False)))
 
 
 def _split_merges(merges_meta: list[Any]) -> list[tuple[str, str]]:

@@ -322,32 +322,43 @@ def read_state(directory: Path) -> dict[str, np.ndarray]:
     )
 
 
-def _post_processor_adds_bos(backend: tokenizers.Tokenizer, bos_id: int | None) -> bool:
-    if bos_id is None:
-        return False
+def _post_processor_adds(backend: tokenizers.Tokenizer, bos_id: int | None,
+                         eos_id: int | None) -> tuple[bool, bool]:
+    """Whether the tokenizer's post-processor puts BOS first and EOS last (special tokens on)."""
     plain = backend.encode("a", add_special_tokens=False).ids
     special = backend.encode("a", add_special_tokens=True).ids
-    return len(special) > len(plain) and special[0] == bos_id
+    extra = len(special) > len(plain)
+    return (extra and bos_id is not None and special[0] == bos_id,
+            extra and eos_id is not None and special[-1] == eos_id)
 
 
 def tokenizer_to_hf(tok: Tokenizer) -> tuple[str, dict[str, Any]]:
     """`tokenizer.json` text and `tokenizer_config.json` for ``tok``, such that magnet and
-    transformers' AutoTokenizer read back the ids ``tok`` gives: BOS by the post-processor, the
-    special tokens named, typed special-token text kept plain where ``tok`` keeps it so."""
+    transformers' AutoTokenizer read back the ids ``tok`` gives: BOS and EOS by the
+    post-processor, the special tokens named, typed special-token text kept plain where ``tok``
+    keeps it so."""
     backend = tokenizers.Tokenizer.from_str(tok.backend.to_str())
     bos = backend.id_to_token(tok.bos_id) if tok.bos_id is not None else None
-    if bos is not None and _post_processor_adds_bos(backend, tok.bos_id) != tok.add_bos_default:
-        lead = f"{bos} " if tok.add_bos_default else ""
+    eos = backend.id_to_token(tok.eos_id) if tok.eos_id is not None else None
+    want_bos = tok.add_bos_default and bos is not None
+    want_eos = tok.add_eos_default and eos is not None
+    if _post_processor_adds(backend, tok.bos_id, tok.eos_id) != (want_bos, want_eos):
+        first = [bos] if want_bos else []
+        last = [eos] if want_eos else []
+        used = dict(([(bos, tok.bos_id)] if want_bos else []) +
+                    ([(eos, tok.eos_id)] if want_eos else []))
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{lead}$A", pair=f"{lead}$A {lead}$B:1",
-            special_tokens=[(bos, tok.bos_id)] if tok.add_bos_default else [])
+            single=" ".join([*first, "$A", *last]),
+            pair=" ".join([*first, "$A", *last] + [f"{t}:1" for t in (*first, "$B", *last)]),
+            special_tokens=list(used.items()))
     names = {k: backend.id_to_token(i) for k, i in (("bos_token", tok.bos_id),
                                                     ("eos_token", tok.eos_id)) if i is not None}
     unk = getattr(backend.model, "unk_token", None)
     if isinstance(unk, str) and backend.token_to_id(unk) is not None:
         names["unk_token"] = unk
     cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
-                           "add_bos_token": tok.add_bos_default, "add_eos_token": False,
+                           "add_bos_token": tok.add_bos_default,
+                           "add_eos_token": tok.add_eos_default,
                            **names, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
                            "split_special_tokens": bool(tok.backend.encode_special_tokens)}
     if tok.chat_template is not None:
@@ -364,9 +375,9 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
         backend = tokenizers.Tokenizer.from_file(os.fspath(path))
     except Exception as e:  # the tokenizers library raises a bare Exception
         raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
-    # BOS as the tokenizer's own post-processor adds it (what transformers and tokenizers do),
-    # unless tokenizer_config.json says otherwise
-    add_bos = _post_processor_adds_bos(backend, config.bos_token_id)
+    # BOS and EOS as the tokenizer's own post-processor adds them (what transformers and
+    # tokenizers do), unless tokenizer_config.json says otherwise
+    add_bos, add_eos = _post_processor_adds(backend, config.bos_token_id, config.eos_token_id)
     template = None
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():
@@ -376,12 +387,13 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
             tok_settings = None
         if isinstance(tok_settings, dict):
             add_bos = bool(tok_settings.get("add_bos_token", add_bos))
+            add_eos = bool(tok_settings.get("add_eos_token", add_eos))
             # transformers' name for typed special-token text staying plain text
             backend.encode_special_tokens = bool(tok_settings.get("split_special_tokens", False))
             if isinstance(tok_settings.get("chat_template"), str):
                 template = tok_settings["chat_template"]
     return Tokenizer(backend, config.bos_token_id, config.eos_token_id, add_bos_default=add_bos,
-                     chat_template=template)
+                     chat_template=template, add_eos_default=add_eos)
 
 
 def load_huggingface(directory: str | os.PathLike) -> Loaded:

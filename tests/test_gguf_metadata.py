@@ -1,0 +1,193 @@
+"""GGUF metadata that changes ids or logits: the tokenizer's EOS flag, the pre-tokenizer names
+transformers maps, default special strings the vocabulary lacks, RoPE keys magnet cannot honour
+(refused), and a missing norm epsilon. References: transformers' GGUF loader (and llama.cpp's
+semantics where transformers has none). Also EOS flags of Hugging Face tokenizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import magnet
+from magnet.formats.gguf import gguf_tokenizer
+
+gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _byte_alphabet() -> list[str]:
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)
+            n += 1
+    return [table[b] for b in range(256)]
+
+
+def _write(path: Path, meta: dict, tensors: dict[str, np.ndarray] | None = None) -> Path:
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, (kind, value) in meta.items():
+        getattr(w, f"add_{kind}")(key, value)
+    for name, arr in (tensors or {}).items():
+        w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _tokenizer_file(path: Path, pre: str = "gpt-2", **extra) -> Path:
+    """A byte-level BPE vocabulary: the 256 bytes, three merges and <|endoftext|>."""
+    toks = [*_byte_alphabet(), "12", "123", "ĊĊ", "<|endoftext|>"]
+    meta = {"llama.block_count": ("uint32", 1), "llama.context_length": ("uint32", 64),
+            "llama.embedding_length": ("uint32", 8), "llama.feed_forward_length": ("uint32", 16),
+            "llama.attention.head_count": ("uint32", 2),
+            "tokenizer.ggml.model": ("string", "gpt2"), "tokenizer.ggml.pre": ("string", pre),
+            "tokenizer.ggml.tokens": ("array", toks),
+            "tokenizer.ggml.token_type": ("array", [1] * (len(toks) - 1) + [3]),
+            "tokenizer.ggml.merges": ("array", ["1 2", "12 3", "Ċ Ċ"]),
+            "tokenizer.ggml.bos_token_id": ("uint32", len(toks) - 1),
+            "tokenizer.ggml.eos_token_id": ("uint32", len(toks) - 1)}
+    meta.update(extra)
+    return _write(path, meta)
+
+
+def _model_file(path: Path, *, drop: tuple[str, ...] = (), **extra) -> Path:
+    """A tiny random Llama (hidden 32, 4 heads of 8, 2 KV heads) whose vocabulary has no
+    <|endoftext|>, as Llama 3's has none."""
+    rng = np.random.default_rng(0)
+    V, D, H, KV, F, hd = 96, 32, 4, 2, 48, 8
+
+    def r(*shape):
+        return (rng.standard_normal(shape) * 0.15).astype(np.float32)
+
+    toks = _byte_alphabet()[:V - 1]
+    toks.append(toks[0] + toks[1])
+    meta = {"llama.block_count": ("uint32", 2), "llama.context_length": ("uint32", 128),
+            "llama.embedding_length": ("uint32", D), "llama.feed_forward_length": ("uint32", F),
+            "llama.attention.head_count": ("uint32", H),
+            "llama.attention.head_count_kv": ("uint32", KV),
+            "llama.rope.dimension_count": ("uint32", hd),
+            "llama.rope.freq_base": ("float32", 10000.0),
+            "llama.attention.layer_norm_rms_epsilon": ("float32", 1e-6),
+            "tokenizer.ggml.model": ("string", "gpt2"), "tokenizer.ggml.pre": ("string", "gpt-2"),
+            "tokenizer.ggml.tokens": ("array", toks),
+            "tokenizer.ggml.token_type": ("array", [1] * V),
+            "tokenizer.ggml.merges": ("array", [f"{toks[0]} {toks[1]}"]),
+            "tokenizer.ggml.bos_token_id": ("uint32", 0),
+            "tokenizer.ggml.eos_token_id": ("uint32", 1)}
+    for k in drop:
+        meta.pop(k)
+    meta.update(extra)
+    tensors = {"token_embd.weight": r(V, D)}
+    for i in range(2):
+        for name, shape in (("attn_norm", (D,)), ("attn_q", (H * hd, D)), ("attn_k", (KV * hd, D)),
+                            ("attn_v", (KV * hd, D)), ("attn_output", (D, H * hd)),
+                            ("ffn_norm", (D,)), ("ffn_gate", (F, D)), ("ffn_up", (F, D)),
+                            ("ffn_down", (D, F))):
+            tensors[f"blk.{i}.{name}.weight"] = r(*shape)
+    tensors["output_norm.weight"] = r(D)
+    tensors["output.weight"] = r(V, D)
+    return _write(path, meta, tensors)
+
+
+def _hf_ids(path: Path, text: str, special: bool = True) -> list[int]:
+    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return tok(text, add_special_tokens=special)["input_ids"]
+
+
+def test_add_eos_token_appends_eos(tmp_path):
+    """tokenizer.ggml.add_eos_token was ignored: transformers and llama.cpp append EOS."""
+    p = _tokenizer_file(tmp_path / "t.gguf", **{"tokenizer.ggml.add_eos_token": ("bool", True)})
+    tok = gguf_tokenizer(magnet._C.read_gguf(str(p))[0])
+    assert tok.add_eos_default
+    assert tok.encode("hello 123") == _hf_ids(p, "hello 123")
+    assert tok.encode("hello 123")[-1] == tok.eos_id
+    assert tok.encode("hello 123", add_eos=False) == _hf_ids(p, "hello 123", special=False)
+    assert tok.encode_batch(["hello 123", "x"]) == [_hf_ids(p, "hello 123"), _hf_ids(p, "x")]
+
+
+@pytest.mark.parametrize("pre", ["tekken", "pixtral", "gpt-4o", "megrez", "kormo", "llama-bpe"])
+def test_pre_tokenizer_names_split_as_transformers(tmp_path, pre):
+    """Names outside the Llama 3 / Qwen2 lists fell back to GPT-2's split (Mistral-Nemo's
+    tekken, Mistral-Small's pixtral): "x 123 y" and blank lines came out as other ids."""
+    p = _tokenizer_file(tmp_path / "t.gguf", pre=pre)
+    tok = gguf_tokenizer(magnet._C.read_gguf(str(p))[0])
+    for text in ("x 123 y", "a\n\nb", "Hello World's CASE", "12345 678/\n"):
+        assert tok.encode(text, add_bos=False) == _hf_ids(p, text, special=False), text
+
+
+def test_default_special_strings_outside_the_vocabulary_stay_text(tmp_path):
+    """A byte-level vocabulary without <|endoftext|> (Llama 3) registered it anyway, with an id
+    past the embeddings: an ordinary prompt then failed in logits()."""
+    m = magnet.Model.from_pretrained(_model_file(tmp_path / "m.gguf"))
+    ids = m.tokenizer.encode("AB<|endoftext|>CD")
+    assert max(ids) < m.config.vocab_size
+    assert m.tokenizer.vocab_size == m.config.vocab_size
+    assert np.isfinite(m.logits(ids)).all()
+
+
+@pytest.mark.parametrize("key, kind, value, match", [
+    ("llama.rope.dimension_count", "uint32", 4, "partial rotary"),
+    ("llama.rope.dimension_count", "uint32", 16, "rope.dimension_count"),
+    ("llama.attention.value_length", "uint32", 16, "value_length"),
+    ("llama.rope.scaling.attn_factor", "float32", 2.0, "attn_factor"),
+])
+def test_rope_keys_magnet_cannot_honour_are_refused(tmp_path, key, kind, value, match):
+    """These loaded and were ignored (llama.cpp refuses the first three and scales attention by
+    the fourth)."""
+    p = _model_file(tmp_path / "m.gguf", **{key: (kind, value)})
+    with pytest.raises(ValueError, match=match):
+        magnet.Model.from_pretrained(p)
+
+
+def test_a_missing_rms_epsilon_takes_transformers_default(tmp_path):
+    p = _model_file(tmp_path / "m.gguf", drop=("llama.attention.layer_norm_rms_epsilon",))
+    m = magnet.Model.from_pretrained(p)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf",
+                                                            dtype=torch.float32)
+    ids = [3, 17, 42, 5, 77, 12, 9, 60]
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0].numpy()
+    assert m.config.norm_eps == ref.config.rms_norm_eps == 1e-6
+    assert np.abs(m.logits(ids) - want).max() < 1e-4
+
+
+def test_hf_tokenizer_eos_flag_and_its_round_trip(tmp_path):
+    """A Hugging Face tokenizer whose post-processor (or tokenizer_config.json) appends EOS:
+    magnet's ids equal transformers', also after save_pretrained."""
+    from tokenizers import processors
+
+    from tests.hf_models import make_checkpoint
+
+    make_checkpoint("llama", tmp_path / "m")
+    src = tmp_path / "tok"
+    _tokenizer_file(tmp_path / "t.gguf")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="t.gguf")
+    hf.save_pretrained(src)
+    backend = __import__("tokenizers").Tokenizer.from_file(str(src / "tokenizer.json"))
+    eos = backend.token_to_id("~")  # an EOS id inside the tiny model's vocabulary
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A ~", pair="$A ~ $B:1 ~:1", special_tokens=[("~", eos)])
+    backend.save(str(tmp_path / "m" / "tokenizer.json"))
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg.update(eos_token_id=eos, bos_token_id=None)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    m = magnet.Model.from_pretrained(tmp_path / "m")
+    ref = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "m" / "tokenizer.json"))
+    text = "hello 123"
+    assert m.tokenizer.add_eos_default and m.tokenizer.encode(text) == ref(text)["input_ids"]
+    m.save_pretrained(tmp_path / "saved")
+    back = magnet.Model.from_pretrained(tmp_path / "saved")
+    assert back.tokenizer.encode(text) == m.tokenizer.encode(text)
+    saved_ref = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert saved_ref(text)["input_ids"] == m.tokenizer.encode(text)
