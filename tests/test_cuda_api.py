@@ -10,7 +10,10 @@ step's two best logits are closer than the two backends' rounding (checked expli
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +187,39 @@ def test_save_from_the_gpu_after_adapt(tmp_path):
     assert _rel(back.logits(ids), want) < 1e-4
     again = magnet.Model.from_pretrained(tmp_path / "out", device="cuda", precision="fp32")
     assert _rel(again.logits(ids), want) < 1e-5
+
+
+_STAGING_AFTER_A_SESSION = r"""
+import resource, tempfile
+import numpy as np, torch, transformers
+import magnet
+from magnet import _C
+d = tempfile.mkdtemp()
+config = transformers.LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=256,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=4, max_position_embeddings=4096)
+transformers.AutoModelForCausalLM.from_config(config).save_pretrained(d)
+m = magnet.Model.from_pretrained(d, device="cuda", precision="bf16")
+big = np.random.default_rng(0).integers(0, 96, (16, 512))
+m.hidden_states(big[:1, :4])  # products of <= 64 rows are not staged: no staging area yet
+vm = next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), resource.RLIM_INFINITY))
+g = _C.Generator(m._c, 16, 4096, eos_id=-1)  # a 128 MiB cache, then back in the block cache
+del g
+for _ in range(2):
+    m.hidden_states(big)
+print("ok")
+"""
+
+
+def test_bf16_staging_takes_memory_back_from_the_block_cache(tmp_path):
+    """The bf16 GEMM staging area called cudaMalloc directly: with the device's memory held by
+    freed blocks of the model's own cache (a finished generate session), every later bf16 pass
+    failed with MemoryError. Emulator only: its device memory is this process's memory, which
+    RLIMIT_AS bounds."""
+    probe = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
+    if "emulated" not in probe._c.device()[1]:
+        pytest.skip("needs the CUDA emulator (device memory bounded by RLIMIT_AS)")
+    r = subprocess.run([sys.executable, "-c", _STAGING_AFTER_A_SESSION], capture_output=True,
+                       text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

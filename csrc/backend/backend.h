@@ -64,6 +64,9 @@ struct mg_backend_s {
     void (*zero)(const mg_backend *be, void *dst, size_t bytes);
     /* Waits for queued work; reports the first asynchronous failure since the last sync. */
     int (*sync)(const mg_backend *be, mg_error *err);
+    /* Makes the backend current on the calling thread before it runs work there (a GPU: its
+     * device, which the CUDA runtime keeps per thread); NULL where there is nothing to do. */
+    void (*enter)(const mg_backend *be);
 
     /* ---- linear algebra ---- */
     /* mg_sgemm: row-major C[M,N] = alpha op(A) op(B) + beta C, lda/ldb/ldc row strides. */

@@ -17,9 +17,10 @@ int mg_kv_cache_init(mg_kv_cache *c, const mg_backend *be, const mg_config *cfg,
     size_t rows = (size_t)n_slots * (size_t)B * (size_t)capacity, floats;
     if (mg_mul_size(rows, (size_t)c->kv_dim, &floats) != 0)
         return mg_fail(err, MG_ERR_NOMEM, "key/value cache of %zu rows is too large", rows);
-    /* keys and values together (each alone may pass the per-allocation check) */
+    /* keys and values together (each alone may pass the per-allocation check); host memory
+     * bounds a cache on the CPU only (a GPU's allocator reports its own shortage) */
     if (floats > SIZE_MAX / (2 * sizeof(float)) ||
-        (2 * sizeof(float) * floats >= MG_CHECKED_ALLOC &&
+        (be->device == MG_DEVICE_CPU && 2 * sizeof(float) * floats >= MG_CHECKED_ALLOC &&
          2 * sizeof(float) * floats > mg_memory_available()))
         return mg_fail(err, MG_ERR_NOMEM,
                        "cannot allocate the key/value cache: %zu bytes needed, more than the "

@@ -36,9 +36,11 @@ static inline void mg_model_lock_read(mg_model *m) {
         pthread_rwlock_rdlock(&m->guard);
     else
         pthread_rwlock_wrlock(&m->guard);
+    if (m->be->enter) m->be->enter(m->be); /* this thread may last have used another GPU */
 }
 static inline void mg_model_lock_write(mg_model *m) {
     pthread_rwlock_wrlock(&m->guard);
+    if (m->be->enter) m->be->enter(m->be);
 }
 static inline void mg_model_unlock(mg_model *m) {
     pthread_rwlock_unlock(&m->guard);

@@ -15,7 +15,15 @@ struct CudaBackend {
     char name[320];
 };
 
+/* The model layer calls this under the model's lock, so every allocation, launch and cuBLAS
+ * call that follows on this thread goes to the backend's device, not to whichever device the
+ * thread last used. */
+void cuda_enter(const mg_backend *be) {
+    mg_cuda_note(be, cudaSetDevice(mg_cuda_ctx_of(be)->device), "cudaSetDevice");
+}
+
 void fill_table(mg_backend *be) {
+    be->enter = cuda_enter;
     be->alloc = cuda_alloc;
     be->free = cuda_free;
     be->upload = cuda_upload;

@@ -296,7 +296,12 @@ void *gemm_staging(const mg_backend *be, size_t bytes) {
         if (grow < need) grow = need;
         grow = (grow + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
         void *p = NULL;
-        const cudaError_t status = cudaMalloc(&p, grow);
+        cudaError_t status = cudaMalloc(&p, grow);
+        if (status == cudaErrorMemoryAllocation) { /* the block cache may hold what is needed */
+            (void)cudaGetLastError();
+            mg_cuda_pool_release_cached(ctx);
+            status = cudaMalloc(&p, grow);
+        }
         if (status != cudaSuccess) {
             (void)cudaGetLastError();
             mg_cuda_fail(be, MG_ERR_NOMEM,

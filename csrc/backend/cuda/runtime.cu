@@ -69,6 +69,12 @@ static void pool_release_cached(mg_cuda_pool_s *pool) {
     pool->n_cached = 0;
 }
 
+void mg_cuda_pool_release_cached(mg_cuda_ctx *ctx) {
+    pthread_mutex_lock(&ctx->pool->lock);
+    pool_release_cached(ctx->pool);
+    pthread_mutex_unlock(&ctx->pool->lock);
+}
+
 void mg_cuda_pool_free(mg_cuda_ctx *ctx) {
     mg_cuda_pool_s *pool = ctx->pool;
     if (pool == NULL) return;

@@ -26,6 +26,9 @@ void mg_cuda_fail(const mg_backend *be, mg_code code, const char *fmt, ...)
  * still cached or handed out) when it is. */
 int mg_cuda_pool_create(mg_cuda_ctx *ctx);
 void mg_cuda_pool_free(mg_cuda_ctx *ctx);
+/* Gives the cache's free blocks back to the device (before retrying an allocation that failed
+ * outside the pool). */
+void mg_cuda_pool_release_cached(mg_cuda_ctx *ctx);
 
 #ifdef __cplusplus
 }
