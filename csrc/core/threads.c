@@ -1,23 +1,64 @@
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "threads.h"
 
 #include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "../backend/cpu/blas.h"
 
+static int g_threads = 1;      /* the count every call runs with */
+static int g_blas_threads = 0; /* the count OpenBLAS was last given (0: none yet) */
+static int g_forked = 0;       /* this process is a fork child: one thread only */
+
 int mg_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
 
-void mg_set_num_threads(int n) {
+/* The thread that called fork is the child's only thread: OpenMP's pool and OpenBLAS's jobs
+ * would wait for workers that exist only in the parent. */
+static void after_fork_in_child(void) {
+    __atomic_store_n(&g_threads, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_forked, 1, __ATOMIC_RELAXED);
+}
+
+/* OMP_NUM_THREADS's first value (a list names nested levels), when it is a positive number. */
+static int env_threads(void) {
+    const char *s = getenv("OMP_NUM_THREADS");
+    if (s == NULL) return 0;
+    char *end = NULL;
+    const long n = strtol(s, &end, 10);
+    if (end == s || (*end != '\0' && *end != ',') || n < 1 || n > 4096) return 0;
+    return (int)n;
+}
+
+void mg_threads_init(void) {
+    (void)pthread_atfork(NULL, NULL, after_fork_in_child);
+    const int n = env_threads();
+    mg_set_num_threads(n > 0 ? n : mg_cpu_count());
+}
+
+int mg_set_num_threads(int n) {
     if (n < 1) n = 1;
     /* OpenMP never runs more threads than this, and OpenBLAS's jobs need a thread each */
     if (n > omp_get_thread_limit()) n = omp_get_thread_limit();
-    omp_set_num_threads(n);
-    mg_blas_set_num_threads(n);
+    if (n > 1 && __atomic_load_n(&g_forked, __ATOMIC_RELAXED)) return -1;
+    __atomic_store_n(&g_threads, n, __ATOMIC_RELAXED);
+    mg_threads_enter();
+    return 0;
 }
 
 int mg_get_num_threads(void) {
-    return omp_get_max_threads();
+    return __atomic_load_n(&g_threads, __ATOMIC_RELAXED);
+}
+
+void mg_threads_enter(void) {
+    const int n = __atomic_load_n(&g_threads, __ATOMIC_RELAXED);
+    if (omp_get_max_threads() != n) omp_set_num_threads(n);
+    if (__atomic_exchange_n(&g_blas_threads, n, __ATOMIC_RELAXED) != n) mg_blas_set_num_threads(n);
 }

@@ -5,6 +5,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "../core/threads.h"
+
 /* model_binding.c */
 struct mg_model_s;
 typedef struct {
@@ -14,9 +16,11 @@ extern PyTypeObject MgpyModelType;
 
 /* Runs `stmt` holding the model's lock (read or write). The lock is taken with the GIL released,
  * so a thread waiting for it never blocks threads that hold it; `stmt` runs with the GIL held
- * and may use the Python API. */
+ * and may use the Python API. Every entry applies the thread count to the calling thread first
+ * (core/threads.h), as each Py_BEGIN_ALLOW_THREADS in the bindings does. */
 #define MGPY_LOCKED(model, lockfn, stmt)                                                           \
-    Py_BEGIN_ALLOW_THREADS lockfn(model);                                                          \
+    Py_BEGIN_ALLOW_THREADS mg_threads_enter();                                                     \
+    lockfn(model);                                                                                 \
     Py_END_ALLOW_THREADS stmt;                                                                     \
     mg_model_unlock(model)
 #define MGPY_LOCKED_READ(model, stmt) MGPY_LOCKED(model, mg_model_lock_read, stmt)

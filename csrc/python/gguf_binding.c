@@ -172,7 +172,8 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args) {
     mg_error_clear(&err);
     mg_gguf_file f;
     mg_code rc;
-    Py_BEGIN_ALLOW_THREADS rc = mg_gguf_open(&f, path, &err);
+    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    rc = mg_gguf_open(&f, path, &err);
     Py_END_ALLOW_THREADS Py_DECREF(path_bytes);
     if (rc != MG_OK) return mgpy_raise(&err);
 
@@ -185,7 +186,8 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args) {
         mgpy_raise(&err);
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS rc = dequantize_all(&f, bufs, &err);
+    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    rc = dequantize_all(&f, bufs, &err);
     Py_END_ALLOW_THREADS if (rc != MG_OK) {
         mgpy_raise(&err);
         goto done;

@@ -28,7 +28,15 @@ static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
         PyErr_Format(PyExc_ValueError, "num_threads must be between 1 and 4096, got %ld", n);
         return NULL;
     }
-    mg_set_num_threads((int)n);
+    if (mg_set_num_threads((int)n) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "num_threads=%ld: this process was forked from one that had imported magnet, "
+                     "and OpenMP's worker threads do not survive fork, so magnet runs one thread "
+                     "here; for more, start worker processes with the 'spawn' method "
+                     "(multiprocessing.get_context('spawn'))",
+                     n);
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -51,7 +59,8 @@ static PyObject *cuda_device_count(PyObject *self, PyObject *unused) {
     (void)unused;
     char why[512] = "";
     int n;
-    Py_BEGIN_ALLOW_THREADS n = mg_cuda_device_count(why, sizeof(why));
+    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    n = mg_cuda_device_count(why, sizeof(why));
     Py_END_ALLOW_THREADS return Py_BuildValue("(is)", n, why);
 }
 
@@ -154,6 +163,6 @@ PyMODINIT_FUNC PyInit__C(void) {
         return NULL;
     }
     mg_blas_init();
-    mg_set_num_threads(mg_cpu_count());
+    mg_threads_init();
     return m;
 }

@@ -1,0 +1,136 @@
+"""The thread count as pipelines use it: one count for the whole process (whichever thread set
+it), OMP_NUM_THREADS and the CPU affinity as the default, and forked workers (multiprocessing's
+default start method on Linux, DataLoader workers) that run instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import magnet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(code: str, env: dict[str, str] | None = None, timeout: int = 120
+         ) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter and process group: a hang fails the test at the timeout,
+    and its forked workers go with it."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n(killed after {timeout} s)"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_the_count_is_one_for_the_whole_process():
+    """set_num_threads applied to the calling thread only: a ThreadPoolExecutor worker (or any
+    other thread) still ran, and reported, the import-time count."""
+    before = magnet.get_num_threads()
+    try:
+        magnet.set_num_threads(1)
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(magnet.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [1]
+    finally:
+        magnet.set_num_threads(before)
+
+
+def test_calls_from_other_threads_use_the_count():
+    """A count set in one thread governs the teams of calls made from another thread, and the
+    results do not depend on it."""
+    r = _run("""
+import threading, time, numpy as np, magnet
+m = magnet.Model.from_pretrained("stories260K")
+texts = ["Once upon a time there was a little girl named Lily. " * 8] * 64
+magnet.set_num_threads(2)
+ref = m.embed(texts)
+magnet.set_num_threads(1)
+out = {}
+t = threading.Thread(target=lambda: out.setdefault("e", m.embed(texts)))
+t.start(); t.join()
+assert np.allclose(out["e"], ref, atol=1e-5), np.abs(out["e"] - ref).max()
+print("ok")
+""")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="taskset and fork: Linux")
+def test_the_default_follows_omp_num_threads_and_the_affinity():
+    code = "import magnet; print(magnet.get_num_threads())"
+    assert _run(code, env={"OMP_NUM_THREADS": "1"}).stdout.strip() == "1"
+    assert _run(code, env={"OMP_NUM_THREADS": "1,1"}).stdout.strip() == "1"
+    if len(os.sched_getaffinity(0)) >= 2 and subprocess.run(["which", "taskset"],
+                                                            capture_output=True).returncode == 0:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        r = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+        assert r.stdout.strip() == "1", r.stderr
+
+
+_FORK_WORK = """
+import multiprocessing as mp, os, numpy as np, magnet
+magnet.set_num_threads(2)
+m = magnet.Model.from_pretrained("stories260K")
+texts = ["Once upon a time there was a little girl named Lily. " * 5 + str(i) for i in range(32)]
+ref = m.embed(texts)  # the parent has used its thread pool
+greedy = m.generate("Once upon a time", max_new_tokens=8)
+
+def work(chunk):
+    return m.embed(chunk), m.generate("Once upon a time", max_new_tokens=8), \\
+        magnet.get_num_threads()
+
+with mp.get_context("fork").Pool(2) as pool:
+    parts = pool.map(work, [texts[:16], texts[16:]])
+got = np.concatenate([p[0] for p in parts])
+assert np.allclose(got, ref, atol=1e-5), np.abs(got - ref).max()
+assert all(p[1] == greedy for p in parts) and all(p[2] == 1 for p in parts)
+pid = os.fork()
+if pid == 0:
+    try:
+        magnet.set_num_threads(2)
+        os._exit(3)
+    except ValueError as e:
+        os._exit(0 if "spawn" in str(e) else 4)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork: Linux")
+def test_forked_workers_run_after_the_parent_used_its_threads():
+    """A forked child hung in OpenMP's team (its workers stayed in the parent) as soon as the
+    parent had run one call; children now run one thread, with the parent's results, and a
+    request for more says why it cannot be."""
+    r = _run(_FORK_WORK, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode,
+                                                                   r.stderr[-2000:])
+
+
+def test_embed_results_do_not_depend_on_the_thread_count():
+    m = magnet.Model.from_pretrained("stories260K")
+    texts = ["a little dog ran to the park", "the sun was warm"] * 8
+    before = magnet.get_num_threads()
+    try:
+        magnet.set_num_threads(1)
+        a = m.embed(texts)
+        magnet.set_num_threads(2)
+        b = m.embed(texts)
+    finally:
+        magnet.set_num_threads(before)
+    np.testing.assert_allclose(a, b, atol=1e-5)
