@@ -133,42 +133,50 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
     if room < 0 or (room == 0 and not suffix):
         raise ValueError(f"max_length={max_length} leaves no room for text after the "
                          f"{len(head)} BOS/instruction tokens")
-    encs = tok.backend.encode_batch(items, add_special_tokens=False)
-    text_ids = []
-    for i, e in enumerate(encs):
-        if len(e.ids) > room and not truncate:
-            raise ValueError(f"text {i} has {len(e.ids) + len(head) + len(suffix)} tokens, more "
-                             f"than max_length={max_length} (pass truncate=True to cut it)")
-        text_ids.append(e.ids[:room])
-    seqs = [head + t + suffix for t in text_ids]
-    for i, seq in enumerate(seqs):
-        if not seq:  # sentence level only: token level always starts from BOS/EOS
-            raise ValueError(f"text {i} has no tokens, and there is no BOS, EOS or instruction "
-                             "token to embed it by: it cannot be embedded (pass an instruction "
-                             "or drop empty texts)")
+    # tokenized a chunk at a time and kept as int32 arrays: the tokenizers library's Encoding
+    # objects cost some 5 KB per text, too much to hold for a whole corpus at once
+    head_ids = np.array(head, np.int32)
+    suffix_ids = np.array(suffix, np.int32)
+    seqs: list[np.ndarray] = []
+    pieces: list[tuple[list[str], list[tuple[int, int]]]] = []  # token level: tokens, offsets
+    for c0 in range(0, len(items), _TOKENIZE_CHUNK):
+        encs = tok.backend.encode_batch(items[c0:c0 + _TOKENIZE_CHUNK], add_special_tokens=False)
+        for j, e in enumerate(encs):
+            i = c0 + j
+            n = len(e.ids)
+            if n > room and not truncate:
+                raise ValueError(f"text {i} has {n + len(head) + len(suffix)} tokens, more "
+                                 f"than max_length={max_length} (pass truncate=True to cut it)")
+            n = min(n, room)
+            seq = np.concatenate((head_ids, np.array(e.ids[:n], np.int32), suffix_ids))
+            if seq.size == 0:  # sentence level only: token level always starts from BOS/EOS
+                raise ValueError(f"text {i} has no tokens, and there is no BOS, EOS or "
+                                 "instruction token to embed it by: it cannot be embedded (pass "
+                                 "an instruction or drop empty texts)")
+            seqs.append(seq)
+            if level == "token":
+                pieces.append((list(e.tokens[:n]), [tuple(o) for o in e.offsets[:n]]))
+        del encs
     if level == "sentence":
-        # pooling range [start, end): text tokens + EOS; "last" uses end - 1
-        ranges = [(len(head), len(s)) for s in seqs]
-        if any(a == b for a, b in ranges):  # empty text and no EOS: pool the last input token
-            ranges = [(a - 1, b) if a == b else (a, b) for a, b in ranges]
+        # pooling range [start, end): text tokens + EOS; "last" uses end - 1; an empty text
+        # without EOS pools the last input token
+        lengths = np.array([len(q) for q in seqs], np.int32)
+        starts = np.where(lengths == len(head), len(head) - 1, len(head)).astype(np.int32)
         out = np.empty((len(seqs), model.config.hidden_size), np.float32)
         for idx, ids, seg in _batches(seqs, batch_size, show_progress_bar, "embed"):
-            start = np.array([ranges[i][0] for i in idx], np.int32)
-            end = np.array([ranges[i][1] for i in idx], np.int32)
-            out[idx] = _C.embed(model._c, ids, seg, start, end, POOLINGS[pooling],
-                                bool(normalize))
+            out[idx] = _C.embed(model._c, ids, seg, starts[idx], lengths[idx],
+                                POOLINGS[pooling], bool(normalize))
         return out[0] if single else out
     results: list[Any] = [None] * len(seqs)
     for idx, ids, seg in _batches(seqs, batch_size, show_progress_bar, "embed tokens"):
         hidden, _ = model._c.forward(ids, np.zeros(ids.shape, np.uint8), seg, True, False)
         for r, i in enumerate(idx):
-            n = len(text_ids[i])
+            n = len(seqs[i]) - len(head)
             vec = np.array(hidden[r, len(head) - 1:len(head) - 1 + n])
             if normalize:
                 _normalize_rows(vec)
-            enc = encs[i]
-            results[i] = TokenEmbeddings(vec, list(text_ids[i]), list(enc.tokens[:n]),
-                                         [tuple(o) for o in enc.offsets[:n]])
+            tokens, offsets = pieces[i]
+            results[i] = TokenEmbeddings(vec, seqs[i][len(head):].tolist(), tokens, offsets)
     return results[0] if single else results
 
 
@@ -177,7 +185,7 @@ def _normalize_rows(x: np.ndarray) -> None:
     np.divide(x, norms, out=x, where=norms > 0)
 
 
-def _batches(seqs: list[list[int]], batch_size: int, show: bool | None, desc: str
+def _batches(seqs: list[np.ndarray], batch_size: int, show: bool | None, desc: str
              ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(indices, ids int32 [b, T], segments int32 [b, T]) per batch of similar lengths."""
     order = np.argsort([len(s) for s in seqs], kind="stable")
@@ -201,6 +209,7 @@ a warning: magnet has no named prompts, runs on the CPU in one process, and the 
 depend on them. Any other unknown keyword argument is ignored with a UserWarning."""
 
 _log = logging.getLogger(__name__)
+_TOKENIZE_CHUNK = 4096  # texts tokenized at once by embed (in parallel inside `tokenizers`)
 
 
 def _int8_ranges(emb: np.ndarray, precision: str) -> np.ndarray:
