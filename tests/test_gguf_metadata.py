@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import magnet
-from magnet.formats.gguf import gguf_tokenizer
+from magnet.formats.gguf import _bytes_to_unicode, gguf_tokenizer
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -20,14 +20,8 @@ transformers = pytest.importorskip("transformers")
 
 
 def _byte_alphabet() -> list[str]:
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    n = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + n)
-            n += 1
+    """GPT-2's byte alphabet, byte 0 to 255 (the first 256 tokens of a byte-level vocabulary)."""
+    table = _bytes_to_unicode()
     return [table[b] for b in range(256)]
 
 
