@@ -30,10 +30,11 @@ def set_num_threads(n: int) -> None:
 
     One count for the whole process: calls from every Python thread use it (a call already
     running keeps the count it started with). It is capped at ``OMP_THREAD_LIMIT`` when that is
-    set (``get_num_threads`` reports the count in use). In a process forked from one that had
-    imported magnet (multiprocessing's "fork" start method, DataLoader workers) magnet runs one
-    thread, because OpenMP's workers do not survive a fork; asking for more there raises
-    ValueError (start such workers with the "spawn" method instead)."""
+    set (``get_num_threads`` reports the count in use). In a process forked (multiprocessing's
+    "fork" start method, DataLoader workers) from one that had already run magnet calls with
+    several threads, magnet runs one thread, because OpenMP's workers do not survive a fork;
+    asking for more there raises ValueError (start such workers with the "spawn" method, or
+    fork them before the parent's first call)."""
     if not isinstance(n, numbers.Integral) or isinstance(n, (bool, np.bool_)):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
     _C.set_num_threads(int(n))
@@ -42,7 +43,7 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The worker threads in use. The default: ``OMP_NUM_THREADS`` when it is set, else the
     CPUs this process may run on (its affinity, as ``taskset`` or a container's cpuset limits
-    it); 1 in a forked child."""
+    it); 1 in a child forked after the parent's calls used several threads."""
     return _C.get_num_threads()
 
 

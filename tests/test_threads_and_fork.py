@@ -134,3 +134,25 @@ def test_embed_results_do_not_depend_on_the_thread_count():
     finally:
         magnet.set_num_threads(before)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork: Linux")
+def test_children_of_a_parent_that_only_imported_keep_the_whole_count():
+    """A parent that imports magnet and leaves the work to forked workers (each loading its own
+    model) has started no OpenMP workers: the children keep the count and may change it."""
+    r = _run("""
+import multiprocessing as mp, magnet
+magnet.set_num_threads(2)
+
+def work(_):
+    magnet.set_num_threads(2)
+    m = magnet.Model.from_pretrained("stories260K")
+    return magnet.get_num_threads(), m.generate("Once upon a time", max_new_tokens=6)
+
+with mp.get_context("fork").Pool(2) as pool:
+    got = pool.map(work, range(2))
+assert [g[0] for g in got] == [2, 2] and got[0][1] == got[1][1], got
+print("ok")
+""", timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode,
+                                                                   r.stderr[-2000:])

@@ -11,7 +11,8 @@
 
 static int g_threads = 1;      /* the count every call runs with */
 static int g_blas_threads = 0; /* the count OpenBLAS was last given (0: none yet) */
-static int g_forked = 0;       /* this process is a fork child: one thread only */
+static int g_teams_used = 0;   /* a call may have started OpenMP's worker threads */
+static int g_forked = 0;       /* a fork child of a process whose workers had started */
 
 int mg_cpu_count(void) {
     cpu_set_t set;
@@ -20,11 +21,22 @@ int mg_cpu_count(void) {
     return n > 0 ? (int)n : 1;
 }
 
-/* The thread that called fork is the child's only thread: OpenMP's pool and OpenBLAS's jobs
- * would wait for workers that exist only in the parent. */
+/* The thread that called fork is the child's only thread: once the parent's calls may have
+ * started OpenMP's workers, a team in the child (OpenBLAS's jobs run on it too) would wait for
+ * workers that exist only in the parent. A parent that only imported magnet leaves no workers
+ * behind, and its children keep the whole count. */
 static void after_fork_in_child(void) {
+    if (!__atomic_load_n(&g_teams_used, __ATOMIC_RELAXED)) return;
     __atomic_store_n(&g_threads, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&g_forked, 1, __ATOMIC_RELAXED);
+}
+
+/* Makes the calling thread's OpenMP team size, and OpenBLAS's, the count. */
+static int apply(void) {
+    const int n = __atomic_load_n(&g_threads, __ATOMIC_RELAXED);
+    if (omp_get_max_threads() != n) omp_set_num_threads(n);
+    if (__atomic_exchange_n(&g_blas_threads, n, __ATOMIC_RELAXED) != n) mg_blas_set_num_threads(n);
+    return n;
 }
 
 /* OMP_NUM_THREADS's first value (a list names nested levels), when it is a positive number. */
@@ -49,7 +61,7 @@ int mg_set_num_threads(int n) {
     if (n > omp_get_thread_limit()) n = omp_get_thread_limit();
     if (n > 1 && __atomic_load_n(&g_forked, __ATOMIC_RELAXED)) return -1;
     __atomic_store_n(&g_threads, n, __ATOMIC_RELAXED);
-    mg_threads_enter();
+    apply();
     return 0;
 }
 
@@ -58,7 +70,5 @@ int mg_get_num_threads(void) {
 }
 
 void mg_threads_enter(void) {
-    const int n = __atomic_load_n(&g_threads, __ATOMIC_RELAXED);
-    if (omp_get_max_threads() != n) omp_set_num_threads(n);
-    if (__atomic_exchange_n(&g_blas_threads, n, __ATOMIC_RELAXED) != n) mg_blas_set_num_threads(n);
+    if (apply() > 1) __atomic_store_n(&g_teams_used, 1, __ATOMIC_RELAXED);
 }

@@ -11,12 +11,13 @@
  * it is set, else the CPUs this process may run on. */
 void mg_threads_init(void);
 /* Sets the count (clamped to 1 .. OMP_THREAD_LIMIT). Returns -1, changing nothing, for n > 1 in
- * a process forked from one that had started magnet: OpenMP's worker threads do not survive a
- * fork, and a team larger than one would wait for them forever. */
+ * a process forked from one whose calls may have started OpenMP's worker threads: they do not
+ * survive a fork, and a team larger than one would wait for them forever (such a child starts
+ * with a count of 1). */
 int mg_set_num_threads(int n);
 int mg_get_num_threads(void);
-/* Applies the count to the calling thread (OpenMP's team size, OpenBLAS's); cheap when it
- * already holds. */
+/* Before a call's work: applies the count to the calling thread (OpenMP's team size,
+ * OpenBLAS's); cheap when it already holds. */
 void mg_threads_enter(void);
 /* The CPUs this process may run on (its affinity mask), at least 1. */
 int mg_cpu_count(void);

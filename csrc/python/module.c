@@ -30,10 +30,11 @@ static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
     }
     if (mg_set_num_threads((int)n) != 0) {
         PyErr_Format(PyExc_ValueError,
-                     "num_threads=%ld: this process was forked from one that had imported magnet, "
-                     "and OpenMP's worker threads do not survive fork, so magnet runs one thread "
-                     "here; for more, start worker processes with the 'spawn' method "
-                     "(multiprocessing.get_context('spawn'))",
+                     "num_threads=%ld: this process was forked from one whose magnet calls had "
+                     "started worker threads, and OpenMP's workers do not survive fork, so magnet "
+                     "runs one thread here; for more, start worker processes with the 'spawn' "
+                     "method (multiprocessing.get_context('spawn')) or fork them before the "
+                     "parent's first call",
                      n);
         return NULL;
     }
