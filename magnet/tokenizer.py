@@ -54,14 +54,8 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         backend = self.backend if prefix_space else self._continuing_backend()
-        ids = backend.encode(text, add_special_tokens=False).ids
-        if add_bos is None:
-            add_bos = self.add_bos_default
-        if add_bos and self.bos_id is not None:
-            ids = [self.bos_id, *ids]
-        if (self.add_eos_default if add_eos is None else add_eos) and self.eos_id is not None:
-            ids.append(self.eos_id)
-        return ids
+        prefix, suffix = self._specials(add_bos, add_eos)
+        return prefix + backend.encode(text, add_special_tokens=False).ids + suffix
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool | None = None,
                      add_eos: bool | None = None) -> list[list[int]]:
@@ -70,13 +64,16 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be str, got {type(t).__name__}")
         encs = self.backend.encode_batch(list(texts), add_special_tokens=False)
-        if add_bos is None:
-            add_bos = self.add_bos_default
-        prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
-        if add_eos is None:
-            add_eos = self.add_eos_default
-        suffix = [self.eos_id] if add_eos and self.eos_id is not None else []
+        prefix, suffix = self._specials(add_bos, add_eos)
         return [prefix + e.ids + suffix for e in encs]
+
+    def _specials(self, add_bos: bool | None, add_eos: bool | None
+                  ) -> tuple[list[int], list[int]]:
+        """The ids that go before and after a text's own (None: the checkpoint's habit)."""
+        bos = self.add_bos_default if add_bos is None else add_bos
+        eos = self.add_eos_default if add_eos is None else add_eos
+        return ([self.bos_id] if bos and self.bos_id is not None else [],
+                [self.eos_id] if eos and self.eos_id is not None else [])
 
     def _continuing_backend(self) -> tokenizers.Tokenizer:
         """The backend with its prefix space switched off (itself when it adds none)."""

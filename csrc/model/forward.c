@@ -144,11 +144,6 @@ static void project_qkv(float *q, float *qkv, mg_kv_cache *cache, int slot, cons
                   cache->capacity, cache->length);
 }
 
-/* One step (see mg_model_step_ex). With keep_rows (host, n_keep flat row indices into the
- * B x Tq tokens), only those rows leave the last layer: its keys and values and its attention
- * run for every row, as the cache and the other queries need them, but the output projection,
- * the MLP, the final norm and the LM head run on the kept rows alone, which is exact because
- * those are row-wise. hidden_out and logits_out then hold n_keep rows. Not for training. */
 /* Each buffer of a pass is checked against the free memory on its own, and buffers not yet
  * touched do not lower it: a pass whose activations (bytes), fresh key/value cache and outputs
  * (floats, allocated by the caller) cannot exist together would be granted by overcommit and
@@ -162,6 +157,11 @@ static int pass_exceeds_memory(const mg_kv_cache *cache, size_t bytes, long hidd
     return need >= MG_CHECKED_ALLOC && need > mg_memory_available();
 }
 
+/* One step (see mg_model_step_ex). With keep_rows (host, n_keep flat row indices into the
+ * B x Tq tokens), only those rows leave the last layer: its keys and values and its attention
+ * run for every row, as the cache and the other queries need them, but the output projection,
+ * the MLP, the final norm and the LM head run on the kept rows alone, which is exact because
+ * those are row-wise. hidden_out and logits_out then hold n_keep rows. Not for training. */
 static int model_step(const mg_model *m, mg_kv_cache *cache, const int32_t *tokens,
                       const uint8_t *roles, const int32_t *segments, const int *positions, int B,
                       int Tq, float *hidden_out, float *logits_out, int logits_last_only,

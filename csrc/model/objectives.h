@@ -20,15 +20,15 @@ typedef struct {
     float all_span_frac; /* share of sequences made all-SPAN: plain next-token LM (0.25) */
 } mg_masking_config;
 
+/* The stream of row r's masked view in a training micro step: apart from the dropout streams
+ * (MG_DROP_STREAM_*, below 2**40), so masking and dropout never share random numbers. */
+#define MG_MASK_STREAM(r) (((uint64_t)1 << 48) + (uint64_t)(r))
+
 /* The masked view of tokens[len] under draws from (seed, stream): writes tok_out, roles_out and
  * the two label arrays (-100 where no loss), all of length len. Position 0 always stays
  * CONTEXT and unmasked (it is the BOS or the first token, and a span's first token needs a
  * context token before it). An MNTP position i needs CONTEXT at i - 1 too, so every MNTP label
  * is predicted from a context state. */
-/* The stream of row r's masked view in a training micro step: apart from the dropout streams
- * (MG_DROP_STREAM_*, below 2**40), so masking and dropout never share random numbers. */
-#define MG_MASK_STREAM(r) (((uint64_t)1 << 48) + (uint64_t)(r))
-
 void mg_masked_view(const int32_t *tokens, int len, const mg_masking_config *cfg, uint64_t seed,
                     uint64_t stream, int32_t *tok_out, uint8_t *roles_out, int32_t *mntp_label,
                     int32_t *msg_label);

@@ -14,12 +14,16 @@ typedef struct {
 } MgpyModel;
 extern PyTypeObject MgpyModelType;
 
+/* Opens a block that releases the GIL for C work (closed by Py_END_ALLOW_THREADS), applying the
+ * process's thread count to this thread first (core/threads.h): every binding enters the C core
+ * this way. */
+#define MGPY_BEGIN_C_WORK Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+
 /* Runs `stmt` holding the model's lock (read or write). The lock is taken with the GIL released,
  * so a thread waiting for it never blocks threads that hold it; `stmt` runs with the GIL held
- * and may use the Python API. Every entry applies the thread count to the calling thread first
- * (core/threads.h), as each Py_BEGIN_ALLOW_THREADS in the bindings does. */
+ * and may use the Python API. */
 #define MGPY_LOCKED(model, lockfn, stmt)                                                           \
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();                                                     \
+    MGPY_BEGIN_C_WORK                                                                              \
     lockfn(model);                                                                                 \
     Py_END_ALLOW_THREADS stmt;                                                                     \
     mg_model_unlock(model)

@@ -27,7 +27,7 @@ static mg_model *model_of(PyObject *obj) {
  * a session's cache does not survive a weight update between its calls, which is the caller's
  * business). */
 #define RUN_READING(model, stmt)                                                                   \
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();                                                     \
+    MGPY_BEGIN_C_WORK                                                                              \
     mg_model_lock_read(model);                                                                     \
     stmt;                                                                                          \
     mg_model_unlock(model);                                                                        \
@@ -139,7 +139,7 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
     mg_error err;
     mg_error_clear(&err);
     int rc;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rc = mg_generator_init(&self->gen, m, B, capacity, keep_hidden, &p, (uint64_t)seed, eos_ids,
                            n_eos, &err);
     Py_END_ALLOW_THREADS if (rc != MG_OK) {

@@ -172,7 +172,7 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args) {
     mg_error_clear(&err);
     mg_gguf_file f;
     mg_code rc;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rc = mg_gguf_open(&f, path, &err);
     Py_END_ALLOW_THREADS Py_DECREF(path_bytes);
     if (rc != MG_OK) return mgpy_raise(&err);
@@ -186,7 +186,7 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args) {
         mgpy_raise(&err);
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rc = dequantize_all(&f, bufs, &err);
     Py_END_ALLOW_THREADS if (rc != MG_OK) {
         mgpy_raise(&err);

@@ -27,7 +27,7 @@ PyObject *mgpy_read_llama2c(PyObject *self, PyObject *args) {
     mg_error err;
     mg_error_clear(&err);
     int rc;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rc = mg_llama2c_read(path, &ckpt, &err);
     Py_END_ALLOW_THREADS Py_DECREF(path_obj);
     if (rc != MG_OK) return mgpy_raise(&err);
@@ -65,7 +65,7 @@ PyObject *mgpy_read_llama2c_tokenizer(PyObject *self, PyObject *args) {
     mg_error err;
     mg_error_clear(&err);
     int rc;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rc = mg_llama2c_read_vocab(path, vocab_size, &vocab, &err);
     Py_END_ALLOW_THREADS Py_DECREF(path_obj);
     if (rc != MG_OK) return mgpy_raise(&err);

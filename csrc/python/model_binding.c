@@ -104,7 +104,7 @@ static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
         i++;
     }
     mg_model *model;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     model = mg_model_create(&config, named, i, &err);
     Py_END_ALLOW_THREADS if (model == NULL) {
         mgpy_raise(&err);
@@ -176,7 +176,7 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
     if (want_logits && err.code == MG_OK)
         logits = mg_alloc_uninit(n_logits, sizeof(float), "logits", &err);
     if (err.code == MG_OK) {
-        Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+        MGPY_BEGIN_C_WORK
         mg_model_lock_read(self->model);
         mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles), PyArray_DATA(seg),
                          (int)B, (int)T, hidden, logits, &err);
@@ -312,7 +312,7 @@ static PyObject *Model_attach_lora(MgpyModel *self, PyObject *args) {
 
 static PyObject *Model_merge_lora(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     mg_model_lock_write(self->model);
     mg_model_merge_lora(self->model);
     mg_model_unlock(self->model);
@@ -377,7 +377,7 @@ static PyObject *Model_to_device(MgpyModel *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "unknown precision %d", precision);
             return NULL;
         }
-        Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+        MGPY_BEGIN_C_WORK
         owned = mg_backend_cuda_create(index, (mg_precision)precision, &err);
         Py_END_ALLOW_THREADS if (owned == NULL) return mgpy_raise(&err);
         be = owned;

@@ -60,7 +60,7 @@ static PyObject *cuda_device_count(PyObject *self, PyObject *unused) {
     (void)unused;
     char why[512] = "";
     int n;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     n = mg_cuda_device_count(why, sizeof(why));
     Py_END_ALLOW_THREADS return Py_BuildValue("(is)", n, why);
 }

@@ -128,7 +128,7 @@ PyObject *mgpy_op_matmul(PyObject *self, PyObject *args) {
     if (!(out = zeros_like(&h, dout)) || !(dinp = zeros_like(&h, inp)) ||
         !(dw = zeros_like(&h, w)) || (b && !(db = zeros_like(&h, b))))
         goto done;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     matmul_forward(f32(out), f32(inp), f32(w), f32(b), (int)N, (int)I, (int)O, false);
     matmul_backward(f32(dinp), f32(dw), f32(db), f32(dout), f32(inp), f32(w), (int)N, (int)I,
                     (int)O);
@@ -165,7 +165,7 @@ static PyObject *norm_op(PyObject *args, int layer) {
     if (!(out = zeros_like(&h, inp)) || !(dinp = zeros_like(&h, inp)) ||
         !(dw = zeros_like(&h, w)) || (b && !(db = zeros_like(&h, b))))
         goto done;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     if (layer) {
         layernorm_forward(f32(out), f32(inp), f32(w), f32(b), (int)N, (int)D, eps);
         layernorm_backward(f32(dinp), f32(dw), f32(db), f32(dout), f32(inp), f32(w), (int)N, (int)D,
@@ -218,7 +218,7 @@ PyObject *mgpy_op_rope(PyObject *self, PyObject *args) {
         goto done;
     if (!(out = copy_of(&h, x)) || !(dx = copy_of(&h, dout))) goto done;
     const int *p = (const int *)PyArray_DATA(pos);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rope_forward(f32(out), p, f32(fr), (int)N, (int)H, (int)hd);
     rope_backward(f32(dx), p, f32(fr), (int)N, (int)H, (int)hd);
     Py_END_ALLOW_THREADS;
@@ -283,7 +283,7 @@ PyObject *mgpy_op_attention(PyObject *self, PyObject *args) {
         goto done;
     }
     const attention_shape s = {(int)B, (int)T, (int)T, 0, (int)T, (int)Hq, (int)Hkv, (int)hd};
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     attention_forward(f32(out), f32(q), f32(k), f32(v), rl, sg, rl, sg, s, scratch);
     attention_backward(f32(dq), f32(dk), f32(dv), f32(dout), f32(q), f32(k), f32(v), rl, sg, rl, sg,
                        s, scratch);
@@ -310,7 +310,7 @@ PyObject *mgpy_op_swiglu(PyObject *self, PyObject *args) {
     if (!(out = zeros_like(&h, g)) || !(dg = zeros_like(&h, g)) || !(du = zeros_like(&h, g)))
         goto done;
     const long n = (long)PyArray_SIZE(g);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     swiglu_forward(f32(out), f32(g), f32(u), n);
     swiglu_backward(f32(dg), f32(du), f32(dout), f32(g), f32(u), n);
     Py_END_ALLOW_THREADS;
@@ -333,7 +333,7 @@ PyObject *mgpy_op_gelu_tanh(PyObject *self, PyObject *args) {
         goto done;
     if (!(out = copy_of(&h, x)) || !(dx = zeros_like(&h, x))) goto done;
     const long n = (long)PyArray_SIZE(x);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     gelu_tanh_forward(f32(out), n);
     gelu_tanh_backward(f32(dx), f32(dout), f32(x), n);
     Py_END_ALLOW_THREADS;
@@ -374,7 +374,7 @@ PyObject *mgpy_op_embedding(PyObject *self, PyObject *args) {
     if (!(out = zeros_like(&h, dout)) || !(dwte = zeros_like(&h, wte)) ||
         (wpe && !(dwpe = zeros_like(&h, wpe))))
         goto done;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     embedding_forward(f32(out), t, p, f32(wte), f32(wpe), (int)N, (int)D);
     embedding_backward(f32(dwte), f32(dwpe), f32(dout), t, p, (int)N, (int)D);
     Py_END_ALLOW_THREADS;
@@ -407,7 +407,7 @@ PyObject *mgpy_op_cross_entropy(PyObject *self, PyObject *args) {
     mg_error err;
     mg_error_clear(&err);
     int rc;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rc = cross_entropy_forward_backward(f32(dl), (const int32_t *)PyArray_DATA(labels), (long)N,
                                         (int)V, grad_scale, &loss, &count, &err);
     Py_END_ALLOW_THREADS;
@@ -447,7 +447,7 @@ PyObject *mgpy_op_infonce(PyObject *self, PyObject *args) {
         goto done;
     }
     float loss;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     infonce_forward_backward(&loss, f32(da), f32(db), f32(a), f32(b), (int)n, (int)D, temperature,
                              grad_scale, scratch);
     Py_END_ALLOW_THREADS;
@@ -477,7 +477,7 @@ PyObject *mgpy_op_dropout(PyObject *self, PyObject *args) {
     }
     if (!(out = zeros_like(&h, x)) || !(dx = zeros_like(&h, x))) goto done;
     const long n = (long)PyArray_SIZE(x);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     dropout_forward(f32(out), f32(x), n, p, seed, offset);
     dropout_backward(f32(dx), f32(dout), n, p, seed, offset);
     Py_END_ALLOW_THREADS;
@@ -511,7 +511,7 @@ PyObject *mgpy_op_adamw(PyObject *self, PyObject *args) {
         goto done;
     }
     if (!(p2 = copy_of(&h, p)) || !(m2 = copy_of(&h, m)) || !(v2 = copy_of(&h, v))) goto done;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     adamw_update(f32(p2), f32(g), f32(m2), f32(v2), (long)PyArray_SIZE(p), lr, b1, b2, eps, wd,
                  step);
     Py_END_ALLOW_THREADS;
@@ -552,7 +552,7 @@ PyObject *mgpy_op_grad_global_norm(PyObject *self, PyObject *arg) {
         lens[i] = (long)PyArray_SIZE(arrs[i]);
     }
     double norm;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     norm = grad_global_norm(bufs, lens, (int)count);
     Py_END_ALLOW_THREADS;
     res = PyFloat_FromDouble(norm);
@@ -581,7 +581,7 @@ PyObject *mgpy_op_rng(PyObject *self, PyObject *args) {
     PyObject *out = PyArray_ZEROS(1, dims, high ? NPY_INT64 : NPY_FLOAT32, 0);
     if (out == NULL) return NULL;
     void *data = PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     if (high == 0)
         mg_rng_fill_uniform((float *)data, (long)n, seed, stream, first);
     else

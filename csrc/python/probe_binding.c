@@ -107,7 +107,7 @@ PyObject *mgpy_probe_train(PyObject *self, PyObject *args) {
         goto done;
     mg_error err;
     mg_error_clear(&err);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     mg_probe_train((const float *)PyArray_DATA(x), (const int32_t *)PyArray_DATA(y), (long)N,
                    (int)D, C, &c, (float *)PyArray_DATA((PyArrayObject *)w_arr),
                    (float *)PyArray_DATA((PyArrayObject *)b_arr),
@@ -154,7 +154,7 @@ PyObject *mgpy_probe_predict(PyObject *self, PyObject *args) {
     }
     mg_error err;
     mg_error_clear(&err);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     mg_probe_predict((const float *)PyArray_DATA(x), (long)N, (int)D, (int)C,
                      (const float *)PyArray_DATA(w), (const float *)PyArray_DATA(b),
                      (int32_t *)PyArray_DATA((PyArrayObject *)out), &err);

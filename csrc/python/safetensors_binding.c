@@ -18,7 +18,7 @@ PyObject *mgpy_read_safetensors(PyObject *self, PyObject *args) {
     mg_error err;
     mg_error_clear(&err);
     mg_code rc;
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     rc = mg_safetensors_read(path, &st, &err);
     Py_END_ALLOW_THREADS Py_DECREF(path_bytes);
     if (rc != MG_OK) return mgpy_raise(&err);

@@ -155,7 +155,7 @@ static PyObject *Trainer_micro_step(MgpyTrainer *self, PyObject *args) {
     mg_losses losses;
     mg_error err;
     mg_error_clear(&err);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     mg_model_lock_read(self->trainer->model);
     mg_trainer_micro_step(self->trainer, &mb, train, &losses, &err);
     mg_model_unlock(self->trainer->model);
@@ -173,7 +173,7 @@ static PyObject *Trainer_apply(MgpyTrainer *self, PyObject *unused) {
     float lr = 0.0f;
     mg_error err;
     mg_error_clear(&err);
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+    MGPY_BEGIN_C_WORK
     mg_model_lock_write(self->trainer->model);
     mg_trainer_apply(self->trainer, &norm, &lr, &err);
     mg_model_unlock(self->trainer->model);
@@ -274,10 +274,7 @@ static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
     mg_error err;
     mg_error_clear(&err);
     /* the check and everything after it under the write lock: no swap can come between */
-    Py_BEGIN_ALLOW_THREADS mg_threads_enter();
-    mg_model_lock_write(t->model);
-    Py_END_ALLOW_THREADS PyObject *res = load_state_locked(t, state, &err);
-    mg_model_unlock(t->model);
+    MGPY_LOCKED_WRITE(t->model, PyObject *res = load_state_locked(t, state, &err));
     if (err.code != MG_OK) return mgpy_raise(&err);
     return res; /* NULL with a Python exception set for a malformed state */
 }
