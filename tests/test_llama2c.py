@@ -233,6 +233,8 @@ def test_tokenizer_matches_llama2c_encode(stories, stories_dir: Path, shared_dat
     # a few multi-line chunks too: newlines go through byte fallback
     chunks = lines + ["\n".join(lines[i : i + 5]) for i in range(0, 50, 5)]
     chunks += ["", " ", "  two  spaces ", "café naïve 日本語 ~]", "<s> literal </s>", "\t\x00x"]
+    # a typed "▁" is an ordinary character to llama2.c (its bytes), not a space
+    chunks += ["a \u2581 b", "\u2581\u2581x", "x\u2581", "\u2581"]
     tok = stories.tokenizer
     batch = tok.encode_batch(chunks, add_bos=False)
     for text, ids in zip(chunks, batch, strict=True):
@@ -246,7 +248,7 @@ def test_tokenizer_round_trip(stories, shared_data: Path) -> None:
     tok = stories.tokenizer
     texts = _gutenberg_lines(shared_data, 100) + [
         "Lily and Tom went to the park.\nThey played all day!",
-        " leading space", "trailing space ", "emoji 🙂 and ünïcödé", "",
+        " leading space", "trailing space ", "emoji 🙂 and ünïcödé", "", "a \u2581 b\u2581",
     ]
     for text in texts:
         assert tok.decode(tok.encode(text)) == text

@@ -26,7 +26,11 @@ BOS_ID = 1
 EOS_ID = 2
 _SPECIAL_NAMES = {0: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
-_SPACE = "\u2581"  # SentencePiece's visible space
+# The vocabulary's space inside the `tokenizers` model. llama2.c's exporter wrote SentencePiece's
+# "▁" as a plain space, so a "▁" typed in the text is an ordinary character there (its UTF-8
+# bytes). Were "▁" the stand-in, it would encode as a space; a Unicode noncharacter, which
+# text meant for interchange does not contain, keeps the two apart.
+_SPACE = "\ufdd0"
 
 
 def load_llama2c(
@@ -104,8 +108,9 @@ def load_llama2c_tokenizer(path: str | os.PathLike[str], vocab_size: int) -> Tok
     piece (or its UTF-8 bytes as ``<0xXX>`` pieces), then the adjacent pair whose concatenation
     is the highest-scoring piece is merged until none is left. As a `tokenizers` BPE that is the
     merge list of every (a, b) with a + b in the vocabulary, ranked by the score of a + b (what
-    a SentencePiece BPE converter builds). Decoding maps ``<0xXX>`` to bytes and ``▁`` to a space
-    and drops the one leading space, which is llama2.c's output for a sequence that starts at BOS.
+    a SentencePiece BPE converter builds). Decoding maps ``<0xXX>`` to bytes and the space
+    stand-in back to a space, and drops the one leading space, which is llama2.c's output for a
+    sequence that starts at BOS.
     """
     pieces, scores, _max_len = _C.read_llama2c_tokenizer(os.fspath(path), int(vocab_size))
     return Tokenizer(_build_backend(pieces, scores), bos_id=BOS_ID, eos_id=EOS_ID)
