@@ -1,6 +1,7 @@
 """magnet: one decoder that embeds, infills and generates (MAGNET, Khosla et al., ACL 2025)."""
 
 import numbers
+import os
 
 import numpy as np
 
@@ -23,6 +24,12 @@ from magnet.tokenizer import Tokenizer
 
 CONTEXT = 0
 SPAN = 1
+
+# os.fork (multiprocessing's "fork" workers, DataLoader workers) waits until no other thread is
+# inside a magnet call: a call cut off by the fork would leave the child its locks (OpenBLAS's,
+# a model's) held by a thread the child does not have, and the child's next call would hang.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_C._fork_prepare, after_in_parent=_C._fork_parent)
 
 
 def set_num_threads(n: int) -> None:

@@ -156,3 +156,47 @@ print("ok")
 """, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode,
                                                                    r.stderr[-2000:])
+
+
+
+_FORK_DURING_A_CALL = """
+import os, signal, threading, time, numpy as np, magnet
+m = magnet.Model.from_pretrained("stories260K")
+ids = np.tile(np.arange(1, 257, dtype=np.int32), (8, 1))
+ref = m.logits(ids[:1, :16])
+stop = threading.Event()
+
+def busy():
+    while not stop.is_set():
+        m.logits(ids)  # inside OpenBLAS and the model's lock most of the time
+
+t = threading.Thread(target=busy)
+t.start()
+codes = []
+for _ in range(20):
+    time.sleep(0.03)
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, which the busy thread is not
+        signal.alarm(20)
+        m.merge_lora()  # needs the model's lock alone
+        out = m.logits(ids[:1, :16])  # needs OpenBLAS
+        os._exit(0 if np.allclose(out, ref, atol=1e-5) else 3)
+    _, status = os.waitpid(pid, 0)
+    codes.append(os.waitstatus_to_exitcode(status))
+    if codes[-1] != 0:
+        break
+stop.set()
+t.join()
+assert codes == [0] * 20, codes
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork: Linux")
+def test_a_child_forked_during_another_threads_call_runs():
+    """Forked while a thread of the parent was inside a call, the child inherited locks held by
+    a thread it does not have (OpenBLAS's server lock, the model's lock) and its next call hung
+    (SIGALRM after 20 s: -14). A fork now waits until no thread is inside a call."""
+    r = _run(_FORK_DURING_A_CALL, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout,
+                                                                   r.stderr[-2000:])

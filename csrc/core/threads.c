@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "../backend/cpu/blas.h"
@@ -13,6 +14,10 @@ static int g_threads = 1;      /* the count every call runs with */
 static int g_blas_threads = 0; /* the count OpenBLAS was last given (0: none yet) */
 static int g_teams_used = 0;   /* a call may have started OpenMP's worker threads */
 static int g_forked = 0;       /* a fork child of a process whose workers had started */
+/* Held shared by every call inside the C core (mg_threads_enter .. mg_threads_leave) and alone
+ * by a thread about to fork (mg_threads_fork_prepare): no call is half done in a child. */
+static pthread_rwlock_t g_fork_gate;
+static _Thread_local int t_gate_depth = 0; /* this thread's nesting inside the gate */
 
 int mg_cpu_count(void) {
     cpu_set_t set;
@@ -21,11 +26,28 @@ int mg_cpu_count(void) {
     return n > 0 ? (int)n : 1;
 }
 
+/* Writers first: a thread that loops over calls must not keep a fork waiting forever. */
+static void init_gate(void) {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+#ifdef __GLIBC__
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    /* a default rwlock allocates nothing, so this cannot fail for lack of memory */
+    pthread_rwlock_init(&g_fork_gate, &attr);
+    pthread_rwlockattr_destroy(&attr);
+}
+
 /* The thread that called fork is the child's only thread: once the parent's calls may have
  * started OpenMP's workers, a team in the child (OpenBLAS's jobs run on it too) would wait for
  * workers that exist only in the parent. A parent that only imported magnet leaves no workers
  * behind, and its children keep the whole count. */
 static void after_fork_in_child(void) {
+    /* the forking thread held the gate alone; the child starts with it open (a fresh lock: the
+     * holder's thread id is the parent's, so an unlock here would not be recognised) */
+    memset(&g_fork_gate, 0, sizeof g_fork_gate);
+    init_gate();
+    t_gate_depth = 0;
     if (!__atomic_load_n(&g_teams_used, __ATOMIC_RELAXED)) return;
     __atomic_store_n(&g_threads, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&g_forked, 1, __ATOMIC_RELAXED);
@@ -50,6 +72,7 @@ static int env_threads(void) {
 }
 
 void mg_threads_init(void) {
+    init_gate();
     (void)pthread_atfork(NULL, NULL, after_fork_in_child);
     const int n = env_threads();
     mg_set_num_threads(n > 0 ? n : mg_cpu_count());
@@ -70,5 +93,20 @@ int mg_get_num_threads(void) {
 }
 
 void mg_threads_enter(void) {
+    /* only the outermost entry takes the gate: a nested one would wait behind a pending fork
+     * that waits for this thread */
+    if (t_gate_depth++ == 0) pthread_rwlock_rdlock(&g_fork_gate);
     if (apply() > 1) __atomic_store_n(&g_teams_used, 1, __ATOMIC_RELAXED);
+}
+
+void mg_threads_leave(void) {
+    if (t_gate_depth > 0 && --t_gate_depth == 0) pthread_rwlock_unlock(&g_fork_gate);
+}
+
+void mg_threads_fork_prepare(void) {
+    pthread_rwlock_wrlock(&g_fork_gate);
+}
+
+void mg_threads_fork_parent(void) {
+    pthread_rwlock_unlock(&g_fork_gate);
 }

@@ -17,8 +17,19 @@ void mg_threads_init(void);
 int mg_set_num_threads(int n);
 int mg_get_num_threads(void);
 /* Before a call's work: applies the count to the calling thread (OpenMP's team size,
- * OpenBLAS's); cheap when it already holds. */
+ * OpenBLAS's); cheap when it already holds. Until the matching mg_threads_leave the thread is
+ * inside the fork gate (below); entries nest. */
 void mg_threads_enter(void);
+void mg_threads_leave(void);
+/* Fork safety. A thread of the parent that is inside a call when another thread forks leaves
+ * the child its locks held by a thread the child does not have: OpenBLAS's server lock, a
+ * model's lock. The child's next call that needs one waits forever. So a thread about to fork
+ * first waits, holding the gate alone, until no thread is inside a call (and no new call starts)
+ * and reopens it after the fork: mg_threads_fork_prepare before fork() (with the GIL released:
+ * the calls being waited for may need it to finish), mg_threads_fork_parent in the parent after
+ * it; the child starts with the gate open. */
+void mg_threads_fork_prepare(void);
+void mg_threads_fork_parent(void);
 /* The CPUs this process may run on (its affinity mask), at least 1. */
 int mg_cpu_count(void);
 

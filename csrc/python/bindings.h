@@ -14,19 +14,24 @@ typedef struct {
 } MgpyModel;
 extern PyTypeObject MgpyModelType;
 
-/* Opens a block that releases the GIL for C work (closed by Py_END_ALLOW_THREADS), applying the
- * process's thread count to this thread first (core/threads.h): every binding enters the C core
- * this way. */
+/* Opens a block that releases the GIL for C work, closed by MGPY_END_C_WORK: applies the process's
+ * thread count to this thread first and enters the fork gate (core/threads.h), which a thread
+ * about to fork waits on. Every binding enters the C core this way. */
 #define MGPY_BEGIN_C_WORK Py_BEGIN_ALLOW_THREADS mg_threads_enter();
+#define MGPY_END_C_WORK                                                                            \
+    mg_threads_leave();                                                                            \
+    Py_END_ALLOW_THREADS
 
 /* Runs `stmt` holding the model's lock (read or write). The lock is taken with the GIL released,
  * so a thread waiting for it never blocks threads that hold it; `stmt` runs with the GIL held
- * and may use the Python API. */
+ * and may use the Python API. The thread stays inside the fork gate until the lock is released:
+ * a fork never leaves a child the lock held. */
 #define MGPY_LOCKED(model, lockfn, stmt)                                                           \
     MGPY_BEGIN_C_WORK                                                                              \
     lockfn(model);                                                                                 \
     Py_END_ALLOW_THREADS stmt;                                                                     \
-    mg_model_unlock(model)
+    mg_model_unlock(model);                                                                        \
+    mg_threads_leave()
 #define MGPY_LOCKED_READ(model, stmt) MGPY_LOCKED(model, mg_model_lock_read, stmt)
 #define MGPY_LOCKED_WRITE(model, stmt) MGPY_LOCKED(model, mg_model_lock_write, stmt)
 

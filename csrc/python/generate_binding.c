@@ -31,7 +31,7 @@ static mg_model *model_of(PyObject *obj) {
     mg_model_lock_read(model);                                                                     \
     stmt;                                                                                          \
     mg_model_unlock(model);                                                                        \
-    Py_END_ALLOW_THREADS
+    MGPY_END_C_WORK
 
 /* A C-contiguous array of `type` and `ndim` dims converted from obj (new reference); dims[i]
  * >= 0 are required sizes. */
@@ -142,7 +142,7 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
     MGPY_BEGIN_C_WORK
     rc = mg_generator_init(&self->gen, m, B, capacity, keep_hidden, &p, (uint64_t)seed, eos_ids,
                            n_eos, &err);
-    Py_END_ALLOW_THREADS if (rc != MG_OK) {
+    MGPY_END_C_WORK if (rc != MG_OK) {
         mgpy_raise(&err);
         return -1;
     }

@@ -174,7 +174,7 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args) {
     mg_code rc;
     MGPY_BEGIN_C_WORK
     rc = mg_gguf_open(&f, path, &err);
-    Py_END_ALLOW_THREADS Py_DECREF(path_bytes);
+    MGPY_END_C_WORK Py_DECREF(path_bytes);
     if (rc != MG_OK) return mgpy_raise(&err);
 
     PyObject *meta = NULL, *tensors = NULL, *result = NULL;
@@ -188,7 +188,7 @@ PyObject *mgpy_read_gguf(PyObject *self, PyObject *args) {
     }
     MGPY_BEGIN_C_WORK
     rc = dequantize_all(&f, bufs, &err);
-    Py_END_ALLOW_THREADS if (rc != MG_OK) {
+    MGPY_END_C_WORK if (rc != MG_OK) {
         mgpy_raise(&err);
         goto done;
     }

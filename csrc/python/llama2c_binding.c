@@ -29,7 +29,7 @@ PyObject *mgpy_read_llama2c(PyObject *self, PyObject *args) {
     int rc;
     MGPY_BEGIN_C_WORK
     rc = mg_llama2c_read(path, &ckpt, &err);
-    Py_END_ALLOW_THREADS Py_DECREF(path_obj);
+    MGPY_END_C_WORK Py_DECREF(path_obj);
     if (rc != MG_OK) return mgpy_raise(&err);
 
     PyObject *header = header_dict(&ckpt.header);
@@ -67,7 +67,7 @@ PyObject *mgpy_read_llama2c_tokenizer(PyObject *self, PyObject *args) {
     int rc;
     MGPY_BEGIN_C_WORK
     rc = mg_llama2c_read_vocab(path, vocab_size, &vocab, &err);
-    Py_END_ALLOW_THREADS Py_DECREF(path_obj);
+    MGPY_END_C_WORK Py_DECREF(path_obj);
     if (rc != MG_OK) return mgpy_raise(&err);
 
     PyObject *pieces = PyList_New(vocab.vocab_size);

@@ -106,7 +106,7 @@ static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
     mg_model *model;
     MGPY_BEGIN_C_WORK
     model = mg_model_create(&config, named, i, &err);
-    Py_END_ALLOW_THREADS if (model == NULL) {
+    MGPY_END_C_WORK if (model == NULL) {
         mgpy_raise(&err);
         goto fail;
     }
@@ -181,7 +181,7 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
         mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles), PyArray_DATA(seg),
                          (int)B, (int)T, hidden, logits, &err);
         mg_model_unlock(self->model);
-        Py_END_ALLOW_THREADS
+        MGPY_END_C_WORK
     }
     if (err.code != MG_OK) {
         mg_free(hidden);
@@ -316,7 +316,7 @@ static PyObject *Model_merge_lora(MgpyModel *self, PyObject *unused) {
     mg_model_lock_write(self->model);
     mg_model_merge_lora(self->model);
     mg_model_unlock(self->model);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    MGPY_END_C_WORK Py_RETURN_NONE;
 }
 
 static PyObject *Model_detach_lora(MgpyModel *self, PyObject *unused) {
@@ -379,7 +379,7 @@ static PyObject *Model_to_device(MgpyModel *self, PyObject *args) {
         }
         MGPY_BEGIN_C_WORK
         owned = mg_backend_cuda_create(index, (mg_precision)precision, &err);
-        Py_END_ALLOW_THREADS if (owned == NULL) return mgpy_raise(&err);
+        MGPY_END_C_WORK if (owned == NULL) return mgpy_raise(&err);
         be = owned;
     } else {
         PyErr_Format(PyExc_ValueError, "unknown device '%s' (expected 'cpu' or 'cuda')", kind);

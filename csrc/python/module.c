@@ -62,10 +62,30 @@ static PyObject *cuda_device_count(PyObject *self, PyObject *unused) {
     int n;
     MGPY_BEGIN_C_WORK
     n = mg_cuda_device_count(why, sizeof(why));
-    Py_END_ALLOW_THREADS return Py_BuildValue("(is)", n, why);
+    MGPY_END_C_WORK return Py_BuildValue("(is)", n, why);
+}
+
+/* _fork_prepare() / _fork_parent(): os.register_at_fork's before and after_in_parent hooks
+ * (magnet/__init__.py). The wait runs with the GIL released: the calls it waits for may need the
+ * GIL to finish (a locked binding's last statement runs with it). */
+static PyObject *fork_prepare(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS mg_threads_fork_prepare();
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *fork_parent(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    mg_threads_fork_parent();
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
+    {"_fork_prepare", fork_prepare, METH_NOARGS,
+     "Before os.fork: wait until no thread is inside a call, and hold new calls back."},
+    {"_fork_parent", fork_parent, METH_NOARGS, "After os.fork, in the parent: let calls in."},
     {"cuda_device_count", cuda_device_count, METH_NOARGS,
      "cuda_device_count() -> (count, reason when 0)."},
     {"set_num_threads", set_num_threads, METH_O, "Set the worker threads (OpenMP and OpenBLAS)."},

@@ -132,7 +132,7 @@ PyObject *mgpy_op_matmul(PyObject *self, PyObject *args) {
     matmul_forward(f32(out), f32(inp), f32(w), f32(b), (int)N, (int)I, (int)O, false);
     matmul_backward(f32(dinp), f32(dw), f32(db), f32(dout), f32(inp), f32(w), (int)N, (int)I,
                     (int)O);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = Py_BuildValue("(OOOO)", out, dinp, dw, db ? (PyObject *)db : Py_None);
 done:
     release(&h);
@@ -174,7 +174,7 @@ static PyObject *norm_op(PyObject *args, int layer) {
         rmsnorm_forward(f32(out), f32(inp), f32(w), (int)N, (int)D, eps);
         rmsnorm_backward(f32(dinp), f32(dw), f32(dout), f32(inp), f32(w), (int)N, (int)D, eps);
     }
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res =
         layer ? Py_BuildValue("(OOOO)", out, dinp, dw, db) : Py_BuildValue("(OOO)", out, dinp, dw);
 done:
@@ -221,7 +221,7 @@ PyObject *mgpy_op_rope(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     rope_forward(f32(out), p, f32(fr), (int)N, (int)H, (int)hd);
     rope_backward(f32(dx), p, f32(fr), (int)N, (int)H, (int)hd);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = Py_BuildValue("(OO)", out, dx);
 done:
     release(&h);
@@ -287,7 +287,7 @@ PyObject *mgpy_op_attention(PyObject *self, PyObject *args) {
     attention_forward(f32(out), f32(q), f32(k), f32(v), rl, sg, rl, sg, s, scratch);
     attention_backward(f32(dq), f32(dk), f32(dv), f32(dout), f32(q), f32(k), f32(v), rl, sg, rl, sg,
                        s, scratch);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     mg_free(scratch);
     res = Py_BuildValue("(OOOO)", out, dq, dk, dv);
 done:
@@ -313,7 +313,7 @@ PyObject *mgpy_op_swiglu(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     swiglu_forward(f32(out), f32(g), f32(u), n);
     swiglu_backward(f32(dg), f32(du), f32(dout), f32(g), f32(u), n);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = Py_BuildValue("(OOO)", out, dg, du);
 done:
     release(&h);
@@ -336,7 +336,7 @@ PyObject *mgpy_op_gelu_tanh(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     gelu_tanh_forward(f32(out), n);
     gelu_tanh_backward(f32(dx), f32(dout), f32(x), n);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = Py_BuildValue("(OO)", out, dx);
 done:
     release(&h);
@@ -377,7 +377,7 @@ PyObject *mgpy_op_embedding(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     embedding_forward(f32(out), t, p, f32(wte), f32(wpe), (int)N, (int)D);
     embedding_backward(f32(dwte), f32(dwpe), f32(dout), t, p, (int)N, (int)D);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = Py_BuildValue("(OOO)", out, dwte, dwpe ? (PyObject *)dwpe : Py_None);
 done:
     release(&h);
@@ -410,7 +410,7 @@ PyObject *mgpy_op_cross_entropy(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     rc = cross_entropy_forward_backward(f32(dl), (const int32_t *)PyArray_DATA(labels), (long)N,
                                         (int)V, grad_scale, &loss, &count, &err);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     if (rc != MG_OK) {
         mgpy_raise(&err);
         goto done;
@@ -450,7 +450,7 @@ PyObject *mgpy_op_infonce(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     infonce_forward_backward(&loss, f32(da), f32(db), f32(a), f32(b), (int)n, (int)D, temperature,
                              grad_scale, scratch);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     mg_free(scratch);
     res = Py_BuildValue("(dOO)", (double)loss, da, db);
 done:
@@ -480,7 +480,7 @@ PyObject *mgpy_op_dropout(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     dropout_forward(f32(out), f32(x), n, p, seed, offset);
     dropout_backward(f32(dx), f32(dout), n, p, seed, offset);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = Py_BuildValue("(OO)", out, dx);
 done:
     release(&h);
@@ -514,7 +514,7 @@ PyObject *mgpy_op_adamw(PyObject *self, PyObject *args) {
     MGPY_BEGIN_C_WORK
     adamw_update(f32(p2), f32(g), f32(m2), f32(v2), (long)PyArray_SIZE(p), lr, b1, b2, eps, wd,
                  step);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = Py_BuildValue("(OOO)", p2, m2, v2);
 done:
     release(&h);
@@ -554,7 +554,7 @@ PyObject *mgpy_op_grad_global_norm(PyObject *self, PyObject *arg) {
     double norm;
     MGPY_BEGIN_C_WORK
     norm = grad_global_norm(bufs, lens, (int)count);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     res = PyFloat_FromDouble(norm);
 done:
     for (Py_ssize_t i = 0; arrs && i < count; i++)
@@ -587,6 +587,6 @@ PyObject *mgpy_op_rng(PyObject *self, PyObject *args) {
     else
         for (Py_ssize_t i = 0; i < n; i++)
             ((int64_t *)data)[i] = mg_rng_uniform_int(seed, stream, first + i, (uint32_t)high);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     return out;
 }

@@ -112,7 +112,7 @@ PyObject *mgpy_probe_train(PyObject *self, PyObject *args) {
                    (int)D, C, &c, (float *)PyArray_DATA((PyArrayObject *)w_arr),
                    (float *)PyArray_DATA((PyArrayObject *)b_arr),
                    (float *)PyArray_DATA((PyArrayObject *)l_arr), &err);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     if (err.code != MG_OK) {
         mgpy_raise(&err);
         goto done;
@@ -158,7 +158,7 @@ PyObject *mgpy_probe_predict(PyObject *self, PyObject *args) {
     mg_probe_predict((const float *)PyArray_DATA(x), (long)N, (int)D, (int)C,
                      (const float *)PyArray_DATA(w), (const float *)PyArray_DATA(b),
                      (int32_t *)PyArray_DATA((PyArrayObject *)out), &err);
-    Py_END_ALLOW_THREADS;
+    MGPY_END_C_WORK;
     if (err.code != MG_OK) {
         mgpy_raise(&err);
         goto done;

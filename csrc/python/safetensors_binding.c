@@ -20,7 +20,7 @@ PyObject *mgpy_read_safetensors(PyObject *self, PyObject *args) {
     mg_code rc;
     MGPY_BEGIN_C_WORK
     rc = mg_safetensors_read(path, &st, &err);
-    Py_END_ALLOW_THREADS Py_DECREF(path_bytes);
+    MGPY_END_C_WORK Py_DECREF(path_bytes);
     if (rc != MG_OK) return mgpy_raise(&err);
 
     PyObject *out = PyDict_New();

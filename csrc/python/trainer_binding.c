@@ -159,7 +159,7 @@ static PyObject *Trainer_micro_step(MgpyTrainer *self, PyObject *args) {
     mg_model_lock_read(self->trainer->model);
     mg_trainer_micro_step(self->trainer, &mb, train, &losses, &err);
     mg_model_unlock(self->trainer->model);
-    Py_END_ALLOW_THREADS if (err.code != MG_OK) return mgpy_raise(&err);
+    MGPY_END_C_WORK if (err.code != MG_OK) return mgpy_raise(&err);
     return Py_BuildValue("{s:d,s:d,s:d,s:l,s:l,s:l,s:l}", "mntp", losses.mntp, "msg", losses.msg,
                          "sscl", losses.sscl, "mntp_count", losses.mntp_count, "msg_count",
                          losses.msg_count, "sscl_count", losses.sscl_count, "tokens",
@@ -177,7 +177,7 @@ static PyObject *Trainer_apply(MgpyTrainer *self, PyObject *unused) {
     mg_model_lock_write(self->trainer->model);
     mg_trainer_apply(self->trainer, &norm, &lr, &err);
     mg_model_unlock(self->trainer->model);
-    Py_END_ALLOW_THREADS if (err.code != MG_OK) return mgpy_raise(&err);
+    MGPY_END_C_WORK if (err.code != MG_OK) return mgpy_raise(&err);
     return Py_BuildValue("(dd)", norm, (double)lr);
 }
 
