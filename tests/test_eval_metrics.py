@@ -115,3 +115,32 @@ def test_correlations_follow_scipy_on_odd_input() -> None:
     assert metrics.pearson([1e308, -1e308, 1e308], [1, 2, 3]) == pytest.approx(0.0, abs=1e-12)
     assert metrics.pearson([3e200, 2e200, 1e200], [1, 2, 3]) == pytest.approx(-1.0)
     assert -1.0 <= metrics.pearson([1, 2, 3], [2, 4, 6]) <= 1.0
+
+
+def test_rankdata_ties_repeated_infinities() -> None:
+    # equal infinities are one tie group (their difference, inf - inf, is NaN, not 0)
+    x = [math.inf, math.inf, 1.0, -math.inf, -math.inf]
+    assert metrics.rankdata(x).tolist() == [4.5, 4.5, 3.0, 1.5, 1.5]
+    # ranks y = [4, 1, 2, 5, 3]; dx = [1.5, 1.5, 0, -1.5, -1.5], dy = [1, -2, -1, 2, 0]:
+    # sum dx dy = -4.5, sum dx^2 = 9, sum dy^2 = 10 (scipy's spearmanr gives the same)
+    rho = metrics.spearman(x, [0.5, 0.1, 0.2, 0.9, 0.3])
+    assert rho == pytest.approx(-4.5 / math.sqrt(90), abs=1e-12)
+
+
+def test_spearman_of_fewer_than_two_pairs_is_nan() -> None:
+    # scipy.stats.spearmanr returns NaN for one pair (and none); pearsonr raises
+    assert math.isnan(metrics.spearman([1.0], [2.0]))
+    assert math.isnan(metrics.spearman([], []))
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        metrics.pearson([1.0], [2.0])
+    with pytest.raises(ValueError, match="one length"):
+        metrics.spearman([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(("opening", "closing"), [("\u201c", "\u201d"), ("\u2018", "\u2019"),
+                                                  ("\u00ab", "\u00bb")])
+def test_sentences_end_after_a_curly_closing_quote(opening: str, closing: str) -> None:
+    text = f"He said {opening}Stop.{closing} He said {opening}Stop.{closing}"
+    once = f"He said {opening}Stop.{closing}"
+    assert metrics.split_sentences(text) == [once, once]
+    assert metrics.repeated_sentence_share(text) == 0.5

@@ -11,6 +11,7 @@ import pytest
 import magnet
 from magnet import _C
 from magnet.eval.probe import first_subtokens, token_vectors, train_probe, word_vectors
+from magnet.formats.llama2c import _SPACE
 
 
 @pytest.fixture()
@@ -98,6 +99,18 @@ def test_first_subtokens_sentencepiece_and_bytelevel() -> None:
     assert first_subtokens(words, tokens, offsets) == [0, 1, 3]
     # truncated: the last word has no token
     assert first_subtokens(words, tokens[:3], offsets[:3]) == [0, 1, -1]
+
+
+def test_first_subtokens_skip_the_llama2c_space_marker(stories_dir: Path) -> None:
+    # the llama2.c tokenizer stands U+FDD0 in for a space and puts a bare one before the
+    # sentence's first word (SentencePiece's prepended space); the word's first sub-token is "E"
+    tok = magnet.Model.from_pretrained(stories_dir / "stories260K.bin").tokenizer
+    words = ["EU", "rejects", "German", "call"]
+    enc = tok.backend.encode(" ".join(words), add_special_tokens=False)
+    assert enc.tokens[:3] == [_SPACE, "E", "U"]  # the layout this test is about
+    idx = first_subtokens(words, enc.tokens, enc.offsets)
+    assert idx[0] == 1
+    assert not any(enc.tokens[i] == _SPACE for i in idx)
 
 
 def test_word_vectors_follow_the_mntp_shift(stories_dir: Path, one_thread: None) -> None:

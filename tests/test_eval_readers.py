@@ -61,6 +61,31 @@ def test_wikitext() -> None:
     assert len(paras) == 8 and not any(p.startswith("=") for p in paras)
 
 
+def test_wikitext_formula_lines_are_not_titles(tmp_path: Path) -> None:
+    # wiki.test.tokens lines 2148-2152 ("Constant k filter"): formulas of the title's shape
+    # between body lines; a title has blank lines around it
+    f = tmp_path / "wiki.tokens"
+    f.write_text(" \n = Filter = \n \n Intro text . \n \n = = Section = = \n \n"
+                 " The plots correspond to a prototype section . \n"
+                 " = 1 <unk> / s and a nominal <unk> k = \n"
+                 " 1 <unk> . This is produced by a half section . \n"
+                 " = 1 <unk> and <unk> C = \n"
+                 " 1 <unk> . This prototype can be scaled . \n \n = Next = \n \n Body . \n",
+                 encoding="utf-8")
+    arts = readers.read_wikitext(f)
+    assert [a.split("\n")[0] for a in arts] == ["= Filter =", "= Next ="]
+    assert "= 1 <unk> and <unk> C =" in arts[0].split("\n")
+
+
+def test_wikitext2_article_counts(shared_data: Path) -> None:
+    # WikiText-2's test and validation splits hold 60 articles each
+    for name in ("wiki.test.tokens", "wiki.valid.tokens"):
+        f = shared_data / "wikitext2" / name
+        if not f.is_file():
+            pytest.skip(f"{f} not found")
+        assert len(readers.read_wikitext(f)) == 60, name
+
+
 def test_missing_files_name_the_path(tmp_path: Path) -> None:
     for fn in (readers.read_sts_benchmark, readers.read_sick, readers.read_conll2003,
                readers.read_conll2000, readers.read_conllu, readers.read_wikitext):
@@ -144,7 +169,8 @@ def test_lines_end_at_newline_only(tmp_path: Path) -> None:
     assert [s.words for s in sents] == [["New\xa0York", "city\u2028"], ["Hi"]]
 
     f = tmp_path / "wiki.tokens"
-    f.write_text(" = A = \n a\x0cb \n = B = \n c \n", encoding="utf-8")
+    # titles between blank lines, as WikiText has them
+    f.write_text(" = A = \n \n a\x0cb \n \n = B = \n \n c \n", encoding="utf-8")
     assert readers.read_wikitext(f) == ["= A =\na\x0cb", "= B =\nc"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,55 @@ def test_tagging_without_training_words(model: magnet.Model,
     with pytest.raises(ValueError, match=r"ud-upos: no training words: all \d+ words of the "
                                          r"\d+ train sentences were cut by the length limit"):
         tasks.evaluate_tagging(model, "ud-upos", train_path=f, test_path=f, progress=False)
+
+
+def test_tasks_without_a_tokenizer(stories_dir: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # a llama2.c checkpoint with no tokenizer file beside it loads with tokenizer None
+    ckpt = tmp_path / "stories260K.bin"
+    shutil.copyfile(stories_dir / "stories260K.bin", ckpt)
+    bare = magnet.Model.from_pretrained(ckpt)
+    assert bare.tokenizer is None
+    wiki = FIX / "wiki.tokens"
+    with pytest.raises(ValueError, match="infill needs a tokenizer"):
+        tasks.evaluate_infill(bare, wiki, num_spans=2, progress=False)
+    with pytest.raises(ValueError, match="retention needs a tokenizer"):
+        tasks.evaluate_retention(bare, wiki, max_tokens=100, progress=False)
+    with pytest.raises(ValueError, match="repetition needs a tokenizer"):
+        tasks.evaluate_repetition(bare, wiki, num_prompts=2, progress=False)
+    for task in ("infill", "retention", "repetition"):
+        rc = eval_main([task, "--model", str(ckpt), "--data", str(wiki), "--no-progress",
+                        "--threads", "1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(f"error: {task} needs a tokenizer"), err
+
+
+def test_sts_of_one_pair_is_none(stories_dir: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    class Varied:  # distinct vectors: only the pair count leaves the correlation undefined
+        def encode(self, texts: list[str], batch_size: int = 32, **kw: Any) -> np.ndarray:
+            return np.array([[1.0, len(t)] for t in texts], np.float32)
+
+    res = tasks.evaluate_sts(Varied(), FIX / "sick", max_pairs=1, progress=False)
+    assert res["files"]["SICK-TEST"]["pairs"] == 1
+    assert res["spearman"] is None and res["pearson"] is None
+    out = tmp_path / "r.json"
+    rc = eval_main(["sts", "--model", str(stories_dir / "stories260K.bin"), "--data",
+                    str(FIX / "sick"), "--max-pairs", "1", "--out", str(out), "--no-progress",
+                    "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["spearman"] is None and res["pearson"] is None
+
+
+def test_infill_smallest_window(model: magnet.Model) -> None:
+    # BOS, 3 tokens of context, a span of 4, 3 tokens of context: 11 tokens
+    kw: dict[str, Any] = dict(num_spans=2, span_min=4, span_max=4, min_context=3,
+                              progress=False)
+    res = tasks.evaluate_infill(model, FIX / "wiki.tokens", window=11, **kw)
+    assert res["spans"] == 2 and res["span_tokens"] == 8
+    _, starts, lengths = tasks.infill_spans(10, 11, 2, 4, 4, 3, seed=0)
+    assert starts.tolist() == [4, 4] and (11 - starts - lengths).tolist() == [3, 3]
+    with pytest.raises(ValueError, match=r"window >= span_max \+ 2 \* min_context \+ 1 .*"
+                                         r"window=10"):
+        tasks.evaluate_infill(model, FIX / "wiki.tokens", window=10, **kw)

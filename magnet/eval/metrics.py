@@ -2,7 +2,8 @@
 
 - :func:`spearman`: Pearson correlation of the ranks, ties given their average rank (as
   ``scipy.stats.spearmanr``); :func:`pearson`: the sample correlation coefficient. Both follow
-  scipy on odd input: NaN for a NaN in either sequence or a constant one.
+  scipy on odd input: NaN for a NaN in either sequence or a constant one; for fewer than 2 pairs
+  spearman is NaN (as ``spearmanr``) and pearson raises (as ``pearsonr``).
 - :func:`entity_scores`: chunk-level precision, recall and F1 with seqeval's default
   (CoNLL ``conlleval``) conventions: a chunk is (type, start, end); an ``I-X`` after ``O`` or after
   another type starts a chunk; a predicted chunk counts only when type, start and end all match.
@@ -33,8 +34,9 @@ def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
     order = np.argsort(a, kind="mergesort")
     sorted_a = a[order]
     ranks = np.empty(len(a), dtype=np.float64)
-    # groups of equal values: [start, end) in sorted order share rank (start + 1 + end) / 2
-    edges = np.flatnonzero(np.diff(sorted_a) != 0) + 1
+    # groups of equal values: [start, end) in sorted order share rank (start + 1 + end) / 2.
+    # Compared, not subtracted: np.diff of two equal infinities is NaN, which would split them
+    edges = np.flatnonzero(sorted_a[1:] != sorted_a[:-1]) + 1
     starts = np.concatenate([[0], edges])
     ends = np.concatenate([edges, [len(a)]])
     for s, e in zip(starts, ends, strict=True):
@@ -75,8 +77,12 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman's rho: Pearson's r of the average ranks (ties handled as scipy does; NaN when
-    either sequence holds a NaN, scipy's default ``nan_policy="propagate"``)."""
-    return pearson(rankdata(x), rankdata(y))
+    either sequence holds a NaN, scipy's default ``nan_policy="propagate"``, and for fewer than
+    2 pairs, as ``scipy.stats.spearmanr``)."""
+    rx, ry = rankdata(x), rankdata(y)
+    if len(rx) < 2 and len(rx) == len(ry):  # unequal lengths still raise, in pearson
+        return float("nan")
+    return pearson(rx, ry)
 
 
 def accuracy(gold: Sequence[object], pred: Sequence[object]) -> float:
@@ -184,13 +190,17 @@ def perplexity(nll_sum: float, count: int) -> float:
     return math.exp(nll_sum / count)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+|\n+")
+# the closing quote or bracket a sentence end may carry: straight quotes, the curly closing
+# quotes U+201D and U+2019 of typeset text, the guillemet U+00BB that closes French quotes, ")"
+# and "]"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'\u201d\u2019\u00bb)\]])\s+|\n+")
 
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of ``text``: cut after ``.``, ``!`` or ``?`` (possibly followed by one closing
-    quote or bracket) followed by whitespace, and at newlines; each stripped, whitespace runs
-    collapsed to one space, empty pieces dropped."""
+    quote or bracket: ``"``, ``'``, ``”``, ``’``, ``»``, ``)`` or ``]``) followed by whitespace,
+    and at newlines; each stripped, whitespace runs collapsed to one space, empty pieces
+    dropped."""
     parts = _SENTENCE_END.split(text)
     return [" ".join(p.split()) for p in parts if p and p.strip()]
 

@@ -19,7 +19,9 @@ A UTF-8 byte-order mark at the start of a file is dropped.
   empty nodes (``8.1``) are skipped, so the words are the syntactic words. A word's UPOS must be
   one of the 17 Universal POS tags: ``_`` (unspecified) is valid CoNLL-U, but UD treebanks may
   not leave a word's UPOS unspecified and a probe cannot score it; an empty field is invalid.
-- WikiText ``wiki.*.tokens``: articles split at level-1 headings ``= Title =``.
+- WikiText ``wiki.*.tokens``: articles split at their titles, lines `` = Title = `` (one ``=``
+  on each side) between blank lines; a body line of that shape (a formula such as
+  `` = 1 <unk> and <unk> C = ``) sits beside other text and does not start an article.
 """
 
 from __future__ import annotations
@@ -258,7 +260,9 @@ def read_conllu(path: str | os.PathLike) -> list[TaggedSentence]:
     return sentences
 
 
-_HEADING = re.compile(r"^ = [^=].* = $")
+# a title line: one "=" on each side (" = = Section = = " is level 2); the title itself neither
+# starts nor ends with "="
+_HEADING = re.compile(r"^ = [^=](?:.*[^=])? = $")
 _WIKI_JOINS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
 
 
@@ -269,12 +273,24 @@ def detokenize_wikitext(text: str) -> str:
     return text
 
 
+def _is_title(lines: list[str], i: int) -> bool:
+    """Whether ``lines[i]`` is a WikiText article title: `` = Title = `` with a blank line (or
+    the file's edge) before and after it. The blank lines matter: formulas in the body, such as
+    wiki.test.tokens's `` = 1 <unk> / s and a nominal <unk> k = `` (line 2149), have the title's
+    shape but sit between text lines."""
+    return (_HEADING.match(lines[i]) is not None
+            and (i == 0 or not lines[i - 1].strip())
+            and (i + 1 == len(lines) or not lines[i + 1].strip()))
+
+
 def read_wikitext(path: str | os.PathLike, detokenize: bool = True) -> list[str]:
-    """The articles of a WikiText ``wiki.*.tokens`` file: each starts at a level-1 heading line
-    ``= Title =``; lines are stripped and joined with newlines, blank lines dropped."""
+    """The articles of a WikiText ``wiki.*.tokens`` file: each starts at a title line
+    `` = Title = `` between blank lines (:func:`_is_title`); lines are stripped and joined with
+    newlines, blank lines dropped."""
     articles: list[list[str]] = []
-    for line in _lines(path):
-        if _HEADING.match(line):
+    lines = _lines(path)
+    for i, line in enumerate(lines):
+        if _is_title(lines, i):
             articles.append([])
         text = line.strip()
         if not text:

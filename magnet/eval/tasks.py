@@ -40,6 +40,7 @@ from magnet.eval.readers import (
 
 if TYPE_CHECKING:
     from magnet.model import Model
+    from magnet.tokenizer import Tokenizer
 
 CONTEXT, SPAN = 0, 1
 IGNORE = -100
@@ -107,12 +108,15 @@ def score_sts(encoder: Any, pairs: STSPairs, batch_size: int = 32, pooling: str 
     a = vecs[[where[t] for t in pairs.s1]]
     b = vecs[[where[t] for t in pairs.s2]]
     sims = cosine_rows(a, b)
-    return {"spearman": _percent(metrics.spearman(sims, pairs.scores)),
-            "pearson": _percent(metrics.pearson(sims, pairs.scores)), "pairs": len(pairs)}
+    # one pair (--max-pairs 1, a one-line file) has no correlation: spearman is NaN there (as
+    # scipy's spearmanr), pearson raises (as pearsonr), so ask it only of two pairs or more
+    r = metrics.pearson(sims, pairs.scores) if len(pairs) >= 2 else float("nan")
+    return {"spearman": _percent(metrics.spearman(sims, pairs.scores)), "pearson": _percent(r),
+            "pairs": len(pairs)}
 
 
 def _percent(r: float) -> float | None:
-    """100 r, or None where r is undefined (NaN: constant or NaN similarities)."""
+    """100 r, or None where r is undefined (NaN: constant or NaN similarities, one pair)."""
     return None if np.isnan(r) else 100 * r
 
 
@@ -155,8 +159,8 @@ def evaluate_sts(encoder: Any, path: str | os.PathLike, fmt: str | None = None,
                  seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """STS: per file Spearman/Pearson x100; ``spearman``/``pearson`` = the mean over files
     (SentEval's "all" for STS12-16; the single file's score otherwise). ``max_pairs``: a seeded
-    random subset of each file. A correlation that is undefined (constant or NaN similarities)
-    is None, and so is a mean over files that includes one."""
+    random subset of each file. A correlation that is undefined (constant or NaN similarities,
+    a file of one pair) is None, and so is a mean over files that includes one."""
     check_seed(seed)
     _check_count("batch_size", batch_size, allow_none=False)
     _check_count("max_pairs", max_pairs)
@@ -319,11 +323,25 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
 # perplexities
 
 
-def _token_stream(model: Model, path: str | os.PathLike) -> np.ndarray:
+def _tokenizer(model: Any, task: str) -> Tokenizer:
+    """``model.tokenizer``; a ValueError naming ``task`` when the model has none (a llama2.c
+    checkpoint loaded without its tokenizer file), as ``embed`` raises for sts and the probes,
+    instead of an AttributeError on None."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError(f"{task} needs a tokenizer: the model has none (give its file as "
+                         f"Model.from_pretrained(..., tokenizer=PATH) or --tokenizer)")
+    return tok
+
+
+def _token_stream(model: Model, path: str | os.PathLike, task: str = "the token stream"
+                  ) -> np.ndarray:
     """All WikiText articles (detokenized), joined with a blank line (``"\\n\\n"``) between
-    two articles and tokenized as one text without BOS."""
+    two articles and tokenized as one text without BOS (``task`` names the caller in the error
+    of a model without a tokenizer)."""
+    tok = _tokenizer(model, task)
     articles = read_wikitext(path)
-    ids = model.tokenizer.encode("\n\n".join(articles), add_bos=False, add_eos=False)
+    ids = tok.encode("\n\n".join(articles), add_bos=False, add_eos=False)
     return np.asarray(ids, dtype=np.int32)
 
 
@@ -370,14 +388,19 @@ def evaluate_infill(model: Model, path: str | os.PathLike, num_spans: int = 200,
     for the span's predictions equals truncating the window at the span's end. Span token i is
     predicted from the state at i-1 in both. Perplexity = exp(mean NLL over all span tokens).
     """
-    if not (1 <= span_min <= span_max) or window < span_max + 2 * min_context + 2:
-        raise ValueError("need 1 <= span_min <= span_max and window >= span_max + "
-                         "2 * min_context + 2")
+    # a window holds BOS, min_context tokens, the span and min_context tokens (infill_spans
+    # draws the start from [1 + min_context, window - L - min_context]), so one longest span
+    # fits in span_max + 2 * min_context + 1 tokens
+    if not (1 <= span_min <= span_max) or window < span_max + 2 * min_context + 1:
+        raise ValueError(f"need 1 <= span_min <= span_max and window >= span_max + "
+                         f"2 * min_context + 1 (BOS, context, span, context), got "
+                         f"span_min={span_min}, span_max={span_max}, min_context={min_context}, "
+                         f"window={window}")
     _check_count("num_spans", num_spans, allow_none=False)
     _check_count("batch_size", batch_size, allow_none=False)
     check_seed(seed)
     t0 = time.perf_counter()
-    stream = _token_stream(model, path)
+    stream = _token_stream(model, path, "infill")
     body = window - 1
     n_windows = len(stream) // body
     if n_windows == 0:
@@ -429,7 +452,7 @@ def evaluate_retention(model: Model, path: str | os.PathLike, window: int = 256,
     _check_count("max_tokens", max_tokens)
     _check_count("batch_size", batch_size, allow_none=False)
     t0 = time.perf_counter()
-    stream = _token_stream(model, path)
+    stream = _token_stream(model, path, "retention")
     if max_tokens is not None:
         stream = stream[:max_tokens]
     if len(stream) == 0:
@@ -479,8 +502,9 @@ def repetition_prompts(model: Model, path: str | os.PathLike, num_prompts: int =
     """``num_prompts`` WikiText paragraphs (seeded choice among those with at least
     ``2 * prompt_tokens`` tokens), each cut after its first ``prompt_tokens`` tokens (at the
     token's character offset, so the prompt is the paragraph's own text)."""
+    tok = _tokenizer(model, "repetition")
     paras = wikitext_paragraphs(path)
-    encs = model.tokenizer.backend.encode_batch(paras, add_special_tokens=False)
+    encs = tok.backend.encode_batch(paras, add_special_tokens=False)
     ok = [i for i, e in enumerate(encs) if len(e.ids) >= 2 * prompt_tokens]
     if not ok:
         raise ValueError(f"{path}: no paragraph of {2 * prompt_tokens} tokens")
