@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magnet import _C
+from magnet.generation import check_text
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -79,9 +80,10 @@ def _check_texts(texts: Any, allow_empty: bool = False) -> tuple[list[str], bool
         raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
     if not items and not allow_empty:
         raise ValueError("texts is an empty list")
-    for t in items:
+    for i, t in enumerate(items):
         if not isinstance(t, str):
             raise TypeError(f"texts must be str, got {type(t).__name__}")
+        check_text(t, f"text {i}")
     return list(items), single
 
 

@@ -234,14 +234,23 @@ class _Row:
         self.text = ""
         self.marks: list[tuple[int, str]] = []  # (offset in text, raw text) per special token
         self.stopped = False
+        # length of `text` before the trailing run of byte-fallback tokens (None: no such run).
+        # Decoding turns a run into text as one group: bytes that are valid UTF-8 alone become
+        # U+FFFD with the rest of the run when it turns out invalid, so that text is not final
+        self.run_start: int | None = None
 
     def add(self, token: int, eos_ids: tuple[int, ...]) -> None:
         if token in eos_ids:
             return
         self.ids.append(token)
         if token in self.specials:  # decoding skips it: the text is unchanged
+            # (the bytes on either side of it still decode as one run)
             self.marks.append((len(self.text), self.specials[token]))
         else:
+            if token not in self.tokenizer.byte_ids:
+                self.run_start = None
+            elif self.run_start is None:
+                self.run_start = len(self.text)
             self.text = continuation_text(self.tokenizer, self.prompt, self.ids)
         if not self.stops:
             return
@@ -279,9 +288,10 @@ class _Row:
 
     def safe_length(self) -> int:
         """Length of the text that no later token can change: incomplete UTF-8 (shown as
-        U+FFFD) and a tail that could begin a stop string are held back."""
+        U+FFFD), the text of a trailing run of byte-fallback tokens (decoded as one group) and a
+        tail that could begin a stop string are held back."""
         text = self.text
-        n = len(text)
+        n = len(text) if self.run_start is None else min(len(text), self.run_start)
         while n > 0 and text[n - 1] == "\ufffd":
             n -= 1
         raw = self._raw(n)

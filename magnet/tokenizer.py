@@ -36,6 +36,7 @@ class Tokenizer:
         self.add_eos_default = add_eos_default
         self.chat_template = chat_template  # the Jinja template the checkpoint ships, if any
         self._continuing: tokenizers.Tokenizer | None = None
+        self._byte_ids: frozenset[int] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -92,6 +93,17 @@ class Tokenizer:
                 backend = self.backend
             self._continuing = backend
         return self._continuing
+
+    @property
+    def byte_ids(self) -> frozenset[int]:
+        """Ids of the byte-fallback pieces ``<0x00>`` .. ``<0xFF>`` (none in a byte-level BPE).
+        Decoding turns a run of them into text as one group, so the text of a run's first bytes
+        may change when later bytes of the run arrive."""
+        if self._byte_ids is None:
+            self._byte_ids = frozenset(
+                i for name, i in self.backend.get_vocab(with_added_tokens=False).items()
+                if len(name) == 6 and name.startswith("<0x") and name.endswith(">"))
+        return self._byte_ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``."""

@@ -313,6 +313,11 @@ def test_bad_input(stories):
         stories.embed("a", pooling="max")
     with pytest.raises(ValueError, match="batch_size"):
         stories.embed("a", batch_size=0)
+    # a lone surrogate cannot be UTF-8: named, as generate and infill name it (it was the
+    # tokenizers library's TypeError about TextEncodeInput)
+    for call in (stories.embed, stories.encode):
+        with pytest.raises(ValueError, match=r"text 1 contains a lone surrogate '\\ud800'"):
+            call(["ok", "a\ud800b"])
 
 
 def test_threads_equal_serial(stories):

@@ -27,8 +27,7 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     if (params->top_k < 0) return mg_fail(err, MG_ERR_VALUE, "top_k must be >= 0");
     if (!(params->repetition_penalty > 0.0))
         return mg_fail(err, MG_ERR_VALUE, "repetition_penalty must be > 0");
-    if (n_eos < 0 || n_eos > MG_GENERATOR_MAX_EOS)
-        return mg_fail(err, MG_ERR_VALUE, "%d EOS ids (at most %d)", n_eos, MG_GENERATOR_MAX_EOS);
+    if (n_eos < 0) return mg_fail(err, MG_ERR_VALUE, "%d EOS ids", n_eos);
     for (int i = 0; i < n_eos; i++)
         if (eos_ids[i] < 0 || eos_ids[i] >= c->vocab_size)
             return mg_fail(err, MG_ERR_VALUE, "eos id %d is out of range", eos_ids[i]);
@@ -39,9 +38,6 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     g->D = c->dim;
     g->params = *params;
     g->seed = seed;
-    g->n_eos = n_eos;
-    for (int i = 0; i < n_eos; i++)
-        g->eos_ids[i] = eos_ids[i];
     const mg_backend *be = m->be;
     if (mg_kv_cache_init(&g->cache, be, c, B, first, c->n_layers, err) != MG_OK) return err->code;
     const size_t BV = (size_t)B * g->V;
@@ -59,6 +55,7 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     if (err->code == MG_OK)
         g->step_hidden = be->alloc(be, (size_t)B * g->D * sizeof(float), "step states", err);
     g->seen = mg_alloc(BV, 1, "seen tokens", err);
+    g->is_eos = mg_alloc((size_t)g->V, 1, "EOS marks", err);
     g->finished = mg_alloc((size_t)B, 1, "finished rows", err);
     g->pending = mg_alloc((size_t)B, sizeof(int32_t), "pending tokens", err);
     g->next_pos = mg_alloc((size_t)B, sizeof(int32_t), "positions", err);
@@ -74,6 +71,8 @@ int mg_generator_init(mg_generator *g, const mg_model *m, int B, int capacity, i
     }
     for (int b = 0; b < B; b++)
         g->pending[b] = -1;
+    for (int i = 0; i < n_eos; i++)
+        g->is_eos[eos_ids[i]] = 1;
     return MG_OK;
 }
 
@@ -91,6 +90,7 @@ void mg_generator_release(mg_generator *g) {
         be->free(be, g->step_hidden);
     }
     mg_free(g->seen);
+    mg_free(g->is_eos);
     mg_free(g->finished);
     mg_free(g->pending);
     mg_free(g->next_pos);
@@ -321,8 +321,7 @@ int mg_generator_decode_step(mg_generator *g, int32_t *tokens, float *logprobs, 
     sample_rows(g, g->step_role, tokens, logprobs);
     for (int b = 0; b < g->B; b++) {
         g->pending[b] = tokens[b];
-        for (int i = 0; i < g->n_eos && tokens[b] >= 0; i++)
-            if (tokens[b] == g->eos_ids[i]) g->finished[b] = 1;
+        if (tokens[b] >= 0 && g->is_eos[tokens[b]]) g->finished[b] = 1;
     }
     return MG_OK;
 }

@@ -10,9 +10,6 @@
 #include "../ops/sampling.h"
 #include "model.h"
 
-/* Token ids that end a row (Llama 3 lists three). */
-#define MG_GENERATOR_MAX_EOS 16
-
 typedef struct {
     const mg_model *model;
     mg_kv_cache cache; /* allocated for cache.capacity tokens per row, grown on demand */
@@ -20,8 +17,8 @@ typedef struct {
     int B, V, D;
     sampling_params params;
     uint64_t seed;
-    int eos_ids[MG_GENERATOR_MAX_EOS]; /* a row that samples one of them is finished */
-    int n_eos;
+    uint8_t *is_eos;     /* [V] a row that samples a token marked here is finished (any number:
+                          * Llama 3 lists three, a generation config may list many more) */
     uint64_t draws;      /* samples drawn so far: the step coordinate of the RNG */
     int has_logits;      /* logits hold a prediction for every row */
     float *logits;       /* [B, V] next-token logits of each row (host) */

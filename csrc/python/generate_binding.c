@@ -75,14 +75,22 @@ static int claim(MgpyGenerator *self) {
     return 0;
 }
 
-/* eos_id: None, an int (-1: none) or a sequence of ints, the ids that end a row. */
-static int eos_ids_from(PyObject *obj, int *ids, int *n) {
+/* eos_id: None, an int (-1: none) or a sequence of ints, the ids that end a row: into *ids
+ * (PyMem_Malloc'ed, NULL when there are none; the caller frees it) and *n. */
+static int eos_ids_from(PyObject *obj, int **ids, int *n) {
     *n = 0;
+    *ids = NULL;
     if (obj == NULL || obj == Py_None) return 0;
     if (PyLong_Check(obj)) {
         long v = PyLong_AsLong(obj);
         if (v == -1 && PyErr_Occurred()) return -1;
-        if (v != -1) ids[(*n)++] = v > INT_MAX ? INT_MAX : (v < INT_MIN ? INT_MIN : (int)v);
+        if (v == -1) return 0;
+        *ids = PyMem_Malloc(sizeof(int));
+        if (*ids == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        (*ids)[(*n)++] = v > INT_MAX ? INT_MAX : (v < INT_MIN ? INT_MIN : (int)v);
         return 0;
     }
     if (PyUnicode_Check(obj) || PyBytes_Check(obj)) {
@@ -92,9 +100,14 @@ static int eos_ids_from(PyObject *obj, int *ids, int *n) {
     PyObject *seq = PySequence_Fast(obj, "eos_id must be an int or a sequence of ints");
     if (seq == NULL) return -1;
     const Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
-    if (len > MG_GENERATOR_MAX_EOS) {
+    if (len == 0) {
         Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "at most %d EOS ids, got %zd", MG_GENERATOR_MAX_EOS, len);
+        return 0;
+    }
+    *ids = PyMem_Malloc((size_t)len * sizeof(int));
+    if (*ids == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t i = 0; i < len; i++) {
@@ -102,13 +115,16 @@ static int eos_ids_from(PyObject *obj, int *ids, int *n) {
         long v = PyLong_Check(item) ? PyLong_AsLong(item) : -1;
         if (!PyLong_Check(item) || (v == -1 && PyErr_Occurred()) || v < 0 || v > INT_MAX) {
             Py_DECREF(seq);
+            PyMem_Free(*ids);
+            *ids = NULL;
+            *n = 0;
             if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {
                 PyErr_Clear();
                 PyErr_SetString(PyExc_ValueError, "eos ids must be non-negative token ids");
             }
             return -1;
         }
-        ids[(*n)++] = (int)v;
+        (*ids)[(*n)++] = (int)v;
     }
     Py_DECREF(seq);
     return 0;
@@ -127,14 +143,14 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
                                      &capacity, &keep_hidden, &do_sample, &temperature, &top_k,
                                      &top_p, &min_p, &rep, &seed, &eos_obj))
         return -1;
-    int eos_ids[MG_GENERATOR_MAX_EOS], n_eos = 0;
-    if (eos_ids_from(eos_obj, eos_ids, &n_eos) != 0) return -1;
     mg_model *m = model_of(model_obj);
     if (m == NULL) return -1;
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "Generator already initialised");
         return -1;
     }
+    int *eos_ids = NULL, n_eos = 0;
+    if (eos_ids_from(eos_obj, &eos_ids, &n_eos) != 0) return -1;
     const sampling_params p = {do_sample, temperature, top_k, top_p, min_p, rep};
     mg_error err;
     mg_error_clear(&err);
@@ -142,7 +158,8 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
     MGPY_BEGIN_C_WORK
     rc = mg_generator_init(&self->gen, m, B, capacity, keep_hidden, &p, (uint64_t)seed, eos_ids,
                            n_eos, &err);
-    MGPY_END_C_WORK if (rc != MG_OK) {
+    MGPY_END_C_WORK PyMem_Free(eos_ids);
+    if (rc != MG_OK) {
         mgpy_raise(&err);
         return -1;
     }
