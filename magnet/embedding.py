@@ -157,7 +157,7 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
                                  "an instruction or drop empty texts)")
             seqs.append(seq)
             if level == "token":
-                pieces.append((list(e.tokens[:n]), [tuple(o) for o in e.offsets[:n]]))
+                pieces.append((tok.token_strings(e.tokens[:n]), [tuple(o) for o in e.offsets[:n]]))
         del encs
     if level == "sentence":
         # pooling range [start, end): text tokens + EOS; "last" uses end - 1; an empty text

@@ -37,6 +37,7 @@ class Tokenizer:
         self.chat_template = chat_template  # the Jinja template the checkpoint ships, if any
         self._continuing: tokenizers.Tokenizer | None = None
         self._byte_ids: frozenset[int] | None = None
+        self._stand_in: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -105,6 +106,17 @@ class Tokenizer:
                 if len(name) == 6 and name.startswith("<0x") and name.endswith(">"))
         return self._byte_ids
 
+    def token_strings(self, pieces: Sequence[str]) -> list[str]:
+        """Vocabulary pieces as users know them: SentencePiece's ``▁`` for the word boundary.
+
+        A llama2.c vocabulary is held with another character for a space (a typed ``▁`` is an
+        ordinary character there), which this shows as ``▁``."""
+        if self._stand_in is None:
+            self._stand_in = _space_stand_in(json.loads(self.backend.to_str()).get("normalizer"))
+        if not self._stand_in:
+            return list(pieces)
+        return [p.replace(self._stand_in, "\u2581") for p in pieces]
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``."""
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -114,6 +126,19 @@ class Tokenizer:
             f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
             f"eos_id={self.eos_id})"
         )
+
+
+def _space_stand_in(node: dict[str, Any] | None) -> str:
+    """The character a ``Replace(" ", X)`` normalizer puts for a space when it is not ``▁``
+    (the llama2.c loader's), else ""."""
+    if not node:
+        return ""
+    if node.get("type") == "Sequence":
+        return next((x for x in map(_space_stand_in, node.get("normalizers", [])) if x), "")
+    if node.get("type") == "Replace" and node.get("pattern", {}).get("String") == " ":
+        content = node.get("content", "")
+        return content if len(content) == 1 and content not in ("\u2581", " ") else ""
+    return ""
 
 
 def _without_prepend(node: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:

@@ -66,6 +66,9 @@ def test_token_embeddings_match_reference(stories):
             assert 0 <= a <= b <= len(t)
             if piece.startswith("\u2581") and b > a:
                 assert t[a:b].strip() == piece.lstrip("\u2581")
+    # pieces show SentencePiece's "▁" (the llama2.c tokenizer holds a space as U+FDD0 inside)
+    assert any(p.startswith("\u2581") for r in out for p in r.tokens)
+    assert not any("\ufdd0" in p for r in out for p in r.tokens)
     enc = stories.encode(TEXTS[:2], output_value="token_embeddings")
     np.testing.assert_allclose(enc[1], out[1].vectors, atol=1e-6)
 

@@ -5,9 +5,9 @@ text runs all-CONTEXT (bidirectional) through the model, as ``Model.embed(level=
 it out: ``[BOS] + text tokens``, no instruction, no EOS. Token t's vector is the final hidden
 state (after the final norm) at position t-1, the MNTP convention, so the first text token's
 vector is BOS's state. A word's vector is the vector of its **first sub-token**: the first token
-whose character span overlaps the word and is not a bare word-boundary marker (``▁``, ``Ġ``,
-U+FDD0 - the llama2.c tokenizer's stand-in for a space - or whitespace, which some SentencePiece
-vocabularies emit as a token of its own); a word covered only by such markers falls back to the
+whose character span overlaps the word and is not a bare word-boundary marker (``▁``, ``Ġ`` or
+whitespace, which some SentencePiece vocabularies emit as a token of its own; ``embed`` shows the
+llama2.c tokenizer's space as ``▁`` too); a word covered only by such markers falls back to the
 first overlapping token. Words past ``max_length`` tokens are dropped and counted.
 
 The probe (:func:`train_probe`) is softmax regression trained in the C core
@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magnet import _C
-from magnet.formats.llama2c import _SPACE as _LLAMA2C_SPACE
 
 if TYPE_CHECKING:
     from magnet.model import Model
 
-# word-boundary markers a tokenizer may emit as a bare token: SentencePiece's "▁", GPT-2 byte
-# level's "Ġ" (space) and "Ċ" (newline), and the noncharacter our llama2.c tokenizer stands in for
-# a space (imported, so the two cannot drift apart)
-_MARKERS = ("\u2581", "\u0120", "\u010a", _LLAMA2C_SPACE)
+# word-boundary markers a tokenizer may emit as a bare token: SentencePiece's "▁" (as embed
+# shows every tokenizer's, the llama2.c one's included), GPT-2 byte level's "Ġ" (space) and "Ċ"
+# (newline)
+_MARKERS = ("\u2581", "\u0120", "\u010a")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 SEED_LIMIT = 1 << 64  # seeds are 0 <= seed < 2**64 in every task (the C core reads a uint64)
 
