@@ -223,3 +223,30 @@ def test_bf16_staging_takes_memory_back_from_the_block_cache(tmp_path):
     r = subprocess.run([sys.executable, "-c", _STAGING_AFTER_A_SESSION], capture_output=True,
                        text=True, timeout=600, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+_TWO_MODELS_SHARE_THE_DEVICE = r"""
+import resource
+import magnet
+from magnet import _C
+a = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
+b = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
+vm = next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), resource.RLIM_INFINITY))
+g = _C.Generator(a._c, 24, 4096, eos_id=-1)  # a 126 MB cache, then in a's block cache
+del g
+g = _C.Generator(b._c, 24, 4096, eos_id=-1)  # needs what a's cache holds
+print("ok")
+"""
+
+
+def test_a_model_takes_memory_back_from_another_models_block_cache():
+    """Each GPU model's block cache gave back only its own blocks: with the device's memory
+    held by another model's freed blocks, an allocation failed with MemoryError. Emulator only
+    (device memory bounded by RLIMIT_AS)."""
+    probe = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
+    if "emulated" not in probe._c.device()[1]:
+        pytest.skip("needs the CUDA emulator (device memory bounded by RLIMIT_AS)")
+    r = subprocess.run([sys.executable, "-c", _TWO_MODELS_SHARE_THE_DEVICE], capture_output=True,
+                       text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

@@ -50,16 +50,31 @@ typedef struct {
 
 struct mg_cuda_pool_s {
     pthread_mutex_t lock;
+    int device;
     mg_cuda_block cached[MG_POOL_SLOTS];
     int n_cached;
     mg_cuda_block *live; /* every block handed out, with its size */
     int n_live, cap_live;
+    mg_cuda_pool_s *next; /* in g_pools */
 };
+
+/* Every backend's cache (one per GPU model), so that an allocation that finds its device full
+ * can take back the blocks the other models in this process keep cached there: with each cache
+ * giving back only its own, two models could run out where one would not. The lock order is
+ * g_pools_lock, then a pool's lock; an allocation drops its own pool's lock before taking
+ * g_pools_lock. */
+static pthread_mutex_t g_pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static mg_cuda_pool_s *g_pools = NULL;
 
 int mg_cuda_pool_create(mg_cuda_ctx *ctx) {
     ctx->pool = static_cast<mg_cuda_pool_s *>(calloc(1, sizeof(mg_cuda_pool_s)));
     if (ctx->pool == NULL) return -1;
     pthread_mutex_init(&ctx->pool->lock, NULL);
+    ctx->pool->device = ctx->device;
+    pthread_mutex_lock(&g_pools_lock);
+    ctx->pool->next = g_pools;
+    g_pools = ctx->pool;
+    pthread_mutex_unlock(&g_pools_lock);
     return 0;
 }
 
@@ -70,14 +85,26 @@ static void pool_release_cached(mg_cuda_pool_s *pool) {
 }
 
 void mg_cuda_pool_release_cached(mg_cuda_ctx *ctx) {
-    pthread_mutex_lock(&ctx->pool->lock);
-    pool_release_cached(ctx->pool);
-    pthread_mutex_unlock(&ctx->pool->lock);
+    pthread_mutex_lock(&g_pools_lock);
+    for (mg_cuda_pool_s *pool = g_pools; pool != NULL; pool = pool->next) {
+        if (pool->device != ctx->device) continue;
+        pthread_mutex_lock(&pool->lock);
+        pool_release_cached(pool);
+        pthread_mutex_unlock(&pool->lock);
+    }
+    pthread_mutex_unlock(&g_pools_lock);
 }
 
 void mg_cuda_pool_free(mg_cuda_ctx *ctx) {
     mg_cuda_pool_s *pool = ctx->pool;
     if (pool == NULL) return;
+    pthread_mutex_lock(&g_pools_lock);
+    for (mg_cuda_pool_s **at = &g_pools; *at != NULL; at = &(*at)->next)
+        if (*at == pool) {
+            *at = pool->next;
+            break;
+        }
+    pthread_mutex_unlock(&g_pools_lock);
     pool_release_cached(pool);
     for (int i = 0; i < pool->n_live; i++)
         (void)cudaFree(pool->live[i].p);
@@ -125,9 +152,13 @@ void *cuda_alloc(const mg_backend *be, size_t bytes, const char *what, mg_error 
     cudaError_t status = cudaSuccess;
     if (p == NULL) {
         status = cudaMalloc(&p, request);
-        if (status == cudaErrorMemoryAllocation && pool->n_cached > 0) {
+        if (status == cudaErrorMemoryAllocation) {
+            /* give every cache on this device back and try once more (this pool's lock is
+             * dropped meanwhile: see g_pools) */
             (void)cudaGetLastError();
-            pool_release_cached(pool); /* give the cache back and try once more */
+            pthread_mutex_unlock(&pool->lock);
+            mg_cuda_pool_release_cached(mg_cuda_ctx_of(be));
+            pthread_mutex_lock(&pool->lock);
             status = cudaMalloc(&p, request);
         }
         if (status != cudaSuccess) p = NULL;

@@ -26,8 +26,9 @@ void mg_cuda_fail(const mg_backend *be, mg_code code, const char *fmt, ...)
  * still cached or handed out) when it is. */
 int mg_cuda_pool_create(mg_cuda_ctx *ctx);
 void mg_cuda_pool_free(mg_cuda_ctx *ctx);
-/* Gives the cache's free blocks back to the device (before retrying an allocation that failed
- * outside the pool). */
+/* Gives the free blocks of every cache on ctx's device back to the device (the caches of other
+ * models in this process included), before retrying an allocation that failed. Takes the pools'
+ * locks: the caller holds none. */
 void mg_cuda_pool_release_cached(mg_cuda_ctx *ctx);
 
 #ifdef __cplusplus
