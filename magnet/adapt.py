@@ -7,12 +7,15 @@ the C core (``magnet._C.Trainer``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import numbers
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +24,7 @@ import numpy as np
 
 from magnet import _C
 from magnet.data import ChunkStream, TextSource, pad_rows, read_texts
+from magnet.save import check_target_dir, remove_stale_temps, temp_prefix
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -122,6 +126,46 @@ def _fingerprint(model: Model) -> dict[str, Any]:
             "num_parameters": model.num_parameters}
 
 
+# Elements hashed per tensor: enough that a merged adapter (dense B A) or other weights show,
+# few enough that a large model costs no more than reading its weights once.
+_DIGEST_SAMPLE = 4096
+
+
+def _base_weights_digest(model: Model) -> dict[str, str]:
+    """A short hash per base weight tensor (its size and a fixed, evenly spaced sample of its
+    values), the adapters excluded: what a LoRA checkpoint was trained on. The C core reads one
+    tensor at a time, so this never holds a second copy of the model."""
+    out = {}
+    for name, (numel, sample) in sorted(model._c.weight_samples(_DIGEST_SAMPLE).items()):
+        h = hashlib.blake2b(digest_size=8)
+        h.update(repr(numel).encode())
+        h.update(np.ascontiguousarray(sample, dtype="<f4").tobytes())
+        out[name] = h.hexdigest()
+    return out
+
+
+def _check_base_weights(saved: dict[str, str], now: dict[str, str], where: Path) -> None:
+    """Refuse to resume LoRA adapters on base weights other than those they were trained on."""
+    differ = sorted(n for n in saved.keys() | now.keys() if saved.get(n) != now.get(n))
+    if differ:
+        shown = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
+        raise ValueError(
+            f"{where}: the checkpoint's LoRA adapters were trained on other base weights than "
+            f"this model's: {len(differ)} of {len(saved)} tensors differ ({shown}). Load the "
+            "model that run started from; if that run began by merging adapters attached then "
+            "(a second adapt() with other LoRA settings merges them), merge the same adapters "
+            "(model.merge_lora()) before resuming"
+        )
+
+
+def _check_number(name: str, value: Any) -> None:
+    """``value`` must be a finite real number >= 0; errors name ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1) -> int:
     """Each (step, micro-batch) its own seed: steps 64 apart (more with more micro-batches)."""
     return (seed * 1_000_003 + step * max(64, grad_accum) + micro) % (1 << 63)
@@ -130,11 +174,13 @@ def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1) -> int:
 def _save_checkpoint(directory: Path, trainer: Any, model: Model, meta: dict[str, Any]) -> Path:
     """Write the trainer state and metadata to ``directory/checkpoint.npz`` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(directory, ".checkpoint-", ".npz")
     target = directory / "checkpoint.npz"
     state = trainer.state()
     arrays = {"params": state["params"], "m": state["m"], "v": state["v"],
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(".checkpoint-"), suffix=".npz",
+                               dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -156,7 +202,14 @@ def _load_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         with np.load(path) as z:
             meta = json.loads(bytes(z["meta"]).decode())
             state = {"params": z["params"], "m": z["m"], "v": z["v"], "step": meta["step"]}
-    except (ValueError, KeyError, OSError) as e:
+        for key in ("step", "position"):
+            if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 0:
+                raise ValueError(f"meta {key} is {meta[key]!r}")
+        sizes = {state[k].size for k in ("params", "m", "v")}
+        if len(sizes) != 1 or any(state[k].dtype != np.float32 for k in ("params", "m", "v")):
+            raise ValueError("params, m and v are not float32 arrays of one size")
+    # a truncated or damaged zip: BadZipFile (also a CRC error), EOFError (zero bytes)
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a readable magnet checkpoint ({e})") from None
     return state, meta
 
@@ -178,14 +231,24 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     """See :meth:`magnet.Model.adapt`."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    # every setting is checked, and all that can fail is built (data, eval stream, trainer
+    # settings, the checkpoint to resume), before the model's adapters are touched: a call that
+    # fails leaves the model as it was
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
-                        ("checkpoint_every", checkpoint_every), ("grad_accum", grad_accum)):
+                        ("checkpoint_every", checkpoint_every), ("grad_accum", grad_accum),
+                        ("sscl_max_tokens", sscl_max_tokens), ("eval_batches", eval_batches),
+                        ("seed", seed)):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if batch_size < 1 or grad_accum < 1 or checkpoint_every < 1:
-        raise ValueError("batch_size, grad_accum and checkpoint_every must be >= 1")
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not 0 <= steps < 2**31:  # the C trainer counts steps in an int
+        raise ValueError(f"steps must be in 0..{2**31 - 1}, got {steps}")
+    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum),
+                        ("checkpoint_every", checkpoint_every),
+                        ("sscl_max_tokens", sscl_max_tokens), ("eval_batches", eval_batches)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0 <= seed < 2**64:  # the adapters' initialisation takes it as an unsigned 64-bit int
+        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
     if seq_len < 4:
         raise ValueError(f"seq_len must be at least 4, got {seq_len}")
     limit = model.config.max_positions
@@ -193,10 +256,12 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         limit = min(limit, model.config.sliding_window)
     if seq_len > limit:
         raise ValueError(f"seq_len={seq_len} exceeds the model's context of {limit} tokens")
-    if not (lr >= 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a non-negative number, got {lr}")
-    # every setting is checked before the model's adapters are touched: a call that fails leaves
-    # the model as it was
+    for name, value in (("full_finetune", full_finetune), ("resume", resume)):
+        if not isinstance(value, (bool, np.bool_)):  # "no" would count as True
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    full_finetune, resume = bool(full_finetune), bool(resume)
+    _check_number("lr", lr)
+    _check_number("clip_norm", clip_norm)  # 0 turns clipping off
     if not full_finetune:
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or not (
                 1 <= lora_rank <= 4096):
@@ -214,8 +279,14 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             and math.isfinite(weight_decay)):
         raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
     if warmup_steps is not None and (isinstance(warmup_steps, bool)
-                                     or not isinstance(warmup_steps, int) or warmup_steps < 0):
+                                     or not isinstance(warmup_steps, int)
+                                     or not 0 <= warmup_steps < 2**31):
         raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    if instruction is not None and not isinstance(instruction, str):
+        raise TypeError(f"instruction must be a str, got {type(instruction).__name__} "
+                        f"{instruction!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if model.tokenizer is None:
         raise ValueError("adapt needs a model with a tokenizer")
     if model.tokenizer.eos_id is None:
@@ -230,20 +301,45 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         if not (isinstance(st.fraction, (int, float)) and st.fraction > 0
                 and math.isfinite(st.fraction)):
             raise ValueError(f"stages[{i}].fraction must be a positive number, got {st.fraction}")
-        if len(st.weights) != 3 or not all(
+        if not isinstance(st.weights, (tuple, list)) or len(st.weights) != 3 or not all(
                 isinstance(w, (int, float)) and w >= 0 and math.isfinite(w) for w in st.weights):
             raise ValueError(f"stages[{i}].weights must be three non-negative numbers "
                              f"(mntp, sscl, msg), got {st.weights}")
         if st.pooling not in ("last", "mean"):
             raise ValueError(f"stages[{i}].pooling must be 'last' or 'mean', got {st.pooling!r}")
     if weights is not None:
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"weights must be a dict such as {{'sscl': 0.5}}, got "
+                            f"{type(weights).__name__} {weights!r}")
         unknown = set(weights) - {"mntp", "sscl", "msg"}
         if unknown:
             raise ValueError(f"unknown loss weights {sorted(unknown)}; use mntp, sscl, msg")
+        for key, w in weights.items():
+            _check_number(f"weights[{key!r}]", w)
         stage_list = [Stage(s.fraction, (weights.get("mntp", s.weights[0]),
                                          weights.get("sscl", s.weights[1]),
                                          weights.get("msg", s.weights[2])), s.pooling)
                       for s in stage_list]
+    # after the overrides (each checked above as weights[...]): the weights that will train
+    for i, st in enumerate(stage_list):
+        where = f"stages[{i}]" if stages is not None else f"stage {i} of preset {preset!r}"
+        if not any(w > 0 for w in st.weights):
+            raise ValueError(f"{where} trains nothing: its loss weights (mntp, sscl, msg) are "
+                             f"{tuple(st.weights)}" + (f" with weights={weights}" if weights
+                                                       else ""))
+        if st.weights[1] > 0 and batch_size < 2:
+            # SSCL contrasts each row with the other rows of its micro-batch, which holds
+            # batch_size rows (pairs too: one pair per row); one row has nothing to contrast
+            raise ValueError(f"batch_size={batch_size} is too small for SSCL ({where} weights it "
+                             f"{st.weights[1]}): it needs at least 2 rows per micro-batch; use "
+                             "batch_size >= 2 or weights={'sscl': 0}")
+    targets = lora_mask(lora_targets)
+    checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    if checkpoint_path is not None:
+        # a file there, or no way to make it, would otherwise show at the first checkpoint
+        check_target_dir(checkpoint_path, "checkpoint_dir", replaced=False)
     texts = read_texts(data)
     if isinstance(texts, (list, tuple)) and not texts:
         raise ValueError("the training data is empty")
@@ -255,56 +351,6 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
 
     tok = model.tokenizer
     stream = ChunkStream(texts, tok, seq_len, seed)
-    checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = meta = None
-    if resume:
-        if checkpoint_path is None:
-            raise ValueError("resume=True needs checkpoint_dir")
-        state, meta = _load_checkpoint(checkpoint_path)
-        if meta.get("model") != _fingerprint(model):
-            raise ValueError(f"{checkpoint_path}: the checkpoint was made for another model")
-
-    targets = lora_mask(lora_targets)
-    attached = model._c.lora_info()
-    if resume and meta is not None:
-        was_full = bool(meta.get("full_finetune", not meta.get("lora")))
-        if was_full != bool(full_finetune):
-            kind = "a full fine-tune" if was_full else "a LoRA run"
-            raise ValueError(f"{checkpoint_path}: the checkpoint is {kind}; resume it with "
-                             f"full_finetune={was_full}")
-        if not full_finetune:  # the checkpoint holds the adapters: they replace attached ones
-            lora = meta["lora"]
-            model._c.attach_lora(lora[0], float(lora[1]), lora[2], seed)
-        elif attached:  # the checkpoint holds every weight; adapters would sit on top of them
-            model._c.detach_lora()
-    elif attached and not full_finetune and (
-            attached[0] == lora_rank and math.isclose(attached[1], lora_alpha, rel_tol=1e-6)
-            and attached[2] == targets):
-        pass  # adapters of the same shape are attached: training continues from them
-    elif attached:
-        # never throw away a previous adaptation: fold it into the weights, then train anew
-        model._c.merge_lora()
-        if not full_finetune:
-            model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
-    elif not full_finetune:
-        model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
-    config = dict(
-        mask_token_id=mask_token_id(model), use_spans=spec["use_spans"],
-        all_span_frac=spec["all_span_frac"], temperature=temperature,
-        lora_dropout=lora_dropout, resid_dropout=resid_dropout,
-        full_finetune=int(full_finetune), lr=lr, weight_decay=weight_decay,
-        clip_norm=clip_norm, total_steps=steps,
-        warmup_steps=warmup_steps if warmup_steps is not None else min(100, steps // 10),
-    )
-    trainer = _C.Trainer(model._c, config)
-    start = 0
-    result = AdaptResult()
-    if state is not None and meta is not None:
-        trainer.load_state(state)
-        start = int(meta["step"])
-        stream.skip_to(int(meta["position"]))
-        result.history = list(meta.get("history", []))
-
     instr = tok.encode(instruction, add_bos=True, add_eos=False) if instruction else (
         [tok.bos_id] if tok.bos_id is not None else [])
     eos = tok.eos_id
@@ -345,6 +391,94 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     if eval_data is not None:
         es = ChunkStream(read_texts(eval_data), tok, seq_len, seed + 1, what="eval_data")
         eval_chunks = [es.take(batch_size) for _ in range(eval_batches)]
+    mask_id = mask_token_id(model)
+    if not 0 <= mask_id < model.config.vocab_size:
+        raise ValueError(f"the tokenizer's mask token id {mask_id} is outside the model's "
+                         f"vocabulary of {model.config.vocab_size}")
+    config = dict(
+        mask_token_id=mask_id, use_spans=spec["use_spans"],
+        all_span_frac=spec["all_span_frac"], temperature=temperature,
+        lora_dropout=lora_dropout, resid_dropout=resid_dropout,
+        full_finetune=int(full_finetune), lr=lr, weight_decay=weight_decay,
+        clip_norm=clip_norm, total_steps=steps,
+        warmup_steps=warmup_steps if warmup_steps is not None else min(100, steps // 10),
+    )
+
+    state = meta = None
+    base_digest = None
+    if resume:
+        assert checkpoint_path is not None
+        state, meta = _load_checkpoint(checkpoint_path)
+        if meta.get("model") != _fingerprint(model):
+            raise ValueError(f"{checkpoint_path}: the checkpoint was made for another model")
+        was_full = bool(meta.get("full_finetune", not meta.get("lora")))
+        if was_full != full_finetune:
+            kind = "a full fine-tune" if was_full else "a LoRA run"
+            raise ValueError(f"{checkpoint_path}: the checkpoint is {kind}; resume it with "
+                             f"full_finetune={was_full}")
+        # another preset or seed would continue a different run than the one checkpointed
+        differ = [f"{key}={meta[key]!r} (this call: {key}={now!r})"
+                  for key, now in (("preset", preset), ("seed", seed))
+                  if key in meta and meta[key] != now]
+        if differ:
+            raise ValueError(f"{checkpoint_path}: the checkpoint was made with "
+                             f"{', '.join(differ)}; resume with the same settings")
+        if steps < meta["step"]:
+            raise ValueError(f"steps={steps} is below the step of the checkpoint in "
+                             f"{checkpoint_path} ({meta['step']}); resume with steps >= "
+                             f"{meta['step']}")
+        if not full_finetune:
+            lora = meta.get("lora")
+            if not (isinstance(lora, list) and len(lora) == 3
+                    and all(isinstance(x, (int, float)) for x in lora)):
+                raise ValueError(f"{checkpoint_path}: not a readable magnet checkpoint "
+                                 f"(meta lora is {lora!r})")
+            if isinstance(meta.get("base_weights"), dict):
+                base_digest = _base_weights_digest(model)
+                _check_base_weights(meta["base_weights"], base_digest, checkpoint_path)
+        stream.skip_to(int(meta["position"]))  # a stream shorter than that fails here
+
+    attached = model._c.lora_info()
+    if resume and meta is not None:
+        # the checkpoint's adapters (or weights) replace attached adapters: put those back if
+        # it does not load (arrays of another size)
+        previous = model._c.lora_state_dict() if attached else None
+        try:
+            if not full_finetune:  # the checkpoint holds the adapters
+                lora = meta["lora"]
+                model._c.attach_lora(int(lora[0]), float(lora[1]), int(lora[2]), seed)
+            elif attached:  # the checkpoint holds every weight; adapters would sit on top
+                model._c.detach_lora()
+            trainer = _C.Trainer(model._c, config)
+            trainer.load_state(state)
+        except (ValueError, TypeError):
+            if attached and previous is not None:
+                model._c.attach_lora(attached[0], float(attached[1]), attached[2], seed)
+                model._c.load_lora_state_dict(previous)
+            elif model._c.lora_info():
+                model._c.detach_lora()
+            raise
+    else:
+        if attached and not full_finetune and (
+                attached[0] == lora_rank and math.isclose(attached[1], lora_alpha, rel_tol=1e-6)
+                and attached[2] == targets):
+            pass  # adapters of the same shape are attached: training continues from them
+        elif attached:
+            # never throw away a previous adaptation: fold it into the weights, then train anew
+            model._c.merge_lora()
+            if not full_finetune:
+                model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
+        elif not full_finetune:
+            model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
+        trainer = _C.Trainer(model._c, config)
+    if checkpoint_path is not None and not full_finetune and base_digest is None:
+        # the weights under the adapters, after any merge above: a resume must find the same
+        base_digest = _base_weights_digest(model)
+    start = 0
+    result = AdaptResult()
+    if meta is not None:
+        start = int(meta["step"])
+        result.history = list(meta.get("history", []))
 
     def evaluate(step: int) -> None:
         stage = _stage_at(stage_list, step, steps)
@@ -405,6 +539,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                             "preset": preset, "model": _fingerprint(model),
                             "lora": list(model._c.lora_info() or ()),
                             "full_finetune": bool(full_finetune), "history": result.history}
+                if base_digest is not None:
+                    meta_out["base_weights"] = base_digest
                 result.checkpoint = str(_save_checkpoint(checkpoint_path, trainer, model,
                                                          meta_out))
             if eval_chunks and (done % checkpoint_every == 0 or done == steps):

@@ -70,7 +70,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
+    from magnet.save import check_target_dir
+
     _check_writable(args.json, "--json")
+    # the places written after training, checked as save_pretrained and adapt will, but before
+    # the model is loaded and trained
+    check_target_dir(args.out, "--out")
+    if args.checkpoint_dir:
+        check_target_dir(args.checkpoint_dir, "--checkpoint-dir", replaced=False)
     m = _load(args.model, args.tokenizer)
     result = m.adapt(args.data, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                      seq_len=args.seq_len, lr=args.lr, lora_rank=args.lora_rank,

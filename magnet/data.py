@@ -46,8 +46,10 @@ def _read_txt(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
     blocks = [b for b in blocks if b]
+    # lines end at \n (read_text turned \r\n and \r into it) only, not at the other breaks of
+    # str.splitlines() (\x0c, U+2028, ...), which may occur inside a document
     if len(blocks) <= 1:
-        blocks = [line.strip() for line in text.splitlines() if line.strip()]
+        blocks = [line.strip() for line in _split_lines(text) if line.strip()]
     return blocks
 
 
@@ -80,6 +82,11 @@ def text_lines(data: bytes, name: str, error: type[ValueError] = ValueError) -> 
                     ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
+    return _split_lines(text)
+
+
+def _split_lines(text: str) -> list[str]:
+    """``text`` split at ``\\n`` (a ``\\r`` before it dropped); no line after a final newline."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

@@ -361,7 +361,11 @@ class Model:
         training (see :meth:`merge_lora`, :meth:`save_pretrained`). ``weights`` overrides the
         loss weights, e.g. ``{"sscl": 0.5}``. ``pairs``: (text, positive) pairs for SSCL instead
         of dropout twins. ``checkpoint_dir`` / ``checkpoint_every`` / ``resume`` write and
-        continue atomic checkpoints; ``callback(record)`` is called after every step.
+        continue atomic checkpoints; a resume refuses (ValueError) another preset or seed,
+        ``steps`` below the checkpoint's, and, for LoRA, base weights other than those the
+        adapters were trained on (checked by a hash of a sample of each tensor).
+        ``callback(record)`` is called after every step. Every option is checked before the
+        model changes: a call that raises leaves it as it was. SSCL needs ``batch_size >= 2``.
         Further options (keyword only): lora_targets, lora_dropout (0.05), resid_dropout (0.1),
         warmup_steps (min(100, steps // 10)), weight_decay (0), clip_norm (1.0), grad_accum (1),
         sscl_max_tokens (64), instruction, temperature (0.05), stages, eval_batches (4).

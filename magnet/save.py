@@ -11,7 +11,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,6 +102,103 @@ def _carry_over(old: Path, new: Path) -> None:
             _link_or_copy(entry.path, dst)
 
 
+def check_target_dir(path: str | os.PathLike, what: str = "out_dir",
+                     replaced: bool = True) -> Path:
+    """The real path of the directory ``path``, checked before any work so that a long run does
+    not fail at its end: not a file, somewhere a directory can be made, and (``replaced``: the
+    directory is swapped as a whole, as save_pretrained does) not the working directory or one
+    above it. Errors name ``what`` (the parameter or option) and the path."""
+    given = os.fspath(path)
+    out = Path(os.path.realpath(given))  # a symlinked directory: write where it points
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{what} {given!r} exists and is not a directory")
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if replaced and (out == cwd or out in cwd.parents):
+        raise ValueError(
+            f"cannot save into {what} {given!r}: it is (or holds) the current working directory, "
+            "and save_pretrained replaces the directory as a whole so that a crash never leaves "
+            "half a model; save into a subdirectory"
+        )
+    # what gets written: a temporary beside the directory (replaced) or inside it; the nearest
+    # existing directory on the way is where the first new entry is made
+    where = out.parent if replaced or not out.is_dir() else out
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir():
+        raise NotADirectoryError(f"{what} {given!r}: {where} is not a directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {given!r}: directory {where} is not writable")
+    return out
+
+
+# Temporaries are named after this host and process, so that the next save can tell one left
+# by a killed process (SIGKILL runs no cleanup) from one that a live process is writing.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
+
+
+def _process_start() -> float:
+    """When this process started, as a time.time() (Linux: /proc's start, in clock ticks since
+    boot); where unknown, -inf, so that nothing counts as stale."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - since
+    except (OSError, ValueError, IndexError, AttributeError):
+        return float("-inf")
+
+
+_STARTED = _process_start()
+
+
+def temp_prefix(prefix: str) -> str:
+    """``prefix`` tagged with this host and process id, for mkstemp / mkdtemp."""
+    return f"{prefix}{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's (EPERM), or no such pid: keep its files
+        return True
+    return True
+
+
+def _newest_mtime(path: str) -> float:
+    newest = os.lstat(path).st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def remove_stale_temps(directory: str | os.PathLike, prefix: str, suffix: str = "") -> None:
+    """Delete what killed processes left in ``directory`` under ``temp_prefix(prefix)``: only
+    names of that pattern made on this host, whose process is gone, and unchanged since this
+    process started (a process in another PID namespace that shares the directory may still be
+    writing its own). Older names without the host and process are never touched."""
+    pattern = re.compile(re.escape(prefix + _HOST) + r"-(\d+)-[A-Za-z0-9_]+" + re.escape(suffix))
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or int(m[1]) == os.getpid() or _alive(int(m[1])):
+            continue
+        try:
+            if _newest_mtime(entry.path) >= _STARTED:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:  # gone already, or not ours to remove: leave it
+            continue
+
+
 def _default_dir_mode() -> int:
     """0o777 less the process umask (mkdtemp makes 0o700 directories)."""
     try:
@@ -141,18 +240,10 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     The model in memory is not changed.
     """
     given = Path(out_dir)
-    out = Path(os.path.realpath(given))  # a symlinked directory: write where it points
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{given} exists and is not a directory")
-    cwd = Path(os.path.realpath(os.getcwd()))
-    if out == cwd or out in cwd.parents:
-        raise ValueError(
-            f"cannot save into {given}: it is (or holds) the current working directory, and "
-            "save_pretrained replaces the directory as a whole so that a crash never leaves "
-            "half a model; save into a subdirectory"
-        )
+    out = check_target_dir(out_dir, "out_dir")
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(parent, f".{out.name}.tmp-")
     lora = model._c.lora_info()
     tensors = model.state_dict()
     adapter = model._c.lora_state_dict() if lora else {}
@@ -161,7 +252,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
         for name in {n.rsplit(".", 1)[0] for n in adapter}:
             A, B = adapter[name + ".lora_A"], adapter[name + ".lora_B"]
             tensors[name + ".weight"] = tensors[name + ".weight"] + scale * (B @ A)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{out.name}.tmp-"), dir=parent))
     try:
         cfg = config_to_hf(model.config)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import magnet
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -144,6 +148,25 @@ def test_adapt_saves_a_loadable_model(tmp_path):
     m = magnet.Model.from_pretrained(out)
     ids = m.tokenizer.encode("a dog")
     assert m.logits(ids).shape == (len(ids), 512)
+
+
+@pytest.mark.parametrize(("out", "says"), [
+    ("a_file", "--out 'a_file' exists and is not a directory"),
+    (".", "cannot save into --out '.': it is (or holds) the current working directory"),
+    ("a_file/model", "a_file is not a directory"),
+], ids=["file", "cwd", "under_a_file"])
+def test_adapt_checks_out_before_loading_and_training(tmp_path, out, says):
+    """--out used to be checked by the save after training; a model that cannot be found shows
+    that the check now comes first."""
+    (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "data.txt").write_text("A dog ran to the park.\n\nThe cat sat on a mat.\n")
+    r = subprocess.run([sys.executable, "-m", "magnet", "adapt", "--model", "/no/such/model",
+                        "--data", "data.txt", "--out", out, "--quiet"], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert r.stderr.startswith("magnet: error: ") and f"--out '{out}'" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "data.txt"]
 
 
 def test_demo_runs():

@@ -286,6 +286,52 @@ static PyObject *Model_state_dict(MgpyModel *self, PyObject *unused) {
     return out;
 }
 
+/* Values j (numel - 1) / (k - 1), j < k = min(n, numel), of one slot: the slot is read into a
+ * host buffer of its own size, so the peak is one tensor, not the model. */
+static PyObject *slot_samples(const mg_backend *be, const mg_param_slot *slot, const float *block,
+                              long n, float *host) {
+    const size_t numel = slot->numel, k = numel < (size_t)n ? numel : (size_t)n;
+    npy_intp dims[1] = {(npy_intp)k};
+    PyObject *arr = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    if (arr == NULL) return NULL;
+    be->download(be, host, block + slot->offset, numel * sizeof(float));
+    float *out = PyArray_DATA((PyArrayObject *)arr);
+    for (size_t j = 0; j < k; j++)
+        out[j] = host[k > 1 ? (size_t)((unsigned long long)j * (numel - 1) / (k - 1)) : 0];
+    return arr;
+}
+
+/* weight_samples(n) -> {name: (numel, float32[min(n, numel)])}: evenly spaced values of every
+ * parameter, a cheap fingerprint of the weights (adapt's checkpoints record one) that copies
+ * one tensor at a time instead of the model. */
+static PyObject *Model_weight_samples(MgpyModel *self, PyObject *arg) {
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "weight_samples needs n >= 1");
+        return NULL;
+    }
+    const mg_params *p = &self->model->params;
+    size_t largest = 1;
+    for (int s = 0; s < p->n_slots; s++)
+        if (p->slots[s].numel > largest) largest = p->slots[s].numel;
+    mg_error err;
+    mg_error_clear(&err);
+    float *host = mg_alloc_uninit(largest, sizeof(float), "weight samples", &err);
+    if (host == NULL) return mgpy_raise(&err);
+    PyObject *out = PyDict_New();
+    MGPY_LOCKED_READ(
+        self->model, for (int s = 0; s < p->n_slots && out != NULL; s++) {
+            PyObject *arr = slot_samples(self->model->be, &p->slots[s], p->block, n, host);
+            PyObject *item = arr ? Py_BuildValue("(nN)", (Py_ssize_t)p->slots[s].numel, arr) : NULL;
+            if (item == NULL || PyDict_SetItemString(out, p->slots[s].name, item) != 0)
+                Py_CLEAR(out);
+            Py_XDECREF(item);
+        });
+    mg_free(host);
+    return out;
+}
+
 static PyObject *Model_load_state_dict(MgpyModel *self, PyObject *dict) {
     mg_params *p = &self->model->params;
     MGPY_LOCKED_WRITE(self->model, int rc = mgpy_dict_to_slots(self->model->be, dict, p->slots,
@@ -424,6 +470,8 @@ static PyMethodDef Model_methods[] = {
     {"load_lora_state_dict", (PyCFunction)Model_load_lora_state_dict, METH_O,
      "Overwrite the adapters from a dict like lora_state_dict()."},
     {"num_parameters", (PyCFunction)Model_num_parameters, METH_NOARGS, "Parameter count."},
+    {"weight_samples", (PyCFunction)Model_weight_samples, METH_O,
+     "weight_samples(n) -> {name: (numel, evenly spaced float32 values)}."},
     {NULL, NULL, 0, NULL},
 };
 
