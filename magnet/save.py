@@ -254,7 +254,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
             tensors[name + ".weight"] = tensors[name + ".weight"] + scale * (B @ A)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{out.name}.tmp-"), dir=parent))
     try:
-        cfg = config_to_hf(model.config)
+        cfg = config_to_hf(model.config, tensors)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         (tmp / "generation_config.json").write_text(
             json.dumps(generation_config_to_hf(model.config), indent=2))

@@ -165,3 +165,53 @@ def test_saved_configs_keep_rope_layers_and_windows(tmp_path, model_type, kw):
     assert back.config.sliding_window == m.config.sliding_window
     T = 4 if m.config.sliding_window else 24
     assert _diff(tmp_path / "saved", T=T) < TOL
+
+
+@pytest.mark.parametrize("model_type, extra", [
+    ("llama", {"self_attn.q_proj.bias": 32, "self_attn.k_proj.bias": 16}),
+    ("llama", {"mlp.down_proj.bias": 32}),
+    ("mistral", {"self_attn.o_proj.bias": 32}),
+    ("qwen2", {"self_attn.o_proj.bias": 32, "mlp.up_proj.bias": 48}),
+])
+def test_biases_the_config_does_not_have_are_not_used(tmp_path, model_type, extra):
+    """transformers builds these projections without a bias and ignores such tensors in the
+    file; magnet added them (0.018 to 0.63 off). They are now left out, with a warning."""
+    from safetensors.torch import load_file, save_file
+
+    d = _save(tmp_path, model_type, **TINY)
+    state = load_file(d / "model.safetensors")
+    gen = torch.Generator().manual_seed(3)
+    for name, size in extra.items():
+        state[f"model.layers.0.{name}"] = torch.randn(size, generator=gen)
+    save_file(state, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=f"{len(extra)} bias tensors .* not used"):
+        assert _diff(d) < TOL
+
+
+def test_declared_biases_survive_save_pretrained(tmp_path):
+    """A Llama with attention and MLP biases: used, and saved with the config flags that make
+    transformers (and magnet) build them again."""
+    d = _save(tmp_path / "src", "llama", attention_bias=True, mlp_bias=True, **TINY)
+    assert _diff(d) < TOL
+    out = magnet.Model.from_pretrained(d).save_pretrained(tmp_path / "saved")
+    cfg = json.loads((Path(out) / "config.json").read_text())
+    assert cfg["attention_bias"] and cfg["mlp_bias"]
+    assert _diff(Path(out)) < TOL
+
+
+@pytest.mark.parametrize("theta, head_dim", [(1e4, 64), (5e5, 128)])
+def test_rope_frequencies_are_float32_like_transformers(tmp_path, theta, head_dim):
+    """The inverse frequencies were a double power rounded once; transformers (and llama2.c)
+    take the power in float32. A third of the entries differed by an ulp, which sharp
+    attention at position 4096 turned into 2e-4 of logits."""
+    from safetensors.torch import load_file, save_file
+
+    kw = {**TINY, "hidden_size": 2 * head_dim, "num_attention_heads": 2,
+          "num_key_value_heads": 2, "max_position_embeddings": 8192, "rope_theta": theta}
+    d = _save(tmp_path, "llama", **kw)
+    state = load_file(d / "model.safetensors")
+    for k in state:  # sharp attention and logits make small angle errors visible
+        if "q_proj" in k or "k_proj" in k:
+            state[k] = state[k] * 8
+    save_file(state, d / "model.safetensors", metadata={"format": "pt"})
+    assert _diff(d, T=4096) < TOL

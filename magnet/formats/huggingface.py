@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -265,14 +266,37 @@ def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[s
                 arr = arr.T  # Conv1D [in, out] -> Linear [out, in]
             out[target] = np.ascontiguousarray(arr, dtype=np.float32)
         return _untie(config, out)
+    biased = _biased_projections(config)
+    unused = []
     for name, arr in state.items():
         if _LLAMA_IGNORED.fullmatch(name):
             continue
         target = _rename(name, _LLAMA_NAMES)
         if target is None:
             raise ValueError(f"unexpected tensor {name!r} for model_type {config.model_type!r}")
+        if target.endswith(".bias") and target.split(".")[2] not in biased:
+            unused.append(name)  # transformers builds that projection without a bias
+            continue
         out[target] = np.ascontiguousarray(arr, dtype=np.float32)
+    if unused:
+        shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
+        warnings.warn(f"{len(unused)} bias tensors of the checkpoint are not used: its config "
+                      f"({config.model_type!r}) gives those projections no bias, and "
+                      f"transformers ignores them too ({shown})", stacklevel=3)
     return _untie(config, out)
+
+
+def _biased_projections(config: ModelConfig) -> set[str]:
+    """The projections (magnet's names) that have a bias in transformers' model for this config:
+    Qwen2's q, k and v; none in Mistral; Llama and SmolLM3 by attention_bias (q, k, v, o) and
+    mlp_bias (gate, up, down)."""
+    if config.model_type == "qwen2":
+        return {"wq", "wk", "wv"}
+    if config.model_type == "mistral":
+        return set()
+    source = config.source or {}
+    return ({"wq", "wk", "wv", "wo"} if source.get("attention_bias") else set()) | (
+        {"w_gate", "w_up", "w_down"} if source.get("mlp_bias") else set())
 
 
 def _untie(config: ModelConfig, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -443,8 +467,9 @@ def generation_config_to_hf(config: ModelConfig) -> dict[str, Any]:
             "eos_token_id": ids[0] if len(ids) == 1 else (ids or None)}
 
 
-def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """A transformers `config.json` for ``config`` (what `config_from_hf` reads back)."""
+def config_to_hf(config: ModelConfig, tensor_names: Any = ()) -> dict[str, Any]:
+    """A transformers `config.json` for ``config`` (what `config_from_hf` reads back);
+    ``tensor_names`` (magnet's) tell a Llama-style model's biases."""
     common = {"vocab_size": config.vocab_size, "bos_token_id": config.bos_token_id,
               "eos_token_id": config.eos_token_id, "torch_dtype": "float32",
               "tie_word_embeddings": config.tie_word_embeddings}
@@ -483,9 +508,13 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         out["no_rope_layers"] = [1] * config.num_layers
     if "pad_token_id" in source:
         out["pad_token_id"] = source["pad_token_id"]
-    if model_type == "llama":
-        out["attention_bias"] = bool(config.source.get("attention_bias", False))
-        out["mlp_bias"] = bool(config.source.get("mlp_bias", False))
+    if model_type not in ("qwen2", "mistral"):  # Llama-style: the biases the model has
+        projections = {n.split(".")[2] for n in tensor_names
+                       if n.startswith("layers.") and n.endswith(".bias")}
+        out["attention_bias"] = bool(source.get("attention_bias")) or bool(
+            projections & {"wq", "wk", "wv", "wo"})
+        out["mlp_bias"] = bool(source.get("mlp_bias")) or bool(
+            projections & {"w_gate", "w_up", "w_down"})
     return out
 
 
