@@ -354,11 +354,18 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     instr = tok.encode(instruction, add_bos=True, add_eos=False) if instruction else (
         [tok.bos_id] if tok.bos_id is not None else [])
     eos = tok.eos_id
+    # an SSCL row is the instruction, the text and EOS: the text is cut to fit the model's
+    # positions too (GPT-2's table, a sliding window), not only to sscl_max_tokens
+    sscl_cap = max(0, min(sscl_max_tokens, limit - len(instr) - 1))
+    if sscl_cap < 1 and any(st.weights[1] > 0 for st in stage_list):
+        raise ValueError(f"the instruction takes {len(instr)} tokens (BOS included), which "
+                         f"leaves no room for a text and EOS in the model's {limit} positions "
+                         "for SSCL: shorten instruction or set weights={'sscl': 0}")
 
     def sscl_rows(bodies: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """BOS + instruction + text (at most sscl_max_tokens) + EOS; pooling starts at the text."""
-        rows = [np.concatenate([instr, b[:sscl_max_tokens], [eos]]).astype(np.int32)
-                for b in bodies]
+        """BOS + instruction + text (at most sscl_cap tokens) + EOS; pooling starts at the
+        text."""
+        rows = [np.concatenate([instr, b[:sscl_cap], [eos]]).astype(np.int32) for b in bodies]
         ids, lengths = pad_rows(rows)
         return ids, lengths, np.full(len(rows), len(instr), np.int32)
 
@@ -368,9 +375,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     if pairs is not None:
         enc_a = tok.encode_batch([a for a, _ in pairs], add_bos=False, add_eos=False)
         enc_b = tok.encode_batch([b for _, b in pairs], add_bos=False, add_eos=False)
-        pair_rows = [(np.asarray(a[:sscl_max_tokens], np.int32),
-                      np.asarray(b[:sscl_max_tokens], np.int32)) for a, b in zip(enc_a, enc_b,
-                                                                                strict=True)]
+        pair_rows = [(np.asarray(a[:sscl_cap], np.int32), np.asarray(b[:sscl_cap], np.int32))
+                     for a, b in zip(enc_a, enc_b, strict=True)]
 
     def micro(chunks: list[np.ndarray], stage: Stage, micro_seed: int, train: bool,
               grad_scale: float, pair_index: int) -> dict[str, float]:

@@ -147,6 +147,18 @@ def _check_stop(stop: Any) -> list[str]:
     return list(items)
 
 
+def position_limit(model: Model) -> int:
+    """Positions a sequence may use: GPT-2's learned table, a sliding window (which magnet does
+    not implement, so longer sequences are refused), else what a session can hold."""
+    cfg = model.config
+    limit = MAX_POSITIONS
+    if cfg.arch == "gpt2" and cfg.max_positions > 0:
+        limit = min(limit, cfg.max_positions)
+    if cfg.sliding_window:
+        limit = min(limit, cfg.sliding_window)
+    return limit
+
+
 def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  sampling: Sampling, seed: int, eos_id: int | Sequence[int]
                  ) -> Iterator[tuple[Any, np.ndarray]]:
@@ -154,8 +166,37 @@ def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens:
 
     The caller may ``generator.finish(row)`` between steps (stop strings). A row ends when it
     samples ``eos_id`` (or one of a sequence of them; the EOS token is yielded) or is finished;
-    the loop ends when every row has ended or after ``max_new_tokens`` steps.
+    the loop ends when every row has ended or after ``max_new_tokens`` steps, or when the
+    sequences reach the model's position limit (GPT-2's table, a sliding window), as
+    transformers' ``max_length``. Checked here, before the first step (a stream fails when it
+    is made, not halfway): a prompt longer than that limit, a session that cannot exist.
     """
+    T = max(len(p) for p in prompts)
+    limit = position_limit(model)
+    if T > limit:
+        raise ValueError(f"the prompt has {T} tokens, more than the model's {limit} positions "
+                         f"({_limit_reason(model, limit)})")
+    if T + max_new_tokens - 1 >= 2**31:  # the KV cache of such a session cannot exist
+        raise MemoryError(f"cannot hold a KV cache of {T + max_new_tokens - 1} positions "
+                          f"(max_new_tokens={max_new_tokens})")
+    # a sequence stops at `limit` tokens, prompt included (its last token at position limit - 1)
+    steps = min(max_new_tokens, limit - T)
+    return _decode_loop(model, prompts, steps, sampling, seed, eos_id)
+
+
+def _limit_reason(model: Model, limit: int) -> str:
+    cfg = model.config
+    if cfg.arch == "gpt2" and limit == cfg.max_positions:
+        return "GPT-2's learned position table"
+    if limit == cfg.sliding_window:
+        return "its sliding window, which magnet does not implement"
+    return "the most a session can hold"
+
+
+def _decode_loop(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sampling: Sampling, seed: int, eos_id: int | Sequence[int]
+                 ) -> Iterator[tuple[Any, np.ndarray]]:
+    """The steps of :func:`decode_steps`, after its checks."""
     B = len(prompts)
     T = max(len(p) for p in prompts)
     ids = np.zeros((B, T), np.int32)
@@ -168,9 +209,6 @@ def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens:
         pos[b, T - n:] = np.arange(n, dtype=np.int32)
     if max_new_tokens == 0:
         return
-    if T + max_new_tokens - 1 >= 2**31:  # the KV cache of such a session cannot exist
-        raise MemoryError(f"cannot hold a KV cache of {T + max_new_tokens - 1} positions "
-                          f"(max_new_tokens={max_new_tokens})")
     gen = _C.Generator(model._c, B, T + max_new_tokens - 1, seed=seed, eos_id=eos_id,
                        **sampling.c_kwargs())
     gen.append(ids, np.full((B, T), SPAN, np.uint8), seg, pos)

@@ -43,6 +43,7 @@ from magnet.generation import (
     check_text,
     continuation_text,
     eos_id_of,
+    position_limit,
     resolve_seed,
 )
 
@@ -181,6 +182,7 @@ def _parse(text: Any, blank: str) -> list[str | None]:
     if isinstance(text, str):
         if not isinstance(blank, str) or not blank:
             raise ValueError("blank must be a non-empty str")
+        check_text(text, "text")  # before the split: the index is the whole text's
         parts = text.split(blank)
         pieces: list[str | None] = []
         for i, part in enumerate(parts):
@@ -194,9 +196,9 @@ def _parse(text: Any, blank: str) -> list[str | None]:
                 raise TypeError(f"segments must be str or None (a blank), got {type(p).__name__}")
     else:
         raise TypeError(f"text must be a str or a list of str/None, got {type(text).__name__}")
-    for p in pieces:
-        if p is not None:
-            check_text(p, "text")
+    for i, p in enumerate(pieces):
+        if p is not None and not isinstance(text, str):
+            check_text(p, f"segment {i}")
     if not any(p is None for p in pieces):
         raise ValueError(f"the text has no blank to fill (mark one with {blank!r}, or None in a "
                          f"list of segments)")
@@ -231,18 +233,6 @@ def _candidates(length_candidates: Any) -> list[int]:
     if not items:
         raise ValueError("length_candidates is empty")
     return sorted({int(c) for c in items})
-
-
-def position_limit(model: Model) -> int:
-    """Positions a layout may use: GPT-2's learned table, a sliding window (which magnet does
-    not implement, so longer sequences are refused), else what a session can hold."""
-    cfg = model.config
-    limit = MAX_POSITIONS
-    if cfg.arch == "gpt2" and cfg.max_positions > 0:
-        limit = min(limit, cfg.max_positions)
-    if cfg.sliding_window:
-        limit = min(limit, cfg.sliding_window)
-    return limit
 
 
 def infill(model: Model, text: str | Sequence[str | None], blank: str = DEFAULT_BLANK,

@@ -257,11 +257,13 @@ class Model:
         ``prompt``: a str, or a list of str (a batch; left-padded so rows end together).
         Returns the new text only (str, or list[str] for a list), without the EOS token and cut
         before the first ``stop`` string (checked on the decoded text); a row ends at EOS, at a
-        stop string or after ``max_new_tokens`` tokens. Greedy unless ``do_sample``; sampling
-        applies ``repetition_penalty`` (Hugging Face semantics: prompt and generated tokens),
-        ``temperature``, ``top_k`` (0 = off), ``top_p`` in (0, 1], ``min_p`` in [0, 1], in that
-        order. The same ``seed`` gives the same output (None: a random seed). ``stream=True``
-        (one prompt only) returns an iterator of text pieces whose concatenation is the result.
+        stop string or after ``max_new_tokens`` tokens, and every row at the model's position
+        limit (GPT-2's ``n_positions``; a prompt longer than it is a ValueError). Greedy
+        unless ``do_sample``; sampling applies ``repetition_penalty`` (Hugging Face semantics:
+        prompt and generated tokens), ``temperature``, ``top_k`` (0 = off), ``top_p`` in
+        (0, 1], ``min_p`` in [0, 1], in that order. The same ``seed`` gives the same output
+        (None: a random seed). ``stream=True`` (one prompt only) returns an iterator of text
+        pieces whose concatenation is the result.
         See :mod:`magnet.generation`.
         """
         from magnet.generation import generate

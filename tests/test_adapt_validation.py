@@ -178,3 +178,26 @@ def test_checkpoint_dir_is_checked_before_training(stories, tmp_path, where):
         stories.adapt(TEXTS, steps=3, checkpoint_dir=target, checkpoint_every=1,
                       callback=lambda rec: steps.append(rec["step"]), **SMALL)
     assert steps == [] and stories._c.lora_info() is None
+
+
+def test_sscl_rows_fit_the_models_positions(tmp_path):
+    """An SSCL row (BOS + instruction + text + EOS) is longer than the chunk it comes from: with
+    seq_len at GPT-2's 32 positions the first step failed ("sequence of 42 tokens exceeds the
+    model's 32 positions"), after the adapters were attached. The text is now cut to fit."""
+    from tests.hf_models import make_checkpoint
+    from tests.tiny_text import word_tokenizer
+
+    make_checkpoint("gpt2", tmp_path)
+    m = magnet.Model.from_pretrained(tmp_path)
+    m.tokenizer = word_tokenizer(bos_id=1, eos_id=2)
+    limit = m.config.max_positions
+    text = " ".join(f"w{5 + i % 40}" for i in range(400))
+    r = m.adapt([text] * 8, steps=1, batch_size=2, seq_len=limit, progress=False,
+                instruction="w7 w8 w9 w10 w11 w12 w13 w14 w15 w16")
+    assert r.steps == 1 and np.isfinite(r.history[-1]["sscl"])
+    m._c.detach_lora()
+    long_instruction = " ".join(["w9"] * limit)
+    with pytest.raises(ValueError, match="instruction takes"):
+        m.adapt([text] * 8, steps=1, batch_size=2, seq_len=16, progress=False,
+                instruction=long_instruction)
+    assert m._c.lora_info() is None  # refused before any adapter was attached

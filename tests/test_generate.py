@@ -357,3 +357,22 @@ def test_any_number_of_eos_ids(stories):
     assert generate_ids(stories, [prompt], 16, eos_id=[*unused, stop])[0] == \
         free[:free.index(stop) + 1]
     assert generate_ids(stories, [prompt], 16, eos_id=unused)[0] == free
+
+
+def test_generation_stops_at_the_position_limit(tmp_path):
+    """GPT-2 has a learned position table: a generation that reached its end failed with "a
+    sequence of N tokens exceeds the model's positions" after all the decoding (a stream after
+    printing part of it). It now stops there, as transformers' max_length does; a prompt that
+    does not fit is refused before any work."""
+    make_checkpoint("gpt2", tmp_path)
+    m = magnet.Model.from_pretrained(tmp_path)
+    limit = m.config.max_positions
+    prompt = [1, 5, 9]
+    out = generate_ids(m, [prompt], 1000, eos_id=-1)[0]
+    assert len(prompt) + len(out) == limit
+    assert out == generate_ids(m, [prompt], limit - len(prompt), eos_id=-1)[0]
+    m.tokenizer = word_tokenizer(eos_id=m.config.eos_token_id)
+    text = m.generate("w5 w6 w7", max_new_tokens=1000)
+    assert "".join(m.generate("w5 w6 w7", max_new_tokens=1000, stream=True)) == text
+    with pytest.raises(ValueError, match=f"more than the model's {limit} positions"):
+        m.generate(" ".join(["w5"] * (limit + 1)), stream=True)  # at the call, not the first piece

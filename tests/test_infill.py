@@ -272,7 +272,10 @@ def test_bad_lengths_flags_and_text(stories):
         stories.infill("a [BLANK] b", do_sample="no")
     with pytest.raises(ValueError, match="surrogate"):
         stories.infill("a \ud800 [BLANK] b")
-    with pytest.raises(ValueError, match="surrogate"):
+    # the index is the whole text's (it was the index within the piece after the blank)
+    with pytest.raises(ValueError, match=r"text contains a lone surrogate '\\udc00' at index 12"):
+        stories.infill("a [BLANK] b \udc00")
+    with pytest.raises(ValueError, match="segment 2 contains a lone surrogate"):
         stories.infill(["a", None, "\udc00"])
     kw = dict(span_tokens=3, do_sample=True, seed=5)
     r = stories.infill("a [BLANK] b", temperature=np.float32(0.5), top_p=np.float64(0.9),
