@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "stories260K"
+SEED_LIMIT = 1 << 64  # seeds are 0 <= seed < 2**64 (the C core reads a uint64)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,6 +20,34 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _option(parse: Callable[[str], Any], ok: Callable[[Any], bool], rule: str
+            ) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, then require ``ok`` of the value (``rule`` says
+    what is required; argparse puts the option's name in front of the error)."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {parse.__name__} value: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value!r}")
+        return value
+    return convert
+
+
+_steps = _option(int, lambda v: v >= 1, "an integer >= 1")
+_seed = _option(int, lambda v: 0 <= v < SEED_LIMIT, "an integer in [0, 2**64)")
+
+
+def _path(text: str) -> str:
+    """An argparse type for output paths: not the empty string (which would skip the early
+    writability check, then fail after the work)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a file path, got an empty string ''")
+    return text
 
 
 def _load(path: str, tokenizer: str | None = None) -> Any:
@@ -41,12 +72,19 @@ def _check_writable(path: str | None, option: str) -> None:
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.text or [])
     if args.input:
-        p = Path(args.input)
-        if not p.is_file():
-            raise FileNotFoundError(f"input file not found: {args.input}")
         from magnet.data import text_lines
 
-        texts += text_lines(p.read_bytes(), args.input)  # one text (and one row) per line
+        if args.input == "-":
+            data, name = sys.stdin.buffer.read(), "<stdin>"
+        else:
+            # any readable non-directory: a file, a pipe (/dev/stdin, <(...)), a device
+            p = Path(args.input)
+            if not p.exists():
+                raise FileNotFoundError(f"--input {args.input}: file not found")
+            if p.is_dir():
+                raise IsADirectoryError(f"--input {args.input}: is a directory")
+            data, name = p.read_bytes(), args.input
+        texts += text_lines(data, name)  # one text (and one row) per line
     if not texts:
         raise ValueError("no text given (use --text or --input FILE with one text per line)")
     return texts
@@ -134,9 +172,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     m = _load(args.model, args.tokenizer)
     kw = dict(max_new_tokens=args.max_new_tokens, stop=args.stop, **_sampling(args))
     if args.stream:
+        # the stream checks its arguments (and sets up its KV cache) as it starts: take its
+        # first piece before writing anything, so that an error comes alone
+        stream = m.generate(args.prompt, stream=True, **kw)
+        first = next(stream, None)
         sys.stdout.write(args.prompt)
         pieces = []
-        for piece in m.generate(args.prompt, stream=True, **kw):
+        for piece in itertools.chain(() if first is None else (first,), stream):
             pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -155,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from magnet.eval.__main__ import main as eval_main
     except ImportError:
         raise ValueError("the evaluation suite (magnet.eval) is not installed") from None
-    sys.exit(eval_main(args.rest))
+    sys.exit(eval_main(args.rest, prog="magnet eval"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,16 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="adapt the embedded model briefly, then embed/infill/generate")
     d.add_argument("--model", default=DEFAULT_MODEL, help="any model (default stories260K)")
-    d.add_argument("--steps", type=int, default=60, help="adaptation steps (default 60)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--steps", type=_steps, default=60,
+                   help="adaptation steps, at least 1 (default 60)")
+    d.add_argument("--seed", type=_seed, default=0, help="0 <= seed < 2**64 (default 0)")
     d.add_argument("--threads", type=int, default=0, help="worker threads (default: all cores)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 
     a = sub.add_parser("adapt", help="MAGNET adaptation; saves a Hugging Face directory")
     common(a)
-    a.add_argument("--data", required=True, help=".txt (blank-line separated) or .jsonl file")
-    a.add_argument("--out", required=True, help="output model directory")
+    a.add_argument("--data", required=True,
+                   help=".txt (blank-line separated) or .jsonl file, or a pipe (read as .txt)")
+    a.add_argument("--out", type=_path, required=True, help="output model directory")
     a.add_argument("--preset", default="magnet", choices=["magnet", "llm2vec", "mntp"])
     a.add_argument("--steps", type=int, default=1000)
     a.add_argument("--batch-size", type=int, default=8)
@@ -194,15 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checkpoint-dir")
     a.add_argument("--checkpoint-every", type=int, default=200)
     a.add_argument("--resume", action="store_true")
-    a.add_argument("--json", help="write the run summary to this file (default: stdout)")
+    a.add_argument("--json", type=_path,
+                   help="write the run summary to this file (default: stdout)")
     a.set_defaults(func=cmd_adapt)
 
     e = sub.add_parser("embed", help="sentence (.npy) or token (.npz) embeddings")
     common(e)
     e.add_argument("--text", action="append", help="a text (repeatable)")
-    e.add_argument("--input", help="UTF-8 file with one text per line (one vector or array per "
-                   "line, blank lines included)")
-    e.add_argument("--out", required=True,
+    e.add_argument("--input", help="UTF-8 file (or pipe; - for stdin) with one text per line "
+                   "(one vector or array per line, blank lines included)")
+    e.add_argument("--out", type=_path, required=True,
                    help="output file, NumPy .npy (sentence) or .npz (token) format; written at "
                    "exactly this path")
     e.add_argument("--level", default="sentence", choices=["sentence", "token"])
@@ -221,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--repetition-penalty", type=float, default=1.0,
                         help="penalise tokens already in the prompt or output (1 = off)")
         sp.add_argument("--seed", type=int, default=None)
-        sp.add_argument("--json", help="also write the result as JSON to this file")
+        sp.add_argument("--json", type=_path,
+                        help="also write the result as JSON to this file")
 
     i = sub.add_parser("infill", help="fill [BLANK]s using both sides of the text")
     common(i)

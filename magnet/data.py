@@ -19,14 +19,21 @@ def read_texts(data: TextSource) -> Iterable[str]:
 
     - a list/tuple of str: the documents themselves;
     - a path to ``.txt``: one document per block of lines separated by a blank line (a file
-      without blank lines is one document per line);
+      without blank lines is one document per line); UTF-8 (a leading byte-order mark
+      dropped), undecodable bytes raise ValueError naming the file and line;
     - a path to ``.jsonl``: one JSON object per line with a ``"text"`` field;
+    - a path to a pipe or device (``/dev/stdin``, a shell's ``<(...)``): read once, as ``.txt``
+      unless its name ends in ``.jsonl``;
     - any other iterable of str (a generator, a dataset column): streamed as it comes.
     """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
-        if not path.is_file():
+        # any non-directory that exists: a regular file, a pipe, a character device
+        if not path.exists():
             raise FileNotFoundError(f"training data file not found: {os.fspath(data)!r}")
+        if path.is_dir():
+            raise IsADirectoryError(f"training data {os.fspath(data)!r} is a directory, "
+                                    "not a .txt or .jsonl file")
         if path.suffix == ".jsonl":
             return list(_read_jsonl(path))
         if path.suffix in (".txt", ".text", ".tokens", ".md", ""):
@@ -43,11 +50,12 @@ def read_texts(data: TextSource) -> Iterable[str]:
 
 
 def _read_txt(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
+    # strict UTF-8 and BOM-dropping as ``magnet embed --input``; lines end at \n, \r\n or \r
+    # (text_lines drops the \r before a \n), not at the other breaks of str.splitlines()
+    # (\x0c, U+2028, ...), which may occur inside a document
+    text = "\n".join(text_lines(path.read_bytes(), os.fspath(path))).replace("\r", "\n")
+    blocks = [b.strip() for b in text.split("\n\n")]
     blocks = [b for b in blocks if b]
-    # lines end at \n (read_text turned \r\n and \r into it) only, not at the other breaks of
-    # str.splitlines() (\x0c, U+2028, ...), which may occur inside a document
     if len(blocks) <= 1:
         blocks = [line.strip() for line in _split_lines(text) if line.strip()]
     return blocks

@@ -41,8 +41,17 @@ def run_demo(model_path: str = "stories260K", steps: int = 60, batch_size: int =
              progress: bool = True) -> dict[str, object]:
     """Adapt ``model_path`` briefly with the ``magnet`` preset and show what it can do.
 
-    Returns the adaptation history and the outputs shown, for tests and notebooks.
+    ``steps`` >= 1 (the loss table compares the first and last steps), ``0 <= seed < 2**64``;
+    both are checked before any work. Returns the adaptation history and the outputs shown,
+    for tests and notebooks.
     """
+    for name, value in (("steps", steps), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     t0 = time.perf_counter()
     model = magnet.Model.from_pretrained(model_path)
     out.write(f"Loaded {model!r}\n\n")

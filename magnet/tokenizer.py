@@ -12,10 +12,12 @@ import tokenizers
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus the model's special ids.
 
-    ``encode(text, add_bos=True) -> list[int]`` and ``decode(ids) -> str``. Formats build one
-    from their own description (``tokenizer.json``, GGUF metadata, a llama2.c vocabulary).
+    ``encode(text) -> list[int]`` and ``decode(ids) -> str``. Formats build one from their own
+    description (``tokenizer.json``, GGUF metadata, a llama2.c vocabulary).
     ``add_bos_default`` / ``add_eos_default``: whether the checkpoint's own tokenizer puts BOS
-    in front of a text and EOS after it (transformers' ``add_special_tokens=True``).
+    in front of a text and EOS after it (transformers' ``add_special_tokens=True``); they are
+    what ``encode(text, add_bos=None, add_eos=None)``, the default, does, and ``add_bos`` /
+    ``add_eos`` True or False override them.
     ``encode(text, prefix_space=False)`` tokenizes text that continues other text: without the
     space a SentencePiece-style tokenizer puts in front of a text ("▁").
     """

@@ -217,3 +217,120 @@ def test_eval_sts_writes_results(tmp_path, shared_data):
     res = json.loads(out.read_text())
     flat = json.dumps(res)
     assert "spearman" in flat.lower()
+
+
+def _one_line_error(r: subprocess.CompletedProcess, prefix: str = "magnet") -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(prefix), r.stderr
+    return r.stderr
+
+
+@pytest.mark.parametrize("bad", [["--top-p", "0"], ["--max-new-tokens", "3000000000"]],
+                         ids=["top_p", "kv_cache"])
+def test_generate_stream_error_writes_nothing_to_stdout(bad):
+    """The prompt used to be written before the stream checked its arguments (top_p) or set up
+    its KV cache (the MemoryError of a huge max_new_tokens)."""
+    r = run("generate", "--prompt", "hi there", "--stream", *bad, timeout=60)
+    err = _one_line_error(r, "magnet: error: ")
+    assert r.stdout == ""
+    assert ("top_p" in err and "0.0" in err) if bad[0] == "--top-p" else "3000000000" in err
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["embed", "--text", "x", "--out", ""], "--out"),
+    (["adapt", "--data", "d.txt", "--out", ""], "--out"),
+    (["adapt", "--data", "d.txt", "--out", "m", "--json", ""], "--json"),
+    (["generate", "--prompt", "hi", "--json", ""], "--json"),
+    (["infill", "--text", "a [BLANK] b", "--json", ""], "--json"),
+    (["eval", "sts", "--data", "d.txt", "--out", ""], "--out"),
+])
+def test_empty_output_paths_are_rejected_by_the_parser(args, option, tmp_path):
+    """An empty --out / --json skipped the early writability check: the work was done, then the
+    write failed (or, for --json and eval's --out, nothing was written and the status was 0)."""
+    r = subprocess.run([sys.executable, "-m", "magnet", *args, "--model", "/no/such/model"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    err = _one_line_error(r, f"magnet {args[0]}: error: ")
+    assert f"argument {option}: must be a file path, got an empty string ''" in err
+    assert r.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_embed_input_reads_pipes_and_stdin(tmp_path):
+    """--input took only regular files: /dev/stdin, a FIFO or a shell's <(...) were 'not found'."""
+    lines = ["A dog ran.", "The sun is hot today."]
+    data = "\n".join(lines) + "\n"
+    m = magnet.Model.from_pretrained("stories260K")
+    want = m.embed(lines)
+    for source in ("/dev/stdin", "-"):
+        out = tmp_path / "v.npy"
+        r = subprocess.run([sys.executable, "-m", "magnet", "embed", "--input", source, "--out",
+                            str(out), "--quiet"], input=data, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_allclose(np.load(out), want, atol=1e-5)
+        out.unlink()
+
+
+@pytest.mark.parametrize(("what", "says"), [("missing", "file not found"),
+                                            ("dir", "is a directory")])
+def test_embed_input_missing_or_directory(tmp_path, what, says):
+    path = tmp_path / "nope.txt" if what == "missing" else tmp_path
+    r = run("embed", "--input", str(path), "--out", str(tmp_path / "v.npy"), timeout=60)
+    err = _one_line_error(r, "magnet: error: ")
+    assert f"--input {path}: {says}" in err
+
+
+def test_adapt_data_from_a_pipe(tmp_path):
+    """--data /dev/stdin (a pipe) is read as .txt: it used to be 'training data file not
+    found'."""
+    data = "\n\n".join(f"Once upon a time a {w} went to the park and played all day."
+                       for w in ("dog", "cat", "girl", "boy"))
+    out = tmp_path / "adapted"
+    r = subprocess.run([sys.executable, "-m", "magnet", "adapt", "--data", "/dev/stdin", "--out",
+                        str(out), "--steps", "1", "--batch-size", "2", "--seq-len", "32",
+                        "--quiet", "--json", str(tmp_path / "run.json")], input=data,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run.json").read_text())["steps"] == 1
+    assert (out / "config.json").is_file()
+
+
+def test_adapt_data_not_utf8_names_file_and_line(tmp_path):
+    """A Latin-1 .txt was trained on with U+FFFD in place of its bytes; embed --input refused it
+    with FILE:LINE: not UTF-8 text, and now adapt --data does too (before any training)."""
+    data = tmp_path / "latin1.txt"
+    data.write_bytes(b"A dog ran to the park.\n\nThe caf\xe9 was open.\n")
+    r = run("adapt", "--data", str(data), "--out", str(tmp_path / "m"), "--steps", "1",
+            "--quiet", timeout=60)
+    err = _one_line_error(r, "magnet: error: ")
+    assert f"{data}:3: not UTF-8 text" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_eval_through_magnet_names_magnet_eval():
+    """`magnet eval` showed `python -m magnet.eval` in its usage and argument errors."""
+    r = run("eval", "sts", "--model", "stories260K", "--seed", "-1", timeout=60)
+    err = _one_line_error(r, "magnet eval: error: ")
+    assert "argument --seed" in err and "-1" in err
+    r = run("eval", "--help", timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: magnet eval "), r.stdout[:200]
+    # run as a module it keeps its own name
+    r = subprocess.run([sys.executable, "-m", "magnet.eval", "sts", "--model", "x", "--seed",
+                        "-1"], capture_output=True, text=True, timeout=60)
+    _one_line_error(r, "python -m magnet.eval: error: ")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_eval_unwritable_stdout_still_writes_out(tmp_path):
+    """With stdout on a full device the result was printed first: an OSError traceback, and
+    --out never written."""
+    out = tmp_path / "r.json"
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "magnet.eval", "sts", "--model", "stories260K",
+                            "--data", str(ROOT / "tests" / "fixtures" / "eval" / "sick"),
+                            "--no-progress", "--threads", "1", "--out", str(out)],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: cannot write the result to stdout")
+    assert json.loads(out.read_text())["task"] == "sts"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import threading
+
+import pytest
+
 from magnet.data import read_texts
 
 
@@ -13,3 +19,45 @@ def test_txt_without_blank_lines_splits_at_newlines_only(tmp_path):
                      "third\x85doc\rfourth doc\n".encode())
     assert read_texts(path) == ["first doc\x0cstill first", "second doc\u2028still second",
                                 "third\x85doc", "fourth doc"]
+
+
+def test_txt_not_utf8_names_file_and_line(tmp_path):
+    """Undecodable bytes were replaced by U+FFFD and trained on; now the same error as
+    ``magnet embed --input``: FILE:LINE: not UTF-8 text."""
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"A dog ran.\n\nThe caf\xe9 was open.\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: not UTF-8 text"):
+        read_texts(path)
+
+
+def test_txt_drops_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufefffirst doc\r\n\r\nsecond doc\r\n".encode())
+    assert read_texts(path) == ["first doc", "second doc"]
+
+
+def test_data_from_a_fifo(tmp_path):
+    """A named pipe (as /dev/stdin or a shell's <(...) are) is read once, as .txt; it used to be
+    'training data file not found'."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as f:
+            f.write(b"first doc\nstill first\n\nsecond doc\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        assert read_texts(fifo) == ["first doc\nstill first", "second doc"]
+    finally:
+        if writer.is_alive():  # unblock the writer if the read failed before opening the pipe
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(5)
+
+
+def test_data_missing_or_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training data file not found"):
+        read_texts(tmp_path / "missing.txt")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_texts(tmp_path)

@@ -62,6 +62,17 @@ _seed = _option(int, lambda v: 0 <= v < SEED_LIMIT, "an integer in [0, 2**64)")
 _rate = _option(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
+def _path(text: str) -> str:
+    """An argparse type for --out: not the empty string (which would be taken for no --out:
+    nothing written, no error)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a file path, got an empty string ''")
+    return text
+
+
+PROG = "python -m magnet.eval"
+
+
 def strict_json(obj: Any) -> Any:
     """``obj`` with NumPy scalars and arrays as Python values and every non-finite float (an
     undefined score) as None, so that ``json.dumps(..., allow_nan=False)`` writes valid JSON."""
@@ -91,15 +102,16 @@ def check_writable(path: str) -> None:
         raise ValueError(f"--out {path}: not writable")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI's argument parser."""
-    p = _Parser(prog="python -m magnet.eval", description=__doc__,
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The CLI's argument parser; ``prog`` names the command in usage and errors (``magnet
+    eval`` when run through the ``magnet`` command)."""
+    p = _Parser(prog=prog, description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=TASKS)
     p.add_argument("--model", required=True, help="model path (magnet.Model.from_pretrained)")
     p.add_argument("--tokenizer", default=None, help="tokenizer file for a llama2.c checkpoint")
     p.add_argument("--data", default=None, help="data file or directory")
-    p.add_argument("--out", default=None, help="write the result JSON here")
+    p.add_argument("--out", type=_path, default=None, help="write the result JSON here")
     p.add_argument("--seed", type=_seed, default=0, help="0 <= seed < 2**64")
     p.add_argument("--threads", type=int, default=None, help="C core worker threads")
     p.add_argument("--batch-size", type=_count, default=None, help="sequences per forward pass")
@@ -168,9 +180,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    args = build_parser().parse_args(argv)
+def _drop_stdout() -> None:
+    """After a failed write to stdout: send what is still buffered, and all later output, to
+    /dev/null, so that the flush at exit does not fail again with a traceback."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """CLI entry point; ``prog``: the command's name in usage and errors."""
+    args = build_parser(prog).parse_args(argv)
     try:
         if args.out:
             check_writable(args.out)  # before the run, not after it
@@ -184,14 +208,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(strict_json(res), indent=2, allow_nan=False)
-    print(text)
+    rc = 0
+    # --out first: a stdout that cannot be written (a full disk, a closed pipe) must not lose
+    # the file; the result is printed even when --out fails, so that the run is not lost
     if args.out:
         try:
             Path(args.out).write_text(text + "\n", encoding="utf-8")
         except OSError as e:
             print(f"error: cannot write --out {args.out}: {e}", file=sys.stderr)
-            return 2
-    return 0
+            rc = 2
+    try:
+        print(text)
+        sys.stdout.flush()
+    except OSError as e:
+        _drop_stdout()
+        if rc == 0:  # one error line
+            print(f"error: cannot write the result to stdout: {e}", file=sys.stderr)
+        return 2
+    return rc
 
 
 if __name__ == "__main__":
