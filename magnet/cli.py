@@ -7,12 +7,14 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from magnet.cli_types import count as _steps
+from magnet.cli_types import output_path as _path
+from magnet.cli_types import seed as _seed
+
 DEFAULT_MODEL = "stories260K"
-SEED_LIMIT = 1 << 64  # seeds are 0 <= seed < 2**64 (the C core reads a uint64)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,34 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _option(parse: Callable[[str], Any], ok: Callable[[Any], bool], rule: str
-            ) -> Callable[[str], Any]:
-    """An argparse type: ``parse`` the text, then require ``ok`` of the value (``rule`` says
-    what is required; argparse puts the option's name in front of the error)."""
-    def convert(text: str) -> Any:
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid {parse.__name__} value: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {value!r}")
-        return value
-    return convert
-
-
-_steps = _option(int, lambda v: v >= 1, "an integer >= 1")
-_seed = _option(int, lambda v: 0 <= v < SEED_LIMIT, "an integer in [0, 2**64)")
-
-
-def _path(text: str) -> str:
-    """An argparse type for output paths: not the empty string (which would skip the early
-    writability check, then fail after the work)."""
-    if not text:
-        raise argparse.ArgumentTypeError("must be a file path, got an empty string ''")
-    return text
 
 
 def _load(path: str, tokenizer: str | None = None) -> Any:

@@ -13,13 +13,13 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from magnet.eval.probe import SEED_LIMIT
+from magnet.cli_types import count, option, seed
+from magnet.cli_types import output_path as _path
 from magnet.eval.tasks import (
     TAGGING_TASKS,
     evaluate_infill,
@@ -39,35 +39,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _option(parse: Callable[[str], Any], ok: Callable[[Any], bool], rule: str
-            ) -> Callable[[str], Any]:
-    """An argparse type: ``parse`` the text, then require ``ok`` of the value (``rule`` says
-    what is required, in the error)."""
-    def convert(text: str) -> Any:
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid {parse.__name__} value: {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
-        return value
-    return convert
-
-
 # counts (0 would empty the data or the batches), seeds (every task's range), rates (learning
 # rate, weight decay)
-_count = _option(int, lambda v: v >= 1, "an integer >= 1")
-_seed = _option(int, lambda v: 0 <= v < SEED_LIMIT, "an integer in [0, 2**64)")
-_rate = _option(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-
-
-def _path(text: str) -> str:
-    """An argparse type for --out: not the empty string (which would be taken for no --out:
-    nothing written, no error)."""
-    if not text:
-        raise argparse.ArgumentTypeError("must be a file path, got an empty string ''")
-    return text
+_count = count
+_seed = seed
+_rate = option(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 PROG = "python -m magnet.eval"
