@@ -215,3 +215,20 @@ def test_rope_frequencies_are_float32_like_transformers(tmp_path, theta, head_di
             state[k] = state[k] * 8
     save_file(state, d / "model.safetensors", metadata={"format": "pt"})
     assert _diff(d, T=4096) < TOL
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "bool"])
+def test_gpt2_mask_buffers_of_any_dtype_are_ignored(tmp_path, dtype):
+    """Old GPT-2 checkpoints carry their causal-mask buffers (h.N.attn.bias, masked_bias);
+    stored as U8 or BOOL they made the reader refuse the file, which transformers loads."""
+    from safetensors.torch import load_file, save_file
+
+    d = _save(tmp_path, "gpt2", **GPT2)
+    state = load_file(d / "model.safetensors")
+    n = GPT2["n_positions"]
+    for layer in range(GPT2["n_layer"]):
+        mask = torch.tril(torch.ones(n, n)).to(getattr(torch, dtype)).view(1, 1, n, n)
+        state[f"transformer.h.{layer}.attn.bias"] = mask
+        state[f"transformer.h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, d / "model.safetensors", metadata={"format": "pt"})
+    assert _diff(d) < TOL

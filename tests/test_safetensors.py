@@ -284,6 +284,25 @@ def test_unsupported_dtype_from_reference_writer(tmp_path: Path) -> None:
         _C.read_safetensors(path)
 
 
+def test_skipped_tensors_are_not_read(tmp_path: Path) -> None:
+    """Tensors named in skip are left out whatever their dtype (old GPT-2 files store their mask
+    buffers as U8 or BOOL); only their byte range is checked."""
+    path = tmp_path / "mask.safetensors"
+    safetensors_numpy.save_file({"w": np.arange(3, dtype=np.float32),
+                                 "h.0.attn.bias": np.ones((1, 1, 4, 4), np.uint8),
+                                 "b": np.zeros(2, np.bool_)}, str(path))
+    with pytest.raises(ValueError, match="'b'.*BOOL"):
+        _C.read_safetensors(path, ["h.0.attn.bias"])
+    got = _C.read_safetensors(path, ("h.0.attn.bias", "b", "not there"))
+    assert list(got) == ["w"] and got["w"].tolist() == [0.0, 1.0, 2.0]
+    assert list(_C.read_safetensors(path, ["w", "h.0.attn.bias", "b"])) == []
+    outside = {"w": entry(), "m": {"dtype": "U8", "shape": [4], "data_offsets": [8, 64]}}
+    with pytest.raises(ValueError, match="'m'.*outside"):
+        _C.read_safetensors(write(tmp_path, raw_file(outside, GOOD_DATA)), ["m"])
+    with pytest.raises(TypeError):
+        _C.read_safetensors(path, [1])
+
+
 def test_gaps_between_tensors_are_allowed(tmp_path: Path) -> None:
     data = struct.pack("<f", 1.0) + b"\xaa" * 4 + struct.pack("<f", 2.0)
     header = {"a": entry(shape=(1,), offsets=(0, 4)), "b": entry(shape=(1,), offsets=(8, 12)),

@@ -290,7 +290,8 @@ static int json_next_member(json_cursor *c) {
 
 typedef struct {
     json_cursor c;
-    uint64_t data_size; /* bytes after the header */
+    const mg_st_skip *skip; /* tensors to leave unread, or NULL */
+    uint64_t data_size;     /* bytes after the header */
     mg_st_entry *entries;
     int count, cap;
 } st_parser;
@@ -317,6 +318,14 @@ static mg_code st_grow(st_parser *p) {
     return MG_OK;
 }
 
+static bool st_skipped(const st_parser *p, const mg_st_entry *t) {
+    if (p->skip == NULL) return false;
+    for (int i = 0; i < p->skip->count; i++)
+        if (p->skip->lens[i] == t->name_len && memcmp(p->skip->names[i], t->name, t->name_len) == 0)
+            return true;
+    return false;
+}
+
 /* {"dtype": str, "shape": [int], "data_offsets": [int, int]} in any order, each once. */
 static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
     json_cursor *c = &p->c;
@@ -339,7 +348,9 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
         if (strcmp(key, "dtype") == 0 && key_len == 5 && !have_dtype) {
             size_t dlen;
             if (json_string(c, &dtype, &dlen) != MG_OK) goto fail;
-            if (strcmp(dtype, "F32") == 0) {
+            if (st_skipped(p, t)) {
+                t->skipped = 1; /* not read: its dtype does not matter */
+            } else if (strcmp(dtype, "F32") == 0) {
                 t->dtype = MG_ST_F32;
             } else if (strcmp(dtype, "F16") == 0) {
                 t->dtype = MG_ST_F16;
@@ -399,6 +410,15 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
                        : !have_shape ? "'shape'"
                                      : "'data_offsets'");
 
+    if (t->skipped) { /* element size unknown: the byte range alone is checked */
+        if (t->begin > t->end || t->end > p->data_size)
+            return mg_fail(err, MG_ERR_FORMAT,
+                           "safetensors tensor '%.*s' has data_offsets [%llu, %llu] outside the "
+                           "%llu-byte data section",
+                           nl, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                           (unsigned long long)p->data_size);
+        return MG_OK;
+    }
     uint64_t numel = 1;
     for (int d = 0; d < t->tensor.ndim; d++) {
         int64_t dim = t->tensor.shape[d];
@@ -626,11 +646,13 @@ static mg_code read_exact(FILE *f, uint64_t offset, void *buf, size_t n, const c
     return MG_OK;
 }
 
-mg_code mg_safetensors_read(const char *path, mg_safetensors *out, mg_error *err) {
+mg_code mg_safetensors_read(const char *path, const mg_st_skip *skip, mg_safetensors *out,
+                            mg_error *err) {
     out->entries = NULL;
     out->count = 0;
     st_parser p;
     memset(&p, 0, sizeof(p));
+    p.skip = skip;
     char *header = NULL;
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
@@ -680,6 +702,7 @@ mg_code mg_safetensors_read(const char *path, mg_safetensors *out, mg_error *err
 
     for (int i = 0; i < p.count; i++) {
         mg_st_entry *t = &p.entries[i];
+        if (t->skipped) continue;
         size_t numel = (size_t)((t->end - t->begin) / dtype_size(t->dtype));
         /* Room for the float32 result; the raw bytes are read into its start. */
         t->tensor.data = mg_alloc(numel, sizeof(float), "safetensors tensor", err);

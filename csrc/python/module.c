@@ -92,7 +92,7 @@ static PyMethodDef module_methods[] = {
     {"get_num_threads", get_num_threads, METH_NOARGS, "Worker threads in use."},
     {"cpu_count", cpu_count, METH_NOARGS, "Online CPU cores."},
     {"read_safetensors", mgpy_read_safetensors, METH_VARARGS,
-     "read_safetensors(path) -> dict of float32 arrays"},
+     "read_safetensors(path, skip=None) -> dict of float32 arrays (skip: names left unread)"},
     {"read_gguf", mgpy_read_gguf, METH_VARARGS,
      "read_gguf(path) -> (metadata dict, dict of float32 arrays)"},
     {"read_llama2c", mgpy_read_llama2c, METH_VARARGS,

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -315,12 +316,41 @@ def _untie(config: ModelConfig, out: dict[str, np.ndarray]) -> dict[str, np.ndar
     return out
 
 
-def read_state(directory: Path) -> dict[str, np.ndarray]:
-    """All tensors of a directory's `model.safetensors` or sharded index, as float32."""
+def ignored_tensor(config: ModelConfig) -> Callable[[str], bool]:
+    """Whether a transformers tensor name is one the model does not use (GPT-2's causal-mask
+    buffers, a stored RoPE table), which need not be read at all."""
+    if config.arch == "gpt2":
+        return lambda name: _GPT2_IGNORED.fullmatch(name.removeprefix("transformer.")) is not None
+    return lambda name: _LLAMA_IGNORED.fullmatch(name) is not None
+
+
+def _unread(path: Path, ignored: Callable[[str], bool] | None) -> list[str]:
+    """The tensors of the safetensors file at ``path`` that ``ignored`` names, from its JSON
+    header: left unread, so their dtype does not matter (old GPT-2 files store the mask buffers
+    as U8 or BOOL, which the reader does not convert). A header that cannot be read here gives
+    none, and the reader reports what is wrong with the file."""
+    if ignored is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if size > 100_000_000:  # the reader's limit: it reports such a file
+                return []
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return []
+    return [k for k in header if k != "__metadata__" and ignored(k)] if isinstance(
+        header, dict) else []
+
+
+def read_state(directory: Path, ignored: Callable[[str], bool] | None = None
+               ) -> dict[str, np.ndarray]:
+    """All tensors of a directory's `model.safetensors` or sharded index, as float32, except
+    those ``ignored`` names (not read)."""
     index = directory / "model.safetensors.index.json"
     single = directory / "model.safetensors"
     if single.is_file():
-        return _C.read_safetensors(os.fspath(single))
+        return _C.read_safetensors(os.fspath(single), _unread(single, ignored))
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -335,7 +365,9 @@ def read_state(directory: Path) -> dict[str, np.ndarray]:
             shard_path = (directory / shard).resolve()
             if shard_path.parent != directory.resolve():
                 raise ValueError(f"{index}: shard {shard!r} lies outside the model directory")
-            state.update(_C.read_safetensors(os.fspath(shard_path)))
+            unread = _unread(shard_path, ignored)
+            state.update(_C.read_safetensors(os.fspath(shard_path), unread))
+            weight_map = {k: v for k, v in weight_map.items() if k not in unread}
         missing = set(weight_map) - set(state)
         if missing:
             raise ValueError(f"{index}: tensors missing from the shards: {sorted(missing)[:5]}")
@@ -451,7 +483,7 @@ def load_huggingface(directory: str | os.PathLike) -> Loaded:
             raise ValueError(f"{gen_path}: {e}") from None
         if gen_eos:
             config.eos_token_ids = gen_eos
-    tensors = tensors_from_hf(config, read_state(directory))
+    tensors = tensors_from_hf(config, read_state(directory, ignored_tensor(config)))
     if not config.tie_word_embeddings and "lm_head.weight" not in tensors:
         said = ("says tie_word_embeddings=false" if "tie_word_embeddings" in cfg else
                 f"does not set tie_word_embeddings (for {cfg.get('model_type')!r} that means "
