@@ -410,15 +410,13 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
                        : !have_shape ? "'shape'"
                                      : "'data_offsets'");
 
-    if (t->skipped) { /* element size unknown: the byte range alone is checked */
-        if (t->begin > t->end || t->end > p->data_size)
-            return mg_fail(err, MG_ERR_FORMAT,
-                           "safetensors tensor '%.*s' has data_offsets [%llu, %llu] outside the "
-                           "%llu-byte data section",
-                           nl, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
-                           (unsigned long long)p->data_size);
-        return MG_OK;
-    }
+    if (t->begin > t->end || t->end > p->data_size)
+        return mg_fail(err, MG_ERR_FORMAT,
+                       "safetensors tensor '%.*s' has data_offsets [%llu, %llu] outside the "
+                       "%llu-byte data section",
+                       nl, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                       (unsigned long long)p->data_size);
+    if (t->skipped) return MG_OK; /* element size unknown: the byte range alone is checked */
     uint64_t numel = 1;
     for (int d = 0; d < t->tensor.ndim; d++) {
         int64_t dim = t->tensor.shape[d];
@@ -435,12 +433,6 @@ static mg_code st_tensor_info(st_parser *p, mg_st_entry *t) {
     if (numel > (uint64_t)INT64_MAX / size)
         return mg_fail(err, MG_ERR_FORMAT, "safetensors tensor '%.*s' has an absurd shape", nl,
                        t->name);
-    if (t->begin > t->end || t->end > p->data_size)
-        return mg_fail(err, MG_ERR_FORMAT,
-                       "safetensors tensor '%.*s' has data_offsets [%llu, %llu] outside the "
-                       "%llu-byte data section",
-                       nl, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
-                       (unsigned long long)p->data_size);
     if (t->end - t->begin != numel * size)
         return mg_fail(err, MG_ERR_FORMAT,
                        "safetensors tensor '%.*s' (%s, %llu elements) needs %llu bytes but its "
