@@ -57,7 +57,7 @@ def _read_txt(path: Path) -> list[str]:
     blocks = [b.strip() for b in text.split("\n\n")]
     blocks = [b for b in blocks if b]
     if len(blocks) <= 1:
-        blocks = [line.strip() for line in _split_lines(text) if line.strip()]
+        blocks = [line.strip() for line in text.split("\n") if line.strip()]
     return blocks
 
 
@@ -90,11 +90,6 @@ def text_lines(data: bytes, name: str, error: type[ValueError] = ValueError) -> 
                     ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    return _split_lines(text)
-
-
-def _split_lines(text: str) -> list[str]:
-    """``text`` split at ``\\n`` (a ``\\r`` before it dropped); no line after a final newline."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

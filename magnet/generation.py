@@ -150,13 +150,18 @@ def _check_stop(stop: Any) -> list[str]:
 def position_limit(model: Model) -> int:
     """Positions a sequence may use: GPT-2's learned table, a sliding window (which magnet does
     not implement, so longer sequences are refused), else what a session can hold."""
+    return _position_bound(model)[0]
+
+
+def _position_bound(model: Model) -> tuple[int, str]:
+    """:func:`position_limit` and what sets it, for messages."""
     cfg = model.config
-    limit = MAX_POSITIONS
-    if cfg.arch == "gpt2" and cfg.max_positions > 0:
-        limit = min(limit, cfg.max_positions)
-    if cfg.sliding_window:
-        limit = min(limit, cfg.sliding_window)
-    return limit
+    bound = (MAX_POSITIONS, "the most a session can hold")
+    if cfg.arch == "gpt2" and 0 < cfg.max_positions < bound[0]:
+        bound = (cfg.max_positions, "GPT-2's learned position table")
+    if cfg.sliding_window and cfg.sliding_window < bound[0]:
+        bound = (cfg.sliding_window, "its sliding window, which magnet does not implement")
+    return bound
 
 
 def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -172,25 +177,16 @@ def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens:
     is made, not halfway): a prompt longer than that limit, a session that cannot exist.
     """
     T = max(len(p) for p in prompts)
-    limit = position_limit(model)
+    limit, why = _position_bound(model)
     if T > limit:
         raise ValueError(f"the prompt has {T} tokens, more than the model's {limit} positions "
-                         f"({_limit_reason(model, limit)})")
+                         f"({why})")
     if T + max_new_tokens - 1 >= 2**31:  # the KV cache of such a session cannot exist
         raise MemoryError(f"cannot hold a KV cache of {T + max_new_tokens - 1} positions "
                           f"(max_new_tokens={max_new_tokens})")
     # a sequence stops at `limit` tokens, prompt included (its last token at position limit - 1)
     steps = min(max_new_tokens, limit - T)
     return _decode_loop(model, prompts, steps, sampling, seed, eos_id)
-
-
-def _limit_reason(model: Model, limit: int) -> str:
-    cfg = model.config
-    if cfg.arch == "gpt2" and limit == cfg.max_positions:
-        return "GPT-2's learned position table"
-    if limit == cfg.sliding_window:
-        return "its sliding window, which magnet does not implement"
-    return "the most a session can hold"
 
 
 def _decode_loop(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,

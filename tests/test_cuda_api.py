@@ -189,8 +189,30 @@ def test_save_from_the_gpu_after_adapt(tmp_path):
     assert _rel(again.logits(ids), want) < 1e-5
 
 
+# Emulator only: its device memory is the process's own memory, which RLIMIT_AS bounds; on a
+# GPU the bound would not reach device memory, so these tests skip there (they run in CI's
+# emulated step, tests/cuda_emulated.sh).
+_BOUND_PRELUDE = r"""
+import resource
+def bound_device_memory(extra):  # what the process holds now, plus `extra` bytes
+    vm = next(int(x.split()[1]) * 1024 for x in open("/proc/self/status")
+              if x.startswith("VmSize"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, resource.RLIM_INFINITY))
+"""
+
+
+def _run_with_bounded_device_memory(script: str) -> None:
+    """Runs ``script`` (after _BOUND_PRELUDE) in a fresh interpreter; it prints "ok"."""
+    probe = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
+    if "emulated" not in probe._c.device()[1]:
+        pytest.skip("needs the CUDA emulator (device memory bounded by RLIMIT_AS)")
+    r = subprocess.run([sys.executable, "-c", _BOUND_PRELUDE + script], capture_output=True,
+                       text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
 _STAGING_AFTER_A_SESSION = r"""
-import resource, tempfile
+import tempfile
 import numpy as np, torch, transformers
 import magnet
 from magnet import _C
@@ -202,8 +224,7 @@ transformers.AutoModelForCausalLM.from_config(config).save_pretrained(d)
 m = magnet.Model.from_pretrained(d, device="cuda", precision="bf16")
 big = np.random.default_rng(0).integers(0, 96, (16, 512))
 m.hidden_states(big[:1, :4])  # products of <= 64 rows are not staged: no staging area yet
-vm = next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmSize"))
-resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), resource.RLIM_INFINITY))
+bound_device_memory(200 << 20)
 g = _C.Generator(m._c, 16, 4096, eos_id=-1)  # a 128 MiB cache, then back in the block cache
 del g
 for _ in range(2):
@@ -217,22 +238,15 @@ def test_bf16_staging_takes_memory_back_from_the_block_cache(tmp_path):
     freed blocks of the model's own cache (a finished generate session), every later bf16 pass
     failed with MemoryError. Emulator only: its device memory is this process's memory, which
     RLIMIT_AS bounds."""
-    probe = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
-    if "emulated" not in probe._c.device()[1]:
-        pytest.skip("needs the CUDA emulator (device memory bounded by RLIMIT_AS)")
-    r = subprocess.run([sys.executable, "-c", _STAGING_AFTER_A_SESSION], capture_output=True,
-                       text=True, timeout=600, cwd=Path(__file__).parent.parent)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+    _run_with_bounded_device_memory(_STAGING_AFTER_A_SESSION)
 
 
 _TWO_MODELS_SHARE_THE_DEVICE = r"""
-import resource
 import magnet
 from magnet import _C
 a = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
 b = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
-vm = next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmSize"))
-resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), resource.RLIM_INFINITY))
+bound_device_memory(200 << 20)
 g = _C.Generator(a._c, 24, 4096, eos_id=-1)  # a 126 MB cache, then in a's block cache
 del g
 g = _C.Generator(b._c, 24, 4096, eos_id=-1)  # needs what a's cache holds
@@ -244,9 +258,4 @@ def test_a_model_takes_memory_back_from_another_models_block_cache():
     """Each GPU model's block cache gave back only its own blocks: with the device's memory
     held by another model's freed blocks, an allocation failed with MemoryError. Emulator only
     (device memory bounded by RLIMIT_AS)."""
-    probe = magnet.Model.from_pretrained("stories260K", device="cuda", precision="fp32")
-    if "emulated" not in probe._c.device()[1]:
-        pytest.skip("needs the CUDA emulator (device memory bounded by RLIMIT_AS)")
-    r = subprocess.run([sys.executable, "-c", _TWO_MODELS_SHARE_THE_DEVICE], capture_output=True,
-                       text=True, timeout=600, cwd=Path(__file__).parent.parent)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+    _run_with_bounded_device_memory(_TWO_MODELS_SHARE_THE_DEVICE)

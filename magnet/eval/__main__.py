@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from magnet.cli_types import count, option, seed
+from magnet.cli_types import count as _count
+from magnet.cli_types import option
 from magnet.cli_types import output_path as _path
+from magnet.cli_types import seed as _seed
 from magnet.eval.tasks import (
     TAGGING_TASKS,
     evaluate_infill,
@@ -39,10 +41,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-# counts (0 would empty the data or the batches), seeds (every task's range), rates (learning
-# rate, weight decay)
-_count = count
-_seed = seed
+# rates (learning rate, weight decay); counts and seeds: magnet.cli_types
 _rate = option(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
