@@ -74,6 +74,9 @@ def test_the_default_follows_omp_num_threads_and_the_affinity():
     code = "import magnet; print(magnet.get_num_threads())"
     assert _run(code, env={"OMP_NUM_THREADS": "1"}).stdout.strip() == "1"
     assert _run(code, env={"OMP_NUM_THREADS": "1,1"}).stdout.strip() == "1"
+    # libgomp reads a value with white space around it (a shell's trailing newline, say)
+    for value in (" 1", "1 ", "1\n", "1\t", " 1 , 2"):
+        assert _run(code, env={"OMP_NUM_THREADS": value}).stdout.strip() == "1", repr(value)
     if len(os.sched_getaffinity(0)) >= 2 and subprocess.run(["which", "taskset"],
                                                             capture_output=True).returncode == 0:
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

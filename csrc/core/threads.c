@@ -1,6 +1,7 @@
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "threads.h"
 
+#include <ctype.h>
 #include <omp.h>
 #include <pthread.h>
 #include <sched.h>
@@ -61,14 +62,19 @@ static int apply(void) {
     return n;
 }
 
-/* OMP_NUM_THREADS's first value (a list names nested levels), when it is a positive number. */
+/* OMP_NUM_THREADS's first value (a list names nested levels), when it is a positive number, read
+ * as libgomp reads it: white space around the number is allowed. Above 4096 (the most
+ * set_num_threads accepts) it counts as 4096; mg_set_num_threads caps it at the thread limit. */
 static int env_threads(void) {
     const char *s = getenv("OMP_NUM_THREADS");
     if (s == NULL) return 0;
     char *end = NULL;
-    const long n = strtol(s, &end, 10);
-    if (end == s || (*end != '\0' && *end != ',') || n < 1 || n > 4096) return 0;
-    return (int)n;
+    const long n = strtol(s, &end, 10); /* skips leading white space */
+    if (end == s) return 0;
+    while (isspace((unsigned char)*end))
+        end++;
+    if ((*end != '\0' && *end != ',') || n < 1) return 0;
+    return n > 4096 ? 4096 : (int)n;
 }
 
 void mg_threads_init(void) {
