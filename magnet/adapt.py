@@ -316,9 +316,36 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             raise ValueError(f"unknown loss weights {sorted(unknown)}; use mntp, sscl, msg")
         for key, w in weights.items():
             _check_number(f"weights[{key!r}]", w)
-        stage_list = [Stage(s.fraction, (weights.get("mntp", s.weights[0]),
-                                         weights.get("sscl", s.weights[1]),
-                                         weights.get("msg", s.weights[2])), s.pooling)
+    # MSG trains on spans: a preset that makes none (no spans, no all-SPAN rows) gives an MSG
+    # weight nothing to train, and the history would show msg=0.0 as if it were perfect
+    makes_spans = bool(spec["use_spans"]) or spec["all_span_frac"] > 0
+    if not makes_spans:
+        for i, st in enumerate(stage_list):
+            if st.weights[2] > 0:
+                raise ValueError(f"stages[{i}] weights msg {st.weights[2]} but preset {preset!r} "
+                                 "makes no spans to generate; use preset='magnet'")
+    if weights is not None:
+        # an override reweights an objective in the stages that train it (weight > 0 there);
+        # a stage that leaves it out keeps 0 (llm2vec's MNTP half stays without SSCL), so a
+        # positive weight for an objective no stage trains would be ignored: refuse it
+        names = ("mntp", "sscl", "msg")
+        for j, key in enumerate(names):
+            if not weights.get(key, 0) > 0:
+                continue
+            if key == "msg" and not makes_spans:
+                raise ValueError(f"weights['msg'] > 0 but preset {preset!r} makes no spans to "
+                                 "generate; use preset='magnet'")
+            if not any(st.weights[j] > 0 for st in stage_list):
+                owner = "no stage of stages=" if stages is not None else (
+                    f"preset {preset!r} never")
+                raise ValueError(
+                    f"weights[{key!r}] > 0 but {owner} trains {key} (its weight is 0 in every "
+                    "stage), and weights= only reweights an objective in the stages that train "
+                    f"it; use another preset, or stages= to add {key}")
+        stage_list = [Stage(s.fraction,
+                            tuple(float(weights.get(key, w)) if w > 0 else w
+                                  for key, w in zip(names, s.weights, strict=True)),
+                            s.pooling)
                       for s in stage_list]
     # after the overrides (each checked above as weights[...]): the weights that will train
     for i, st in enumerate(stage_list):
@@ -379,10 +406,13 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                      for a, b in zip(enc_a, enc_b, strict=True)]
 
     def micro(chunks: list[np.ndarray], stage: Stage, micro_seed: int, train: bool,
-              grad_scale: float, pair_index: int) -> dict[str, float]:
+              grad_scale: float, pair_index: int | None) -> dict[str, float]:
+        """One micro-batch. SSCL rows: the pairs from ``pair_index`` on when it is given (a
+        training micro-batch with ``pairs``), else the chunks' own texts, the positive being
+        the same row (dropout makes the two views differ in training; none in evaluation)."""
         masked, mlen = pad_rows(chunks)
         b = bl = bp = None
-        if pair_rows is not None:
+        if pair_rows is not None and pair_index is not None:
             picked = [pair_rows[(pair_index + i) % len(pair_rows)] for i in range(len(chunks))]
             a, al, ap = sscl_rows([x for x, _ in picked])
             b, bl, bp = sscl_rows([y for _, y in picked])
@@ -490,7 +520,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         stage = _stage_at(stage_list, step, steps)
         sums: dict[str, float] = {"mntp": 0.0, "sscl": 0.0, "msg": 0.0}
         for i, chunks in enumerate(eval_chunks):
-            out = micro(chunks, stage, _seed_of(seed + 1, i, 0), False, 1.0, 0)
+            # every loss on eval_data: its chunks are the SSCL rows too, pairs= or not
+            out = micro(chunks, stage, _seed_of(seed + 1, i, 0), False, 1.0, None)
             for k in sums:
                 sums[k] += out[k] / len(eval_chunks)
         result.eval_history.append({"step": step, **sums})
@@ -509,8 +540,9 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             tokens = 0
             for k in range(grad_accum):
                 chunks = stream.take(batch_size)
+                first_pair = (step * grad_accum + k) * batch_size  # pairs run on across steps
                 out = micro(chunks, stage, _seed_of(seed, step, k, grad_accum), True,
-                            1.0 / grad_accum, (step * grad_accum + k) * batch_size)
+                            1.0 / grad_accum, first_pair if pair_rows is not None else None)
                 for key in totals:
                     totals[key] += out[key] / grad_accum
                 tokens += out["tokens"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import magnet
+from magnet.adapt import Stage
 
 TEXTS = [f"Once upon a time a little {w} went to the park and played with a red ball all day."
          for w in ("dog", "cat", "girl", "boy", "bird", "frog", "fox", "duck")]
@@ -68,7 +69,7 @@ def test_bad_values_are_refused_by_name(stories, bad, name):
 
 
 @pytest.mark.parametrize("kw", [dict(preset="magnet"), dict(preset="llm2vec"),
-                                dict(preset="mntp", weights={"sscl": 0.5}),
+                                dict(preset="mntp", stages=[Stage(1.0, (1.0, 0.5, 0.0))]),
                                 dict(pairs=[("a dog ran", "the dog was running")])],
                          ids=["magnet", "llm2vec", "mntp+sscl", "pairs"])
 def test_batch_size_1_with_sscl_is_refused(stories, kw):
@@ -201,3 +202,60 @@ def test_sscl_rows_fit_the_models_positions(tmp_path):
         m.adapt([text] * 8, steps=1, batch_size=2, seq_len=16, progress=False,
                 instruction=long_instruction)
     assert m._c.lora_info() is None  # refused before any adapter was attached
+
+
+@pytest.mark.parametrize(("kw", "what"), [
+    (dict(preset="mntp", weights={"msg": 1.0}),
+     r"^weights\['msg'\] > 0 but preset 'mntp' makes no spans to generate; use preset='magnet'"),
+    (dict(preset="mntp", weights={"mntp": 0.0, "msg": 1.0}),
+     r"^weights\['msg'\] > 0 but preset 'mntp' makes no spans"),
+    (dict(preset="llm2vec", weights={"msg": 0.5}),
+     r"^weights\['msg'\] > 0 but preset 'llm2vec' makes no spans"),
+    (dict(preset="mntp", stages=[Stage(1.0, (1.0, 0.0, 1.0))]),
+     r"^stages\[0\] weights msg 1.0 but preset 'mntp' makes no spans"),
+    (dict(preset="mntp", weights={"sscl": 0.5}),
+     r"^weights\['sscl'\] > 0 but preset 'mntp' never trains sscl"),
+], ids=["mntp-msg", "mntp-only-msg", "llm2vec-msg", "mntp-stage-msg", "mntp-sscl"])
+def test_weight_for_an_objective_the_preset_never_computes_is_refused(stories, kw, what):
+    """An MSG weight on a preset that makes no spans trained nothing (history showed msg=0.0,
+    and with weights={"mntp": 0, "msg": 1} every step had a zero gradient); an override for an
+    objective no stage uses would now be ignored. Both are refused before the model changes."""
+    stories.adapt(TEXTS, steps=2, lora_rank=4, **SMALL)
+    before = _snapshot(stories)
+    steps = []
+    with pytest.raises(ValueError, match=what):
+        stories.adapt(TEXTS, steps=2, lora_rank=8, callback=lambda rec: steps.append(rec),
+                      **SMALL, **kw)
+    assert steps == []
+    _assert_unchanged(stories, before)
+
+
+def test_weights_override_only_the_stages_that_use_the_objective(stories):
+    """On llm2vec (MNTP half, then SimCSE half) weights={"sscl": 0.5} trained SSCL in the MNTP
+    half too, with last pooling; weights={"mntp": 2} trained MNTP in the SimCSE half."""
+    r = stories.adapt(TEXTS, preset="llm2vec", steps=4, weights={"sscl": 0.5}, **SMALL)
+    assert [h["sscl"] == 0.0 and h["mntp"] > 0 for h in r.history[:2]] == [True, True]
+    for h in r.history[2:]:
+        assert h["mntp"] == 0.0 and h["sscl"] > 0
+        assert h["loss"] == pytest.approx(0.5 * h["sscl"])
+    stories._c.detach_lora()
+    r = stories.adapt(TEXTS, preset="llm2vec", steps=4, weights={"mntp": 2.0}, **SMALL)
+    for h in r.history[:2]:
+        assert h["sscl"] == 0.0 and h["loss"] == pytest.approx(2.0 * h["mntp"])
+    assert [h["mntp"] == 0.0 and h["sscl"] > 0 for h in r.history[2:]] == [True, True]
+
+
+def test_eval_losses_are_measured_on_eval_data_with_pairs(stories):
+    """With pairs=, evaluation built its SSCL rows from the training pairs (always from pair 0)
+    instead of eval_data. With lr=0 the weights stay as they were, so the evaluation must not
+    depend on the pairs at all: the same as without pairs, and the same for other pairs."""
+    evals = [f"A different evaluation sentence number {i} about a cat and a hat." for i in
+             range(4)]
+    kw = dict(steps=1, lr=0.0, eval_data=evals, eval_batches=2, checkpoint_every=1, **SMALL)
+    runs = []
+    for pairs in (None, [("a dog ran", "the dog was running"), ("it rains", "rain falls")],
+                  [("the sun is hot", "the sun burns"), ("we ate", "they ate")]):
+        m = magnet.Model.from_pretrained("stories260K")
+        runs.append(m.adapt(TEXTS, pairs=pairs, **kw).eval_history)
+    assert runs[0][0]["sscl"] > 0
+    assert runs[1] == runs[0] and runs[2] == runs[0]
