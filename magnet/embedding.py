@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magnet import _C
-from magnet.generation import check_text
+from magnet.tokenizer import check_text
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -87,6 +87,35 @@ def _check_texts(texts: Any, allow_empty: bool = False) -> tuple[list[str], bool
     return list(items), single
 
 
+def _check_choice(value: Any, choices: Any, name: str) -> None:
+    """ValueError unless ``value`` is one of ``choices`` (str, or None where listed); a list or
+    an array is refused with the same message, not an unhashable/ambiguous-truth error."""
+    if not (value is None or isinstance(value, str)) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _check_max_length(max_length: Any) -> None:
+    if max_length is not None and (isinstance(max_length, bool)
+                                   or not isinstance(max_length, (int, np.integer))):
+        raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+
+
+def _check_instruction(instruction: Any, name: str) -> None:
+    """``instruction`` (``name``: the caller's parameter) is None or valid Unicode text."""
+    if instruction is None:
+        return
+    if not isinstance(instruction, str):
+        raise TypeError(f"{name} must be a str or None, got {type(instruction).__name__}")
+    check_text(instruction, name)
+
+
 def _progress(batches: list[np.ndarray], show: bool | None, desc: str) -> Iterator[np.ndarray]:
     if not show:
         return iter(batches)
@@ -104,22 +133,15 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
     if tok is None:
         raise ValueError("embed needs a tokenizer")
     items, single = _check_texts(texts)
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {tuple(POOLINGS)}, got {pooling!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError("batch_size must be an int")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_choice(level, LEVELS, "level")
+    _check_choice(pooling, POOLINGS, "pooling")
+    _check_batch_size(batch_size)
     if instruction is DEFAULT:
         instruction = DEFAULT_INSTRUCTION if level == "sentence" else None
-    if instruction is not None and not isinstance(instruction, str):
-        raise TypeError("instruction must be a str or None")
+    _check_instruction(instruction, "instruction")
+    _check_max_length(max_length)
     if max_length is None:
         max_length = model.config.max_positions if model.config.max_positions > 0 else 1 << 30
-    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
-        raise TypeError("max_length must be an int or None")
 
     eos = tok.eos_id
     if level == "sentence":
@@ -266,20 +288,27 @@ def _torch() -> Any:
     return torch
 
 
-def encode(model: Model, sentences: str | Sequence[str], batch_size: int = 32,
+def encode(model: Model, sentences: str | Sequence[str] | None = None, batch_size: int = 32,
            show_progress_bar: bool | None = None,
            output_value: str | None = "sentence_embedding", convert_to_numpy: bool = True,
            normalize_embeddings: bool = False, *, prompt: str | None = None,
            precision: str | None = "float32", convert_to_tensor: bool = False,
            truncate_dim: int | None = None, pooling: str = "last", max_length: int | None = None,
            **kwargs: Any) -> Any:
-    """See :meth:`magnet.Model.encode`."""
-    if output_value not in OUTPUT_VALUES:
-        raise ValueError(f"output_value must be one of {OUTPUT_VALUES}, got {output_value!r}")
+    """See :meth:`magnet.Model.encode`. ``inputs=`` (sentence-transformers 6's name for the
+    texts) may stand for ``sentences``."""
+    if "inputs" in kwargs:
+        if sentences is not None:
+            raise TypeError("encode() got both sentences and inputs: pass the texts once "
+                            "(inputs is sentence-transformers' newer name for sentences)")
+        sentences = kwargs.pop("inputs")
+    elif sentences is None:
+        raise TypeError("encode() got no texts: pass them as the first argument (sentences) or "
+                        "as inputs=")
+    _check_choice(output_value, OUTPUT_VALUES, "output_value")
     if precision is None:
         precision = "float32"  # as sentence-transformers: no quantization
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_choice(precision, PRECISIONS, "precision")
     if precision != "float32" and output_value is None:
         raise ValueError(f"precision={precision!r} needs output_value='sentence_embedding' or "
                          "'token_embeddings', not None")
@@ -297,6 +326,12 @@ def encode(model: Model, sentences: str | Sequence[str], batch_size: int = 32,
         warnings.warn(f"encode ignores the keyword arguments {unknown}", UserWarning, stacklevel=3)
     torch = _torch() if convert_to_tensor else None
     items, single = _check_texts(sentences, allow_empty=True)
+    # checked here, not only by embed: an empty list is not embedded, and the message names
+    # encode's parameter (prompt)
+    _check_choice(pooling, POOLINGS, "pooling")
+    _check_batch_size(batch_size)
+    _check_max_length(max_length)
+    _check_instruction(prompt, "prompt")
     instruction = DEFAULT if prompt is None else prompt
 
     sent = tok = None

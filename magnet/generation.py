@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magnet import _C
+from magnet.tokenizer import check_text
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -98,17 +99,6 @@ def eos_ids_of(model: Model) -> tuple[int, ...]:
     first = eos_id_of(model)
     ids = ((first,) if first >= 0 else ()) + tuple(model.config.eos_token_ids)
     return tuple(dict.fromkeys(ids))
-
-
-def check_text(text: str, what: str) -> str:
-    """``text`` itself; ValueError when it is not valid Unicode (a lone surrogate, which UTF-8
-    and so the tokenizer cannot encode)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"{what} contains a lone surrogate {text[e.start]!r} at index {e.start}, "
-                         f"which is not valid Unicode text") from None
-    return text
 
 
 def special_tokens(tokenizer: Tokenizer) -> dict[int, str]:
@@ -286,9 +276,22 @@ class _Row:
             elif self.run_start is None:
                 self.run_start = len(self.text)
             self.text = continuation_text(self.tokenizer, self.prompt, self.ids)
+        # an open byte run's text is not final (a later byte may turn it into U+FFFD): a stop
+        # string is looked for in it only once the run ends, or when the row does (finish)
+        self._cut_at_stop(len(self.text) if self.run_start is None else self.run_start)
+
+    def finish(self) -> None:
+        """The row has ended (EOS, max_new_tokens, the position limit): its text is final, so
+        a stop string inside a trailing byte run now counts."""
+        self.run_start = None
+        if not self.stopped:
+            self._cut_at_stop(len(self.text))
+
+    def _cut_at_stop(self, n: int) -> None:
+        """Cuts ``text`` before the first stop string that lies within ``text[:n]``."""
         if not self.stops:
             return
-        raw = self._raw(len(self.text))
+        raw = self._raw(n)
         cut = min((i for i in (raw.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.text, self.stopped = self.text[:self._text_index(cut)], True
@@ -382,6 +385,8 @@ def generate(model: Model, prompt: str | Sequence[str], max_new_tokens: int = 64
                 rows[b].add(t, eos)
                 if rows[b].stopped:
                     gen.finish(b)
+    for r in rows:
+        r.finish()
     texts = [r.text for r in rows]
     return texts[0] if single else texts
 
@@ -399,5 +404,6 @@ def _stream(row: _Row, steps: Iterator[tuple[Any, np.ndarray]], eos: tuple[int, 
         if safe > sent:
             yield row.text[sent:safe]
             sent = safe
+    row.finish()  # (a stop found now lies past `sent`: safe_length held the open run back)
     if len(row.text) > sent:
         yield row.text[sent:]

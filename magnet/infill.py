@@ -40,12 +40,12 @@ from magnet import _C
 from magnet.generation import (
     MAX_POSITIONS,
     Sampling,
-    check_text,
     continuation_text,
     eos_id_of,
     position_limit,
     resolve_seed,
 )
+from magnet.tokenizer import check_text
 
 if TYPE_CHECKING:
     from magnet.model import Model

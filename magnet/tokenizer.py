@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import tokenizers
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` itself; ValueError when it is not valid Unicode (a lone surrogate, which UTF-8
+    and so the tokenizer cannot encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} contains a lone surrogate {text[e.start]!r} at index {e.start}, "
+                         f"which is not valid Unicode text") from None
+    return text
 
 
 class Tokenizer:
@@ -59,15 +72,33 @@ class Tokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         backend = self.backend if prefix_space else self._continuing_backend()
         prefix, suffix = self._specials(add_bos, add_eos)
-        return prefix + backend.encode(text, add_special_tokens=False).ids + suffix
+        try:
+            ids = backend.encode(text, add_special_tokens=False).ids
+        except TypeError:  # a lone surrogate (not UTF-8): say so, not "must be str"
+            check_text(text, "text")
+            raise
+        return prefix + ids + suffix
 
-    def encode_batch(self, texts: Sequence[str], add_bos: bool | None = None,
+    def encode_batch(self, texts: Iterable[str], add_bos: bool | None = None,
                      add_eos: bool | None = None) -> list[list[int]]:
-        """``encode`` over many texts, in parallel inside the tokenizers library."""
-        for t in texts:
+        """``encode`` over many texts (a list, or any iterable of str, read once), in parallel
+        inside the tokenizers library. A bare str is refused (TypeError): pass ``[text]``."""
+        if isinstance(texts, (str, bytes, bytearray)):
+            raise TypeError(f"texts must be a list of str, got a {type(texts).__name__}: pass a "
+                            "list ([text]) to encode one text as a batch, or use encode(text)")
+        try:
+            items = list(texts)
+        except TypeError:
+            raise TypeError(f"texts must be a list of str, got {type(texts).__name__}") from None
+        for i, t in enumerate(items):
             if not isinstance(t, str):
-                raise TypeError(f"texts must be str, got {type(t).__name__}")
-        encs = self.backend.encode_batch(list(texts), add_special_tokens=False)
+                raise TypeError(f"texts must be str, got {type(t).__name__} (text {i})")
+        try:
+            encs = self.backend.encode_batch(items, add_special_tokens=False)
+        except TypeError:  # a lone surrogate (not UTF-8): name the text
+            for i, t in enumerate(items):
+                check_text(t, f"text {i}")
+            raise
         prefix, suffix = self._specials(add_bos, add_eos)
         return [prefix + e.ids + suffix for e in encs]
 
@@ -119,15 +150,73 @@ class Tokenizer:
             return list(pieces)
         return [p.replace(self._stand_in, "\u2581") for p in pieces]
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        """Text of ``ids``."""
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+    def decode(self, ids: int | Iterable[int] | np.ndarray, skip_special_tokens: bool = True
+               ) -> str:
+        """Text of ``ids``: a list or tuple (or other iterable) of ints or numpy integers, a 1-D
+        numpy integer array (any integer dtype), or a single id.
+
+        TypeError for anything else: a float (not truncated), a bool or ``np.bool_`` (not a
+        token id), a str or bytes (text: see :meth:`encode`). ValueError naming the first id
+        outside ``[0, 2**32)`` and its position. An id in ``[vocab_size, 2**32)`` decodes to
+        nothing, as in transformers: a model's vocabulary may be larger than its tokenizer's
+        (padded embedding rows), and generate and infill decode the ids the model samples."""
+        if type(ids) is list and set(map(type, ids)) <= _INT:  # the common case, kept fast
+            out = ids
+        else:
+            out = _id_list(ids)
+        if out and (min(out) < 0 or max(out) >= _ID_LIMIT):
+            i, v = next((i, v) for i, v in enumerate(out) if v < 0 or v >= _ID_LIMIT)
+            raise ValueError(f"token id {v} at position {i} is out of range: token ids lie in "
+                             f"[0, 2**32) (this tokenizer's vocab_size is {self.vocab_size})")
+        return self.backend.decode(out, skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
             f"eos_id={self.eos_id})"
         )
+
+
+_INT = frozenset({int})
+_ID_LIMIT = 1 << 32  # the tokenizers library's ids are u32
+
+
+def _id_list(ids: Any) -> list[int]:
+    """``ids`` (see :meth:`Tokenizer.decode`) as a list of Python ints."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim > 1:
+            raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+        if ids.dtype.kind in "iu":
+            return ids.reshape(-1).tolist()
+        if ids.dtype != object:
+            raise TypeError(f"ids must be token ids (int), got an array of dtype {ids.dtype}")
+        ids = ids.reshape(-1).tolist()
+    elif isinstance(ids, (str, bytes, bytearray)):
+        raise TypeError(f"ids must be token ids (int), not a {type(ids).__name__}: encode text "
+                        "with encode()")
+    elif isinstance(ids, (int, np.integer)) and not isinstance(ids, (bool, np.timedelta64)):
+        return [int(ids)]
+    try:
+        items = list(ids)
+    except TypeError:
+        raise TypeError(f"ids must be token ids (int), got {type(ids).__name__}") from None
+    out = []
+    for i, v in enumerate(items):
+        if type(v) is not int:
+            try:
+                if isinstance(v, (bool, np.bool_)):
+                    raise TypeError
+                v = operator.index(v)
+            except TypeError:
+                raise TypeError(f"ids must be token ids (int): the id at position {i} is "
+                                f"{_short(v)} ({type(v).__name__})") from None
+        out.append(v)
+    return out
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def _space_stand_in(node: dict[str, Any] | None) -> str:

@@ -394,3 +394,137 @@ def test_set_num_threads_takes_numpy_ints() -> None:
     with pytest.raises(TypeError):
         magnet.set_num_threads(np.bool_(True))
     magnet.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- ids beyond int64, odd dtypes
+
+
+@pytest.mark.parametrize("bad, value", [
+    ([[1, 2**64]], 2**64),            # numpy makes an object array of these Python ints
+    ([1, 2**63], 2**63),              # ... and a (lossy) float64 array of these
+    ([[3, -(2**63) - 1]], -(2**63) - 1),
+    (np.array([1, 2**70], dtype=object), 2**70),
+])
+def test_python_ints_beyond_int64_are_out_of_range(llama, bad, value) -> None:
+    """All integers, too large for int64: the out-of-range error, not 'must be an integer
+    array, got dtype object/float64'."""
+    m, want = llama
+    with pytest.raises(ValueError, match=f"token id {value} is out of range for vocab_size 96"):
+        m.logits(bad)
+    with pytest.raises(ValueError, match=r"segments values must lie in \[-1, 2147483647\]"):
+        m.logits([[1, 2]], segments=[[0, 2**64]])
+    still_works(m, want)
+
+
+@pytest.mark.parametrize("dtype", ["timedelta64[s]", "datetime64[D]", "timedelta64"])
+def test_time_dtypes_are_not_integer_ids(llama, dtype) -> None:
+    m, want = llama
+    ids = np.array([1, 2, 3], dtype)
+    with pytest.raises(TypeError, match=r"input_ids must be an integer array, got dtype "
+                                        + dtype.split("[")[0]):
+        m.logits(ids)
+    with pytest.raises(TypeError, match="roles must be an integer array"):
+        m.logits([1, 2, 3], roles=ids)
+    with pytest.raises(TypeError, match="input_ids must be an integer array, got dtype object"):
+        m.logits(np.array([1, 2**64, ids[0]], dtype=object))  # a timedelta64 scalar inside
+    still_works(m, want)
+
+
+# ---------------------------------------------------------------- Tokenizer input
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tests.tiny_text import word_tokenizer
+
+    return word_tokenizer()
+
+
+def test_tokenizer_lone_surrogate_is_named(tok) -> None:
+    """It was the tokenizers library's TypeError ('TextInputSequence must be str')."""
+    with pytest.raises(ValueError, match=r"text contains a lone surrogate '\\ud800' at index 3"):
+        tok.encode("w5 \ud800")
+    with pytest.raises(ValueError, match=r"text contains a lone surrogate '\\udfff' at index 0"):
+        tok.encode("\udfff", prefix_space=False)
+    with pytest.raises(ValueError, match=r"text 1 contains a lone surrogate '\\ud800' at index 1"):
+        tok.encode_batch(["w5", "w\ud800", "w6"])
+    assert tok.encode("w5 w6") == [1, 5, 6]
+
+
+def test_tokenizer_encode_batch_takes_any_iterable_once(tok) -> None:
+    texts = ["w5 w6", "w7"]
+    want = [[1, 5, 6], [1, 7]]
+    assert tok.encode_batch(texts) == want
+    assert tok.encode_batch(t for t in texts) == want  # was [] (the type check consumed it)
+    assert tok.encode_batch(iter(texts)) == want
+    assert tok.encode_batch(tuple(texts), add_bos=False) == [[5, 6], [7]]
+    assert tok.encode_batch(np.array(texts)) == want
+    assert tok.encode_batch([]) == []
+    for bad in ("w5 w6", b"w5", bytearray(b"w5")):  # a str was encoded character by character
+        with pytest.raises(TypeError, match="pass a list"):
+            tok.encode_batch(bad)
+    with pytest.raises(TypeError, match="texts must be str, got int"):
+        tok.encode_batch(["w5", 3])
+    with pytest.raises(TypeError, match="texts must be a list of str, got int"):
+        tok.encode_batch(5)
+
+
+def test_tokenizer_decode_accepts_integer_ids(tok) -> None:
+    want = "w5 w6"
+    for ids in ([5, 6], (5, 6), np.array([5, 6]), np.array([5, 6], np.int32),
+                np.array([5, 6], np.uint8), np.array([5, 6], np.uint64), np.array([5, 6], np.int8),
+                [np.int64(5), np.uint16(6)], range(5, 7), np.array([5, 6], object)):
+        assert tok.decode(ids) == want, ids
+    assert tok.decode(5) == tok.decode(np.int32(5)) == tok.decode(np.array(5)) == "w5"
+    assert tok.decode([]) == tok.decode(np.zeros(0, np.int64)) == ""
+    assert tok.decode([95]) == "w95"
+    # beyond the tokenizer's vocabulary but a valid id (a model's padded vocabulary rows, which
+    # generate and infill can sample): nothing, as in transformers
+    assert tok.decode([5, 96, 2**32 - 1, 6]) == want
+    assert tok.decode([1, 5], skip_special_tokens=False) == "w1 w5"
+
+
+@pytest.mark.parametrize("ids, match", [
+    ([-1], r"token id -1 at position 0 is out of range: token ids lie in \[0, 2\*\*32\) "
+           r"\(this tokenizer's vocab_size is 96\)"),  # these were raw OverflowErrors
+    (np.array([5, -3]), "token id -3 at position 1 is out of range"),
+    ([5, 10**6, 6, -1], "token id -1 at position 3 is out of range"),
+    ([2**32], "token id 4294967296 at position 0 is out of range"),
+    ([2**40], "token id 1099511627776 at position 0 is out of range"),
+    ([5, 2**64], "token id 18446744073709551616 at position 1 is out of range"),
+    (np.array([7, 2**64 - 1], np.uint64), "token id 18446744073709551615 at position 1"),
+    ([np.int64(5), np.int64(-2)], "token id -2 at position 1 is out of range"),
+    (-7, "token id -7 at position 0 is out of range"),
+])
+def test_tokenizer_decode_rejects_ids_out_of_range(tok, ids, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        tok.decode(ids)
+
+
+@pytest.mark.parametrize("ids, match", [
+    ([5.9], r"the id at position 0 is 5\.9 \(float\)"),  # was truncated to 5
+    ([5, np.float32(6)], r"the id at position 1 is np\.float32\(6\.0\) \(float32\)"),
+    (np.array([5.0, 6.0]), "got an array of dtype float64"),
+    ("300", "not a str"),  # decoded its characters
+    (b"\x05", "not a bytes"),
+    ([True, 5], r"the id at position 0 is True \(bool\)"),
+    (True, r"ids must be token ids \(int\), got bool"),
+    (np.array([True]), "got an array of dtype bool"),
+    ([5, [6]], r"the id at position 1 is \[6\] \(list\)"),
+    ([5, None], r"the id at position 1 is None"),
+    (["5"], r"the id at position 0 is '5' \(str\)"),
+    (None, r"ids must be token ids \(int\), got NoneType"),
+    (5.0, r"ids must be token ids \(int\), got float"),
+    (np.array(["5"]), "got an array of dtype <U1"),
+    (np.array([1, 2], "timedelta64[s]"), "got an array of dtype timedelta64"),
+    (np.timedelta64(5, "s"), r"ids must be token ids \(int\), got timedelta64"),
+    ([5, np.timedelta64(5, "s")], r"the id at position 1 is np\.timedelta64"),
+])
+def test_tokenizer_decode_rejects_non_integers(tok, ids, match) -> None:
+    with pytest.raises(TypeError, match=match):
+        tok.decode(ids)
+
+
+def test_tokenizer_decode_rejects_2d_arrays(tok) -> None:
+    with pytest.raises(ValueError, match=r"ids must be 1-D, got shape \(1, 2\)"):
+        tok.decode(np.array([[5, 6]]))

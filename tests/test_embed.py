@@ -395,3 +395,84 @@ def test_embed_memory_per_text_stays_small():
 
     per_text = (peak_kb(60_000) - peak_kb(20_000)) * 1024 / 40_000
     assert per_text < 2048, f"{per_text:.0f} bytes per text"
+
+
+def test_lone_surrogate_in_instruction_or_prompt_is_named(stories):
+    """It was the tokenizers library's TypeError ('TextInputSequence must be str')."""
+    with pytest.raises(ValueError, match=r"instruction contains a lone surrogate '\\ud800' at "
+                                         r"index 1"):
+        stories.embed(["hello"], instruction="Q\ud800: ")
+    with pytest.raises(ValueError, match=r"instruction contains a lone surrogate '\\ud800' at "
+                                         r"index 0"):
+        stories.embed(["hello"], level="token", instruction="\ud800")
+    for output_value in ("sentence_embedding", "token_embeddings", None):
+        with pytest.raises(ValueError, match=r"prompt contains a lone surrogate '\\udc00' at "
+                                             r"index 2"):
+            stories.encode(["hello"], prompt="ab\udc00", output_value=output_value)
+        with pytest.raises(ValueError, match="prompt contains a lone surrogate"):
+            stories.encode([], prompt="\ud800", output_value=output_value)
+
+
+def test_bad_options_are_named(stories):
+    # unhashable values were 'unhashable type' from the dict lookup
+    for pooling in (["last"], {"a": 1}, np.array(["last", "mean"])):
+        with pytest.raises(ValueError, match=r"pooling must be one of \('last', 'mean'\)"):
+            stories.embed(["hi"], pooling=pooling)
+        with pytest.raises(ValueError, match=r"pooling must be one of \('last', 'mean'\)"):
+            stories.encode(["hi"], pooling=pooling)
+    for level in (["sentence"], {"a": 1}, np.array(["sentence", "token"]), np.array(["token"])):
+        with pytest.raises(ValueError, match=r"level must be one of \('sentence', 'token'\)"):
+            stories.embed(["hi"], level=level)
+    for output_value in (["sentence_embedding"], np.array(["a", "b"])):
+        with pytest.raises(ValueError, match="output_value must be one of"):
+            stories.encode(["hi"], output_value=output_value)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        stories.encode(["hi"], precision=np.array(["int8", "binary"]))
+    # the parameter is prompt= there: the message named instruction
+    for texts in (["hi"], []):
+        with pytest.raises(TypeError, match="prompt must be a str or None, got int"):
+            stories.encode(texts, prompt=5)
+    with pytest.raises(TypeError, match="instruction must be a str or None, got int"):
+        stories.embed(["hi"], instruction=5)
+
+
+@pytest.mark.parametrize("texts", [[], ["hi"]])
+@pytest.mark.parametrize("output_value", ["sentence_embedding", "token_embeddings", None])
+def test_encode_checks_arguments_before_empty_input(stories, texts, output_value):
+    """As sentence-transformers (and as with texts), an empty list does not skip the checks."""
+    kw = dict(output_value=output_value)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        stories.encode(texts, batch_size=0, **kw)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got -2"):
+        stories.encode(texts, batch_size=-2, **kw)
+    for bad in ("x", 2.0, True, None):
+        with pytest.raises(TypeError, match="batch_size must be an int"):
+            stories.encode(texts, batch_size=bad, **kw)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        stories.encode(texts, pooling="max", **kw)
+    with pytest.raises(TypeError, match="max_length must be an int or None"):
+        stories.encode(texts, max_length="x", **kw)
+    assert len(stories.encode(texts, batch_size=np.int64(1), **kw)) == len(texts)
+
+
+def test_encode_inputs_keyword(stories):
+    """sentence-transformers 6 names encode's first parameter ``inputs`` (``sentences`` is its
+    deprecated name); magnet keeps ``sentences`` positional and takes ``inputs=`` as an alias."""
+    from magnet import embedding
+
+    want = stories.encode(TEXTS[:2])
+    np.testing.assert_array_equal(embedding.encode(stories, inputs=TEXTS[:2]), want)
+    np.testing.assert_array_equal(embedding.encode(stories, sentences=TEXTS[:2]), want)
+    np.testing.assert_array_equal(stories.encode(sentences=TEXTS[:2]), want)
+    np.testing.assert_array_equal(stories.encode(inputs=TEXTS[:2]), want)
+    assert embedding.encode(stories, inputs=[]).shape == (0, stories.config.hidden_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not one of the ignored-with-a-warning kwargs
+        np.testing.assert_array_equal(embedding.encode(stories, inputs="Tom"),
+                                      stories.encode("Tom"))
+    with pytest.raises(TypeError, match="both sentences and inputs"):
+        stories.encode(TEXTS[:2], inputs=TEXTS[:2])
+    with pytest.raises(TypeError, match="both sentences and inputs"):
+        embedding.encode(stories, TEXTS[:2], inputs=TEXTS[:2])
+    with pytest.raises(TypeError, match="no texts"):
+        embedding.encode(stories)

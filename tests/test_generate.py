@@ -135,6 +135,39 @@ def test_stream_holds_back_a_run_of_byte_tokens(stories):
         assert "".join(stories.generate("Hi", stream=True, **kw)) == stories.generate("Hi", **kw)
 
 
+def test_a_stop_string_counts_only_in_final_text_of_a_byte_run(stories):
+    """<0xC3><0xA9> read "é" for a moment, but a third byte made the run invalid: the final
+    text is three U+FFFD and has no "é", so stop="é" must not cut it (it cut to "")."""
+    from magnet.generation import _Row, _stream
+
+    tok = stories.tokenizer
+    byte = {b: tok.backend.token_to_id(f"<0x{b:02X}>") for b in (0xC3, 0xA9)}
+    prompt = tok.encode("Say:")
+
+    class Session:
+        def finish(self, b):
+            pass
+
+    def run(ids, stops):
+        row = _Row(tok, prompt, stops)
+        for t in ids:
+            if not row.stopped:
+                row.add(t, (2,))
+        row.finish()
+        streamed = "".join(_stream(_Row(tok, prompt, stops),
+                                   ((Session(), np.array([t], np.int32)) for t in ids), (2,)))
+        assert streamed == row.text
+        return row.text, row.stopped
+
+    bad = [byte[0xC3], byte[0xA9], byte[0xA9]]
+    assert run(bad, []) == ("\ufffd" * 3, False)
+    assert run(bad, ["é"]) == ("\ufffd" * 3, False)
+    # a real "é" still stops: once a word ends the run, or when the row ends inside it
+    the = tok.backend.token_to_id("\ufdd0the")
+    assert run([the, byte[0xC3], byte[0xA9], the, the], ["é"]) == (" the", True)
+    assert run([the, byte[0xC3], byte[0xA9]], ["é"]) == (" the", True)
+
+
 def test_seeded_sampling(stories):
     kw = dict(max_new_tokens=30, do_sample=True, temperature=1.0, top_k=40, top_p=0.95,
               min_p=0.01, repetition_penalty=1.1)
