@@ -111,7 +111,15 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a rectangular integer array ({e})") from None
     if arr.size == 0 and arr.dtype == np.float64 and not isinstance(x, np.ndarray):
         arr = arr.astype(np.int64)  # [] and [[]] are empty input, not float input
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+    if arr.dtype.kind in "fO" and arr.size and (arr.dtype == object
+                                                or not isinstance(x, np.ndarray)):
+        # Python ints beyond int64 make an object (or a lossy float64) array: kept as exact
+        # ints (object), so that the caller's range check names the value
+        exact = arr if arr.dtype == object else np.asarray(x, dtype=object)
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, np.timedelta64)
+               for v in exact.flat):
+            return exact
+    if arr.dtype.kind not in "iub":  # timedelta64/datetime64 are np.integer subtypes: refused
         raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
     return arr
 
@@ -311,7 +319,7 @@ class Model:
         return embed(self, texts, level, pooling, instruction, batch_size, normalize,
                      max_length, truncate, show_progress_bar)
 
-    def encode(self, sentences: str | Sequence[str], batch_size: int = 32,
+    def encode(self, sentences: str | Sequence[str] | None = None, batch_size: int = 32,
                show_progress_bar: bool | None = None,
                output_value: str | None = "sentence_embedding", convert_to_numpy: bool = True,
                normalize_embeddings: bool = False, *, prompt: str | None = None,
@@ -331,7 +339,8 @@ class Model:
         batch's min/max; needs two or more embeddings) or "binary"/"ubinary" (packed signs, D/8
         bytes), as ``sentence_transformers.quantize_embeddings``. ``convert_to_tensor=True``
         gives torch tensors (ImportError without PyTorch); ``convert_to_numpy=False`` a list of
-        [D] arrays. An empty list gives a (0, D) array ([] for the list outputs).
+        [D] arrays. An empty list gives a (0, D) array ([] for the list outputs). ``inputs=``
+        (sentence-transformers 6's name) may stand for ``sentences``.
         ``max_length`` counts all input tokens (default: the model's positions). Ignored
         silently: prompt_name, prompt_type, task_name, task, device, pool, chunk_size,
         processing_kwargs; any other keyword argument is ignored with a UserWarning.
@@ -357,15 +366,26 @@ class Model:
         per line when the file has no blank lines), a ``.jsonl`` path (``text`` field), or any
         iterable of str (streamed). preset: ``"magnet"`` (MNTP + SSCL + MSG), ``"llm2vec"``
         (bidirectional MNTP, then SimCSE with mean pooling) or ``"mntp"``. Each of ``steps``
-        optimizer steps trains on ``batch_size`` chunks of at most ``seq_len`` tokens (and their
-        two SSCL views). LoRA (rank ``lora_rank``, ``lora_alpha``; targets ``lora_targets``,
-        default every projection) unless ``full_finetune``; the adapters stay attached after
-        training (see :meth:`merge_lora`, :meth:`save_pretrained`). ``weights`` overrides the
-        loss weights, e.g. ``{"sscl": 0.5}``. ``pairs``: (text, positive) pairs for SSCL instead
-        of dropout twins. ``checkpoint_dir`` / ``checkpoint_every`` / ``resume`` write and
-        continue atomic checkpoints; a resume refuses (ValueError) another preset or seed,
-        ``steps`` below the checkpoint's, and, for LoRA, base weights other than those the
-        adapters were trained on (checked by a hash of a sample of each tensor).
+        optimizer steps trains on ``batch_size * grad_accum`` chunks of at most ``seq_len``
+        tokens: ``grad_accum`` micro-batches of ``batch_size`` chunks, each with its two SSCL
+        views (SSCL's negatives are the other rows of the same micro-batch). LoRA (rank
+        ``lora_rank``, ``lora_alpha``; targets ``lora_targets``, default every projection)
+        unless ``full_finetune``; the adapters stay attached after training (see
+        :meth:`merge_lora`, :meth:`save_pretrained`). ``weights`` (e.g. ``{"sscl": 0.5}``)
+        replaces an objective's weight in the stages that train it (weight > 0 there); a stage
+        where it is 0 keeps 0, so on ``llm2vec`` ``{"sscl": 0.5}`` leaves the MNTP half without
+        SSCL. A positive weight for an objective no stage trains, or an MSG weight on a preset
+        that makes no spans (``llm2vec``, ``mntp``), raises ValueError. ``pairs``: (text,
+        positive) pairs for the training SSCL instead of dropout twins. ``eval_data``: text
+        scored after every ``checkpoint_every`` steps and after the last (``eval_batches``
+        micro-batches of ``batch_size`` chunks, dropout off, the same masks each time);
+        ``eval_history`` holds the mean losses on it, with the weights of the stage in force (a
+        loss weighted 0 there reads 0). Its SSCL uses the eval texts, ``pairs`` or not: with
+        dropout off the two views of a text are identical, so it measures how well the sentence
+        vectors tell the batch's texts apart. ``checkpoint_dir`` / ``checkpoint_every`` /
+        ``resume`` write and continue atomic checkpoints; a resume refuses (ValueError) another
+        preset or seed, ``steps`` below the checkpoint's, and, for LoRA, base weights other
+        than those the adapters were trained on (checked by a hash of a sample of each tensor).
         ``callback(record)`` is called after every step. Every option is checked before the
         model changes: a call that raises leaves it as it was. SSCL needs ``batch_size >= 2``.
         Further options (keyword only): lora_targets, lora_dropout (0.05), resid_dropout (0.1),
