@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -54,8 +55,11 @@ def kernel_table(step: Callable[[int], Any], n_batches: int, steps: int, top: in
     return "\n".join(out)
 
 
-def profile_section(section: str, steps: int, top: int, with_torch: bool) -> list[str]:
-    """The kernel tables of one gpu_bench section (``train-small`` or ``train-large``)."""
+def profile_section(section: str, steps: int, top: int, with_torch: bool,
+                    compare_lora_tc: bool = False) -> list[str]:
+    """The kernel tables of one gpu_bench section (``train-small`` or ``train-large``); with
+    ``compare_lora_tc``, magnet's step a second time with ``MAGNET_CUDA_LORA_TC=1`` (LoRA's
+    dropped products on the tensor cores, read at each call)."""
     import torch
     from torch_magnet_step import TorchMagnetStep, attach_lora
 
@@ -98,6 +102,15 @@ def profile_section(section: str, steps: int, top: int, with_torch: bool) -> lis
     for k in range(2):
         step(k)
     report += [f"## {section}: magnet", "", kernel_table(step, 2, steps, top), ""]
+    if compare_lora_tc:
+        os.environ["MAGNET_CUDA_LORA_TC"] = "1"
+        try:
+            for k in range(2):
+                step(k)
+            report += [f"## {section}: magnet, MAGNET_CUDA_LORA_TC=1", "",
+                       kernel_table(step, 2, steps, top), ""]
+        finally:
+            os.environ.pop("MAGNET_CUDA_LORA_TC", None)
     return report
 
 
@@ -108,13 +121,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--torch", action="store_true", help="profile PyTorch's step as well")
+    ap.add_argument("--compare-lora-tc", action="store_true",
+                    help="profile magnet's step again with MAGNET_CUDA_LORA_TC=1")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import torch
 
     report = [f"# GPU kernel profile ({torch.cuda.get_device_name()})", ""]
     for section in args.sections.split(","):
-        report += profile_section(section, args.steps, args.top, args.torch)
+        report += profile_section(section, args.steps, args.top, args.torch,
+                                  args.compare_lora_tc)
         gc.collect()
         print("\n".join(report), flush=True)
         if args.out:

@@ -179,6 +179,23 @@ def test_bf16_is_close_and_greedy_agrees():
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.8
 
 
+def test_bf16_lora_on_the_tensor_cores_trains_like_the_cuda_cores(monkeypatch):
+    """MAGNET_CUDA_LORA_TC=1 moves LoRA's dropped down projections to TF32 mma kernels in bf16
+    mode: the loss curve stays within bf16 noise of the CUDA-core kernels' curve, and differs
+    from it (so the other kernels really ran)."""
+    text = ["Once upon a time there was a little girl named Lily. She liked to play outside.",
+            "Tom had a red ball. He threw it to his dog, and the dog ran after it."] * 6
+    runs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MAGNET_CUDA_LORA_TC", flag)
+        m = magnet.Model.from_pretrained("stories260K", device="cuda", precision="bf16")
+        r = m.adapt(text, steps=6, batch_size=4, seq_len=48, lr=1e-3, seed=0, progress=False)
+        runs.append([[h[k] for k in ("mntp", "sscl", "msg")] for h in r.history])
+    cores, tensor_cores = np.array(runs[0]), np.array(runs[1])
+    np.testing.assert_allclose(tensor_cores, cores, rtol=2e-2, atol=2e-2)
+    assert not np.array_equal(tensor_cores, cores)
+
+
 def test_bad_device_requests():
     m = magnet.Model.from_pretrained("stories260K")
     with pytest.raises(ValueError, match="unknown device"):

@@ -12,10 +12,8 @@
 #include "cuda_common.h"
 
 #if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE)
-#define MG_UNROLL _Pragma("unroll")
 #define MG_BOUNDS(n) __launch_bounds__(n)
 #else
-#define MG_UNROLL
 #define MG_BOUNDS(n)
 #endif
 

@@ -75,4 +75,12 @@ static inline unsigned mg_cuda_blocks(long n, int threads) {
     type *name = reinterpret_cast<type *>(mg_dynamic_smem)
 #endif
 
+/* Loop unrolling for nvcc (registers instead of local-memory arrays); nothing for the emulator's
+ * host compiler. */
+#if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE)
+#define MG_UNROLL _Pragma("unroll")
+#else
+#define MG_UNROLL
+#endif
+
 #endif

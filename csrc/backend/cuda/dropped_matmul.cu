@@ -8,16 +8,23 @@
  * and one kernel, which reads x once for all of them and draws each product's mask from it.
  *
  * The rank r is small (16 by default), so these products are bound by memory and by the hash,
- * not by arithmetic; they run in float32 on the CUDA cores in both precisions. Every kernel works
- * on a tile of kRankTile ranks (grid dimension or a loop over tiles); the float32 partial sums
- * of split reductions are added in a fixed order, so results do not depend on scheduling. */
+ * not by arithmetic; they run in float32 on the CUDA cores in both precisions, or, in bf16 mode
+ * with MAGNET_CUDA_LORA_TC=1, in TF32 on the tensor cores (dropped_matmul_tc.cuh). Every kernel
+ * works on a tile of kRankTile ranks (grid dimension or a loop over tiles); the float32 partial
+ * sums of split reductions are added in a fixed order, so results do not depend on scheduling. */
 #include "cuda_common.h"
-#include "dropout_mask.cuh"
+#include "dropped_group.cuh"
+#include "dropped_matmul_tc.cuh"
 #include "elementwise.cuh"
+
+#include <stdlib.h>
+#include <string.h>
 
 #include <type_traits>
 
 namespace {
+
+using namespace mg_dropped;
 
 constexpr int kThreads = 128;
 constexpr int kRankTile = 16;             /* ranks per tile: four float4 in shared memory */
@@ -25,27 +32,6 @@ constexpr int kRankQuads = kRankTile / 4; /* float4 groups per tile row */
 constexpr int kForwardK = 128;            /* columns of x staged at a time (forward) */
 constexpr int kRowChunk = 64;             /* rows of du staged at a time (backward kernels) */
 constexpr int kRowsPerInputBlock = 4 * kRowChunk;
-
-/* The products of one call (at most MG_DROPPED_MAX), by value into the kernels. origin: each
- * product's dropout stream, mg_rng_origin(seed, stream). */
-struct Group {
-    const float *A[MG_DROPPED_MAX];
-    float *u[MG_DROPPED_MAX];
-    const float *du[MG_DROPPED_MAX];
-    float *dA[MG_DROPPED_MAX];
-    uint64_t origin[MG_DROPPED_MAX];
-};
-
-/* ptrs[tt] for a tt computed at run time, by selects: indexing the kernel's Group parameter with
- * a run-time index would copy it to local memory. */
-template <class P> __device__ inline P pick(const P (&ptrs)[MG_DROPPED_MAX], int tt) {
-    return tt == 0 ? ptrs[0] : tt == 1 ? ptrs[1] : ptrs[2];
-}
-
-/* drop(v) for element e of the call under one product's mask. */
-__device__ inline float dropped(float v, uint64_t origin, long e, float p, float keep_scale) {
-    return dropout_keep(origin, (uint64_t)e, p) ? v * keep_scale : 0.0f;
-}
 
 /* acc[j] += v * tile[j] for the kRankTile values of one shared-memory row (float4 reads, which
  * every lane of a warp makes at the same address: broadcasts). */
@@ -285,49 +271,97 @@ void add_slices(const mg_backend *be, float *const (&outs)[MG_DROPPED_MAX], cons
                   part + tt * len, len, (int)slices, NT * len, accumulate);
 }
 
-template <int NT>
-void forward_n(const mg_backend *be, const Group &g, const float *x, int N, int in, int r, float p,
-               float *scratch) {
-    /* Column slices of kForwardK, so that long rows still give the GPU enough threads; their
-     * partials [slices][NT][N][r] must fit scratch's N x in floats (slices NT r <= in), which
-     * only large ranks make bind: then the slices widen by whole chunks. */
-    long slices = ceil_div(in, kForwardK);
-    const long most = in / ((long)NT * r) > 1 ? in / ((long)NT * r) : 1;
+/* Whether a call runs on the tensor cores (dropped_matmul_tc.cuh): in bf16 mode, where the
+ * GEMMs already round their operands, when MAGNET_CUDA_LORA_TC=1, and when the kernels'
+ * 16-byte loads can read every operand (`in` a multiple of 4, x, dinp and the factors aligned).
+ * Off by default until a GPU run has timed it against the CUDA-core kernels
+ * (benchmarks/gpu_check.sh measures both); fp32 mode always keeps the float32 sums that match
+ * the CPU. */
+bool use_tensor_cores(const mg_backend *be, const Group &g, int n, const float *x, int in,
+                      const float *dinp) {
+    if (be->precision != MG_PRECISION_BF16) return false;
+    const char *env = getenv("MAGNET_CUDA_LORA_TC");
+    if (env == NULL || strcmp(env, "1") != 0) return false;
+    if (in % 4 != 0 || !mg_aligned16(x) || !mg_aligned16(dinp)) return false;
+    for (int t = 0; t < n; t++)
+        if (!mg_aligned16(g.A[t])) return false;
+    return true;
+}
+
+/* Slices of a split sum: enough blocks (with `blocks` per slice) to give every SM four, at most
+ * `most`, at least 1. */
+long slice_count(const mg_backend *be, long blocks, long most) {
+    long slices = (4L * mg_cuda_ctx_of(be)->sm_count + blocks - 1) / blocks;
     if (slices > most) slices = most;
     if (slices > 65535) slices = 65535;
-    const int cols = (int)ceil_div(ceil_div(in, slices), kForwardK) * kForwardK;
+    return slices < 1 ? 1 : slices;
+}
+
+template <int NT>
+void forward_n(const mg_backend *be, const Group &g, const float *x, int N, int in, int r, float p,
+               float *scratch, bool tc) {
+    /* Column slices, so that long rows still give the GPU enough threads; their partials
+     * [slices][NT][N][r] must fit scratch's N x in floats (slices NT r <= in), which only large
+     * ranks make bind: then the slices widen by whole chunks. */
+    const int chunk = tc ? 16 * kTcLoads : kForwardK;
+    const long most = in / ((long)NT * r) > 1 ? in / ((long)NT * r) : 1;
+    long slices;
+    if (tc)
+        slices =
+            slice_count(be, (long)ceil_div(N, kTcForwardRows) * ceil_div(r, kTcRankTile), most);
+    else {
+        slices = ceil_div(in, kForwardK);
+        if (slices > most) slices = most;
+        if (slices > 65535) slices = 65535;
+    }
+    const int cols = (int)ceil_div(ceil_div(in, slices), chunk) * chunk;
     slices = ceil_div(in, cols);
-    const dim3 grid(ceil_div(N, kThreads), (unsigned)slices, ceil_div(r, kRankTile));
     const float keep_scale = dropout_keep_scale(p);
-    auto kernel = in % 4 == 0 && mg_aligned16(x) ? dropped_forward_kernel<NT, true>
-                                                 : dropped_forward_kernel<NT, false>;
-    MG_LAUNCH(kernel, grid, kThreads, 0, be, g, scratch, x, N, in, r, cols, p, keep_scale);
+    if (tc) {
+        const dim3 grid(ceil_div(N, kTcForwardRows), (unsigned)slices, ceil_div(r, kTcRankTile));
+        MG_LAUNCH(dropped_forward_tc_kernel<NT>, grid, kTcThreads, 0, be, g, scratch, x, N, in, r,
+                  cols, p, keep_scale);
+    } else {
+        const dim3 grid(ceil_div(N, kThreads), (unsigned)slices, ceil_div(r, kRankTile));
+        auto kernel = in % 4 == 0 && mg_aligned16(x) ? dropped_forward_kernel<NT, true>
+                                                     : dropped_forward_kernel<NT, false>;
+        MG_LAUNCH(kernel, grid, kThreads, 0, be, g, scratch, x, N, in, r, cols, p, keep_scale);
+    }
     if (slices > 1) add_slices<NT>(be, g.u, scratch, (long)N * r, slices, 0);
 }
 
 template <int NT>
 void dweight_n(const mg_backend *be, const Group &g, const float *x, int N, int in, int r, float p,
-               float *scratch) {
+               float *scratch, bool tc) {
     /* row slices: enough blocks to fill the GPU, at least kRowChunk rows each, and partials
      * [slices][NT][r][in] within scratch's N x in floats (slices NT r <= N) */
-    const unsigned col_blocks = ceil_div(in, kThreads), rank_tiles = ceil_div(r, kRankTile);
-    const long blocks = (long)col_blocks * rank_tiles;
-    long slices = (4L * mg_cuda_ctx_of(be)->sm_count + blocks - 1) / blocks;
-    const long most = N / ((long)NT * r > kRowChunk ? (long)NT * r : kRowChunk);
-    if (slices > most) slices = most;
-    if (slices > 65535) slices = 65535;
-    if (slices < 1) slices = 1;
-    const int rows_per_slice = (int)ceil_div(N, slices);
-    slices = ceil_div(N, rows_per_slice);
+    const unsigned col_blocks = ceil_div(in, tc ? kTcColumns : kThreads);
+    const unsigned rank_tiles = ceil_div(r, tc ? kTcRankTile : kRankTile);
+    const long slices_wanted =
+        slice_count(be, (long)col_blocks * rank_tiles,
+                    N / ((long)NT * r > kRowChunk ? (long)NT * r : kRowChunk));
+    const int rows_per_slice = (int)ceil_div(N, slices_wanted);
+    const long slices = ceil_div(N, rows_per_slice);
     const dim3 grid(col_blocks, (unsigned)slices, rank_tiles);
-    auto kernel = dropped_dweight_kernel<NT>;
-    MG_LAUNCH(kernel, grid, kThreads, 0, be, g, scratch, x, N, in, r, rows_per_slice, p,
-              dropout_keep_scale(p));
+    if (tc)
+        MG_LAUNCH(dropped_dweight_tc_kernel<NT>, grid, kTcThreads, 0, be, g, scratch, x, N, in, r,
+                  rows_per_slice, p, dropout_keep_scale(p));
+    else
+        MG_LAUNCH(dropped_dweight_kernel<NT>, grid, kThreads, 0, be, g, scratch, x, N, in, r,
+                  rows_per_slice, p, dropout_keep_scale(p));
     if (slices > 1) add_slices<NT>(be, g.dA, scratch, (long)r * in, slices, 1);
 }
 
 template <int NT>
-void dinput_n(const mg_backend *be, const Group &g, float *dinp, int N, int in, int r, float p) {
+void dinput_n(const mg_backend *be, const Group &g, float *dinp, int N, int in, int r, float p,
+              bool tc) {
+    if (tc) {
+        const dim3 grid(ceil_div(N, kTcInputRows), ceil_div(in, kTcColumns));
+        for (int j0 = 0; j0 < r; j0 += kTcRankTile)
+            MG_LAUNCH(dropped_dinput_tc_kernel<NT>, grid, kTcThreads, 0, be, g, dinp, N, in, r, j0,
+                      p, dropout_keep_scale(p));
+        return;
+    }
     const dim3 grid(ceil_div(N, kRowsPerInputBlock), ceil_div(in, kThreads));
     auto kernel = dropped_dinput_kernel<NT>;
     for (int j0 = 0; j0 < r; j0 += kRankTile)
@@ -364,7 +398,9 @@ extern "C" void cuda_dropped_matmul_forward(const mg_backend *be, const float *x
     }
     Group g;
     const int m = pack(&g, prods, n, seed, [](const mg_dropped_product &) { return true; });
-    with_count(m, [&](auto nt) { forward_n<decltype(nt)::value>(be, g, x, N, in, r, p, scratch); });
+    const bool tc = use_tensor_cores(be, g, m, x, in, NULL);
+    with_count(
+        m, [&](auto nt) { forward_n<decltype(nt)::value>(be, g, x, N, in, r, p, scratch, tc); });
 }
 
 extern "C" void cuda_dropped_matmul_backward(const mg_backend *be, float *dinp, const float *x,
@@ -380,9 +416,13 @@ extern "C" void cuda_dropped_matmul_backward(const mg_backend *be, float *dinp, 
     Group g;
     const int with_dA =
         pack(&g, prods, n, seed, [](const mg_dropped_product &d) { return d.dA != NULL; });
-    with_count(with_dA,
-               [&](auto nt) { dweight_n<decltype(nt)::value>(be, g, x, N, in, r, p, scratch); });
+    const bool tc = use_tensor_cores(be, g, with_dA, x, in, dinp);
+    with_count(with_dA, [&](auto nt) {
+        dweight_n<decltype(nt)::value>(be, g, x, N, in, r, p, scratch, tc);
+    });
     if (dinp == NULL) return;
     const int all = pack(&g, prods, n, seed, [](const mg_dropped_product &) { return true; });
-    with_count(all, [&](auto nt) { dinput_n<decltype(nt)::value>(be, g, dinp, N, in, r, p); });
+    const bool tc_all = use_tensor_cores(be, g, all, x, in, dinp);
+    with_count(all,
+               [&](auto nt) { dinput_n<decltype(nt)::value>(be, g, dinp, N, in, r, p, tc_all); });
 }
