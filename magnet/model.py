@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +139,19 @@ class Model:
         self.config = config
         self.tokenizer = tokenizer
         self._c = _C.Model(config.to_c(), tensors)
+        # held by adapt() and to(): the one trains the C model in place, the other replaces it
+        # with a copy, so either one beside the other (or a second adapt) would lose work
+        self._exclusive = threading.Lock()
+
+    @contextmanager
+    def _exclusively(self, what: str) -> Iterator[None]:
+        if not self._exclusive.acquire(blocking=False):
+            raise ValueError(f"{what}: adapt() or to() is running on this model in another "
+                             "thread; call it after that returns")
+        try:
+            yield
+        finally:
+            self._exclusive.release()
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
@@ -179,7 +194,8 @@ class Model:
         code = parse_precision(kind, precision)
         if kind == "cuda":
             point_to_cublas()
-        self._c = self._c.to_device(kind, index, code)
+        with self._exclusively("to()"):
+            self._c = self._c.to_device(kind, index, code)
         return self
 
     @property
@@ -394,12 +410,13 @@ class Model:
         """
         from magnet.adapt import adapt
 
-        return adapt(self, data, preset=preset, steps=steps, batch_size=batch_size,
-                     seq_len=seq_len, lr=lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                     full_finetune=full_finetune, weights=weights, seed=seed, pairs=pairs,
-                     eval_data=eval_data, checkpoint_dir=checkpoint_dir,
-                     checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                     callback=callback, **options)
+        with self._exclusively("adapt()"):
+            return adapt(self, data, preset=preset, steps=steps, batch_size=batch_size,
+                         seq_len=seq_len, lr=lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                         full_finetune=full_finetune, weights=weights, seed=seed, pairs=pairs,
+                         eval_data=eval_data, checkpoint_dir=checkpoint_dir,
+                         checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                         callback=callback, **options)
 
     def merge_lora(self) -> None:
         """Fold attached LoRA adapters into the base weights (outputs unchanged)."""

@@ -244,9 +244,9 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(parent, f".{out.name}.tmp-")
-    lora = model._c.lora_info()
-    tensors = model.state_dict()
-    adapter = model._c.lora_state_dict() if lora else {}
+    # one read of the weights and the adapters together: a merge_lora() or an adapt() step in
+    # another thread cannot land between them
+    lora, tensors, adapter = model._c.snapshot()
     if lora and merge_lora:
         scale = lora[1] / lora[0]
         for name in {n.rsplit(".", 1)[0] for n in adapter}:

@@ -109,7 +109,9 @@ def test_openmp_settings_do_not_hang_the_blas(env, threads):
 def test_adapters_swapped_during_adapt_stop_it_cleanly(stories_dir, other):
     """merge_lora() or a second adapt() with another rank while adapt() trains: the training
     run stops with a clear error at its next step (it used to write through stale sizes and
-    crash); the model stays usable."""
+    crash); the model stays usable. A second adapt() (or a to()) is refused at once: both would
+    lose the other's work (two runs of the same rank interleaved their steps silently; to()
+    replaced the model the first was training)."""
     m = magnet.Model.from_pretrained(stories_dir)
     texts = [f"Once upon a time a little dog number {i} found a ball." for i in range(40)]
     started = threading.Event()
@@ -125,12 +127,68 @@ def test_adapters_swapped_during_adapt_stop_it_cleanly(stories_dir, other):
     t = threading.Thread(target=train)
     t.start()
     assert started.wait(60)
-    if other == "merge":
-        m.merge_lora()
-    else:
-        m.adapt(texts, steps=2, batch_size=2, seq_len=24, lora_rank=8, progress=False)
+    if other != "merge":
+        for rank in (2, 8):
+            with pytest.raises(ValueError, match="adapt.. or to.. is running on this model"):
+                m.adapt(texts, steps=2, batch_size=2, seq_len=24, lora_rank=rank,
+                        progress=False)
+        with pytest.raises(ValueError, match="to.. is running|adapt.. or to.. is running"):
+            m.to("cpu")
+    m.merge_lora()  # stops the first run
     t.join(120)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
     assert "adapters were attached, merged or detached" in str(errors[0])
     assert np.isfinite(m.logits([1, 5, 9])).all()
+
+
+# Four threads call logits in a loop while the main thread merges the adapters: prints how long
+# the merge (an exclusive writer) waited.
+_BUSY_READERS = """
+import threading, time, numpy as np, magnet
+m = magnet.Model.from_pretrained("stories260K")
+m.adapt(["A dog ran to the park and played."] * 8, steps=1, batch_size=2, seq_len=16,
+        progress=False)
+stop = threading.Event()
+def read():
+    ids = np.arange(1, 40) % 512
+    while not stop.is_set():
+        m.logits(ids)
+readers = [threading.Thread(target=read) for _ in range(4)]
+for r in readers:
+    r.start()
+time.sleep(0.5)
+t0 = time.perf_counter()
+m.merge_lora()
+print(time.perf_counter() - t0)
+stop.set()
+for r in readers:
+    r.join()
+"""
+
+
+def test_a_writer_is_not_starved_by_busy_readers():
+    """With two or more threads reading in a loop, their calls overlap, and the model's lock
+    (which preferred readers) never let merge_lora() or an optimizer step in: the merge waited
+    for ever. A waiting writer now goes before new readers."""
+    try:
+        r = subprocess.run([sys.executable, "-c", _BUSY_READERS], capture_output=True, text=True,
+                           timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("merge_lora() did not return within 60 s beside four reading threads")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout) < 10.0
+
+
+def test_snapshot_reads_weights_and_adapters_together(stories_dir):
+    """save_pretrained reads both with one call, so a merge cannot land between them."""
+    m = magnet.Model.from_pretrained(stories_dir)
+    assert m._c.snapshot()[0] is None and m._c.snapshot()[2] == {}
+    m.adapt(["A dog ran to the park and played."] * 8, steps=2, batch_size=2, seq_len=16,
+            progress=False)
+    info, weights, adapters = m._c.snapshot()
+    assert info == m._c.lora_info()
+    for got, want in ((weights, m.state_dict()), (adapters, m._c.lora_state_dict())):
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])

@@ -376,9 +376,11 @@ static PyObject *Model_detach_lora(MgpyModel *self, PyObject *unused) {
 /* lora_info() -> None or (rank, alpha, targets_mask) */
 static PyObject *Model_lora_info(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    const mg_lora *l = self->model->lora;
-    if (l == NULL) Py_RETURN_NONE;
-    return Py_BuildValue("(ifI)", l->rank, l->alpha, l->targets);
+    /* under the lock: a merge in another thread frees the adapters with the GIL released */
+    MGPY_LOCKED_READ(self->model, const mg_lora *l = self->model->lora;
+                     PyObject *out = l ? Py_BuildValue("(ifI)", l->rank, l->alpha, l->targets)
+                                       : Py_NewRef(Py_None));
+    return out;
 }
 
 static PyObject *Model_lora_state_dict(MgpyModel *self, PyObject *unused) {
@@ -386,6 +388,25 @@ static PyObject *Model_lora_state_dict(MgpyModel *self, PyObject *unused) {
     MGPY_LOCKED_READ(self->model, const mg_lora *l = self->model->lora;
                      PyObject *out = l ? mgpy_slots_to_dict(l->be, l->slots, l->n_slots, l->block)
                                        : PyDict_New());
+    return out;
+}
+
+/* snapshot() -> (lora_info(), state_dict(), lora_state_dict()) read under one lock, so that a
+ * merge or an optimizer step in another thread cannot land between them (save_pretrained wrote
+ * merged base weights without their adapters, or the base without the merge, that way). */
+static PyObject *Model_snapshot(MgpyModel *self, PyObject *unused) {
+    (void)unused;
+    const mg_params *p = &self->model->params;
+    MGPY_LOCKED_READ(
+        self->model, const mg_lora *l = self->model->lora;
+        PyObject *info =
+            l ? Py_BuildValue("(ifI)", l->rank, l->alpha, l->targets) : Py_NewRef(Py_None);
+        PyObject *weights = mgpy_slots_to_dict(self->model->be, p->slots, p->n_slots, p->block);
+        PyObject *adapters =
+            l ? mgpy_slots_to_dict(l->be, l->slots, l->n_slots, l->block) : PyDict_New();
+        PyObject *out =
+            (info && weights && adapters) ? PyTuple_Pack(3, info, weights, adapters) : NULL;
+        Py_XDECREF(info); Py_XDECREF(weights); Py_XDECREF(adapters));
     return out;
 }
 
@@ -467,6 +488,8 @@ static PyMethodDef Model_methods[] = {
     {"detach_lora", (PyCFunction)Model_detach_lora, METH_NOARGS, "Drop the adapters."},
     {"lora_info", (PyCFunction)Model_lora_info, METH_NOARGS, "None or (rank, alpha, targets)."},
     {"lora_state_dict", (PyCFunction)Model_lora_state_dict, METH_NOARGS, "Adapter copies."},
+    {"snapshot", (PyCFunction)Model_snapshot, METH_NOARGS,
+     "(lora_info(), state_dict(), lora_state_dict()) read under one lock."},
     {"load_lora_state_dict", (PyCFunction)Model_load_lora_state_dict, METH_O,
      "Overwrite the adapters from a dict like lora_state_dict()."},
     {"num_parameters", (PyCFunction)Model_num_parameters, METH_NOARGS, "Parameter count."},
