@@ -186,7 +186,8 @@ class Model:
         that GPU with the same API; ``"cpu"`` brings the model back. ``precision`` applies to a
         GPU's matrix products: ``"bf16"`` (default: bfloat16 inputs, float32 accumulation and
         master weights) or ``"fp32"``. Raises ValueError naming the reason when the device is
-        not available (no CUDA in this build, no driver, no GPU).
+        not available (no CUDA in this build, no driver, no GPU), or while :meth:`adapt` runs
+        on this model in another thread.
         """
         from magnet.device import parse_device, parse_precision, point_to_cublas
 
@@ -403,7 +404,9 @@ class Model:
         preset or seed, ``steps`` below the checkpoint's, and, for LoRA, base weights other
         than those the adapters were trained on (checked by a hash of a sample of each tensor).
         ``callback(record)`` is called after every step. Every option is checked before the
-        model changes: a call that raises leaves it as it was. SSCL needs ``batch_size >= 2``.
+        model changes: a call that raises leaves it as it was. While it runs, another
+        ``adapt()`` or a :meth:`to` on this model (from another thread) raises ValueError.
+        SSCL needs ``batch_size >= 2``.
         Further options (keyword only): lora_targets, lora_dropout (0.05), resid_dropout (0.1),
         warmup_steps (min(100, steps // 10)), weight_decay (0), clip_norm (1.0), grad_accum (1),
         sscl_max_tokens (64), instruction, temperature (0.05), stages, eval_batches (4).
