@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from magnet import _C
-from magnet.tokenizer import check_text
+from magnet.tokenizer import ENCODE_SLICE, check_text
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -163,8 +163,8 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
     suffix_ids = np.array(suffix, np.int32)
     seqs: list[np.ndarray] = []
     pieces: list[tuple[list[str], list[tuple[int, int]]]] = []  # token level: tokens, offsets
-    for c0 in range(0, len(items), _TOKENIZE_CHUNK):
-        encs = tok.backend.encode_batch(items[c0:c0 + _TOKENIZE_CHUNK], add_special_tokens=False)
+    for c0 in range(0, len(items), ENCODE_SLICE):
+        encs = tok.backend.encode_batch(items[c0:c0 + ENCODE_SLICE], add_special_tokens=False)
         for j, e in enumerate(encs):
             i = c0 + j
             n = len(e.ids)
@@ -233,7 +233,6 @@ a warning: magnet has no named prompts, runs on the CPU in one process, and the 
 depend on them. Any other unknown keyword argument is ignored with a UserWarning."""
 
 _log = logging.getLogger(__name__)
-_TOKENIZE_CHUNK = 4096  # texts tokenized at once by embed (in parallel inside `tokenizers`)
 
 
 def _int8_ranges(emb: np.ndarray, precision: str) -> np.ndarray:

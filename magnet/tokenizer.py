@@ -93,14 +93,20 @@ class Tokenizer:
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise TypeError(f"texts must be str, got {type(t).__name__} (text {i})")
-        try:
-            encs = self.backend.encode_batch(items, add_special_tokens=False)
-        except TypeError:  # a lone surrogate (not UTF-8): name the text
-            for i, t in enumerate(items):
-                check_text(t, f"text {i}")
-            raise
         prefix, suffix = self._specials(add_bos, add_eos)
-        return [prefix + e.ids + suffix for e in encs]
+        out: list[list[int]] = []
+        # a slice at a time: a tokenizers Encoding costs kilobytes (offsets, strings, masks), so
+        # a whole corpus at once peaked at about 130 times the text's size (adapt on a file)
+        for c0 in range(0, len(items), ENCODE_SLICE):
+            part = items[c0:c0 + ENCODE_SLICE]
+            try:
+                encs = self.backend.encode_batch(part, add_special_tokens=False)
+            except TypeError:  # a lone surrogate (not UTF-8): name the text
+                for i, t in enumerate(part):
+                    check_text(t, f"text {c0 + i}")
+                raise
+            out.extend(prefix + e.ids + suffix for e in encs)
+        return out
 
     def _specials(self, add_bos: bool | None, add_eos: bool | None
                   ) -> tuple[list[int], list[int]]:
@@ -177,6 +183,7 @@ class Tokenizer:
         )
 
 
+ENCODE_SLICE = 4096  # texts tokenized at once (in parallel inside `tokenizers`)
 _INT = frozenset({int})
 _ID_LIMIT = 1 << 32  # the tokenizers library's ids are u32
 
