@@ -33,6 +33,9 @@ SPAN = 1
 # Prompt tokens kept in front of new tokens when decoding them, so a tokenizer that strips the
 # first token's leading space (SentencePiece) strips it from the anchor, not from the new text.
 _ANCHOR = 4
+# Tokens a row re-decodes per new token, at most about twice this: the text of those before is
+# kept (see _Row.add), so decoding costs O(1) per token instead of O(length)
+_TEXT_WINDOW = 64
 # Positions and session lengths are int32 in the C core.
 MAX_POSITIONS = 2**31 - 1
 
@@ -262,6 +265,10 @@ class _Row:
         # Decoding turns a run into text as one group: bytes that are valid UTF-8 alone become
         # U+FFFD with the rest of the run when it turns out invalid, so that text is not final
         self.run_start: int | None = None
+        # text of ids[:fixed] as it reads after the prompt, final: a new token re-decodes only
+        # ids[fixed:] (decoding everything each time made a long generation quadratic)
+        self.fixed = 0
+        self.fixed_text = ""
 
     def add(self, token: int, eos_ids: tuple[int, ...]) -> None:
         if token in eos_ids:
@@ -275,10 +282,33 @@ class _Row:
                 self.run_start = None
             elif self.run_start is None:
                 self.run_start = len(self.text)
-            self.text = continuation_text(self.tokenizer, self.prompt, self.ids)
+            self.text = self.fixed_text + continuation_text(
+                self.tokenizer, self._before(self.fixed), self.ids[self.fixed:])
+            self._advance()
         # an open byte run's text is not final (a later byte may turn it into U+FFFD): a stop
         # string is looked for in it only once the run ends, or when the row does (finish)
         self._cut_at_stop(len(self.text) if self.run_start is None else self.run_start)
+
+    def _before(self, k: int) -> list[int]:
+        """The tokens before ids[k] that continuation_text reads (the last _ANCHOR)."""
+        near = self.ids[max(0, k - _ANCHOR):k]
+        return near if len(near) == _ANCHOR else [*self.prompt[-_ANCHOR:], *near]
+
+    def _advance(self) -> None:
+        """Moves ``fixed`` to _TEXT_WINDOW tokens before the end, once that many more have come,
+        where the text splits there: no byte run or special token at the boundary, and the two
+        parts decoded apart give exactly ``text`` (else it tries again at the next token)."""
+        k = len(self.ids) - _TEXT_WINDOW
+        if k - self.fixed < _TEXT_WINDOW or self.run_start is not None:
+            return
+        plain = self.tokenizer.byte_ids
+        if any(t in plain or t in self.specials for t in self.ids[k - 1:k + 1]):
+            return
+        piece = continuation_text(self.tokenizer, self._before(self.fixed), self.ids[self.fixed:k])
+        rest = continuation_text(self.tokenizer, self._before(k), self.ids[k:])
+        if piece.endswith("\ufffd") or self.fixed_text + piece + rest != self.text:
+            return
+        self.fixed, self.fixed_text = k, self.fixed_text + piece
 
     def finish(self) -> None:
         """The row has ended (EOS, max_new_tokens, the position limit): its text is final, so

@@ -409,3 +409,48 @@ def test_generation_stops_at_the_position_limit(tmp_path):
     assert "".join(m.generate("w5 w6 w7", max_new_tokens=1000, stream=True)) == text
     with pytest.raises(ValueError, match=f"more than the model's {limit} positions"):
         m.generate(" ".join(["w5"] * (limit + 1)), stream=True)  # at the call, not the first piece
+
+
+def _row_decodes_like_the_whole(tok, prompt: list[int], draws, trials: int = 12,
+                                length: int = 100) -> None:
+    from magnet import generation
+
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(trials):
+        row = generation._Row(tok, prompt, [])
+        for _ in range(length):
+            row.add(draws(rng), (-1,))
+            assert row.text == generation.continuation_text(tok, prompt, row.ids), row.ids
+        moved += row.fixed
+    assert moved > 0  # the kept text was used
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_row_text_equals_decoding_everything(stories, monkeypatch, window):
+    """A row re-decodes only its last tokens (the text before them is kept, so a long
+    generation is not quadratic): after every token its text equals decoding all of them,
+    with byte-fallback runs, valid and invalid UTF-8, and words mixed at random."""
+    from magnet import generation
+
+    monkeypatch.setattr(generation, "_TEXT_WINDOW", window)
+    tok = stories.tokenizer
+    byte = sorted(tok.byte_ids)
+    v = stories.config.vocab_size
+    prompt = tok.encode("Once upon a time")
+    _row_decodes_like_the_whole(
+        tok, prompt, lambda rng: int(rng.choice(byte)) if rng.random() < 0.4
+        else int(rng.integers(3, v)))
+
+
+def test_row_text_equals_decoding_everything_byte_level_bpe(smollm2_gguf, monkeypatch):
+    """The same on SmolLM2's GPT-2-style tokenizer (bytes inside tokens, no fallback ids) with
+    its special tokens."""
+    from magnet import generation
+    from magnet.formats.gguf import load_gguf
+
+    monkeypatch.setattr(generation, "_TEXT_WINDOW", 3)
+    tok = load_gguf(smollm2_gguf).tokenizer
+    v = tok.vocab_size
+    prompt = tok.encode("Héllo wörld, 你好")
+    _row_decodes_like_the_whole(tok, prompt, lambda rng: int(rng.integers(0, v)), trials=6)
