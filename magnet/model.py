@@ -441,6 +441,13 @@ class Model:
 
         return save_pretrained(self, out_dir, merge_lora=merge_lora)
 
+    def __reduce__(self) -> Any:
+        # pickle (multiprocessing's spawn pools, joblib) would fail deep inside on the C model
+        raise TypeError("a magnet.Model cannot be pickled or copied: save it with "
+                        "save_pretrained(dir) and load it in the other process with "
+                        "Model.from_pretrained(dir), or create the model in each worker "
+                        "(fork-started workers inherit it)")
+
     def __repr__(self) -> str:
         c = self.config
         return (f"magnet.Model({c.model_type or c.arch}, layers={c.num_layers}, "

@@ -528,3 +528,15 @@ def test_tokenizer_decode_rejects_non_integers(tok, ids, match) -> None:
 def test_tokenizer_decode_rejects_2d_arrays(tok) -> None:
     with pytest.raises(ValueError, match=r"ids must be 1-D, got shape \(1, 2\)"):
         tok.decode(np.array([[5, 6]]))
+
+
+def test_a_model_cannot_be_pickled_and_says_what_to_do():
+    """pickle and copy.deepcopy stopped at the C object ("cannot pickle 'magnet._C.Model'");
+    the message now names save_pretrained / from_pretrained."""
+    import copy
+    import pickle
+
+    m = magnet.Model.from_pretrained("stories260K")
+    for f in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(TypeError, match="save_pretrained"):
+            f(m)
