@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magnet.tokenizer import ENCODE_SLICE, Tokenizer
+from magnet.tokenizer import Tokenizer
 
 TextSource = str | os.PathLike | Iterable[str]
 
@@ -122,13 +122,9 @@ class ChunkStream:
             for i, t in enumerate(texts):
                 if not isinstance(t, str):
                     raise TypeError(f"{what}: text {i} is {type(t).__name__}, not str")
-            items = list(texts)
-            # a slice at a time, so that the Python lists of ids of the whole corpus never
-            # exist at once: only its chunks (int32 arrays) stay
-            for c0 in range(0, len(items), ENCODE_SLICE):
-                for ids in tokenizer.encode_batch(items[c0:c0 + ENCODE_SLICE], add_bos=False,
-                                                  add_eos=False):
-                    self._chunks.extend(self._split(ids))
+            # one text's ids at a time: only the corpus's chunks (int32 arrays) stay
+            for ids in tokenizer.encode_iter(list(texts), add_bos=False, add_eos=False):
+                self._chunks.extend(self._split(ids))
             if not self._chunks:
                 raise ValueError(
                     f"{what} holds no text of at least {min_tokens} tokens"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,10 +93,15 @@ class Tokenizer:
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise TypeError(f"texts must be str, got {type(t).__name__} (text {i})")
+        return list(self.encode_iter(items, add_bos, add_eos))
+
+    def encode_iter(self, items: list[str], add_bos: bool | None = None,
+                    add_eos: bool | None = None) -> Iterator[list[int]]:
+        """The ids of each of ``items`` (a list of str, checked by the caller), tokenized
+        ENCODE_SLICE texts at a time: a tokenizers Encoding costs kilobytes (offsets, strings,
+        masks), so a whole corpus at once peaked at about 130 times the text's size (adapt on
+        a file), and a caller that keeps less than the ids holds one slice's lists at most."""
         prefix, suffix = self._specials(add_bos, add_eos)
-        out: list[list[int]] = []
-        # a slice at a time: a tokenizers Encoding costs kilobytes (offsets, strings, masks), so
-        # a whole corpus at once peaked at about 130 times the text's size (adapt on a file)
         for c0 in range(0, len(items), ENCODE_SLICE):
             part = items[c0:c0 + ENCODE_SLICE]
             try:
@@ -105,8 +110,8 @@ class Tokenizer:
                 for i, t in enumerate(part):
                     check_text(t, f"text {c0 + i}")
                 raise
-            out.extend(prefix + e.ids + suffix for e in encs)
-        return out
+            for e in encs:
+                yield prefix + e.ids + suffix
 
     def _specials(self, add_bos: bool | None, add_eos: bool | None
                   ) -> tuple[list[int], list[int]]:

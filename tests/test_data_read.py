@@ -70,7 +70,6 @@ def test_a_corpus_is_tokenized_a_slice_at_a_time(monkeypatch):
     import numpy as np
 
     import magnet
-    import magnet.data
     import magnet.tokenizer
     from magnet.data import ChunkStream
 
@@ -93,7 +92,6 @@ def test_a_corpus_is_tokenized_a_slice_at_a_time(monkeypatch):
 
     monkeypatch.setattr(tok, "backend", Spy(tok.backend))
     monkeypatch.setattr(magnet.tokenizer, "ENCODE_SLICE", 7)
-    monkeypatch.setattr(magnet.data, "ENCODE_SLICE", 7)
     sliced = ChunkStream(texts, tok, seq_len=8, seed=0)._chunks
     assert sizes and max(sizes) <= 7 and sum(sizes) == len(texts)
     assert len(sliced) == len(whole) and all(np.array_equal(a, b)

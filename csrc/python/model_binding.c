@@ -374,20 +374,26 @@ static PyObject *Model_detach_lora(MgpyModel *self, PyObject *unused) {
 }
 
 /* lora_info() -> None or (rank, alpha, targets_mask) */
+/* (rank, alpha, targets_mask) of the adapters, or None; the caller holds the model's lock (a
+ * merge in another thread frees the adapters with the GIL released). */
+static PyObject *lora_info_of(const mg_lora *l) {
+    return l ? Py_BuildValue("(ifI)", l->rank, l->alpha, l->targets) : Py_NewRef(Py_None);
+}
+
+/* Copies of the adapters' tensors ({} when none); the caller holds the model's lock. */
+static PyObject *adapters_of(const mg_lora *l) {
+    return l ? mgpy_slots_to_dict(l->be, l->slots, l->n_slots, l->block) : PyDict_New();
+}
+
 static PyObject *Model_lora_info(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    /* under the lock: a merge in another thread frees the adapters with the GIL released */
-    MGPY_LOCKED_READ(self->model, const mg_lora *l = self->model->lora;
-                     PyObject *out = l ? Py_BuildValue("(ifI)", l->rank, l->alpha, l->targets)
-                                       : Py_NewRef(Py_None));
+    MGPY_LOCKED_READ(self->model, PyObject *out = lora_info_of(self->model->lora));
     return out;
 }
 
 static PyObject *Model_lora_state_dict(MgpyModel *self, PyObject *unused) {
     (void)unused;
-    MGPY_LOCKED_READ(self->model, const mg_lora *l = self->model->lora;
-                     PyObject *out = l ? mgpy_slots_to_dict(l->be, l->slots, l->n_slots, l->block)
-                                       : PyDict_New());
+    MGPY_LOCKED_READ(self->model, PyObject *out = adapters_of(self->model->lora));
     return out;
 }
 
@@ -398,12 +404,9 @@ static PyObject *Model_snapshot(MgpyModel *self, PyObject *unused) {
     (void)unused;
     const mg_params *p = &self->model->params;
     MGPY_LOCKED_READ(
-        self->model, const mg_lora *l = self->model->lora;
-        PyObject *info =
-            l ? Py_BuildValue("(ifI)", l->rank, l->alpha, l->targets) : Py_NewRef(Py_None);
+        self->model, PyObject *info = lora_info_of(self->model->lora);
         PyObject *weights = mgpy_slots_to_dict(self->model->be, p->slots, p->n_slots, p->block);
-        PyObject *adapters =
-            l ? mgpy_slots_to_dict(l->be, l->slots, l->n_slots, l->block) : PyDict_New();
+        PyObject *adapters = adapters_of(self->model->lora);
         PyObject *out =
             (info && weights && adapters) ? PyTuple_Pack(3, info, weights, adapters) : NULL;
         Py_XDECREF(info); Py_XDECREF(weights); Py_XDECREF(adapters));

@@ -76,14 +76,7 @@ __global__ void __launch_bounds__(kTcThreads, kTcMinBlocks)
     const int j0 = blockIdx.z * kTcRankTile;
     const int k_begin = blockIdx.y * cols;
     const int k_end = in - k_begin < cols ? in : k_begin + cols;
-    float acc[NT][2][4];
-    MG_UNROLL
-    for (int tt = 0; tt < NT; tt++)
-        MG_UNROLL
-    for (int h = 0; h < 2; h++)
-        MG_UNROLL
-    for (int i = 0; i < 4; i++)
-        acc[tt][h][i] = 0.0f;
+    float acc[NT][2][4] = {};
     for (int k0 = k_begin; k0 < k_end; k0 += 16 * kTcLoads) {
         mg_float4 xv[kTcLoads][2];
         MG_UNROLL
@@ -161,14 +154,7 @@ __global__ void __launch_bounds__(kTcThreads, kTcMinBlocks)
     const int j0 = blockIdx.z * kTcRankTile;
     const long n_begin = (long)blockIdx.y * rows_per_slice;
     const long n_end = n_begin + rows_per_slice < N ? n_begin + rows_per_slice : N;
-    float acc[NT][4][4];
-    MG_UNROLL
-    for (int tt = 0; tt < NT; tt++)
-        MG_UNROLL
-    for (int m = 0; m < 4; m++)
-        MG_UNROLL
-    for (int i = 0; i < 4; i++)
-        acc[tt][m][i] = 0.0f;
+    float acc[NT][4][4] = {};
     for (long n0 = n_begin; n0 < n_end; n0 += 8 * kTcLoads) {
         mg_float4 xv[kTcLoads][2];
         MG_UNROLL
@@ -260,14 +246,9 @@ __global__ void __launch_bounds__(kTcThreads, kTcMinBlocks)
     const long n_end = n_begin + kTcInputRows < N ? n_begin + kTcInputRows : N;
     for (long n0 = n_begin; n0 < n_end; n0 += 16) {
         const long rows[2] = {n0 + gq, n0 + gq + 8};
-        float acc[NT][4][4];
+        float acc[NT][4][4] = {};
         MG_UNROLL
         for (int tt = 0; tt < NT; tt++) {
-            MG_UNROLL
-            for (int m = 0; m < 4; m++)
-                MG_UNROLL
-            for (int i = 0; i < 4; i++)
-                acc[tt][m][i] = 0.0f;
             const float *du = pick(g.du, tt);
             MG_UNROLL
             for (int step = 0; step < 2; step++) {
