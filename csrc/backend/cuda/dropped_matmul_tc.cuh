@@ -58,6 +58,17 @@ __device__ inline void set_lane(mg_float4 &v, int i, float f) {
         v.w = f;
 }
 
+/* d[h][i] = drop(x[rows[h], k + i]) under one product's mask, for the four columns of each of
+ * the lane's two rows (xv holds their values). */
+__device__ inline void drop_rows(float (&d)[2][4], const mg_float4 (&xv)[2], uint64_t origin,
+                                 const long (&rows)[2], int in, int k, float p, float keep_scale) {
+    MG_UNROLL
+    for (int h = 0; h < 2; h++)
+        MG_UNROLL
+    for (int i = 0; i < 4; i++)
+        d[h][i] = dropped(lane_of(xv[h], i), origin, rows[h] * in + k + i, p, keep_scale);
+}
+
 /* Forward: u_t[N, r] = drop_t(x) A_t^T. A warp owns 16 rows (blockIdx.x: 4 warps, 64 rows) and
  * the ranks j0 .. j0 + 15 (blockIdx.z: two 8-rank tiles), over the columns [k_begin, k_end) of
  * slice blockIdx.y; partial sums to part[slice][t][N][r] when there are several slices, else
@@ -100,12 +111,7 @@ __global__ void __launch_bounds__(kTcThreads, kTcMinBlocks)
                     av[h] = tc_load4(j < r && k < k_end, A + (long)j * in + k);
                 }
                 float d[2][4];
-                MG_UNROLL
-                for (int h = 0; h < 2; h++)
-                    MG_UNROLL
-                for (int i = 0; i < 4; i++)
-                    d[h][i] = dropped(lane_of(xv[s][h], i), g.origin[tt], rows[h] * in + k + i, p,
-                                      keep_scale);
+                drop_rows(d, xv[s], g.origin[tt], rows, in, k, p, keep_scale);
                 MG_UNROLL
                 for (int step = 0; step < 2; step++) {
                     const uint32_t a[4] = {mg_tf32(d[0][2 * step]), mg_tf32(d[1][2 * step]),
@@ -180,12 +186,7 @@ __global__ void __launch_bounds__(kTcThreads, kTcMinBlocks)
                     a[2 * h + jh] = mg_tf32(rows[h] < n_end && j < r ? du[rows[h] * r + j] : 0.0f);
                 }
                 float d[2][4];
-                MG_UNROLL
-                for (int h = 0; h < 2; h++)
-                    MG_UNROLL
-                for (int m = 0; m < 4; m++)
-                    d[h][m] = dropped(lane_of(xv[s][h], m), g.origin[tt], rows[h] * in + col + m, p,
-                                      keep_scale);
+                drop_rows(d, xv[s], g.origin[tt], rows, in, col, p, keep_scale);
                 MG_UNROLL
                 for (int m = 0; m < 4; m++)
                     mg_mma_tf32(acc[tt][m], a, mg_tf32(d[0][m]), mg_tf32(d[1][m]));
