@@ -1,6 +1,7 @@
 """GGUF metadata that changes ids or logits: the tokenizer's EOS flag, the pre-tokenizer names
 transformers maps, default special strings the vocabulary lacks, RoPE keys magnet cannot honour
-(refused), and a missing norm epsilon. References: transformers' GGUF loader (and llama.cpp's
+(refused), a missing norm epsilon, non-causal attention and experts (refused), and the
+end-of-turn ids that end generation. References: transformers' GGUF loader (and llama.cpp's
 semantics where transformers has none). Also EOS flags of Hugging Face tokenizers."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 import magnet
-from magnet.formats.gguf import _bytes_to_unicode, gguf_tokenizer
+from magnet.formats.gguf import _bytes_to_unicode, gguf_config, gguf_tokenizer
+from magnet.generation import eos_ids_of, generate_ids
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -54,9 +56,11 @@ def _tokenizer_file(path: Path, pre: str = "gpt-2", **extra) -> Path:
     return _write(path, meta)
 
 
-def _model_file(path: Path, *, drop: tuple[str, ...] = (), **extra) -> Path:
+def _model_file(path: Path, *, drop: tuple[str, ...] = (), argmax: int | None = None,
+                more_tensors: dict[str, np.ndarray] | None = None, **extra) -> Path:
     """A tiny random Llama (hidden 32, 4 heads of 8, 2 KV heads) whose vocabulary has no
-    <|endoftext|>, as Llama 3's has none."""
+    <|endoftext|>, as Llama 3's has none. ``argmax``: a token every position predicts (greedy
+    generation repeats it); ``more_tensors`` are written after the model's own."""
     rng = np.random.default_rng(0)
     V, D, H, KV, F, hd = 96, 32, 4, 2, 48, 8
 
@@ -90,6 +94,14 @@ def _model_file(path: Path, *, drop: tuple[str, ...] = (), **extra) -> Path:
             tensors[f"blk.{i}.{name}.weight"] = r(*shape)
     tensors["output_norm.weight"] = r(D)
     tensors["output.weight"] = r(V, D)
+    if argmax is not None:
+        # every residual stream points along dimension 0 (the layers' small weights barely move
+        # it), and only argmax's output row reads that dimension: its logit is the one above 0
+        tensors["token_embd.weight"][:, 0] = 30.0
+        tensors["output_norm.weight"][0] = 1.0
+        tensors["output.weight"][:] = 0.0
+        tensors["output.weight"][argmax, 0] = 1.0
+    tensors.update(more_tensors or {})
     return _write(path, meta, tensors)
 
 
@@ -185,3 +197,83 @@ def test_hf_tokenizer_eos_flag_and_its_round_trip(tmp_path):
     assert back.tokenizer.encode(text) == m.tokenizer.encode(text)
     saved_ref = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
     assert saved_ref(text)["input_ids"] == m.tokenizer.encode(text)
+
+
+def test_non_causal_attention_is_refused(tmp_path):
+    """attention.causal = false loaded and ran causal; llama.cpp runs such a file bidirectionally
+    (logits 1.7 apart relative to their scale)."""
+    p = _model_file(tmp_path / "m.gguf", **{"llama.attention.causal": ("bool", False)})
+    with pytest.raises(ValueError, match=r"llama\.attention\.causal.*decoder \(causal\).*roles"):
+        magnet.Model.from_pretrained(p)
+    ids = [3, 17, 42, 5]
+    causal = _model_file(tmp_path / "c.gguf", **{"llama.attention.causal": ("bool", True)})
+    plain = _model_file(tmp_path / "p.gguf")
+    assert np.array_equal(magnet.Model.from_pretrained(causal).logits(ids),
+                          magnet.Model.from_pretrained(plain).logits(ids))
+
+
+@pytest.mark.parametrize("key", ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"])
+def test_end_of_turn_ids_end_generation(tmp_path, key):
+    """eot/eom_token_id were ignored: generate ran past <|eot_id|> to max_new_tokens, where
+    llama.cpp stops (Llama 3 Instruct: EOS <|end_of_text|>, turns end at <|eot_id|>)."""
+    eot = 90
+    types = [1] * 96
+    types[eot] = 3  # CONTROL, as <|eot_id|> is: generate's text leaves it out
+    p = _model_file(tmp_path / "m.gguf", argmax=eot,
+                    **{key: ("uint32", eot), "tokenizer.ggml.token_type": ("array", types)})
+    m = magnet.Model.from_pretrained(p)
+    assert m.config.eos_token_id == 1
+    assert m.config.eos_token_ids == (1, eot)
+    assert eos_ids_of(m) == (1, eot)
+    assert generate_ids(m, [[3, 17, 42]], max_new_tokens=5) == [[eot]]
+    assert m.generate("hello", max_new_tokens=5) == ""
+
+
+def test_end_of_turn_and_message_ids_together(tmp_path):
+    p = _model_file(tmp_path / "m.gguf", **{"tokenizer.ggml.eot_token_id": ("uint32", 90),
+                                             "tokenizer.ggml.eom_token_id": ("uint32", 91)})
+    assert magnet.Model.from_pretrained(p).config.eos_token_ids == (1, 90, 91)
+    same = _model_file(tmp_path / "s.gguf", **{"tokenizer.ggml.eot_token_id": ("uint32", 1)})
+    assert magnet.Model.from_pretrained(same).config.eos_token_ids == (1,)
+
+
+@pytest.mark.parametrize("key", ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"])
+def test_end_of_turn_id_outside_the_vocabulary_is_refused(tmp_path, key):
+    p = _model_file(tmp_path / "m.gguf", **{key: ("uint32", 96)})
+    with pytest.raises(ValueError, match=key.replace(".", r"\.") + " 96 is not a token id"):
+        magnet.Model.from_pretrained(p)
+
+
+def test_mixture_of_experts_is_refused(tmp_path):
+    """expert_count was not read: a file declaring experts over dense FFN tensors loaded as a
+    dense model (llama.cpp refuses it), and a real MoE layout failed on its router tensor with a
+    message that did not say why."""
+    p = _model_file(tmp_path / "m.gguf", **{"llama.expert_count": ("uint32", 4),
+                                            "llama.expert_used_count": ("uint32", 2)})
+    with pytest.raises(ValueError, match=r"mixture-of-experts.*llama\.expert_count = 4"):
+        magnet.Model.from_pretrained(p)
+    p = _model_file(tmp_path / "z.gguf", **{"llama.expert_count": ("uint32", 0)})
+    assert magnet.Model.from_pretrained(p).config.num_layers == 2
+    router = {"blk.0.ffn_gate_inp.weight": np.zeros((4, 32), np.float32)}
+    p = _model_file(tmp_path / "r.gguf", more_tensors=router)
+    with pytest.raises(ValueError, match=r"'blk\.0\.ffn_gate_inp\.weight'.*mixture-of-experts"):
+        magnet.Model.from_pretrained(p)
+    experts = {"blk.1.ffn_up_exps.weight": np.zeros((4, 48, 32), np.float32)}
+    p = _model_file(tmp_path / "e.gguf", more_tensors=experts)
+    with pytest.raises(ValueError, match=r"'blk\.1\.ffn_up_exps\.weight'.*mixture-of-experts"):
+        magnet.Model.from_pretrained(p)
+
+
+def test_gpt2_ignores_rope_keys():
+    """GPT-2 has no RoPE, but a rope.scaling.type other than linear/none was refused."""
+    meta = {"general.architecture": "gpt2", "gpt2.block_count": 1, "gpt2.context_length": 64,
+            "gpt2.embedding_length": 8, "gpt2.feed_forward_length": 16,
+            "gpt2.attention.head_count": 2, "gpt2.rope.scaling.type": "yarn",
+            "gpt2.rope.scaling.factor": 4.0, "gpt2.rope.freq_base": "x"}
+    tensors = {"token_embd.weight": np.zeros((10, 8), np.float32)}
+    config = gguf_config(meta, tensors)
+    assert (config.rope_type, config.rope_factor, config.rope_theta) == ("default", 1.0, 10000.0)
+    llama = {k.replace("gpt2", "llama"): v for k, v in meta.items()
+             if k != "gpt2.rope.freq_base"} | {"general.architecture": "llama"}
+    with pytest.raises(ValueError, match="unsupported GGUF RoPE scaling 'yarn'"):
+        gguf_config(llama, tensors)

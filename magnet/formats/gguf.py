@@ -76,6 +76,22 @@ def gguf_config(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ModelCo
     if "rope_freqs.weight" in tensors:
         raise ValueError("GGUF rope_freqs.weight (per-dimension RoPE scaling) is not supported")
     p = arch + "."
+    # llama.cpp reads attention.causal for every architecture and, when false, lets every token
+    # see the whole sequence (embedding models); loading such a file as a decoder would give
+    # other logits silently
+    if not _get(meta, p + "attention.causal", bool, True):
+        raise ValueError(
+            f"GGUF {p}attention.causal = false (bidirectional attention) is not supported: "
+            "magnet loads decoder (causal) models; bidirectional attention is available per "
+            "call through roles (every token magnet.CONTEXT)"
+        )
+    # a file declaring experts needs a router and per-expert FFNs; checked before the tensors so
+    # the error names the cause rather than the first expert tensor
+    experts = _get(meta, p + "expert_count", int, 0)
+    if experts > 0:
+        raise ValueError(
+            f"GGUF mixture-of-experts models are not supported ({p}expert_count = {experts})"
+        )
     hidden = _get(meta, p + "embedding_length", int)
     heads = _get(meta, p + "attention.head_count", int)
     kv_heads = _get(meta, p + "attention.head_count_kv", int, heads)
@@ -106,20 +122,23 @@ def gguf_config(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ModelCo
     else:
         # transformers' default for a file without the key (LlamaConfig, Qwen2Config: 1e-6)
         eps = _get(meta, p + "attention.layer_norm_rms_epsilon", float, 1e-6)
-    rope_type, rope_factor, rope_orig = "default", 1.0, 0
-    # as llama.cpp reads them: the type defaults to linear, the factor to the pre-2023 key
-    # rope.scale_linear, and a factor of 0 or 1 scales nothing
-    scaling = meta.get(p + "rope.scaling.type", "linear")
-    factor_key = p + ("rope.scaling.factor" if p + "rope.scaling.factor" in meta
-                      else "rope.scale_linear")
-    factor = _get(meta, factor_key, (int, float), 0.0)
-    if scaling == "linear":
-        if factor < 0 or not np.isfinite(factor):
-            raise ValueError(f"GGUF RoPE scaling factor {factor!r} is not a positive number")
-        if factor not in (0.0, 1.0):
-            rope_type, rope_factor = "linear", float(factor)
-    elif scaling not in ("none", ""):
-        raise ValueError(f"unsupported GGUF RoPE scaling {scaling!r}")
+    rope_type, rope_factor, rope_orig, rope_theta = "default", 1.0, 0, 10000.0
+    if arch != "gpt2":  # GPT-2 has learned positions: its rope.* keys mean nothing (llama.cpp)
+        rope_theta = float(_get(meta, p + "rope.freq_base", (int, float), 10000.0))
+        # as llama.cpp reads them: the type defaults to linear, the factor to the pre-2023 key
+        # rope.scale_linear, and a factor of 0 or 1 scales nothing
+        scaling = meta.get(p + "rope.scaling.type", "linear")
+        factor_key = p + ("rope.scaling.factor" if p + "rope.scaling.factor" in meta
+                          else "rope.scale_linear")
+        factor = _get(meta, factor_key, (int, float), 0.0)
+        if scaling == "linear":
+            if factor < 0 or not np.isfinite(factor):
+                raise ValueError(f"GGUF RoPE scaling factor {factor!r} is not a positive number")
+            if factor not in (0.0, 1.0):
+                rope_type, rope_factor = "linear", float(factor)
+        elif scaling not in ("none", ""):
+            raise ValueError(f"unsupported GGUF RoPE scaling {scaling!r}")
+    eos = meta.get("tokenizer.ggml.eos_token_id")
     return ModelConfig(
         arch=_ARCHS[arch],
         vocab_size=vocab,
@@ -131,15 +150,36 @@ def gguf_config(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> ModelCo
         intermediate_size=_get(meta, p + "feed_forward_length", int),
         max_positions=_get(meta, p + "context_length", int, 2048),
         norm_eps=float(eps),
-        rope_theta=float(_get(meta, p + "rope.freq_base", (int, float), 10000.0)),
+        rope_theta=rope_theta,
         rope_type=rope_type,
         rope_factor=rope_factor,
         rope_original_max_positions=rope_orig,
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+        eos_token_id=eos,
+        eos_token_ids=_end_of_generation_ids(meta, eos, vocab),
         model_type=arch,
         source={k: v for k, v in meta.items() if not isinstance(v, list)},
     )
+
+
+def _end_of_generation_ids(meta: dict[str, Any], eos: Any, vocab: int) -> tuple[int, ...]:
+    """The ids that end generation: EOS, then end-of-turn and end-of-message when the file
+    names them (llama.cpp stops at all three; Llama 3 Instruct's EOS is <|end_of_text|> while a
+    turn ends at <|eot_id|>). Saved as generation_config.json's list by save_pretrained."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    # an id must index both the logits and the vocabulary the tokenizer is built from
+    limit = min(vocab, len(tokens)) if isinstance(tokens, list) else vocab
+    ids = [eos] if isinstance(eos, int) else []
+    for k in ("eot", "eom"):
+        key = f"tokenizer.ggml.{k}_token_id"
+        v = meta.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not (isinstance(v, int) and 0 <= v < limit):
+            raise ValueError(f"GGUF {key} {v!r} is not a token id")
+        if v not in ids:
+            ids.append(v)
+    return tuple(ids)
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -171,6 +211,19 @@ _LAYER_NAMES = {
 }
 
 
+def _is_expert_tensor(parts: list[str]) -> bool:
+    """Whether blk.{i}.<kind>... is a mixture-of-experts tensor in llama.cpp's naming: the router
+    (ffn_gate_inp), stacked experts (ffn_*_exps), shared experts (ffn_*_shexp), the router's
+    bias (exp_probs_b), or the early per-expert layout blk.{i}.ffn_up.{e}.weight."""
+    if len(parts) < 3:
+        return False
+    kind = parts[2]
+    if (kind.startswith("ffn_gate_inp") or kind.endswith(("_exps", "_shexp"))
+            or kind.startswith("exp_probs")):
+        return True
+    return len(parts) == 5 and kind in ("ffn_gate", "ffn_up", "ffn_down") and parts[3].isdigit()
+
+
 def _map_tensors(
     config: ModelConfig, arch: str, raw: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -189,6 +242,9 @@ def _map_tensors(
             out["lm_head.weight"] = arr
         elif name.startswith("blk."):
             parts = name.split(".")
+            if _is_expert_tensor(parts):
+                raise ValueError(f"GGUF tensor {name!r} belongs to a mixture-of-experts layer; "
+                                 "mixture-of-experts models are not supported")
             if len(parts) != 4 or not parts[1].isdigit():
                 raise ValueError(f"unexpected GGUF tensor {name!r}")
             layer, kind, leaf = int(parts[1]), parts[2], parts[3]
