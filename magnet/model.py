@@ -429,10 +429,14 @@ class Model:
         """Write a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
 
         Adapters are merged into the written weights (``merge_lora=True``) or saved beside
-        them as a PEFT-style adapter. The write is atomic: a crash leaves any previous
-        directory at ``out_dir`` intact. Files there that are not model files (notes, an
-        ``adapt`` checkpoint) are kept; other weight files (shards, ``pytorch_model.bin``, a
-        stale adapter) are removed. ``out_dir`` cannot be the working directory or hold it.
+        them as a peft LoRA adapter (``merge_lora=False``): transformers'
+        ``AutoModelForCausalLM.from_pretrained(out_dir)`` and peft load it with the adapter
+        applied. ``from_pretrained`` also reads an adapter that peft wrote beside its base
+        model (LoRA without DoRA, biases, per-module ranks or extra trained modules).
+        The write is atomic: a crash leaves any previous directory at ``out_dir`` intact.
+        Files there that are not model files (notes, an ``adapt`` checkpoint) are kept; other
+        weight files (shards, ``pytorch_model.bin``, a stale adapter) are removed.
+        ``out_dir`` cannot be the working directory or hold it.
         ``Model.from_pretrained(out_dir)`` gives the same outputs: bit for bit with
         ``merge_lora=False`` (or after :meth:`merge_lora`), within float rounding otherwise
         (each merged weight is rounded once).

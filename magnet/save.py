@@ -26,35 +26,13 @@ from magnet.formats.huggingface import (
     tokenizer_to_hf,
     write_safetensors,
 )
+from magnet.formats.peft import TARGETS, adapter_from_peft, adapter_to_peft, read_metadata
 
 if TYPE_CHECKING:
     from magnet.model import Model
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_PEFT_MODULES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
-                 "wo": "self_attn.o_proj", "w_gate": "mlp.gate_proj", "w_up": "mlp.up_proj",
-                 "w_down": "mlp.down_proj"}
-_TARGET_BITS = {"wq": 0, "wk": 1, "wv": 2, "wo": 3, "w_gate": 4, "w_up": 5, "w_down": 6}
-
-
-def _peft_name(name: str) -> str:
-    """layers.3.wq.lora_A -> base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"""
-    m = re.fullmatch(r"layers\.(\d+)\.(\w+)\.(lora_[AB])", name)
-    if m is None:
-        raise ValueError(f"not an adapter name: {name!r}")
-    return f"base_model.model.model.layers.{m[1]}.{_PEFT_MODULES[m[2]]}.{m[3]}.weight"
-
-
-def _magnet_name(name: str) -> str:
-    if name.startswith("layers."):
-        return name
-    m = re.fullmatch(r"base_model\.model\.model\.layers\.(\d+)\.(\w+\.\w+)\.(lora_[AB])\.weight",
-                     name)
-    inverse = {v: k for k, v in _PEFT_MODULES.items()}
-    if m is None or m[2] not in inverse:
-        raise ValueError(f"unsupported adapter tensor {name!r}")
-    return f"layers.{m[1]}.{inverse[m[2]]}.{m[3]}"
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -236,8 +214,9 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
 
     With adapters attached: ``merge_lora=True`` writes W + (alpha/r) B A into the weights;
     ``merge_lora=False`` writes the base weights plus ``adapter_config.json`` and
-    ``adapter_model.safetensors`` (PEFT's names for the LLaMA family, magnet's for GPT-2).
-    The model in memory is not changed.
+    ``adapter_model.safetensors`` in peft's layout (see magnet.formats.peft), which
+    transformers, peft and magnet load with the adapter applied. The model in memory is not
+    changed.
     """
     given = Path(out_dir)
     out = check_target_dir(out_dir, "out_dir")
@@ -267,15 +246,13 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
                                                        encoding="utf-8")
         if lora and not merge_lora:
             rank, alpha, mask = lora
-            targets = [k for k, bit in _TARGET_BITS.items() if mask >> bit & 1]
-            gpt2 = model.config.arch == "gpt2"
-            (tmp / ADAPTER_CONFIG).write_text(json.dumps({
-                "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
-                "target_modules": targets if gpt2 else [_PEFT_MODULES[t].split(".")[1]
-                                                        for t in targets],
-                "magnet_targets": targets, "bias": "none", "task_type": "CAUSAL_LM"}, indent=2))
-            names = {k: (k if gpt2 else _peft_name(k)) for k in adapter}
-            write_safetensors(tmp / ADAPTER_WEIGHTS, {names[k]: v for k, v in adapter.items()})
+            targets = [t for bit, t in enumerate(TARGETS) if mask >> bit & 1]
+            # peft's AutoPeftModelForCausalLM loads the base from here (transformers reads a
+            # directory with its own config.json and ignores the name)
+            cfg, peft_tensors, meta = adapter_to_peft(model.config, rank, alpha, targets,
+                                                      adapter, os.fspath(out))
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2))
+            write_safetensors(tmp / ADAPTER_WEIGHTS, peft_tensors, {"format": "pt", **meta})
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -284,20 +261,23 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
 
 
 def load_adapter(model: Model, directory: Path) -> None:
-    """Attach the adapter saved beside a model by ``save_pretrained(merge_lora=False)``."""
+    """Attach the adapter saved beside a model: by ``save_pretrained(merge_lora=False)``, or a
+    LoRA adapter that peft wrote (``PeftModel.save_pretrained``)."""
     from magnet import _C
 
+    where = directory / ADAPTER_CONFIG
     try:
-        cfg = json.loads((directory / ADAPTER_CONFIG).read_text())
-        rank, alpha, targets = int(cfg["r"]), float(cfg["lora_alpha"]), cfg["magnet_targets"]
-        mask = 0
-        for t in targets:
-            mask |= 1 << _TARGET_BITS[t]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{directory / ADAPTER_CONFIG}: not a magnet adapter config ({e})"
-        ) from None
-    state = _C.read_safetensors(os.fspath(directory / ADAPTER_WEIGHTS))
+        cfg = json.loads(where.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: not a JSON adapter config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: not a JSON adapter config (a {type(cfg).__name__})")
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing (the adapter's weights, beside {where.name})")
+    state = _C.read_safetensors(os.fspath(weights))
+    rank, alpha, targets, tensors = adapter_from_peft(model.config, cfg, state,
+                                                      read_metadata(weights), where)
+    mask = sum(1 << TARGETS.index(t) for t in targets)
     model._c.attach_lora(rank, alpha, mask, 0)
-    model._c.load_lora_state_dict({_magnet_name(k): np.ascontiguousarray(v)
-                                   for k, v in state.items()})
+    model._c.load_lora_state_dict({k: np.ascontiguousarray(v) for k, v in tensors.items()})

@@ -1,0 +1,226 @@
+"""LoRA adapters in PEFT's layout (``adapter_config.json`` + ``adapter_model.safetensors``), both
+ways: what ``save_pretrained(merge_lora=False)`` writes, so that transformers and peft load it
+as they load their own, and what magnet reads back, its own adapters and those peft wrote.
+
+magnet keeps one adapter per projection (``layers.N.wq.lora_A`` [r, in], ``.lora_B`` [out, r])
+with one rank and one alpha for all of them. PEFT names them after the transformers modules.
+GPT-2 has one fused ``c_attn`` module for q, k and v: magnet's q/k/v adapters are written as a
+single ``c_attn`` adapter of rank n r (A stacked, B block-diagonal), whose ``rank_pattern`` and
+``alpha_pattern`` keep the scale alpha / r. The exact targets and rank are also written into the
+adapter file's safetensors metadata, so that magnet reads its own adapters back bit for bit (a
+block of B may be zero, so the blocks cannot be recovered from the values alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magnet.config import ModelConfig
+
+# magnet's projection names, in the order of the C core's target bits
+TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+_LLAMA_MODULES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
+                  "wo": "self_attn.o_proj", "w_gate": "mlp.gate_proj", "w_up": "mlp.up_proj",
+                  "w_down": "mlp.down_proj"}
+_GPT2_MODULES = {"wo": "attn.c_proj", "w_up": "mlp.c_fc", "w_down": "mlp.c_proj"}
+_QKV = ("wq", "wk", "wv")
+_LLAMA_KEY = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.(\w+\.\w+)\.lora_([AB])\.weight")
+_GPT2_KEY = re.compile(r"base_model\.model\.transformer\.h\.(\d+)\.(\w+\.\w+)\.lora_([AB])\.weight")
+_OLD_NAME = re.compile(r"layers\.(\d+)\.(\w+)\.lora_([AB])")  # magnet's own names (before 0.2)
+META_TARGETS, META_RANK = "magnet_targets", "magnet_rank"
+
+
+def _shapes(config: ModelConfig, target: str) -> tuple[int, int]:
+    """(in, out) of a projection."""
+    D, F = config.hidden_size, config.intermediate_size
+    QD, KD = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    return {"wq": (D, QD), "wk": (D, KD), "wv": (D, KD), "wo": (QD, D), "w_gate": (D, F),
+            "w_up": (D, F), "w_down": (F, D)}[target]
+
+
+def adapter_to_peft(config: ModelConfig, rank: int, alpha: float, targets: list[str],
+                    adapter: dict[str, np.ndarray], base: str
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
+    """(adapter_config.json, tensors, safetensors metadata) of magnet's adapters.
+
+    ``adapter``: ``layers.N.T.lora_A`` float32 [r, in] and ``.lora_B`` [out, r] per layer and
+    target; ``base``: the path peft's ``AutoPeftModelForCausalLM`` loads the base model from."""
+    gpt2 = config.arch == "gpt2"
+    cfg: dict[str, Any] = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
+        "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+        "fan_in_fan_out": gpt2, "use_rslora": False, "use_dora": False,
+        "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None}
+    meta = {META_TARGETS: ",".join(targets), META_RANK: str(rank)}
+    tensors: dict[str, np.ndarray] = {}
+    if not gpt2:
+        cfg["target_modules"] = sorted(_LLAMA_MODULES[t].split(".")[1] for t in targets)
+        for name, value in adapter.items():
+            m = _OLD_NAME.fullmatch(name)
+            if m is None:
+                raise ValueError(f"not an adapter name: {name!r}")
+            tensors[f"base_model.model.model.layers.{m[1]}.{_LLAMA_MODULES[m[2]]}"
+                    f".lora_{m[3]}.weight"] = value
+        return cfg, tensors, meta
+    qkv = [t for t in _QKV if t in targets]
+    modules = sorted({_GPT2_MODULES[t] for t in targets if t in _GPT2_MODULES}
+                     | ({"attn.c_attn"} if qkv else set()))
+    # a regex: "c_proj" alone would also name the attention's projection or the MLP's
+    cfg["target_modules"] = r".*\.h\.\d+\.(" + "|".join(re.escape(m) for m in modules) + ")"
+    if len(qkv) > 1:
+        cfg["rank_pattern"] = {"c_attn": len(qkv) * rank}
+        cfg["alpha_pattern"] = {"c_attn": len(qkv) * alpha}
+    D = config.hidden_size
+    for layer in range(config.num_layers):
+        prefix = f"base_model.model.transformer.h.{layer}."
+        for t in targets:
+            if t in _GPT2_MODULES:
+                for ab in "AB":
+                    tensors[f"{prefix}{_GPT2_MODULES[t]}.lora_{ab}.weight"] = \
+                        adapter[f"layers.{layer}.{t}.lora_{ab}"]
+        if not qkv:
+            continue
+        A = np.concatenate([adapter[f"layers.{layer}.{t}.lora_A"] for t in qkv])
+        B = np.zeros((3 * D, len(qkv) * rank), np.float32)
+        for j, t in enumerate(qkv):
+            i = _QKV.index(t)
+            B[i * D:(i + 1) * D, j * rank:(j + 1) * rank] = adapter[f"layers.{layer}.{t}.lora_B"]
+        tensors[prefix + "attn.c_attn.lora_A.weight"] = A
+        tensors[prefix + "attn.c_attn.lora_B.weight"] = B
+    return cfg, tensors, meta
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header ({} when it has none)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if size > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(f.read(size))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
+def _refuse_unsupported(cfg: dict[str, Any], where: Path) -> None:
+    """What peft can write and magnet's adapters cannot hold, refused by name."""
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{where}: peft_type {cfg['peft_type']!r} is not supported "
+                         "(magnet reads LoRA adapters)")
+    unsupported = {
+        "use_dora": "DoRA adapters", "modules_to_save": "modules_to_save (fully trained layers)",
+        "layer_replication": "layer_replication", "lora_bias": "lora_bias",
+        "trainable_token_indices": "trained token embeddings (trainable_token_indices)",
+        "target_parameters": "adapters on parameters (target_parameters)",
+        "rank_pattern": "per-module ranks (rank_pattern)",
+        "alpha_pattern": "per-module alphas (alpha_pattern)"}
+    for key, what in unsupported.items():
+        if cfg.get(key):
+            raise ValueError(f"{where}: {what} are not supported by magnet's LoRA")
+    if cfg.get("bias", "none") != "none":
+        raise ValueError(f"{where}: bias {cfg['bias']!r} is not supported (only 'none')")
+
+
+def adapter_from_peft(config: ModelConfig, cfg: dict[str, Any], state: dict[str, np.ndarray],
+                      meta: dict[str, str], where: Path
+                      ) -> tuple[int, float, list[str], dict[str, np.ndarray]]:
+    """(rank, alpha, targets, magnet's adapter tensors) of an adapter written by magnet or peft.
+
+    A (layer, target) pair the adapter leaves out (peft's ``layers_to_transform``) gets zero
+    factors, which change nothing."""
+    try:
+        rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where}: not a LoRA adapter config ({e!r} in r / lora_alpha)") from None
+    if "magnet_targets" in cfg:  # written by an older magnet: its own names, no metadata
+        return _old_magnet(config, rank, alpha, cfg["magnet_targets"], state, where)
+    ours = META_TARGETS in meta
+    if ours:
+        targets = [t for t in meta[META_TARGETS].split(",") if t]
+        rank = int(meta.get(META_RANK, rank))
+        if any(t not in TARGETS for t in targets):
+            raise ValueError(f"{where}: unknown adapter targets {targets}")
+    else:
+        _refuse_unsupported(cfg, where)
+        if cfg.get("use_rslora"):  # scale alpha / sqrt(r) as magnet's alpha' / r
+            alpha *= math.sqrt(rank)
+        targets = []
+    gpt2 = config.arch == "gpt2"
+    modules = {**_GPT2_MODULES, "wq": "attn.c_attn"} if gpt2 else _LLAMA_MODULES
+    by_module = {v: k for k, v in modules.items()}
+    key_re = _GPT2_KEY if gpt2 else _LLAMA_KEY
+    found: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    for name, value in state.items():
+        m = key_re.fullmatch(name)
+        if m is None or m[2] not in by_module or not int(m[1]) < config.num_layers:
+            raise ValueError(f"{where}: unsupported adapter tensor {name!r} for this "
+                             f"{config.arch} model")
+        found.setdefault((int(m[1]), m[2]), {})[m[3]] = np.asarray(value, np.float32)
+    if not ours:
+        named = {by_module[mod] for _, mod in found}
+        targets = [t for t in TARGETS if t in named or (gpt2 and t in _QKV and "wq" in named)]
+    out: dict[str, np.ndarray] = {}
+    for layer in range(config.num_layers):
+        for t in targets:
+            mod = modules["wq" if gpt2 and t in _QKV else t]
+            pair = found.get((layer, mod))
+            inp, outp = _shapes(config, t)
+            if pair is None:
+                A, B = np.zeros((rank, inp), np.float32), np.zeros((outp, rank), np.float32)
+            elif set(pair) != {"A", "B"}:
+                raise ValueError(f"{where}: layer {layer} {mod} has lora_{''.join(pair)} only")
+            elif gpt2 and t in _QKV:
+                A, B = _split_c_attn(pair["A"], pair["B"], targets, t, rank, ours,
+                                     config.hidden_size, f"{where}: layer {layer} c_attn")
+            else:
+                A, B = pair["A"], pair["B"]
+            out[f"layers.{layer}.{t}.lora_A"], out[f"layers.{layer}.{t}.lora_B"] = A, B
+    if not targets:
+        raise ValueError(f"{where}: the adapter has no tensors")
+    return rank, alpha, targets, out
+
+
+def _split_c_attn(A: np.ndarray, B: np.ndarray, targets: list[str], t: str, rank: int,
+                  ours: bool, D: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """GPT-2's fused q/k/v adapter as target t's own factors. magnet's (``ours``) stacks the
+    targets' A and puts their B on the diagonal; any other shares one A among q, k and v,
+    and each takes its rows of B (exactly the same products)."""
+    i = _QKV.index(t)
+    if A.ndim != 2 or B.ndim != 2 or B.shape[0] != 3 * D or A.shape[0] != B.shape[1]:
+        raise ValueError(f"{where}: lora_A {A.shape} and lora_B {B.shape} do not fit "
+                         f"[r, {D}] and [{3 * D}, r]")
+    if not ours:
+        if A.shape[0] != rank:
+            raise ValueError(f"{where}: rank {A.shape[0]}, the config says r = {rank}")
+        return A, np.ascontiguousarray(B[i * D:(i + 1) * D])
+    qkv = [q for q in _QKV if q in targets]
+    j = qkv.index(t)
+    if A.shape[0] != len(qkv) * rank:
+        raise ValueError(f"{where}: rank {A.shape[0]}, expected {len(qkv)} x {rank}")
+    return (np.ascontiguousarray(A[j * rank:(j + 1) * rank]),
+            np.ascontiguousarray(B[i * D:(i + 1) * D, j * rank:(j + 1) * rank]))
+
+
+def _old_magnet(config: ModelConfig, rank: int, alpha: float, targets: Any,
+                state: dict[str, np.ndarray], where: Path
+                ) -> tuple[int, float, list[str], dict[str, np.ndarray]]:
+    """An adapter saved by magnet before it wrote peft's layout for GPT-2 and the metadata:
+    ``magnet_targets`` in the config, magnet's names (GPT-2) or peft's (LLaMA family)."""
+    if not isinstance(targets, list) or any(t not in TARGETS for t in targets):
+        raise ValueError(f"{where}: magnet_targets must list adapter targets, got {targets!r}")
+    out = {}
+    for name, value in state.items():
+        m = _OLD_NAME.fullmatch(name) or _LLAMA_KEY.fullmatch(name)
+        if m is None or (m.re is _LLAMA_KEY and m[2] not in _LLAMA_MODULES.values()):
+            raise ValueError(f"{where}: unsupported adapter tensor {name!r}")
+        t = m[2] if m.re is _OLD_NAME else {v: k for k, v in _LLAMA_MODULES.items()}[m[2]]
+        out[f"layers.{m[1]}.{t}.lora_{m[3]}"] = np.asarray(value, np.float32)
+    return rank, alpha, list(targets), out
