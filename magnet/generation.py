@@ -164,30 +164,35 @@ def decode_steps(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens:
 
     The caller may ``generator.finish(row)`` between steps (stop strings). A row ends when it
     samples ``eos_id`` (or one of a sequence of them; the EOS token is yielded) or is finished;
-    the loop ends when every row has ended or after ``max_new_tokens`` steps, or when the
-    sequences reach the model's position limit (GPT-2's table, a sliding window), as
-    transformers' ``max_length``. Checked here, before the first step (a stream fails when it
-    is made, not halfway): a prompt longer than that limit, a session that cannot exist.
+    the loop ends when every row has ended or after ``max_new_tokens`` steps. A row also ends
+    when it reaches the model's position limit (GPT-2's table, a sliding window), as
+    transformers' ``max_length``: each row at its own length, so a long prompt beside it does
+    not shorten it. Checked here, before the first step (a stream fails when it is made, not
+    halfway): a prompt longer than that limit, a session that cannot exist.
     """
     T = max(len(p) for p in prompts)
     limit, why = _position_bound(model)
     if T > limit:
         raise ValueError(f"the prompt has {T} tokens, more than the model's {limit} positions "
                          f"({why})")
-    if T + max_new_tokens - 1 >= 2**31:  # the KV cache of such a session cannot exist
-        raise MemoryError(f"cannot hold a KV cache of {T + max_new_tokens - 1} positions "
+    # a row stops at `limit` tokens, prompt included (its last token at position limit - 1)
+    budgets = [min(max_new_tokens, limit - len(p)) for p in prompts]
+    # the KV cache of such a session cannot exist (a model's own limit cuts the session first)
+    steps = max(budgets) if limit < MAX_POSITIONS else max_new_tokens
+    if T + steps - 1 >= 2**31:
+        raise MemoryError(f"cannot hold a KV cache of {T + steps - 1} positions "
                           f"(max_new_tokens={max_new_tokens})")
-    # a sequence stops at `limit` tokens, prompt included (its last token at position limit - 1)
-    steps = min(max_new_tokens, limit - T)
-    return _decode_loop(model, prompts, steps, sampling, seed, eos_id)
+    return _decode_loop(model, prompts, budgets, sampling, seed, eos_id)
 
 
-def _decode_loop(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+def _decode_loop(model: Model, prompts: Sequence[Sequence[int]], budgets: list[int],
                  sampling: Sampling, seed: int, eos_id: int | Sequence[int]
                  ) -> Iterator[tuple[Any, np.ndarray]]:
-    """The steps of :func:`decode_steps`, after its checks."""
+    """The steps of :func:`decode_steps`, after its checks; row b makes at most budgets[b]
+    new tokens."""
     B = len(prompts)
     T = max(len(p) for p in prompts)
+    steps = max(budgets)
     ids = np.zeros((B, T), np.int32)
     seg = np.full((B, T), -1, np.int32)
     pos = np.zeros((B, T), np.int32)
@@ -196,16 +201,22 @@ def _decode_loop(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens:
         ids[b, T - n:] = p
         seg[b, T - n:] = 0
         pos[b, T - n:] = np.arange(n, dtype=np.int32)
-    if max_new_tokens == 0:
+    if steps == 0:
         return
-    gen = _C.Generator(model._c, B, T + max_new_tokens - 1, seed=seed, eos_id=eos_id,
+    gen = _C.Generator(model._c, B, T + steps - 1, seed=seed, eos_id=eos_id,
                        **sampling.c_kwargs())
     gen.append(ids, np.full((B, T), SPAN, np.uint8), seg, pos)
-    for _ in range(max_new_tokens):
+    for b, budget in enumerate(budgets):
+        if budget == 0:  # a prompt that fills the positions: nothing follows it
+            gen.finish(b)
+    for step in range(steps):
         tokens, _ = gen.decode_step()
         if (tokens < 0).all():
             return
         yield gen, tokens
+        for b, budget in enumerate(budgets):
+            if budget == step + 1:  # this row's last position: its next token would pass it
+                gen.finish(b)
         if gen.finished.all():
             return
 

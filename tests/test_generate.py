@@ -311,8 +311,11 @@ def test_kv_cache_grows_with_the_generation(tiny):
     assert generate_ids(m, [prompt], 10**8, eos_id=stop)[0] == free[:free.index(stop) + 1]
     gen = _C.Generator(m._c, 1, 10**8)
     assert gen.capacity < 10**5
-    with pytest.raises(MemoryError, match="KV cache"):
-        generate_ids(m, [prompt], 2**31)
+    if name == "gpt2":  # its position table ends the session long before: no such cache
+        assert generate_ids(m, [prompt], 2**31, eos_id=-1)[0] == free
+    else:
+        with pytest.raises(MemoryError, match="KV cache"):
+            generate_ids(m, [prompt], 2**31)
     # a session that keeps hidden states grows them too
     if name != "gpt2":
         n = 5000
@@ -409,6 +412,25 @@ def test_generation_stops_at_the_position_limit(tmp_path):
     assert "".join(m.generate("w5 w6 w7", max_new_tokens=1000, stream=True)) == text
     with pytest.raises(ValueError, match=f"more than the model's {limit} positions"):
         m.generate(" ".join(["w5"] * (limit + 1)), stream=True)  # at the call, not the first piece
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "mistral"])
+def test_each_row_of_a_batch_stops_at_its_own_position_limit(tmp_path, arch):
+    """Rows are left-padded, so each reaches the limit (GPT-2's table, Mistral's window) at its
+    own length: a short prompt beside a long one got as few new tokens as the long one (9 of
+    20). A prompt that fills the positions gets none; a max_new_tokens past any session
+    (2**31 - 1) is cut at the limit instead of failing with MemoryError."""
+    make_checkpoint(arch, tmp_path)
+    m = magnet.Model.from_pretrained(tmp_path)
+    limit = m.config.max_positions if arch == "gpt2" else m.config.sliding_window
+    short, long, full = [1, 5, 9, 2, 7], list(range(3, 58)), [4] * limit
+    alone = generate_ids(m, [short], 20, eos_id=-1)[0]
+    assert len(alone) == 20
+    batch = generate_ids(m, [short, long, full], 20, eos_id=-1)
+    assert batch[0] == alone
+    assert batch[1] == generate_ids(m, [long], 20, eos_id=-1)[0]
+    assert len(batch[1]) == limit - len(long) and batch[2] == []
+    assert len(generate_ids(m, [short], 2**31 - 1, eos_id=-1)[0]) == limit - len(short)
 
 
 def _row_decodes_like_the_whole(tok, prompt: list[int], draws, trials: int = 12,
