@@ -140,23 +140,7 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
         instruction = DEFAULT_INSTRUCTION if level == "sentence" else None
     _check_instruction(instruction, "instruction")
     _check_max_length(max_length)
-    if max_length is None:
-        max_length = model.config.max_positions if model.config.max_positions > 0 else 1 << 30
-
-    eos = tok.eos_id
-    if level == "sentence":
-        prefix = [tok.bos_id] if tok.bos_id is not None else []  # as SSCL training does
-        suffix = [eos] if eos is not None else []
-    else:
-        first = tok.bos_id if tok.bos_id is not None else eos
-        if first is None:
-            raise ValueError("token embeddings need a BOS or EOS token to start from")
-        prefix, suffix = [first], []
-    head = prefix + (tok.encode(instruction, add_bos=False, add_eos=False) if instruction else [])
-    room = int(max_length) - len(head) - len(suffix)
-    if room < 0 or (room == 0 and not suffix):
-        raise ValueError(f"max_length={max_length} leaves no room for text after the "
-                         f"{len(head)} BOS/instruction tokens")
+    head, suffix, room, max_length = _layout(model, level, instruction, max_length)
     # tokenized a chunk at a time and kept as int32 arrays: the tokenizers library's Encoding
     # objects cost some 5 KB per text, too much to hold for a whole corpus at once
     head_ids = np.array(head, np.int32)
@@ -202,6 +186,36 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
             tokens, offsets = pieces[i]
             results[i] = TokenEmbeddings(vec, seqs[i][len(head):].tolist(), tokens, offsets)
     return results[0] if single else results
+
+
+def _layout(model: Model, level: str, instruction: str | None, max_length: int | None
+            ) -> tuple[list[int], list[int], int, int]:
+    """(ids before the text, ids after it, the most text tokens, max_length) of one input.
+
+    ``max_length`` defaults to the positions the model may use: its position table, or its
+    sliding window where that is shorter (a longer input is refused there, not truncated)."""
+    tok = model.tokenizer
+    assert tok is not None
+    if max_length is None:
+        cfg = model.config
+        max_length = cfg.max_positions if cfg.max_positions > 0 else 1 << 30
+        if cfg.sliding_window:
+            max_length = min(max_length, cfg.sliding_window)
+    eos = tok.eos_id
+    if level == "sentence":
+        prefix = [tok.bos_id] if tok.bos_id is not None else []  # as SSCL training does
+        suffix = [eos] if eos is not None else []
+    else:
+        first = tok.bos_id if tok.bos_id is not None else eos
+        if first is None:
+            raise ValueError("token embeddings need a BOS or EOS token to start from")
+        prefix, suffix = [first], []
+    head = prefix + (tok.encode(instruction, add_bos=False, add_eos=False) if instruction else [])
+    room = int(max_length) - len(head) - len(suffix)
+    if room < 0 or (room == 0 and not suffix):
+        raise ValueError(f"max_length={max_length} leaves no room for text after the "
+                         f"{len(head)} BOS/instruction tokens")
+    return head, suffix, room, int(max_length)
 
 
 def _normalize_rows(x: np.ndarray) -> None:
@@ -346,8 +360,19 @@ def encode(model: Model, sentences: str | Sequence[str] | None = None, batch_siz
             sent = np.ascontiguousarray(sent)
             _normalize_rows(sent)
     if output_value != "sentence_embedding":  # token vectors are never normalized or truncated
+        token_length = max_length
+        if output_value is None and items:
+            # the same text tokens as the sentence embeddings beside them: those lose room to
+            # the instruction and EOS, the token level (BOS first) does not
+            def at(level: str) -> str | None:
+                if instruction is not DEFAULT:
+                    return instruction
+                return DEFAULT_INSTRUCTION if level == "sentence" else None
+
+            room = _layout(model, "sentence", at("sentence"), max_length)[2]
+            token_length = room + len(_layout(model, "token", at("token"), 1 << 30)[0])
         tok = embed(model, items, level="token", instruction=instruction, batch_size=batch_size,
-                    max_length=max_length, show_progress_bar=show_progress_bar) if items else []
+                    max_length=token_length, show_progress_bar=show_progress_bar) if items else []
 
     def out(x: np.ndarray) -> Any:
         return torch.from_numpy(x) if torch is not None else x

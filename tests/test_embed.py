@@ -266,6 +266,45 @@ def test_encode_output_value_none(stories):
     assert isinstance(one, dict) and one["sentence_embedding"].shape == (sent.shape[1],)
 
 
+@pytest.mark.parametrize("prompt", [None, "Represent: "])
+def test_encode_output_value_none_truncates_both_alike(stories, prompt):
+    """With truncation, the token ids and vectors beside a sentence embedding are the text
+    tokens that embedding saw (39 were listed where the embedding had used 11)."""
+    text = " ".join(["Once upon a time there was a little dog who loved the sun."] * 6)
+    d = stories.encode(text, output_value=None, max_length=40, prompt=prompt)
+    kw = {} if prompt is None else {"instruction": prompt}
+    np.testing.assert_array_equal(d["sentence_embedding"], stories.embed(text, max_length=40, **kw))
+    ids = stories.tokenizer.encode(text, add_bos=False, add_eos=False)
+    head = stories.tokenizer.encode(prompt or DEFAULT_INSTRUCTION, add_bos=False, add_eos=False)
+    assert d["input_ids"].tolist() == ids[:40 - len(head) - 2]  # BOS, instruction, EOS
+    assert len(d["token_embeddings"]) == len(d["input_ids"])
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_sliding_window_model_truncates_to_its_window(tmp_path, arch):
+    """max_length defaults to the window where that is shorter than the positions, as generate
+    and adapt already did: a 100-token text on a 64-token window failed with a ValueError
+    instead of being truncated (any long document on Mistral-7B under MTEB)."""
+    make_checkpoint(arch, tmp_path)
+    if arch == "qwen2":  # Qwen2 with use_sliding_window on every layer, window 48
+        import json
+
+        cfg = json.loads((tmp_path / "config.json").read_text())
+        cfg.update(use_sliding_window=True, sliding_window=48, max_window_layers=0)
+        cfg.pop("layer_types", None)
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+    m = magnet.Model.from_pretrained(tmp_path)
+    m.tokenizer = word_tokenizer()
+    window = m.config.sliding_window
+    assert 0 < window < m.config.max_positions
+    text = " ".join(f"w{30 + i % 60}" for i in range(100))
+    np.testing.assert_array_equal(m.embed(text), m.embed(text, max_length=window))
+    assert len(m.embed(text, level="token").ids) == window - 1
+    assert m.encode([text]).shape == (1, m.config.hidden_size)
+    with pytest.raises(ValueError, match="more than max_length"):
+        m.embed(text, truncate=False)
+
+
 def test_encode_token_embeddings_not_normalized(stories):
     """sentence-transformers applies normalize_embeddings to sentence embeddings only."""
     plain = stories.encode(TEXTS[:2], output_value="token_embeddings")
