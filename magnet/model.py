@@ -96,7 +96,8 @@ def _from_hub(repo_id: str) -> Path:
         local = snapshot_download(
             repo_id, allow_patterns=["config.json", "generation_config.json", "*.safetensors",
                                      "*.safetensors.index.json", "tokenizer.json",
-                                     "tokenizer_config.json", "adapter_config.json"]
+                                     "tokenizer_config.json", "chat_template.jinja",
+                                     "adapter_config.json"]
         )
     except Exception as e:  # huggingface_hub raises its own types for offline, 404, network
         raise FileNotFoundError(
@@ -282,8 +283,9 @@ class Model:
         ``prompt``: a str, or a list of str (a batch; left-padded so rows end together).
         Returns the new text only (str, or list[str] for a list), without the EOS token and cut
         before the first ``stop`` string (checked on the decoded text); a row ends at EOS, at a
-        stop string or after ``max_new_tokens`` tokens, and every row at the model's position
-        limit (GPT-2's ``n_positions``; a prompt longer than it is a ValueError). Greedy
+        stop string or after ``max_new_tokens`` tokens, and each row at the model's position
+        limit (GPT-2's ``n_positions``, a sliding window: prompt and new tokens together; a
+        prompt longer than it is a ValueError). Greedy
         unless ``do_sample``; sampling applies ``repetition_penalty`` (Hugging Face semantics:
         prompt and generated tokens), ``temperature``, ``top_k`` (0 = off), ``top_p`` in
         (0, 1], ``min_p`` in [0, 1], in that order. The same ``seed`` gives the same output
@@ -328,8 +330,9 @@ class Model:
         ``level="token"``: per text a :class:`~magnet.embedding.TokenEmbeddings` (vectors
         float32 [T_i, D], ids, token strings, character offsets); token t's vector is the final
         state at t-1, the first token's comes from BOS; no instruction by default.
-        ``normalize``: unit L2 vectors. ``max_length`` (default: the model's positions) counts
-        all input tokens; a longer text is truncated (``truncate=True``) or rejected.
+        ``normalize``: unit L2 vectors. ``max_length`` (default: the model's positions, or its
+        sliding window where shorter) counts all input tokens; a longer text is truncated
+        (``truncate=True``) or rejected.
         """
         from magnet.embedding import embed
 
@@ -358,7 +361,7 @@ class Model:
         gives torch tensors (ImportError without PyTorch); ``convert_to_numpy=False`` a list of
         [D] arrays. An empty list gives a (0, D) array ([] for the list outputs). ``inputs=``
         (sentence-transformers 6's name) may stand for ``sentences``.
-        ``max_length`` counts all input tokens (default: the model's positions). Ignored
+        ``max_length`` counts all input tokens (default: as :meth:`embed`). Ignored
         silently: prompt_name, prompt_type, task_name, task, device, pool, chunk_size,
         processing_kwargs; any other keyword argument is ignored with a UserWarning.
         """

@@ -55,7 +55,10 @@ def _exchange(a: Path, b: Path) -> bool:
 _OWNED = re.compile(r"config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json"
                     r"|model\.safetensors|model\.safetensors\.index\.json"
                     r"|model-\d+-of-\d+\.safetensors|pytorch_model.*\.bin(\.index\.json)?"
-                    r"|adapter_config\.json|adapter_model\.safetensors")
+                    r"|adapter_config\.json|adapter_model\.safetensors"
+                    # transformers 5's template file: a stale one would win over the saved
+                    # tokenizer_config.json's template when read back
+                    r"|chat_template\.jinja|additional_chat_templates")
 
 
 def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:

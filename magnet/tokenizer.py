@@ -33,6 +33,8 @@ class Tokenizer:
     ``add_eos`` True or False override them.
     ``encode(text, prefix_space=False)`` tokenizes text that continues other text: without the
     space a SentencePiece-style tokenizer puts in front of a text ("▁").
+    ``pad_id`` / ``unk_id``: the checkpoint's padding and unknown tokens (None when it names
+    none), kept so a saved tokenizer names them as the source did (transformers pads with it).
     """
 
     def __init__(
@@ -43,10 +45,14 @@ class Tokenizer:
         add_bos_default: bool = True,
         chat_template: str | None = None,
         add_eos_default: bool = False,
+        pad_id: int | None = None,
+        unk_id: int | None = None,
     ) -> None:
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.unk_id = unk_id
         self.add_bos_default = add_bos_default
         self.add_eos_default = add_eos_default
         self.chat_template = chat_template  # the Jinja template the checkpoint ships, if any

@@ -9,6 +9,7 @@ transformers does for ``AutoTokenizer.from_pretrained(..., gguf_file=...)``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -291,6 +292,23 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen3.5's: Qwen2's, with combining marks (\p{M}) kept in words
+_QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _digits_then_gpt2() -> pre_tokenizers.PreTokenizer:
+    """SmolLM's split, as its own tokenizer.json and llama.cpp's "smollm" do it: every digit (any
+    Unicode number) on its own, then GPT-2's split of the pieces between. Not one regex: GPT-2's
+    split of a piece ending before a digit keeps a run of spaces whole ("  1." is "  ", "1", "."),
+    where on the whole text the last space would go with the digit. (transformers' GGUF loader
+    falls back to GPT-2's split here, which differs on such text.)"""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+
+
 # Tekken's (Mistral-Nemo) and GPT-4o's (o200k: cased words, contractions) splits, likewise.
 _TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
                  r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
@@ -301,11 +319,15 @@ _GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm
                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
                 + _CONTRACTION +
                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# the names transformers' GGUF loader maps (llama.cpp's pre-tokenizer types of the same name)
-_PRE_SPLITS = {
+# the names transformers' GGUF loader maps (llama.cpp's pre-tokenizer types of the same name):
+# a split regex, or the pre-tokenizer itself where one regex cannot say it ("smollm", which
+# transformers gets wrong: see _digits_then_gpt2)
+_PRE_SPLITS: dict[str, str | Callable[[], pre_tokenizers.PreTokenizer]] = {
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "falcon-h1",
                      "dbrx", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"), _LLAMA3_SPLIT),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT,
+    "smollm": _digits_then_gpt2,
     "tekken": _TEKKEN_SPLIT,
     **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
 }
@@ -341,8 +363,10 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
             end_of_word_suffix="", fuse_unk=False,
         ))
         split = _PRE_SPLITS.get(meta.get("tokenizer.ggml.pre"))
-        if split is None:  # GPT-2's own split (also SmolLM's and unknown names, as transformers)
+        if split is None:  # GPT-2's own split (also unknown names, as transformers)
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        elif callable(split):
+            backend.pre_tokenizer = split()
         else:  # the split the vocabulary's merges were learned with, then the byte alphabet
             backend.pre_tokenizer = pre_tokenizers.Sequence([
                 pre_tokenizers.Split(tokenizers.Regex(split), behavior="isolated"),
@@ -410,7 +434,9 @@ def gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     template = meta.get("tokenizer.chat_template")
     return Tokenizer(backend, special_ids["bos"], special_ids["eos"], add_bos_default,
                      chat_template=template if isinstance(template, str) else None,
-                     add_eos_default=bool(meta.get("tokenizer.ggml.add_eos_token", False)))
+                     add_eos_default=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+                     # as transformers: only the ids the file gives (no default strings)
+                     pad_id=special_ids["padding"], unk_id=special_ids["unknown"])
 
 
 def _split_merges(merges_meta: list[Any]) -> list[tuple[str, str]]:

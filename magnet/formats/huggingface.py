@@ -273,8 +273,16 @@ def tensors_from_hf(config: ModelConfig, state: dict[str, np.ndarray]) -> dict[s
         if _LLAMA_IGNORED.fullmatch(name):
             continue
         target = _rename(name, _LLAMA_NAMES)
+        if target is None and not name.startswith(("model.", "lm_head.")):
+            # a base model's checkpoint (LlamaModel.save_pretrained, an encoder built on one)
+            # names its tensors without the "model." prefix; transformers adds it when it loads
+            # one into a ...ForCausalLM, and the head then comes from the embeddings if tied
+            target = _rename("model." + name, _LLAMA_NAMES)
         if target is None:
             raise ValueError(f"unexpected tensor {name!r} for model_type {config.model_type!r}")
+        if target in out:  # both layouts at once: which copy is meant is not known
+            raise ValueError(f"tensor {name!r} appears twice in the checkpoint, with and "
+                             f"without the 'model.' prefix")
         if target.endswith(".bias") and target.split(".")[2] not in biased:
             unused.append(name)  # transformers builds that projection without a bias
             continue
@@ -378,21 +386,31 @@ def read_state(directory: Path, ignored: Callable[[str], bool] | None = None
     )
 
 
+def _post_processor_ends(backend: tokenizers.Tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's post-processor puts before and after a text (special tokens on):
+    the special tokens leading and trailing the text's own, by the encoding's mask."""
+    enc = backend.encode("a", add_special_tokens=True)
+    own = [i for i, m in enumerate(enc.special_tokens_mask) if not m]
+    if not own:  # the text itself vanished: nothing tells the ends apart
+        return [], []
+    return enc.ids[:own[0]], enc.ids[own[-1] + 1:]
+
+
 def _post_processor_adds(backend: tokenizers.Tokenizer, bos_id: int | None,
                          eos_id: int | None) -> tuple[bool, bool]:
-    """Whether the tokenizer's post-processor puts BOS first and EOS last (special tokens on)."""
-    plain = backend.encode("a", add_special_tokens=False).ids
-    special = backend.encode("a", add_special_tokens=True).ids
-    extra = len(special) > len(plain)
-    return (extra and bos_id is not None and special[0] == bos_id,
-            extra and eos_id is not None and special[-1] == eos_id)
+    """Whether the tokenizer's post-processor puts ``bos_id`` first and ``eos_id`` last."""
+    first, last = _post_processor_ends(backend)
+    return (bos_id is not None and first[:1] == [bos_id],
+            eos_id is not None and last[-1:] == [eos_id])
 
 
 def tokenizer_to_hf(tok: Tokenizer) -> tuple[str, dict[str, Any]]:
     """`tokenizer.json` text and `tokenizer_config.json` for ``tok``, such that magnet and
     transformers' AutoTokenizer read back the ids ``tok`` gives: BOS and EOS by the
-    post-processor, the special tokens named, typed special-token text kept plain where ``tok``
-    keeps it so."""
+    post-processor, the special tokens named (pad and unk too), typed special-token text kept
+    plain where ``tok`` keeps it so. The chat template goes in the config under
+    ``chat_template`` (transformers 5 writes it to chat_template.jinja instead, and reads
+    either)."""
     backend = tokenizers.Tokenizer.from_str(tok.backend.to_str())
     bos = backend.id_to_token(tok.bos_id) if tok.bos_id is not None else None
     eos = backend.id_to_token(tok.eos_id) if tok.eos_id is not None else None
@@ -408,10 +426,13 @@ def tokenizer_to_hf(tok: Tokenizer) -> tuple[str, dict[str, Any]]:
             pair=" ".join([*first, "$A", *last] + [f"{t}:1" for t in (*first, "$B", *last)]),
             special_tokens=list(used.items()))
     names = {k: backend.id_to_token(i) for k, i in (("bos_token", tok.bos_id),
-                                                    ("eos_token", tok.eos_id)) if i is not None}
+                                                    ("eos_token", tok.eos_id),
+                                                    ("unk_token", tok.unk_id),
+                                                    ("pad_token", tok.pad_id)) if i is not None}
     unk = getattr(backend.model, "unk_token", None)
-    if isinstance(unk, str) and backend.token_to_id(unk) is not None:
-        names["unk_token"] = unk
+    if "unk_token" not in names and isinstance(unk, str) and backend.token_to_id(unk) is not None:
+        names["unk_token"] = unk  # the model's own unknown piece, when nothing else named one
+    names = {k: v for k, v in names.items() if v is not None}
     cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
                            "add_bos_token": tok.add_bos_default,
                            "add_eos_token": tok.add_eos_default,
@@ -420,6 +441,69 @@ def tokenizer_to_hf(tok: Tokenizer) -> tuple[str, dict[str, Any]]:
     if tok.chat_template is not None:
         cfg["chat_template"] = tok.chat_template
     return backend.to_str(), cfg
+
+
+# tokenizer_config.json's names of special tokens (transformers' SPECIAL_TOKENS_ATTRIBUTES),
+# and its lists of more (transformers 4's name, then 5's)
+_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                   "mask_token")
+_EXTRA_SPECIALS = ("additional_special_tokens", "extra_special_tokens")
+
+
+def _token_content(value: Any) -> str | None:
+    """A token of tokenizer_config.json: a string, or a serialized AddedToken's content."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _added_token(value: Any, special: bool | None) -> tokenizers.AddedToken | None:
+    """``value`` (a string or a serialized AddedToken) as an AddedToken; ``special`` forces the
+    flag (None: the entry's own, as transformers reads added_tokens_decoder)."""
+    content = _token_content(value)
+    if content is None:
+        return None
+    entry = value if isinstance(value, dict) else {}
+    flags = {k: entry[k] for k in ("single_word", "lstrip", "rstrip", "normalized")
+             if isinstance(entry.get(k), bool)}
+    is_special = special if special is not None else entry.get("special") is True
+    return tokenizers.AddedToken(content, special=is_special, **flags)
+
+
+def _register_config_tokens(backend: tokenizers.Tokenizer, settings: dict[str, Any]) -> None:
+    """Add to ``backend`` the tokens tokenizer_config.json names (added_tokens_decoder, the
+    bos/eos/... names, the extra special lists) that tokenizer.json does not list as added
+    tokens, as transformers' tokenizer does when it loads: typed, such a string is then one id,
+    and a special one is skipped when decoding. Only strings of the vocabulary: transformers
+    would give another a new id, past the model's embeddings."""
+    wanted: list[tokenizers.AddedToken | None] = []
+    decoder = settings.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        entries = [(int(k), v) for k, v in decoder.items() if str(k).isdigit()]
+        wanted += [_added_token(v, None) for _, v in sorted(entries, key=lambda e: e[0])]
+    wanted += [_added_token(settings.get(k), True) for k in _NAMED_SPECIALS]
+    for key in _EXTRA_SPECIALS:
+        extra = settings.get(key)
+        if isinstance(extra, dict):  # transformers 5 may name them ({"image_token": "<img>"})
+            extra = list(extra.values())
+        if isinstance(extra, list):
+            wanted += [_added_token(v, True) for v in extra]
+    have = {t.content for t in backend.get_added_tokens_decoder().values()}
+    new = []
+    for t in wanted:
+        if t is not None and t.content not in have and backend.token_to_id(t.content) is not None:
+            have.add(t.content)
+            new.append(t)
+    if new:
+        backend.add_tokens(new)
+
+
+def _vocab_id(backend: tokenizers.Tokenizer, value: Any) -> int | None:
+    """The id of a token tokenizer_config.json names (None: unnamed, or not in the vocabulary)."""
+    content = _token_content(value)
+    return backend.token_to_id(content) if content is not None else None
 
 
 def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
@@ -432,9 +516,14 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
     except Exception as e:  # the tokenizers library raises a bare Exception
         raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
     # BOS and EOS as the tokenizer's own post-processor adds them (what transformers and
-    # tokenizers do), unless tokenizer_config.json says otherwise
-    add_bos, add_eos = _post_processor_adds(backend, config.bos_token_id, config.eos_token_id)
+    # tokenizers do), unless tokenizer_config.json says otherwise. The post-processor's first
+    # token is the BOS even where config.json names another id or none (transformers adds it
+    # all the same); a post-processor that only appends (EOS) adds no BOS.
+    first, _ = _post_processor_ends(backend)
+    bos_id = first[0] if first else config.bos_token_id
+    add_bos, add_eos = _post_processor_adds(backend, bos_id, config.eos_token_id)
     template = None
+    pad_id = unk_id = None
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():
         try:
@@ -448,8 +537,15 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
             backend.encode_special_tokens = bool(tok_settings.get("split_special_tokens", False))
             if isinstance(tok_settings.get("chat_template"), str):
                 template = tok_settings["chat_template"]
-    return Tokenizer(backend, config.bos_token_id, config.eos_token_id, add_bos_default=add_bos,
-                     chat_template=template, add_eos_default=add_eos)
+            _register_config_tokens(backend, tok_settings)
+            pad_id = _vocab_id(backend, tok_settings.get("pad_token"))
+            unk_id = _vocab_id(backend, tok_settings.get("unk_token"))
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():  # transformers 5 writes the template here; it wins over the config's
+        template = jinja.read_text(encoding="utf-8")
+    return Tokenizer(backend, bos_id, config.eos_token_id, add_bos_default=add_bos,
+                     chat_template=template, add_eos_default=add_eos, pad_id=pad_id,
+                     unk_id=unk_id)
 
 
 def load_huggingface(directory: str | os.PathLike) -> Loaded:
@@ -488,7 +584,11 @@ def load_huggingface(directory: str | os.PathLike) -> Loaded:
         said = ("says tie_word_embeddings=false" if "tie_word_embeddings" in cfg else
                 f"does not set tie_word_embeddings (for {cfg.get('model_type')!r} that means "
                 "false)")
-        raise ValueError(f"{cfg_path} {said} but the checkpoint has no lm_head.weight")
+        # a base model's checkpoint has no head; transformers would start one from random
+        # weights, which no logits could be compared with
+        raise ValueError(f"{cfg_path} {said} but the checkpoint has no lm_head.weight (a base "
+                         f"model's checkpoint carries no head: set tie_word_embeddings=true "
+                         f"only if the model was trained with its head tied to the embeddings)")
     return Loaded(config, tensors, read_tokenizer(directory, config))
 
 
@@ -538,8 +638,11 @@ def config_to_hf(config: ModelConfig, tensor_names: Any = ()) -> dict[str, Any]:
                     if source.get(k) is not None})
     if model_type == "smollm3":  # magnet loads SmolLM3 only with RoPE in every layer
         out["no_rope_layers"] = [1] * config.num_layers
-    if "pad_token_id" in source:
-        out["pad_token_id"] = source["pad_token_id"]
+    # the padding id the source names: config.json's, or a GGUF's (which transformers reads as
+    # pad_token_id too)
+    pad = source.get("pad_token_id", source.get("tokenizer.ggml.padding_token_id"))
+    if "pad_token_id" in source or pad is not None:
+        out["pad_token_id"] = pad
     if model_type not in ("qwen2", "mistral"):  # Llama-style: the biases the model has
         projections = {n.split(".")[2] for n in tensor_names
                        if n.startswith("layers.") and n.endswith(".bias")}
