@@ -232,3 +232,18 @@ def test_gpt2_mask_buffers_of_any_dtype_are_ignored(tmp_path, dtype):
         state[f"transformer.h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
     save_file(state, d / "model.safetensors", metadata={"format": "pt"})
     assert _diff(d) < TOL
+
+
+def test_save_keeps_the_sources_eos_list_and_gelu_name(tmp_path):
+    """config.json kept only the first of a list of EOS ids, and GPT-2's gelu_pytorch_tanh was
+    renamed gelu_new (transformers computes the two a little differently)."""
+    from tests.hf_models import make_checkpoint
+
+    make_checkpoint("gpt2", tmp_path / "src")
+    cfg = json.loads((tmp_path / "src" / "config.json").read_text())
+    cfg.update(activation_function="gelu_pytorch_tanh", eos_token_id=[0, 5])
+    (tmp_path / "src" / "config.json").write_text(json.dumps(cfg))
+    out = magnet.Model.from_pretrained(tmp_path / "src").save_pretrained(tmp_path / "out")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["activation_function"] == "gelu_pytorch_tanh"
+    assert saved["eos_token_id"] == [0, 5]

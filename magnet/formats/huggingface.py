@@ -602,15 +602,21 @@ def generation_config_to_hf(config: ModelConfig) -> dict[str, Any]:
 def config_to_hf(config: ModelConfig, tensor_names: Any = ()) -> dict[str, Any]:
     """A transformers `config.json` for ``config`` (what `config_from_hf` reads back);
     ``tensor_names`` (magnet's) tell a Llama-style model's biases."""
+    # the source config.json's list where it had one (Llama 3 Instruct's); generate reads the
+    # ids from generation_config.json
+    eos = config.source.get("eos_token_id")
     common = {"vocab_size": config.vocab_size, "bos_token_id": config.bos_token_id,
-              "eos_token_id": config.eos_token_id, "torch_dtype": "float32",
+              "eos_token_id": eos if isinstance(eos, list) and eos else config.eos_token_id,
+              "torch_dtype": "float32",
               "tie_word_embeddings": config.tie_word_embeddings}
     if config.arch == "gpt2":
         return {**common, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
                 "n_embd": config.hidden_size, "n_layer": config.num_layers,
                 "n_head": config.num_heads, "n_inner": config.intermediate_size,
                 "n_positions": config.max_positions, "layer_norm_epsilon": config.norm_eps,
-                "activation_function": "gelu_new"}
+                # the source's name of the tanh GELU (both load; transformers computes them
+                # a little differently)
+                "activation_function": config.source.get("activation_function", "gelu_new")}
     model_type = config.model_type if config.model_type in LLAMA_FAMILY else "llama"
     arch = {"mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(
         model_type, "LlamaForCausalLM")
