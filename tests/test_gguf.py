@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -372,12 +373,9 @@ def test_sentencepiece_tokenizer_matches_transformers(tmp_path: Path, shared_dat
     assert matched == len(lines)
 
 
-@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "gpt-2"])
-def test_byte_level_split_follows_tokenizer_pre(tmp_path: Path, shared_data: Path,
-                                                pre: str) -> None:
-    """tokenizer.ggml.pre picks the text split a byte-level vocabulary was learned with (Llama 3
-    groups digits by three, Qwen2 splits every digit), as transformers' GGUF tokenizer does.
-    GPT-2's vocabulary stands in for the real ones."""
+def gpt2_vocab_gguf(path: Path, shared_data: Path, pre: str, **extra: Any) -> Path:
+    """A byte-level GGUF tokenizer (tokenizer.ggml.pre = ``pre``) with GPT-2's vocabulary
+    standing in for a model's; ``extra``: more metadata."""
     import json
 
     src = shared_data / "tokenizers" / "gpt2"
@@ -396,10 +394,19 @@ def test_byte_level_split_follows_tokenizer_pre(tmp_path: Path, shared_data: Pat
         "tokenizer.ggml.token_type": ("array", [3 if t == "<|endoftext|>" else 1
                                                  for t in tokens]),
         "tokenizer.ggml.bos_token_id": ("uint32", 50256),
-        "tokenizer.ggml.eos_token_id": ("uint32", 50256),
+        "tokenizer.ggml.eos_token_id": ("uint32", 50256), **extra,
     }
-    path = tmp_path / f"{pre}.gguf"
     write_gguf(path, {}, meta)
+    return path
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "gpt-2"])
+def test_byte_level_split_follows_tokenizer_pre(tmp_path: Path, shared_data: Path,
+                                                pre: str) -> None:
+    """tokenizer.ggml.pre picks the text split a byte-level vocabulary was learned with (Llama 3
+    groups digits by three, Qwen2 splits every digit), as transformers' GGUF tokenizer does.
+    GPT-2's vocabulary stands in for the real ones."""
+    path = gpt2_vocab_gguf(tmp_path / f"{pre}.gguf", shared_data, pre)
     from magnet.formats.gguf import gguf_tokenizer
 
     tok = gguf_tokenizer(magnet._C.read_gguf(path)[0])

@@ -16,6 +16,7 @@ from magnet.config import ModelConfig
 from magnet.formats.gguf import gguf_tokenizer
 from magnet.formats.huggingface import read_tokenizer
 from tests.hf_models import ARCH_CONFIGS, VOCAB
+from tests.test_gguf import gpt2_vocab_gguf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -52,28 +53,6 @@ def _tokenizer_dir(directory: Path, backend: tokenizers.Tokenizer,
 # ---- GGUF pre-tokenizer names ----------------------------------------------------------------
 
 
-def _gpt2_vocab_gguf(path: Path, shared_data: Path, pre: str, **extra) -> Path:
-    """A byte-level GGUF tokenizer with GPT-2's vocabulary standing in for a model's."""
-    from tests.test_gguf_metadata import _write
-
-    src = shared_data / "tokenizers" / "gpt2"
-    if not (src / "encoder.json").is_file() or not (src / "vocab.bpe").is_file():
-        pytest.skip(f"{src}/encoder.json and vocab.bpe not found")
-    enc = json.loads((src / "encoder.json").read_text(encoding="utf-8"))
-    tokens = sorted(enc, key=enc.get)
-    merges = [ln for ln in (src / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:] if ln]
-    meta = {"llama.block_count": ("uint32", 1), "llama.context_length": ("uint32", 64),
-            "llama.embedding_length": ("uint32", 8), "llama.feed_forward_length": ("uint32", 16),
-            "llama.attention.head_count": ("uint32", 2),
-            "tokenizer.ggml.model": ("string", "gpt2"), "tokenizer.ggml.pre": ("string", pre),
-            "tokenizer.ggml.tokens": ("array", tokens), "tokenizer.ggml.merges": ("array", merges),
-            "tokenizer.ggml.token_type": ("array", [3 if t == "<|endoftext|>" else 1
-                                                     for t in tokens]),
-            "tokenizer.ggml.bos_token_id": ("uint32", 50256),
-            "tokenizer.ggml.eos_token_id": ("uint32", 50256), **extra}
-    return _write(path, meta)
-
-
 _DIGIT_TEXTS = ["  1. When shall we three meet againe?", "   3. item", "x \u2460 y",
                 "In 2024, 1000", "\tdef f():\n        return 2", "Chapter \u216b.  12 apples",
                 "I DON'T know"]
@@ -82,7 +61,7 @@ _DIGIT_TEXTS = ["  1. When shall we three meet againe?", "   3. item", "x \u2460
 def test_smollm_pre_isolates_digits_before_gpt2_split(tmp_path: Path, shared_data: Path) -> None:
     """tokenizer.ggml.pre "smollm" fell back to GPT-2's split; SmolLM's tokenizer.json and
     llama.cpp isolate every digit first, which differs where spaces run up to a digit."""
-    path = _gpt2_vocab_gguf(tmp_path / "smollm.gguf", shared_data, "smollm")
+    path = gpt2_vocab_gguf(tmp_path / "smollm.gguf", shared_data, "smollm")
     tok = gguf_tokenizer(magnet._C.read_gguf(str(path))[0])
     ref = tokenizers.Tokenizer.from_str(tok.backend.to_str())  # same vocabulary and specials
     ref.pre_tokenizer = pre_tokenizers.Sequence([
@@ -97,7 +76,7 @@ def test_smollm_pre_isolates_digits_before_gpt2_split(tmp_path: Path, shared_dat
 def test_qwen35_pre_splits_as_transformers(tmp_path: Path, shared_data: Path) -> None:
     """tokenizer.ggml.pre "qwen35" (Qwen3.5: digits one by one, combining marks in words)
     fell back to GPT-2's split, grouping digit runs."""
-    path = _gpt2_vocab_gguf(tmp_path / "qwen35.gguf", shared_data, "qwen35")
+    path = gpt2_vocab_gguf(tmp_path / "qwen35.gguf", shared_data, "qwen35")
     tok = gguf_tokenizer(magnet._C.read_gguf(str(path))[0])
     ref = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
     for text in [*_DIGIT_TEXTS, "cafe\u0301 nai\u0308ve \u0915\u093f\u0924\u093e\u092c"]:
