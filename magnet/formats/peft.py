@@ -145,7 +145,11 @@ def adapter_from_peft(config: ModelConfig, cfg: dict[str, Any], state: dict[str,
     ours = META_TARGETS in meta
     if ours:
         targets = [t for t in meta[META_TARGETS].split(",") if t]
-        rank = int(meta.get(META_RANK, rank))
+        try:
+            rank = int(meta.get(META_RANK, rank))
+        except ValueError:
+            raise ValueError(f"{where}: the adapter file's {META_RANK} "
+                             f"{meta[META_RANK]!r} is not a rank") from None
         if any(t not in TARGETS for t in targets):
             raise ValueError(f"{where}: unknown adapter targets {targets}")
     else:
@@ -155,6 +159,9 @@ def adapter_from_peft(config: ModelConfig, cfg: dict[str, Any], state: dict[str,
         targets = []
     gpt2 = config.arch == "gpt2"
     modules = {**_GPT2_MODULES, "wq": "attn.c_attn"} if gpt2 else _LLAMA_MODULES
+    if any(t not in modules and not (gpt2 and t in _QKV) for t in targets):
+        raise ValueError(f"{where}: adapter targets {targets} do not fit this {config.arch} "
+                         "model")
     by_module = {v: k for k, v in modules.items()}
     key_re = _GPT2_KEY if gpt2 else _LLAMA_KEY
     found: dict[tuple[int, str], dict[str, np.ndarray]] = {}
