@@ -158,12 +158,39 @@ def _check_base_weights(saved: dict[str, str], now: dict[str, str], where: Path)
         )
 
 
-def _check_number(name: str, value: Any) -> None:
-    """``value`` must be a finite real number >= 0; errors name ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def _f32(name: str, value: Any, low: float = 0.0, strict: bool = False,
+         below: float | None = None) -> float:
+    """``value`` as the C core holds it (float32), checked there: finite, >= ``low`` (>
+    ``low`` when ``strict``), < ``below``; a value that rounds out of range (1 - 1e-9 to 1, 1e-50
+    to 0, 1e39 to inf) is refused by name, before the model changes."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    with np.errstate(over="ignore"):
+        f = float(np.float32(value))
+    span = f"({'>' if strict else '>='} {low:g}" + (f" and < {below:g}" if below else "") + ")"
+    rounded = "" if f == float(value) else f" (it is {f!r} in float32, the C core's precision)"
+    if not (math.isfinite(f) and (f > low if strict else f >= low)
+            and (below is None or f < below)):
+        raise ValueError(f"{name} must be a finite number {span}, got {value!r}{rounded}")
+    if f == 0.0 and float(value) != 0.0:
+        raise ValueError(f"{name}={value!r} is 0 in float32, the C core's precision: pass 0 "
+                         "to turn it off, or a value of at least 1e-38")
+    return f
+
+
+def _check_number(name: str, value: Any) -> None:
+    """``value`` must be a finite real number >= 0 (in float32 too); errors name ``name``."""
+    _f32(name, value)
+
+
+def _diverged(step: int, start: int, checkpoint: Any) -> str:
+    """The end of the message of a run that diverged at ``step``: where to go on from."""
+    where = f"; the last good checkpoint is in {checkpoint}" if checkpoint else ""
+    if step == start == 0 and not checkpoint:
+        return (f"{where}; no update had been made, so the model is as it was (the settings or "
+                "the data give a non-finite loss: temperature, loss weights)")
+    return (f"{where}; the model in memory holds the diverged weights: load it again before "
+            "using it (a lower lr usually helps)")
 
 
 def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1) -> int:
@@ -171,12 +198,12 @@ def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1) -> int:
     return (seed * 1_000_003 + step * max(64, grad_accum) + micro) % (1 << 63)
 
 
-def _save_checkpoint(directory: Path, trainer: Any, model: Model, meta: dict[str, Any]) -> Path:
-    """Write the trainer state and metadata to ``directory/checkpoint.npz`` atomically."""
+def _save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write a trainer state (``trainer.state()``) and metadata to ``directory/checkpoint.npz``
+    atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(directory, ".checkpoint-", ".npz")
     target = directory / "checkpoint.npz"
-    state = trainer.state()
     arrays = {"params": state["params"], "m": state["m"], "v": state["v"],
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(".checkpoint-"), suffix=".npz",
@@ -240,8 +267,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                         ("seed", seed)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not 0 <= steps < 2**31:  # the C trainer counts steps in an int
-        raise ValueError(f"steps must be in 0..{2**31 - 1}, got {steps}")
+    if not 0 <= steps <= 2**30:  # the C core takes steps as an int of at most 2**30
+        raise ValueError(f"steps must be in 0..{2**30}, got {steps}")
     for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum),
                         ("checkpoint_every", checkpoint_every),
                         ("sscl_max_tokens", sscl_max_tokens), ("eval_batches", eval_batches)):
@@ -266,22 +293,15 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or not (
                 1 <= lora_rank <= 4096):
             raise ValueError(f"lora_rank must be an int in 1..4096, got {lora_rank!r}")
-        if not (isinstance(lora_alpha, (int, float)) and lora_alpha > 0
-                and math.isfinite(lora_alpha)):
-            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+        _f32("lora_alpha", lora_alpha, strict=True)
     for name, value in (("lora_dropout", lora_dropout), ("resid_dropout", resid_dropout)):
-        if not (isinstance(value, (int, float)) and 0 <= value < 1):
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0
-            and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0
-            and math.isfinite(weight_decay)):
-        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+        _f32(name, value, below=1.0)
+    _f32("temperature", temperature, strict=True)
+    _f32("weight_decay", weight_decay)
     if warmup_steps is not None and (isinstance(warmup_steps, bool)
                                      or not isinstance(warmup_steps, int)
-                                     or not 0 <= warmup_steps < 2**31):
-        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+                                     or not 0 <= warmup_steps <= 2**30):
+        raise ValueError(f"warmup_steps must be an int in 0..{2**30}, got {warmup_steps!r}")
     if instruction is not None and not isinstance(instruction, str):
         raise TypeError(f"instruction must be a str, got {type(instruction).__name__} "
                         f"{instruction!r}")
@@ -532,6 +552,21 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
 
         bar = tqdm(total=steps, initial=start, desc=f"adapt[{preset}]", unit="step")
     t_start = time.perf_counter()
+    pending: dict[str, Any] | None = None  # a checkpoint's metadata, not yet written
+
+    def good_checkpoint() -> Path | None:
+        """Where a written checkpoint is (a pending one is not known good, and not written)."""
+        if checkpoint_path is not None and (checkpoint_path / "checkpoint.npz").is_file():
+            return checkpoint_path
+        return None
+
+    def flush(state: dict[str, Any]) -> None:
+        """Write the pending checkpoint with ``state``, the trainer's state at its step."""
+        nonlocal pending
+        assert checkpoint_path is not None and pending is not None
+        result.checkpoint = str(_save_checkpoint(checkpoint_path, state, pending))
+        pending = None
+
     try:
         for step in range(start, steps):
             stage = _stage_at(stage_list, step, steps)
@@ -548,19 +583,24 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 tokens += out["tokens"]
             w = stage.weights
             loss = w[0] * totals["mntp"] + w[1] * totals["sscl"] + w[2] * totals["msg"]
-            where = f"; the last good checkpoint is in {checkpoint_path}" if (
-                checkpoint_path) else ""
-            diverged = ("the model in memory holds the diverged weights: load it again before "
-                        "using it (a lower lr usually helps)")
             if not math.isfinite(loss):
                 raise FloatingPointError(
-                    f"training loss became {loss} at step {step}{where}; {diverged}")
+                    f"training loss became {loss} at step {step}"
+                    f"{_diverged(step, start, good_checkpoint())}")
+            # the weights of a pending checkpoint have just given a finite loss; it is written
+            # once their gradient is finite too (else resuming would fail there again)
+            held = trainer.state() if pending is not None else None
             try:
                 grad_norm, lr_used = trainer.apply()
-            except ValueError as e:  # the C trainer refuses a step with a non-finite gradient
+            except ValueError as e:  # the C trainer refuses a non-finite gradient or update
                 if "not finite" not in str(e):
                     raise
-                raise FloatingPointError(f"{e}{where}; {diverged}") from None
+                if held is not None and "gradient" not in str(e):
+                    flush(held)
+                raise FloatingPointError(
+                    f"{e}{_diverged(step + 1, start, good_checkpoint())}") from None
+            if held is not None:
+                flush(held)
             dt = time.perf_counter() - t0
             record = {"step": step, "loss": loss, **totals, "lr": lr_used,
                       "grad_norm": grad_norm, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
@@ -569,20 +609,31 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 bar.update(1)
                 bar.set_postfix(mntp=f"{totals['mntp']:.3f}", sscl=f"{totals['sscl']:.3f}",
                                 msg=f"{totals['msg']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if callback is not None:
-                callback(record)
             done = step + 1
             if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
                 meta_out = {"step": done, "position": stream.position, "seed": seed,
                             "preset": preset, "model": _fingerprint(model),
                             "lora": list(model._c.lora_info() or ()),
-                            "full_finetune": bool(full_finetune), "history": result.history}
+                            "full_finetune": bool(full_finetune),
+                            "history": list(result.history)}
                 if base_digest is not None:
                     meta_out["base_weights"] = base_digest
-                result.checkpoint = str(_save_checkpoint(checkpoint_path, trainer, model,
-                                                         meta_out))
+                # written once the next step's loss shows these weights are sound (a step can
+                # leave finite weights that give a NaN loss); the last step's at once (its
+                # weights were checked finite), as is any when the run stops for another reason
+                pending = meta_out
+                if done == steps:
+                    flush(trainer.state())
+            if callback is not None:
+                callback(record)
             if eval_chunks and (done % checkpoint_every == 0 or done == steps):
                 evaluate(done)
+    except FloatingPointError:
+        raise
+    except BaseException:
+        if pending is not None:  # interrupted (a callback, Ctrl-C): the last step's weights
+            flush(trainer.state())  # are as sound as any the run checkpointed at once
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -250,14 +251,56 @@ def test_nan_loss_stops_with_checkpoint_intact(stories, texts, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(lora_rank=0), dict(lora_rank=4, lora_dropout=2.0),
-                                 dict(lora_alpha=-1.0), dict(temperature=0.0)])
+                                 dict(lora_alpha=-1.0), dict(temperature=0.0),
+                                 # float32 and the C core's int range, where C refused them
+                                 # after the adapters were merged or replaced
+                                 dict(lora_rank=4, temperature=1e-50),
+                                 dict(lora_dropout=1 - 1e-9), dict(lora_alpha=1e39),
+                                 dict(steps=2**30 + 1), dict(weights={"mntp": 1e-50})])
 def test_failed_adapt_leaves_the_model_as_it_was(stories, texts, bad):
     stories.adapt(texts, steps=2, batch_size=2, seq_len=32, lora_rank=8, progress=False)
     info, logits = stories._c.lora_info(), stories.logits([1, 5, 9])
     with pytest.raises(ValueError):
-        stories.adapt(texts, steps=1, batch_size=2, seq_len=32, progress=False, **bad)
+        stories.adapt(texts, **{"steps": 1, "batch_size": 2, "seq_len": 32, "progress": False,
+                                **bad})
     assert stories._c.lora_info() == info
     np.testing.assert_array_equal(stories.logits([1, 5, 9]), logits)
+
+
+@pytest.mark.parametrize("kw", [dict(lr=1e38), dict(weight_decay=1e30, lr=1e10)])
+def test_a_last_step_that_overflows_the_weights_is_an_error(stories, texts, tmp_path, kw):
+    """A step whose gradient was finite can still leave inf/NaN weights; at the last step no
+    next loss tells, so adapt returned normally and save_pretrained wrote the broken model.
+    Nor is its checkpoint written."""
+    with pytest.raises(FloatingPointError, match="left weights that are not finite"):
+        stories.adapt(texts, steps=1, batch_size=2, seq_len=32, progress=False,
+                      warmup_steps=0, checkpoint_dir=tmp_path, **kw)
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_a_checkpoint_is_written_once_its_weights_gave_a_finite_loss(stories, texts, tmp_path):
+    """A step can leave finite weights whose loss is NaN: that state was checkpointed and then
+    named "the last good checkpoint", and resuming from it failed at once, whatever the lr."""
+    kw = dict(steps=40, batch_size=2, seq_len=32, progress=False, checkpoint_dir=tmp_path,
+              checkpoint_every=1, warmup_steps=0)
+    with pytest.raises(FloatingPointError, match="(loss became nan|gradient norm is not "
+                       "finite) at step") as e:
+        stories.adapt(texts, weight_decay=1e5, **kw)
+    failed = int(re.search(r"at step (\d+)", str(e.value))[1])
+    meta = json.loads(bytes(np.load(tmp_path / "checkpoint.npz")["meta"]).decode())
+    assert meta["step"] == failed - 1  # the state whose loss and gradient were finite
+    resumed = magnet.Model.from_pretrained("stories260K").adapt(
+        texts, resume=True, lr=1e-9, weight_decay=0.0, **{**kw, "steps": failed + 2})
+    assert len(resumed.history) == failed + 2
+
+
+def test_options_take_numpy_numbers_and_refuse_bools(stories, texts):
+    r = stories.adapt(texts, steps=1, batch_size=2, seq_len=32, progress=False,
+                      lora_dropout=np.float32(0.1), temperature=np.float64(0.05),
+                      lora_alpha=np.float32(16.0), weight_decay=np.float32(0.01))
+    assert len(r.history) == 1
+    with pytest.raises(TypeError, match="lora_alpha must be a number, got bool"):
+        stories.adapt(texts, steps=1, progress=False, lora_alpha=True)
 
 
 def test_micro_batch_seeds_never_repeat():

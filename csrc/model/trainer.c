@@ -19,8 +19,9 @@ mg_trainer *mg_trainer_create(mg_model *model, const mg_train_config *cfg, mg_er
         mg_fail(err, MG_ERR_VALUE, "LoRA training needs adapters attached to the model");
         return NULL;
     }
-    if (!(cfg->lr >= 0.0f) || !(cfg->temperature > 0.0f) || cfg->total_steps < 0 ||
-        cfg->warmup_steps < 0 || !(cfg->lora_dropout >= 0.0f && cfg->lora_dropout < 1.0f) ||
+    if (!(cfg->lr >= 0.0f && isfinite(cfg->lr)) || !(cfg->temperature > 0.0f) ||
+        cfg->total_steps < 0 || cfg->warmup_steps < 0 ||
+        !(cfg->lora_dropout >= 0.0f && cfg->lora_dropout < 1.0f) ||
         !(cfg->resid_dropout >= 0.0f && cfg->resid_dropout < 1.0f)) {
         mg_fail(err, MG_ERR_VALUE,
                 "invalid training configuration (learning rate, temperature, "
@@ -376,6 +377,12 @@ int mg_trainer_apply(mg_trainer *t, double *grad_norm, float *lr_used, mg_error 
     be->adamw_update(be, params, grads, m, v, (long)n, lr, t->cfg.beta1, t->cfg.beta2, t->cfg.eps,
                      t->cfg.weight_decay, t->step + 1);
     be->zero(be, grads, sizeof(float) * n);
+    /* A step can overflow the weights while its gradient was finite (an absurd lr or weight
+     * decay): the next loss would tell, but the last step has no next one, and a checkpoint
+     * or a save must not take such weights silently. One pass over what was just written. */
+    if (!isfinite(be->sum_squares(be, params, (long)n)))
+        return mg_fail(err, MG_ERR_VALUE, "the update of step %d left weights that are not finite",
+                       t->step);
     if (be->sync(be, err) != MG_OK) return err->code;
     t->step++;
     return MG_OK;
