@@ -258,6 +258,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     """See :meth:`magnet.Model.adapt`."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if isinstance(seed, np.integer) and not isinstance(seed, np.bool_):
+        seed = int(seed)  # as generate() and the demo take it
     # every setting is checked, and all that can fail is built (data, eval stream, trainer
     # settings, the checkpoint to resume), before the model's adapters are touched: a call that
     # fails leaves the model as it was
@@ -535,6 +537,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     if meta is not None:
         start = int(meta["step"])
         result.history = list(meta.get("history", []))
+        result.eval_history = list(meta.get("eval_history", []))
 
     def evaluate(step: int) -> None:
         stage = _stage_at(stage_list, step, steps)
@@ -564,6 +567,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         """Write the pending checkpoint with ``state``, the trainer's state at its step."""
         nonlocal pending
         assert checkpoint_path is not None and pending is not None
+        # the evaluations up to its step, so that a resumed run reports them all
+        pending["eval_history"] = [e for e in result.eval_history if e["step"] <= pending["step"]]
         result.checkpoint = str(_save_checkpoint(checkpoint_path, state, pending))
         pending = None
 
@@ -618,16 +623,17 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                             "history": list(result.history)}
                 if base_digest is not None:
                     meta_out["base_weights"] = base_digest
-                # written once the next step's loss shows these weights are sound (a step can
-                # leave finite weights that give a NaN loss); the last step's at once (its
-                # weights were checked finite), as is any when the run stops for another reason
+                # written once the next step's loss and gradient show these weights are sound
+                # (a step can leave finite weights that give a NaN loss); the last step's after
+                # its evaluation (its weights were checked finite), as is any when the run
+                # stops for another reason
                 pending = meta_out
-                if done == steps:
-                    flush(trainer.state())
             if callback is not None:
                 callback(record)
             if eval_chunks and (done % checkpoint_every == 0 or done == steps):
                 evaluate(done)
+            if done == steps and pending is not None:
+                flush(trainer.state())
     except FloatingPointError:
         raise
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
@@ -127,6 +128,9 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+_MODEL_IDENTITIES = itertools.count()
+
+
 class Model:
     """A decoder (LLaMA family or GPT-2) whose attention follows MAGNET's unified rule.
 
@@ -143,6 +147,11 @@ class Model:
         # held by adapt() and to(): the one trains the C model in place, the other replaces it
         # with a copy, so either one beside the other (or a second adapt) would lose work
         self._exclusive = threading.Lock()
+        # which model and which of its weights, for caches of its outputs (eval's features):
+        # unique for the process (an id() is reused after the model is freed), and counting
+        # the adapt() calls that may have changed the weights
+        self._identity = next(_MODEL_IDENTITIES)
+        self._adaptations = 0
 
     @contextmanager
     def _exclusively(self, what: str) -> Iterator[None]:
@@ -417,6 +426,7 @@ class Model:
         from magnet.adapt import adapt
 
         with self._exclusively("adapt()"):
+            self._adaptations += 1
             return adapt(self, data, preset=preset, steps=steps, batch_size=batch_size,
                          seq_len=seq_len, lr=lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
                          full_finetune=full_finetune, weights=weights, seed=seed, pairs=pairs,

@@ -72,7 +72,7 @@ def test_baseline_presets(stories, texts, preset):
 def test_resume_matches_uninterrupted_run(stories_dir, texts, tmp_path, full):
     magnet.set_num_threads(1)
     kw = dict(steps=10, batch_size=4, seq_len=48, progress=False, seed=5, full_finetune=full,
-              checkpoint_every=4)
+              checkpoint_every=4, eval_data=texts[:4])
     straight = magnet.Model.from_pretrained(stories_dir).adapt(texts, **kw)
 
     class Stop(Exception):
@@ -90,6 +90,9 @@ def test_resume_matches_uninterrupted_run(stories_dir, texts, tmp_path, full):
     keys = ("loss", "mntp", "sscl", "msg", "lr")
     assert [[h[k] for k in keys] for h in resumed.history] == \
         [[h[k] for k in keys] for h in straight.history]
+    # the evaluations before the interruption too (the resumed run reported only [8, 10])
+    assert [e["step"] for e in straight.eval_history] == [4, 8, 10]
+    assert resumed.eval_history == straight.eval_history
 
 
 @pytest.mark.parametrize("merge", [True, False])
@@ -297,7 +300,8 @@ def test_a_checkpoint_is_written_once_its_weights_gave_a_finite_loss(stories, te
 def test_options_take_numpy_numbers_and_refuse_bools(stories, texts):
     r = stories.adapt(texts, steps=1, batch_size=2, seq_len=32, progress=False,
                       lora_dropout=np.float32(0.1), temperature=np.float64(0.05),
-                      lora_alpha=np.float32(16.0), weight_decay=np.float32(0.01))
+                      lora_alpha=np.float32(16.0), weight_decay=np.float32(0.01),
+                      seed=np.int64(3))  # the demo passed its numpy seed on, and adapt refused
     assert len(r.history) == 1
     with pytest.raises(TypeError, match="lora_alpha must be a number, got bool"):
         stories.adapt(texts, steps=1, progress=False, lora_alpha=True)

@@ -93,6 +93,22 @@ def test_tagging_feature_cache_reuses_vectors(model: magnet.Model) -> None:
     assert first["train_words"] == pos_cached["train_words"]
 
 
+def test_tagging_feature_cache_sees_an_adapted_model_as_new(stories_dir: Path) -> None:
+    """The cache was keyed by id(model): after adapt() it served the old weights' vectors
+    (and the score before adaptation)."""
+    m = magnet.Model.from_pretrained(stories_dir / "stories260K.bin")
+    f = FIX / "conll2003.txt"
+    cache: dict = {}
+    kw = dict(train_path=f, test_path=f, epochs=5, lr=5e-2, progress=False)
+    tasks.evaluate_tagging(m, "conll2003-pos", feature_cache=cache, **kw)
+    m.adapt(["Once upon a time there was a little dog who liked to run."] * 8, steps=3,
+            batch_size=2, seq_len=16, lr=5e-2, progress=False)
+    cached = tasks.evaluate_tagging(m, "conll2003-pos", feature_cache=cache, **kw)
+    assert len(cache) == 2
+    fresh = tasks.evaluate_tagging(m, "conll2003-pos", **kw)
+    assert cached["probe_loss"] == fresh["probe_loss"]
+
+
 def test_infill_matches_a_direct_computation(model: magnet.Model) -> None:
     path = FIX / "wiki.tokens"
     window, n = 64, 3

@@ -263,7 +263,9 @@ def evaluate_tagging(model: Model, task: str, data: str | os.PathLike | None = N
                  ) -> tuple[np.ndarray, list[list[str]], list[np.ndarray], int]:
         words = [s.words for s in sents]
         # keyed by the words themselves (and the model): the tasks differ only in the tags
-        key = (id(model), embed_batch_size, tuple(tuple(w) for w in words))
+        # (and the model and its weights: an adapt() since changes them)
+        key = (model._identity, model._adaptations, id(model.tokenizer), embed_batch_size,
+               tuple(tuple(w) for w in words))
         if feature_cache is not None and key in feature_cache:
             vecs, kept = feature_cache[key]
         else:
@@ -539,7 +541,10 @@ def evaluate_repetition(model: Any, path: str | os.PathLike, num_prompts: int = 
     batches = range(0, len(prompts), batch_size)
     for b0 in _bar(batches, progress, "generate", total=len(batches)):
         group = prompts[b0:b0 + batch_size]
-        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed)
+        # a seed per batch: the sampler's draws are a function of (seed, step, row), so one
+        # seed for all would give prompts b and b + batch_size the same draws
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                  seed=(seed + b0) % 2**64)
         if do_sample:
             kw.update(temperature=temperature, top_p=top_p)
         res = model.generate(list(group), **kw)
