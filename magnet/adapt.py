@@ -193,9 +193,22 @@ def _diverged(step: int, start: int, checkpoint: Any) -> str:
             "using it (a lower lr usually helps)")
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer: a bijection of 64-bit ints that sends neighbours far apart."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1) -> int:
-    """Each (step, micro-batch) its own seed: steps 64 apart (more with more micro-batches)."""
-    return (seed * 1_000_003 + step * max(64, grad_accum) + micro) % (1 << 63)
+    """Each (seed, step, micro-batch) its own 64-bit seed: the run's seed scrambled, plus the
+    micro-batch's index (steps max(64, grad_accum) apart). A plain seed * k + index reduced
+    mod 2**63 gave seeds s and s + 2**63 the same draws, and seed 1's first micro-batch
+    those of seed 0 at step 15625."""
+    return (_mix64(seed & _MASK64) + step * max(64, grad_accum) + micro) & _MASK64
 
 
 def _save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -544,7 +557,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         sums: dict[str, float] = {"mntp": 0.0, "sscl": 0.0, "msg": 0.0}
         for i, chunks in enumerate(eval_chunks):
             # every loss on eval_data: its chunks are the SSCL rows too, pairs= or not
-            out = micro(chunks, stage, _seed_of(seed + 1, i, 0), False, 1.0, None)
+            out = micro(chunks, stage, _seed_of((seed + 1) & _MASK64, i, 0), False, 1.0, None)
             for k in sums:
                 sums[k] += out[k] / len(eval_chunks)
         result.eval_history.append({"step": step, **sums})

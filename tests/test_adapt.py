@@ -316,3 +316,8 @@ def test_micro_batch_seeds_never_repeat():
         seeds = {_seed_of(3, s, k, accum) for s in range(5) for k in range(accum)}
         assert len(seeds) == 5 * accum
     assert _seed_of(3, 2, 5, 8) == _seed_of(3, 2, 5)  # unchanged up to 64 micro-batches
+    # nor across seeds: s and s + 2**63 drew the same, seed 1 at step 0 drew seed 0's at 15625
+    assert _seed_of(0, 0, 0) != _seed_of(2**63, 0, 0)
+    firsts = {_seed_of(seed, 0, 0) for seed in range(1000)}
+    assert not firsts & {_seed_of(seed, s, k, 8) for seed in range(3) for s in range(1, 20000)
+                         for k in range(8)}
