@@ -645,8 +645,18 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 callback(record)
             if eval_chunks and (done % checkpoint_every == 0 or done == steps):
                 evaluate(done)
-            if done == steps and pending is not None:
-                flush(trainer.state())
+            if done == steps:
+                # no next step checks the last one's weights: the evaluation, or a forward
+                # pass over the last micro-batch, does (finite weights can give NaN logits)
+                final = (result.eval_history[-1] if eval_chunks else
+                         micro(chunks, stage, _seed_of(seed, step, 0), False, 1.0, None))
+                if not all(math.isfinite(final[k]) for k in ("mntp", "sscl", "msg")):
+                    raise FloatingPointError(
+                        f"the weights after the last step give a non-finite loss "
+                        f"{ {k: final[k] for k in ('mntp', 'sscl', 'msg')} }"
+                        f"{_diverged(done, start, good_checkpoint())}")
+                if pending is not None:
+                    flush(trainer.state())
     except FloatingPointError:
         raise
     except BaseException:
