@@ -255,9 +255,11 @@ def infill(model: Model, text: str | Sequence[str | None], blank: str = DEFAULT_
     start = tok.bos_id if tok.bos_id is not None else (eos if eos >= 0 else None)
     if start is None:
         raise ValueError("infill needs a BOS or EOS token to start the layout")
-    # a piece after a blank continues the text: no prefix space (SentencePiece's "▁")
+    # the text's first piece takes the prefix space (SentencePiece's "▁"); a piece after a
+    # blank or after other text continues it (an empty piece before it is no text at all)
+    first = next((i for i, p in enumerate(pieces) if p is None or p), len(pieces))
     encoded = [None if p is None else
-               tok.encode(p, add_bos=False, prefix_space=i == 0, add_eos=False)
+               tok.encode(p, add_bos=False, prefix_space=i == first, add_eos=False)
                for i, p in enumerate(pieces)]
     encoded = [e for e in encoded if e is None or e]  # empty known pieces vanish
     # first token of the known text after each blank (EOS at the end; None before a blank)

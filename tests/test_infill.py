@@ -203,6 +203,16 @@ def test_piece_after_a_blank_has_no_prefix_space_llama2c(stories):
     assert r.span_ids == ref.span_ids[0] and r.text == r.spans[0] + " went home."
 
 
+def test_leading_empty_pieces_change_nothing(stories):
+    """Empty pieces vanish: a leading "" made the first known piece tokenize as if it followed
+    a blank (no "▁"), and so gave another span."""
+    want = stories.infill("Lily liked[BLANK] the park.", span_tokens=4)
+    for pieces in (["", "Lily liked", None, " the park."], ["", "", "Lily liked", None,
+                                                               " the park.", ""]):
+        got = stories.infill(pieces, span_tokens=4)
+        assert got.span_ids == want.span_ids and got.text == want.text
+
+
 @pytest.mark.parametrize("kind", ["tokenizer.json", "gguf"])
 def test_piece_after_a_blank_has_no_prefix_space(kind, tmp_path):
     make_checkpoint("llama", tmp_path)
