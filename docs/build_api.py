@@ -28,7 +28,9 @@ ENTRIES = [
     ("magnet.Model.precision", magnet.Model.precision),
     ("magnet.cuda_is_available", magnet.cuda_is_available),
     ("magnet.cuda_device_count", magnet.cuda_device_count),
-    ("magnet.adapt.AdaptResult", AdaptResult),
+    ("magnet.AdaptResult", AdaptResult),
+    ("magnet.InfillResult", magnet.InfillResult),
+    ("magnet.TokenEmbeddings", magnet.TokenEmbeddings),
     ("magnet.adapt.Stage", Stage),
     ("magnet.Tokenizer", magnet.Tokenizer),
     ("magnet.ModelConfig", magnet.ModelConfig),
@@ -40,7 +42,8 @@ ENTRIES = [
 def main() -> None:
     out = ["# API reference", "",
            "Generated from the docstrings by `python docs/build_api.py`. "
-           "`magnet.CONTEXT = 0`, `magnet.SPAN = 1`.", ""]
+           "`magnet.CONTEXT = 0`, `magnet.SPAN = 1`; `magnet.__version__` is the installed "
+           "version.", ""]
     for name, obj in ENTRIES:
         try:
             sig = str(inspect.signature(obj))

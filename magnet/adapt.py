@@ -63,7 +63,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
+# repr is written out: the generated one printed every history record (tens of KB for a few
+# hundred steps), which a notebook cell ending in ``m.adapt(...)`` echoes in full.
+@dataclass(repr=False)
 class AdaptResult:
     """What ``Model.adapt`` returns: one dict per optimizer step in ``history`` (step, loss,
     mntp, sscl, msg, lr, grad_norm, tokens_per_s), evaluation losses in ``eval_history``."""
@@ -73,6 +75,19 @@ class AdaptResult:
     steps: int = 0
     wall_time_s: float = 0.0
     checkpoint: str | None = None
+
+    def __repr__(self) -> str:
+        last: dict[str, Any] | None = None
+        if self.history:
+            # the losses of the last step; lr, grad_norm and throughput stay in history
+            last = {k: (float(f"{v:.4g}") if isinstance(v, numbers.Real)
+                        and not isinstance(v, numbers.Integral) else v)
+                    for k, v in self.history[-1].items()
+                    if k in ("step", "loss", "mntp", "sscl", "msg")}
+        return (f"AdaptResult(steps={self.steps}, last={last}, "
+                f"wall_time_s={self.wall_time_s:.1f}, checkpoint={self.checkpoint!r}, "
+                f"history=<{len(self.history)} records>, "
+                f"eval_history=<{len(self.eval_history)} records>)")
 
 
 def lora_mask(targets: Iterable[str] | None) -> int:
@@ -254,6 +269,15 @@ def _load_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, meta
 
 
+def _int_option(name: str, value: Any) -> int:
+    """``value`` as a Python int: an int or a NumPy integer; a bool (True would count as 1), a
+    timedelta64 (a NumPy integer subtype) or anything else is a TypeError naming ``name``."""
+    if isinstance(value, (bool, np.bool_, np.timedelta64)) or not isinstance(
+            value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1000,
           batch_size: int = 8, seq_len: int = 256, lr: float = 2e-4, lora_rank: int = 16,
           lora_alpha: float = 32.0, full_finetune: bool = False,
@@ -271,17 +295,19 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     """See :meth:`magnet.Model.adapt`."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if isinstance(seed, np.integer) and not isinstance(seed, np.bool_):
-        seed = int(seed)  # as generate() and the demo take it
     # every setting is checked, and all that can fail is built (data, eval stream, trainer
     # settings, the checkpoint to resume), before the model's adapters are touched: a call that
-    # fails leaves the model as it was
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len),
-                        ("checkpoint_every", checkpoint_every), ("grad_accum", grad_accum),
-                        ("sscl_max_tokens", sscl_max_tokens), ("eval_batches", eval_batches),
-                        ("seed", seed)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    # fails leaves the model as it was.
+    # NumPy integers are taken as generate() and embed() take them, and made Python ints here:
+    # what follows (the C trainer's config, the checkpoint's JSON) needs real ints
+    steps = _int_option("steps", steps)
+    batch_size = _int_option("batch_size", batch_size)
+    seq_len = _int_option("seq_len", seq_len)
+    checkpoint_every = _int_option("checkpoint_every", checkpoint_every)
+    grad_accum = _int_option("grad_accum", grad_accum)
+    sscl_max_tokens = _int_option("sscl_max_tokens", sscl_max_tokens)
+    eval_batches = _int_option("eval_batches", eval_batches)
+    seed = _int_option("seed", seed)
     if not 0 <= steps <= 2**30:  # the C core takes steps as an int of at most 2**30
         raise ValueError(f"steps must be in 0..{2**30}, got {steps}")
     for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum),
@@ -304,19 +330,19 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     full_finetune, resume = bool(full_finetune), bool(resume)
     _check_number("lr", lr)
     _check_number("clip_norm", clip_norm)  # 0 turns clipping off
-    if not full_finetune:
-        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or not (
-                1 <= lora_rank <= 4096):
+    if not full_finetune:  # lora_rank is unused (and unchecked) for a full fine-tune
+        lora_rank = _int_option("lora_rank", lora_rank)
+        if not 1 <= lora_rank <= 4096:
             raise ValueError(f"lora_rank must be an int in 1..4096, got {lora_rank!r}")
         _f32("lora_alpha", lora_alpha, strict=True)
     for name, value in (("lora_dropout", lora_dropout), ("resid_dropout", resid_dropout)):
         _f32(name, value, below=1.0)
     _f32("temperature", temperature, strict=True)
     _f32("weight_decay", weight_decay)
-    if warmup_steps is not None and (isinstance(warmup_steps, bool)
-                                     or not isinstance(warmup_steps, int)
-                                     or not 0 <= warmup_steps <= 2**30):
-        raise ValueError(f"warmup_steps must be an int in 0..{2**30}, got {warmup_steps!r}")
+    if warmup_steps is not None:
+        warmup_steps = _int_option("warmup_steps", warmup_steps)
+        if not 0 <= warmup_steps <= 2**30:
+            raise ValueError(f"warmup_steps must be an int in 0..{2**30}, got {warmup_steps!r}")
     if instruction is not None and not isinstance(instruction, str):
         raise TypeError(f"instruction must be a str, got {type(instruction).__name__} "
                         f"{instruction!r}")

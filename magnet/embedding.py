@@ -56,19 +56,41 @@ DEFAULT: Any = _Default()
 """Sentinel: the level's default instruction (sentence: DEFAULT_INSTRUCTION; token: none)."""
 
 
-@dataclass
+# eq and repr are written out: the generated ones compare the vectors with ==, whose array
+# result has no truth value (== raised ValueError), and print every vector.
+@dataclass(eq=False, repr=False)
 class TokenEmbeddings:
     """Token-level vectors of one text.
 
     ``vectors``: float32 [T, D], row t for token t; ``ids``: the T token ids; ``tokens``: their
     strings (tokenizer pieces); ``offsets``: (start, end) character offsets of each token in the
-    text.
+    text. Two are equal when their ids, tokens, offsets and vectors (element by element) are.
     """
 
     vectors: np.ndarray
     ids: list[int]
     tokens: list[str]
     offsets: list[tuple[int, int]]
+
+    # it holds a mutable array: no hash, like a list
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TokenEmbeddings):
+            return NotImplemented
+        return (list(self.ids) == list(other.ids) and list(self.tokens) == list(other.tokens)
+                # tuple(): offsets read back as lists (JSON) still equal the tuples
+                and [tuple(o) for o in self.offsets] == [tuple(o) for o in other.offsets]
+                and bool(np.array_equal(self.vectors, other.vectors)))
+
+    def __repr__(self) -> str:
+        vectors = np.asarray(self.vectors)
+        shown = 5  # enough tokens to recognise the text
+        tokens = repr(list(self.tokens[:shown]))
+        if len(self.tokens) > shown:
+            tokens = tokens[:-1] + ", ...]"
+        return (f"TokenEmbeddings({len(self.ids)} tokens, vectors={vectors.dtype}"
+                f"{list(vectors.shape)}, tokens={tokens})")
 
 
 def _check_texts(texts: Any, allow_empty: bool = False) -> tuple[list[str], bool]:

@@ -6,10 +6,10 @@ import itertools
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 
@@ -20,8 +20,16 @@ from magnet.formats import Loaded
 from magnet.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    import sys
+
+    from magnet.adapt import AdaptResult, Stage
     from magnet.embedding import TokenEmbeddings
     from magnet.infill import InfillResult
+
+    if sys.version_info >= (3, 11):
+        from typing import Unpack
+    else:
+        from typing_extensions import Unpack
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 # Models shipped inside the package, loadable by name without any download.
@@ -129,6 +137,25 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
 
 
 _MODEL_IDENTITIES = itertools.count()
+
+
+class AdaptOptions(TypedDict, total=False):
+    """The keyword-only options of :meth:`Model.adapt` (``magnet.adapt.adapt``'s), so that a
+    type checker flags a misspelt or mistyped option passed through ``**options``.
+    tests/test_api_surface.py checks that the keys match ``adapt``'s keyword-only parameters."""
+
+    lora_targets: Iterable[str] | None
+    lora_dropout: float
+    resid_dropout: float
+    warmup_steps: int | None
+    weight_decay: float
+    clip_norm: float
+    grad_accum: int
+    sscl_max_tokens: int
+    instruction: str
+    temperature: float
+    stages: list[Stage] | None
+    eval_batches: int
 
 
 class Model:
@@ -282,6 +309,38 @@ class Model:
         out, _ = self._c.forward(ids, r, s, True, False)
         return out[0] if single else out
 
+    # Overloads for type checkers only (the runtime and inspect.signature see the definition
+    # after them): a str prompt gives a str, a list a list[str], stream=True an iterator, so that
+    # ``m.generate("x").strip()`` type-checks. A str is also a Sequence[str]; the str overload
+    # comes first, so a str prompt picks it (hence the overlap ignores).
+    @overload
+    def generate(  # type: ignore[overload-overlap]
+            self, prompt: str, max_new_tokens: int = ..., do_sample: bool = ...,
+            temperature: float = ..., top_k: int = ..., top_p: float = ..., min_p: float = ...,
+            repetition_penalty: float = ..., stop: str | Sequence[str] | None = ...,
+            seed: int | None = ..., stream: Literal[False] = ...) -> str: ...
+
+    @overload
+    def generate(self, prompt: Sequence[str], max_new_tokens: int = ...,
+                 do_sample: bool = ..., temperature: float = ..., top_k: int = ...,
+                 top_p: float = ..., min_p: float = ..., repetition_penalty: float = ...,
+                 stop: str | Sequence[str] | None = ..., seed: int | None = ...,
+                 stream: Literal[False] = ...) -> list[str]: ...
+
+    @overload
+    def generate(self, prompt: str, max_new_tokens: int = ..., do_sample: bool = ...,
+                 temperature: float = ..., top_k: int = ..., top_p: float = ...,
+                 min_p: float = ..., repetition_penalty: float = ...,
+                 stop: str | Sequence[str] | None = ..., seed: int | None = ..., *,
+                 stream: Literal[True]) -> Iterator[str]: ...
+
+    @overload  # stream given as a plain bool: any of the three
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = ...,
+                 do_sample: bool = ..., temperature: float = ..., top_k: int = ...,
+                 top_p: float = ..., min_p: float = ..., repetition_penalty: float = ...,
+                 stop: str | Sequence[str] | None = ..., seed: int | None = ...,
+                 stream: bool = ...) -> str | list[str] | Iterator[str]: ...
+
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 64,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -324,6 +383,34 @@ class Model:
         from magnet.infill import infill
 
         return infill(self, text, blank, span_tokens, **sampling)
+
+    # Overloads for type checkers only, as for generate: sentence level gives an array; token
+    # level a TokenEmbeddings for a str, a list of them for a list.
+    @overload
+    def embed(self, texts: str | Sequence[str], level: Literal["sentence"] = ...,
+              pooling: str = ..., instruction: str | None = ..., batch_size: int = ...,
+              normalize: bool = ..., max_length: int | None = ..., truncate: bool = ...,
+              show_progress_bar: bool | None = ...) -> np.ndarray: ...
+
+    @overload
+    def embed(  # type: ignore[overload-overlap]
+            self, texts: str, level: Literal["token"], pooling: str = ...,
+            instruction: str | None = ..., batch_size: int = ..., normalize: bool = ...,
+            max_length: int | None = ..., truncate: bool = ...,
+            show_progress_bar: bool | None = ...) -> TokenEmbeddings: ...
+
+    @overload
+    def embed(self, texts: Sequence[str], level: Literal["token"], pooling: str = ...,
+              instruction: str | None = ..., batch_size: int = ..., normalize: bool = ...,
+              max_length: int | None = ..., truncate: bool = ...,
+              show_progress_bar: bool | None = ...) -> list[TokenEmbeddings]: ...
+
+    @overload  # level given as a plain str: any of the three
+    def embed(self, texts: str | Sequence[str], level: str = ..., pooling: str = ...,
+              instruction: str | None = ..., batch_size: int = ..., normalize: bool = ...,
+              max_length: int | None = ..., truncate: bool = ...,
+              show_progress_bar: bool | None = ...
+              ) -> np.ndarray | TokenEmbeddings | list[TokenEmbeddings]: ...
 
     def embed(self, texts: str | Sequence[str], level: str = "sentence", pooling: str = "last",
               instruction: str | None = DEFAULT, batch_size: int = 32,
@@ -388,7 +475,7 @@ class Model:
               pairs: list[tuple[str, str]] | None = None, eval_data: Any = None,
               checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 200,
               resume: bool = False, progress: bool = True, callback: Any = None,
-              **options: Any) -> Any:
+              **options: Unpack[AdaptOptions]) -> AdaptResult:
         """Adapt the model with MAGNET's objectives (in place); returns an ``AdaptResult``.
 
         data: a list of str, a ``.txt`` path (one document per blank-line-separated block, or
@@ -419,9 +506,10 @@ class Model:
         model changes: a call that raises leaves it as it was. While it runs, another
         ``adapt()`` or a :meth:`to` on this model (from another thread) raises ValueError.
         SSCL needs ``batch_size >= 2``.
-        Further options (keyword only): lora_targets, lora_dropout (0.05), resid_dropout (0.1),
-        warmup_steps (min(100, steps // 10)), weight_decay (0), clip_norm (1.0), grad_accum (1),
-        sscl_max_tokens (64), instruction, temperature (0.05), stages, eval_batches (4).
+        Further options (keyword only; ``magnet.model.AdaptOptions`` types them): lora_targets,
+        lora_dropout (0.05), resid_dropout (0.1), warmup_steps (min(100, steps // 10)),
+        weight_decay (0), clip_norm (1.0), grad_accum (1), sscl_max_tokens (64), instruction,
+        temperature (0.05), stages, eval_batches (4).
         """
         from magnet.adapt import adapt
 
