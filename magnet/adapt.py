@@ -180,14 +180,20 @@ def _f32(name: str, value: Any, low: float = 0.0, strict: bool = False,
     to 0, 1e39 to inf) is refused by name, before the model changes."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    with np.errstate(over="ignore"):
-        f = float(np.float32(value))
     span = f"({'>' if strict else '>='} {low:g}" + (f" and < {below:g}" if below else "") + ")"
-    rounded = "" if f == float(value) else f" (it is {f!r} in float32, the C core's precision)"
-    if not (math.isfinite(f) and (f > low if strict else f >= low)
-            and (below is None or f < below)):
-        raise ValueError(f"{name} must be a finite number {span}, got {value!r}{rounded}")
-    if f == 0.0 and float(value) != 0.0:
+    bad = f"{name} must be a finite number {span}, got {value!r}"
+    try:
+        v = float(value)
+    except OverflowError:  # an int past float64 (10**400)
+        raise ValueError(bad) from None
+    if not (math.isfinite(v) and (v > low if strict else v >= low)
+            and (below is None or v < below)):
+        raise ValueError(bad)
+    with np.errstate(over="ignore"):
+        f = float(np.float32(v))
+    if not (math.isfinite(f) and (below is None or f < below)):
+        raise ValueError(f"{bad} (it is {f!r} in float32, the C core's precision)")
+    if f == 0.0 and v != 0.0:
         raise ValueError(f"{name}={value!r} is 0 in float32, the C core's precision: pass 0 "
                          "to turn it off, or a value of at least 1e-38")
     return f
@@ -198,12 +204,17 @@ def _check_number(name: str, value: Any) -> None:
     _f32(name, value)
 
 
-def _diverged(step: int, start: int, checkpoint: Any) -> str:
-    """The end of the message of a run that diverged at ``step``: where to go on from."""
-    where = f"; the last good checkpoint is in {checkpoint}" if checkpoint else ""
-    if step == start == 0 and not checkpoint:
-        return (f"{where}; no update had been made, so the model is as it was (the settings or "
-                "the data give a non-finite loss: temperature, loss weights)")
+def _diverged(step: int, start: int, checkpoint: Path | None, ours: bool) -> str:
+    """The end of the message of a run that diverged at ``step``: where to go on from.
+    ``checkpoint``: a directory holding a checkpoint, ``ours`` when this run wrote it or
+    resumed from it (else an earlier run left it, unchanged)."""
+    where = ""
+    if checkpoint is not None:
+        where = (f"; the last good checkpoint is in {checkpoint}" if ours else
+                 f"; the checkpoint in {checkpoint} (an earlier run's) is unchanged")
+    if step == start == 0:
+        return (f"{where}; no update had been made: the settings or the data give a non-finite "
+                "loss (temperature, loss weights)")
     return (f"{where}; the model in memory holds the diverged weights: load it again before "
             "using it (a lower lr usually helps)")
 
@@ -588,6 +599,11 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 sums[k] += out[k] / len(eval_chunks)
         result.eval_history.append({"step": step, **sums})
 
+    if (meta is not None and eval_chunks and start > 0
+            and (start % checkpoint_every == 0 or start == steps)
+            and all(e["step"] != start for e in result.eval_history)):
+        evaluate(start)  # the run was cut off between its checkpoint and this evaluation
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -596,20 +612,24 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
     t_start = time.perf_counter()
     pending: dict[str, Any] | None = None  # a checkpoint's metadata, not yet written
 
-    def good_checkpoint() -> Path | None:
-        """Where a written checkpoint is (a pending one is not known good, and not written)."""
-        if checkpoint_path is not None and (checkpoint_path / "checkpoint.npz").is_file():
-            return checkpoint_path
-        return None
+    def diverged(step: int) -> str:
+        """_diverged's text for this run: a pending checkpoint is not known good (and not
+        written); a file there is this run's if it wrote it or resumed from it."""
+        found = checkpoint_path is not None and (checkpoint_path / "checkpoint.npz").is_file()
+        return _diverged(step, start, checkpoint_path if found else None,
+                         result.checkpoint is not None or meta is not None)
 
     def flush(state: dict[str, Any]) -> None:
         """Write the pending checkpoint with ``state``, the trainer's state at its step."""
         nonlocal pending
         assert checkpoint_path is not None and pending is not None
+        # taken first: a write cut off (Ctrl-C, a full disk) is not retried later with the
+        # state of another step
+        written, pending = pending, None
         # the evaluations up to its step, so that a resumed run reports them all
-        pending["eval_history"] = [e for e in result.eval_history if e["step"] <= pending["step"]]
-        result.checkpoint = str(_save_checkpoint(checkpoint_path, state, pending))
-        pending = None
+        written["eval_history"] = [e for e in result.eval_history
+                                   if e["step"] <= written["step"]]
+        result.checkpoint = str(_save_checkpoint(checkpoint_path, state, written))
 
     try:
         for step in range(start, steps):
@@ -629,8 +649,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             loss = w[0] * totals["mntp"] + w[1] * totals["sscl"] + w[2] * totals["msg"]
             if not math.isfinite(loss):
                 raise FloatingPointError(
-                    f"training loss became {loss} at step {step}"
-                    f"{_diverged(step, start, good_checkpoint())}")
+                    f"training loss became {loss} at step {step}{diverged(step)}")
             # the weights of a pending checkpoint have just given a finite loss; it is written
             # once their gradient is finite too (else resuming would fail there again)
             held = trainer.state() if pending is not None else None
@@ -641,8 +660,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                     raise
                 if held is not None and "gradient" not in str(e):
                     flush(held)
-                raise FloatingPointError(
-                    f"{e}{_diverged(step + 1, start, good_checkpoint())}") from None
+                raise FloatingPointError(f"{e}{diverged(step + 1)}") from None
             if held is not None:
                 flush(held)
             dt = time.perf_counter() - t0
@@ -680,7 +698,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                     raise FloatingPointError(
                         f"the weights after the last step give a non-finite loss "
                         f"{ {k: final[k] for k in ('mntp', 'sscl', 'msg')} }"
-                        f"{_diverged(done, start, good_checkpoint())}")
+                        f"{diverged(done)}")
                 if pending is not None:
                     flush(trainer.state())
     except FloatingPointError:

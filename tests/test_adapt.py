@@ -68,8 +68,8 @@ def test_baseline_presets(stories, texts, preset):
         assert r.history[-1]["sscl"] > 0 and r.history[-1]["mntp"] == 0.0
 
 
-@pytest.mark.parametrize("full", [False, True])
-def test_resume_matches_uninterrupted_run(stories_dir, texts, tmp_path, full):
+@pytest.mark.parametrize("full,stop_at", [(False, 5), (True, 5), (False, 3)])
+def test_resume_matches_uninterrupted_run(stories_dir, texts, tmp_path, full, stop_at):
     magnet.set_num_threads(1)
     kw = dict(steps=10, batch_size=4, seq_len=48, progress=False, seed=5, full_finetune=full,
               checkpoint_every=4, eval_data=texts[:4])
@@ -79,7 +79,9 @@ def test_resume_matches_uninterrupted_run(stories_dir, texts, tmp_path, full):
         pass
 
     def interrupt(record):
-        if record["step"] == 5:  # after the checkpoint of step 4, before the one of step 8
+        # 5: after the checkpoint of step 4, before the one of step 8; 3: at the checkpoint of
+        # step 4, before its evaluation (which the resumed run then makes)
+        if record["step"] == stop_at:
             raise Stop
 
     m = magnet.Model.from_pretrained(stories_dir)
@@ -247,7 +249,8 @@ def test_nan_loss_stops_with_checkpoint_intact(stories, texts, tmp_path):
     good = (ck / "checkpoint.npz").read_bytes()
     meta_step = json.loads(bytes(np.load(ck / "checkpoint.npz")["meta"]).decode())["step"]
     assert meta_step == 2
-    with pytest.raises(FloatingPointError, match="(not finite|became).*checkpoint is in"):
+    with pytest.raises(FloatingPointError, match="(not finite|became).*checkpoint in .* "
+                                                 "\\(an earlier run's\\) is unchanged"):
         stories.adapt(texts, steps=50, batch_size=2, seq_len=32, lr=1e30, progress=False,
                       checkpoint_dir=ck, checkpoint_every=1000, warmup_steps=0, clip_norm=0.0)
     assert (ck / "checkpoint.npz").read_bytes() == good
@@ -296,6 +299,36 @@ def test_a_checkpoint_is_written_once_its_weights_gave_a_finite_loss(stories, te
     resumed = magnet.Model.from_pretrained("stories260K").adapt(
         texts, resume=True, lr=1e-9, weight_decay=0.0, **{**kw, "steps": failed + 2})
     assert len(resumed.history) == failed + 2
+
+
+def test_a_checkpoint_write_cut_off_is_not_redone_with_later_weights(stories, texts, tmp_path,
+                                                                     monkeypatch):
+    """Ctrl-C while a checkpoint was written left it pending, and the interrupt handler wrote
+    it again with the next step's weights under its own step number."""
+    import magnet.adapt as adapt_module
+
+    real, calls = adapt_module._save_checkpoint, []
+
+    def cut_off(directory, state, meta):
+        calls.append(meta["step"])
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(directory, state, meta)
+
+    monkeypatch.setattr(adapt_module, "_save_checkpoint", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        stories.adapt(texts, steps=10, batch_size=4, seq_len=48, progress=False,
+                      checkpoint_dir=tmp_path, checkpoint_every=4)
+    assert calls == [4] and not (tmp_path / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("value,match", [
+    (float("nan"), r"lr must be a finite number \(>= 0\), got nan$"),
+    pytest.param(10**400, "lr must be a finite number", id="past-float64"),
+    (-1e-50, r"lr must be a finite number \(>= 0\), got -1e-50$")])
+def test_bad_numbers_are_named_plainly(stories, texts, value, match):
+    with pytest.raises(ValueError, match=match):
+        stories.adapt(texts, steps=1, progress=False, lr=value)
 
 
 def test_options_take_numpy_numbers_and_refuse_bools(stories, texts):
