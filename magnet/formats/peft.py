@@ -32,7 +32,8 @@ _GPT2_MODULES = {"wo": "attn.c_proj", "w_up": "mlp.c_fc", "w_down": "mlp.c_proj"
 _QKV = ("wq", "wk", "wv")
 _LLAMA_KEY = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.(\w+\.\w+)\.lora_([AB])\.weight")
 _GPT2_KEY = re.compile(r"base_model\.model\.transformer\.h\.(\d+)\.(\w+\.\w+)\.lora_([AB])\.weight")
-_OLD_NAME = re.compile(r"layers\.(\d+)\.(\w+)\.lora_([AB])")  # magnet's own names (before 0.2)
+# magnet's own adapter names (what GPT-2 adapters were saved under before peft's layout)
+_OLD_NAME = re.compile(r"layers\.(\d+)\.(\w+)\.lora_([AB])")
 META_TARGETS, META_RANK = "magnet_targets", "magnet_rank"
 
 
