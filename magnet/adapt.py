@@ -229,12 +229,21 @@ def _mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1) -> int:
+# the micro-batch seed scheme a checkpoint's run used (absent: the first, before _mix64), so
+# that resuming a checkpoint of an older magnet still continues its run exactly
+SEED_SCHEME = 2
+
+
+def _seed_of(seed: int, step: int, micro: int, grad_accum: int = 1, scheme: int = SEED_SCHEME
+             ) -> int:
     """Each (seed, step, micro-batch) its own 64-bit seed: the run's seed scrambled, plus the
-    micro-batch's index (steps max(64, grad_accum) apart). A plain seed * k + index reduced
-    mod 2**63 gave seeds s and s + 2**63 the same draws, and seed 1's first micro-batch
-    those of seed 0 at step 15625."""
-    return (_mix64(seed & _MASK64) + step * max(64, grad_accum) + micro) & _MASK64
+    micro-batch's index (steps max(64, grad_accum) apart). Scheme 1, a plain seed * k + index
+    reduced mod 2**63, gave seeds s and s + 2**63 the same draws, and seed 1's first
+    micro-batch those of seed 0 at step 15625."""
+    index = step * max(64, grad_accum) + micro
+    if scheme == 1:
+        return (seed * 1_000_003 + index) % (1 << 63)
+    return (_mix64(seed & _MASK64) + index) & _MASK64
 
 
 def _save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -583,18 +592,21 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         # the weights under the adapters, after any merge above: a resume must find the same
         base_digest = _base_weights_digest(model)
     start = 0
+    scheme = SEED_SCHEME
     result = AdaptResult()
     if meta is not None:
         start = int(meta["step"])
         result.history = list(meta.get("history", []))
         result.eval_history = list(meta.get("eval_history", []))
+        scheme = int(meta.get("seed_scheme", 1))
 
     def evaluate(step: int) -> None:
         stage = _stage_at(stage_list, step, steps)
         sums: dict[str, float] = {"mntp": 0.0, "sscl": 0.0, "msg": 0.0}
         for i, chunks in enumerate(eval_chunks):
             # every loss on eval_data: its chunks are the SSCL rows too, pairs= or not
-            out = micro(chunks, stage, _seed_of((seed + 1) & _MASK64, i, 0), False, 1.0, None)
+            out = micro(chunks, stage, _seed_of((seed + 1) & _MASK64, i, 0, 1, scheme), False,
+                        1.0, None)
             for k in sums:
                 sums[k] += out[k] / len(eval_chunks)
         result.eval_history.append({"step": step, **sums})
@@ -640,7 +652,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             for k in range(grad_accum):
                 chunks = stream.take(batch_size)
                 first_pair = (step * grad_accum + k) * batch_size  # pairs run on across steps
-                out = micro(chunks, stage, _seed_of(seed, step, k, grad_accum), True,
+                out = micro(chunks, stage, _seed_of(seed, step, k, grad_accum, scheme), True,
                             1.0 / grad_accum, first_pair if pair_rows is not None else None)
                 for key in totals:
                     totals[key] += out[key] / grad_accum
@@ -674,6 +686,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             done = step + 1
             if checkpoint_path is not None and (done % checkpoint_every == 0 or done == steps):
                 meta_out = {"step": done, "position": stream.position, "seed": seed,
+                            "seed_scheme": scheme,
                             "preset": preset, "model": _fingerprint(model),
                             "lora": list(model._c.lora_info() or ()),
                             "full_finetune": bool(full_finetune),
@@ -693,7 +706,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 # no next step checks the last one's weights: the evaluation, or a forward
                 # pass over the last micro-batch, does (finite weights can give NaN logits)
                 final = (result.eval_history[-1] if eval_chunks else
-                         micro(chunks, stage, _seed_of(seed, step, 0), False, 1.0, None))
+                         micro(chunks, stage, _seed_of(seed, step, 0, 1, scheme), False, 1.0, None))
                 if not all(math.isfinite(final[k]) for k in ("mntp", "sscl", "msg")):
                     raise FloatingPointError(
                         f"the weights after the last step give a non-finite loss "

@@ -301,6 +301,37 @@ def test_a_checkpoint_is_written_once_its_weights_gave_a_finite_loss(stories, te
     assert len(resumed.history) == failed + 2
 
 
+def test_a_checkpoint_of_the_first_seed_scheme_resumes_its_run(stories_dir, texts, tmp_path,
+                                                                monkeypatch):
+    """Checkpoints written before the seeds were scrambled (no "seed_scheme" in their
+    metadata) go on with the draws they were started with."""
+    import magnet.adapt as adapt_module
+
+    magnet.set_num_threads(1)
+    kw = dict(steps=6, batch_size=4, seq_len=48, progress=False, seed=5, checkpoint_every=3)
+    monkeypatch.setattr(adapt_module, "SEED_SCHEME", 1)
+    straight = magnet.Model.from_pretrained(stories_dir).adapt(texts, **kw)
+
+    def stop(record):  # after the checkpoint of step 3
+        if record["step"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        magnet.Model.from_pretrained(stories_dir).adapt(texts, checkpoint_dir=tmp_path,
+                                                        callback=stop, **kw)
+    path = tmp_path / "checkpoint.npz"
+    with np.load(path) as z:
+        arrays = dict(z)
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    del meta["seed_scheme"]  # as an older magnet wrote it
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    monkeypatch.setattr(adapt_module, "SEED_SCHEME", 2)
+    resumed = magnet.Model.from_pretrained(stories_dir).adapt(
+        texts, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
 def test_a_checkpoint_write_cut_off_is_not_redone_with_later_weights(stories, texts, tmp_path,
                                                                      monkeypatch):
     """Ctrl-C while a checkpoint was written left it pending, and the interrupt handler wrote
