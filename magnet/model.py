@@ -533,7 +533,7 @@ class Model:
         them as a peft LoRA adapter (``merge_lora=False``): transformers'
         ``AutoModelForCausalLM.from_pretrained(out_dir)`` and peft load it with the adapter
         applied. ``from_pretrained`` also reads an adapter that peft wrote beside its base
-        model (LoRA without DoRA, biases, per-module ranks or extra trained modules).
+        model (LoRA without DoRA, biases or extra trained modules).
         The write is atomic: a crash leaves any previous directory at ``out_dir`` intact.
         Files there that are not model files (notes, an ``adapt`` checkpoint) are kept; other
         weight files (shards, ``pytorch_model.bin``, a stale adapter) are removed.

@@ -79,21 +79,41 @@ def peft_adapter(arch: str, directory: Path, **lora) -> np.ndarray:
                    layers_to_transform=[1], use_rslora=True)),
     ("qwen2", dict(r=3, lora_alpha=5, target_modules=["k_proj", "up_proj"])),
     ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True)),
+    # per-module ranks and alphas: padded to one rank, the odd scale folded into B
+    ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                   rank_pattern={"v_proj": 2}, alpha_pattern={"up_proj": 3})),
+    ("gpt2", dict(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                  rank_pattern={"c_attn": 6}, alpha_pattern={"c_attn": 12}, use_rslora=True)),
 ])
 def test_an_adapter_written_by_peft_loads(tmp_path: Path, arch: str, lora: dict):
     """peft's names and layout (GPT-2's fused c_attn, layers left out, rsLoRA's scale) give
     peft's logits. (Such a directory was refused whole: "not a magnet adapter config".)"""
     ref = peft_adapter(arch, tmp_path, **lora)
     m = magnet.Model.from_pretrained(tmp_path)
-    assert m._c.lora_info()[0] == lora["r"]
+    assert m._c.lora_info()[0] == max([lora["r"], *lora.get("rank_pattern", {}).values()])
     np.testing.assert_allclose(m.logits(IDS), ref, rtol=0, atol=1e-4)
+
+
+def test_a_gpt2_adapter_of_magnets_resaved_by_peft_loads_again(tmp_path: Path):
+    """peft keeps rank_pattern but not magnet's metadata when it saves the adapter again: the
+    file was refused ("per-module ranks")."""
+    make_checkpoint("gpt2", tmp_path / "src")
+    m = magnet.Model.from_pretrained(tmp_path / "src")
+    random_adapters(m, 4, ALL)
+    ours = m.logits(IDS)
+    out = m.save_pretrained(tmp_path / "out", merge_lora=False)
+    pm = peft.AutoPeftModelForCausalLM.from_pretrained(out)
+    pm.save_pretrained(tmp_path / "again")
+    for f in ("config.json", "model.safetensors"):  # the base beside the re-saved adapter
+        (tmp_path / "again" / f).write_bytes((out / f).read_bytes())
+    np.testing.assert_allclose(magnet.Model.from_pretrained(tmp_path / "again").logits(IDS),
+                               ours, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("lora,match", [
     (dict(use_dora=True), "DoRA"),
     (dict(bias="lora_only"), "bias 'lora_only'"),
     (dict(modules_to_save=["lm_head"]), "modules_to_save"),
-    (dict(rank_pattern={"q_proj": 2}), "rank_pattern"),
 ])
 def test_what_magnet_cannot_hold_is_refused_by_name(tmp_path: Path, lora: dict, match: str):
     peft_adapter("llama", tmp_path, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

@@ -121,8 +121,7 @@ def _refuse_unsupported(cfg: dict[str, Any], where: Path) -> None:
         "layer_replication": "layer_replication", "lora_bias": "lora_bias",
         "trainable_token_indices": "trained token embeddings (trainable_token_indices)",
         "target_parameters": "adapters on parameters (target_parameters)",
-        "rank_pattern": "per-module ranks (rank_pattern)",
-        "alpha_pattern": "per-module alphas (alpha_pattern)"}
+}
     for key, what in unsupported.items():
         if cfg.get(key):
             raise ValueError(f"{where}: {what} are not supported by magnet's LoRA")
@@ -155,8 +154,6 @@ def adapter_from_peft(config: ModelConfig, cfg: dict[str, Any], state: dict[str,
             raise ValueError(f"{where}: unknown adapter targets {targets}")
     else:
         _refuse_unsupported(cfg, where)
-        if cfg.get("use_rslora"):  # scale alpha / sqrt(r) as magnet's alpha' / r
-            alpha *= math.sqrt(rank)
         targets = []
     gpt2 = config.arch == "gpt2"
     modules = {**_GPT2_MODULES, "wq": "attn.c_attn"} if gpt2 else _LLAMA_MODULES
@@ -175,6 +172,7 @@ def adapter_from_peft(config: ModelConfig, cfg: dict[str, Any], state: dict[str,
     if not ours:
         named = {by_module[mod] for _, mod in found}
         targets = [t for t in TARGETS if t in named or (gpt2 and t in _QKV and "wq" in named)]
+        rank, alpha = _one_rank_and_scale(found, cfg, rank, alpha, gpt2, where)
     out: dict[str, np.ndarray] = {}
     for layer in range(config.num_layers):
         for t in targets:
@@ -196,6 +194,49 @@ def adapter_from_peft(config: ModelConfig, cfg: dict[str, Any], state: dict[str,
     return rank, alpha, targets, out
 
 
+def _pattern_value(patterns: Any, module: str, default: float) -> float:
+    """peft's per-module value (rank_pattern, alpha_pattern): the first key that matches the
+    end of the module's name, as peft's get_pattern_key matches it."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return float(value)
+    return default
+
+
+def _one_rank_and_scale(found: dict[tuple[int, str], dict[str, np.ndarray]],
+                        cfg: dict[str, Any], rank: int, alpha: float, gpt2: bool, where: Path
+                        ) -> tuple[int, float]:
+    """One (rank, alpha) for peft's adapters, which may differ in rank and scale per module
+    (rank_pattern, alpha_pattern, rsLoRA's alpha / sqrt(r)); ``found``'s factors are changed in
+    place to fit it. Each is padded with zero rows of A and columns of B up to the largest
+    rank (exact: they add nothing); a scale other than the common one is folded into B (one
+    rounding per element)."""
+    scales: dict[tuple[int, str], float] = {}
+    for (layer, mod), pair in found.items():
+        if set(pair) != {"A", "B"} or pair["A"].ndim != 2 or pair["B"].ndim != 2 or (
+                pair["A"].shape[0] != pair["B"].shape[1]):
+            raise ValueError(f"{where}: layer {layer} {mod}: lora_A and lora_B do not fit "
+                             f"[r, in] and [out, r] ({[p.shape for p in pair.values()]})")
+        r = pair["A"].shape[0]
+        name = (f"transformer.h.{layer}.{mod}" if gpt2 else f"model.layers.{layer}.{mod}")
+        a = _pattern_value(cfg.get("alpha_pattern"), name, alpha)
+        scales[(layer, mod)] = a / math.sqrt(r) if cfg.get("use_rslora") else a / r
+    if not found:
+        return rank, alpha
+    top = max(pair["A"].shape[0] for pair in found.values())
+    common = max(set(scales.values()), key=list(scales.values()).count)
+    for key, pair in found.items():
+        A, B = pair["A"], pair["B"]
+        if scales[key] != common:
+            B = (B * np.float32(scales[key] / common)).astype(np.float32)
+        pad = top - A.shape[0]
+        if pad:
+            A = np.concatenate([A, np.zeros((pad, A.shape[1]), np.float32)])
+            B = np.concatenate([B, np.zeros((B.shape[0], pad), np.float32)], axis=1)
+        pair["A"], pair["B"] = np.ascontiguousarray(A), np.ascontiguousarray(B)
+    return top, common * top
+
+
 def _split_c_attn(A: np.ndarray, B: np.ndarray, targets: list[str], t: str, rank: int,
                   ours: bool, D: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     """GPT-2's fused q/k/v adapter as target t's own factors. magnet's (``ours``) stacks the
@@ -205,9 +246,7 @@ def _split_c_attn(A: np.ndarray, B: np.ndarray, targets: list[str], t: str, rank
     if A.ndim != 2 or B.ndim != 2 or B.shape[0] != 3 * D or A.shape[0] != B.shape[1]:
         raise ValueError(f"{where}: lora_A {A.shape} and lora_B {B.shape} do not fit "
                          f"[r, {D}] and [{3 * D}, r]")
-    if not ours:
-        if A.shape[0] != rank:
-            raise ValueError(f"{where}: rank {A.shape[0]}, the config says r = {rank}")
+    if not ours:  # (padded to the adapter's one rank already)
         return A, np.ascontiguousarray(B[i * D:(i + 1) * D])
     qkv = [q for q in _QKV if q in targets]
     j = qkv.index(t)
