@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,17 +94,30 @@ class TokenEmbeddings:
 
 
 def _check_texts(texts: Any, allow_empty: bool = False) -> tuple[list[str], bool]:
+    """(the texts as a list, whether one str was given). Besides a list or tuple, any sized,
+    indexable collection is taken, as sentence-transformers takes it (a NumPy array, a pandas
+    Series, a datasets column, a Sequence); not an iterator, which would be consumed, nor a
+    mapping, whose iteration gives its keys."""
     single = isinstance(texts, str)
-    items = [texts] if single else texts
-    if isinstance(items, np.ndarray):
-        items = items.tolist()
-    if not isinstance(items, (list, tuple)):
+    if single:
+        items: Any = [texts]
+    elif isinstance(texts, np.ndarray):
+        if texts.ndim != 1:
+            raise TypeError(f"texts must be a str or a 1-D array of str, got a {texts.ndim}-D "
+                            "array")
+        items = texts.tolist()
+    elif isinstance(texts, (list, tuple)):
+        items = texts
+    elif (isinstance(texts, (bytes, bytearray, Mapping)) or not hasattr(texts, "__len__")
+          or not hasattr(texts, "__getitem__")):
         raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+    else:
+        items = list(texts)
     if not items and not allow_empty:
         raise ValueError("texts is an empty list")
     for i, t in enumerate(items):
         if not isinstance(t, str):
-            raise TypeError(f"texts must be str, got {type(t).__name__}")
+            raise TypeError(f"texts must be str, got {type(t).__name__} {t!r:.40} at index {i}")
         check_text(t, f"text {i}")
     return list(items), single
 

@@ -342,6 +342,38 @@ def test_no_specials_empty_text(tmp_path):
                                atol=1e-4)
 
 
+def test_any_sized_indexable_collection_of_texts(stories):
+    """Like sentence-transformers: a Sequence that is not a list (UserList, a read-only
+    column such as a pandas Series or a datasets column) was refused."""
+    import collections
+
+    class Column:  # what a dataframe column offers: a length, indexing, iteration
+        def __init__(self, values):
+            self.values = values
+
+        def __len__(self):
+            return len(self.values)
+
+        def __getitem__(self, i):
+            return self.values[i]
+
+    want = stories.embed(TEXTS)
+    np.testing.assert_array_equal(stories.embed(collections.UserList(TEXTS)), want)
+    np.testing.assert_array_equal(stories.embed(Column(TEXTS)), want)
+    np.testing.assert_array_equal(stories.encode(Column(TEXTS)), stories.encode(TEXTS))
+    for bad in (iter(TEXTS), {"a": 1}, b"bytes", np.array([TEXTS, TEXTS])):
+        with pytest.raises(TypeError, match="texts must be a str"):
+            stories.embed(bad)
+
+
+def test_a_bad_item_is_named_by_its_index(stories):
+    texts = [f"text {i}" for i in range(50)]
+    for bad in (None, float("nan"), b"x"):
+        texts[37] = bad
+        with pytest.raises(TypeError, match="at index 37"):
+            stories.embed(texts)
+
+
 def test_bad_input(stories):
     with pytest.raises(ValueError, match="empty"):
         stories.embed([])
