@@ -199,11 +199,6 @@ def _f32(name: str, value: Any, low: float = 0.0, strict: bool = False,
     return f
 
 
-def _check_number(name: str, value: Any) -> None:
-    """``value`` must be a finite real number >= 0 (in float32 too); errors name ``name``."""
-    _f32(name, value)
-
-
 def _diverged(step: int, start: int, checkpoint: Path | None, ours: bool) -> str:
     """The end of the message of a run that diverged at ``step``: where to go on from.
     ``checkpoint``: a directory holding a checkpoint, ``ours`` when this run wrote it or
@@ -348,8 +343,8 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         if not isinstance(value, (bool, np.bool_)):  # "no" would count as True
             raise TypeError(f"{name} must be True or False, got {value!r}")
     full_finetune, resume = bool(full_finetune), bool(resume)
-    _check_number("lr", lr)
-    _check_number("clip_norm", clip_norm)  # 0 turns clipping off
+    _f32("lr", lr)
+    _f32("clip_norm", clip_norm)  # 0 turns clipping off
     if not full_finetune:  # lora_rank is unused (and unchecked) for a full fine-tune
         lora_rank = _int_option("lora_rank", lora_rank)
         if not 1 <= lora_rank <= 4096:
@@ -396,7 +391,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
         if unknown:
             raise ValueError(f"unknown loss weights {sorted(unknown)}; use mntp, sscl, msg")
         for key, w in weights.items():
-            _check_number(f"weights[{key!r}]", w)
+            _f32(f"weights[{key!r}]", w)
     # MSG trains on spans: a preset that makes none (no spans, no all-SPAN rows) gives an MSG
     # weight nothing to train, and the history would show msg=0.0 as if it were perfect
     makes_spans = bool(spec["use_spans"]) or spec["all_span_frac"] > 0

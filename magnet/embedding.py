@@ -171,8 +171,7 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
     _check_choice(level, LEVELS, "level")
     _check_choice(pooling, POOLINGS, "pooling")
     _check_batch_size(batch_size)
-    if instruction is DEFAULT:
-        instruction = DEFAULT_INSTRUCTION if level == "sentence" else None
+    instruction = _instruction_at(instruction, level)
     _check_instruction(instruction, "instruction")
     _check_max_length(max_length)
     head, suffix, room, max_length = _layout(model, level, instruction, max_length)
@@ -221,6 +220,14 @@ def embed(model: Model, texts: str | Sequence[str], level: str = "sentence",
             tokens, offsets = pieces[i]
             results[i] = TokenEmbeddings(vec, seqs[i][len(head):].tolist(), tokens, offsets)
     return results[0] if single else results
+
+
+def _instruction_at(instruction: str | None, level: str) -> str | None:
+    """The instruction a level uses: DEFAULT is DEFAULT_INSTRUCTION for sentences, none for
+    tokens."""
+    if instruction is not DEFAULT:
+        return instruction
+    return DEFAULT_INSTRUCTION if level == "sentence" else None
 
 
 def _layout(model: Model, level: str, instruction: str | None, max_length: int | None
@@ -399,13 +406,10 @@ def encode(model: Model, sentences: str | Sequence[str] | None = None, batch_siz
         if output_value is None and items:
             # the same text tokens as the sentence embeddings beside them: those lose room to
             # the instruction and EOS, the token level (BOS first) does not
-            def at(level: str) -> str | None:
-                if instruction is not DEFAULT:
-                    return instruction
-                return DEFAULT_INSTRUCTION if level == "sentence" else None
-
-            room = _layout(model, "sentence", at("sentence"), max_length)[2]
-            token_length = room + len(_layout(model, "token", at("token"), 1 << 30)[0])
+            room = _layout(model, "sentence", _instruction_at(instruction, "sentence"),
+                           max_length)[2]
+            token_length = room + len(_layout(model, "token", _instruction_at(instruction, "token"),
+                                              1 << 30)[0])
         tok = embed(model, items, level="token", instruction=instruction, batch_size=batch_size,
                     max_length=token_length, show_progress_bar=show_progress_bar) if items else []
 

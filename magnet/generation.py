@@ -206,17 +206,20 @@ def _decode_loop(model: Model, prompts: Sequence[Sequence[int]], budgets: list[i
     gen = _C.Generator(model._c, B, T + steps - 1, seed=seed, eos_id=eos_id,
                        **sampling.c_kwargs())
     gen.append(ids, np.full((B, T), SPAN, np.uint8), seg, pos)
+    # the rows that reach their last position after each step (0: a prompt that fills the
+    # positions, nothing follows it), found once rather than per token
+    ends: dict[int, list[int]] = {}
     for b, budget in enumerate(budgets):
-        if budget == 0:  # a prompt that fills the positions: nothing follows it
-            gen.finish(b)
+        ends.setdefault(budget, []).append(b)
+    for b in ends.get(0, ()):
+        gen.finish(b)
     for step in range(steps):
         tokens, _ = gen.decode_step()
         if (tokens < 0).all():
             return
         yield gen, tokens
-        for b, budget in enumerate(budgets):
-            if budget == step + 1:  # this row's last position: its next token would pass it
-                gen.finish(b)
+        for b in ends.get(step + 1, ()):  # its next token would pass the limit
+            gen.finish(b)
         if gen.finished.all():
             return
 

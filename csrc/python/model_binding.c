@@ -373,7 +373,6 @@ static PyObject *Model_detach_lora(MgpyModel *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* lora_info() -> None or (rank, alpha, targets_mask) */
 /* (rank, alpha, targets_mask) of the adapters, or None; the caller holds the model's lock (a
  * merge in another thread frees the adapters with the GIL released). */
 static PyObject *lora_info_of(const mg_lora *l) {

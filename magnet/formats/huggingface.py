@@ -340,15 +340,27 @@ def _unread(path: Path, ignored: Callable[[str], bool] | None) -> list[str]:
     if ignored is None:
         return []
     try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if size > 100_000_000:  # the reader's limit: it reports such a file
-                return []
-            header = json.loads(f.read(size))
+        header = read_safetensors_header(path)
     except (OSError, ValueError):
         return []
-    return [k for k in header if k != "__metadata__" and ignored(k)] if isinstance(
-        header, dict) else []
+    return [k for k in header if k != "__metadata__" and ignored(k)]
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor entries and ``__metadata__``), read in
+    Python; ValueError for one that is not a JSON object or past the C reader's size limit,
+    OSError for a file that cannot be read."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > 100_000_000:  # the C reader's limit
+            raise ValueError(f"{path}: safetensors header of {size} bytes is too large")
+        try:
+            header = json.loads(f.read(size))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    return header
 
 
 def read_state(directory: Path, ignored: Callable[[str], bool] | None = None
@@ -396,10 +408,11 @@ def _post_processor_ends(backend: tokenizers.Tokenizer) -> tuple[list[int], list
     return enc.ids[:own[0]], enc.ids[own[-1] + 1:]
 
 
-def _post_processor_adds(backend: tokenizers.Tokenizer, bos_id: int | None,
+def _post_processor_adds(ends: tuple[list[int], list[int]], bos_id: int | None,
                          eos_id: int | None) -> tuple[bool, bool]:
-    """Whether the tokenizer's post-processor puts ``bos_id`` first and ``eos_id`` last."""
-    first, last = _post_processor_ends(backend)
+    """Whether a post-processor whose :func:`_post_processor_ends` are ``ends`` puts ``bos_id``
+    first and ``eos_id`` last."""
+    first, last = ends
     return (bos_id is not None and first[:1] == [bos_id],
             eos_id is not None and last[-1:] == [eos_id])
 
@@ -416,7 +429,8 @@ def tokenizer_to_hf(tok: Tokenizer) -> tuple[str, dict[str, Any]]:
     eos = backend.id_to_token(tok.eos_id) if tok.eos_id is not None else None
     want_bos = tok.add_bos_default and bos is not None
     want_eos = tok.add_eos_default and eos is not None
-    if _post_processor_adds(backend, tok.bos_id, tok.eos_id) != (want_bos, want_eos):
+    if _post_processor_adds(_post_processor_ends(backend), tok.bos_id,
+                            tok.eos_id) != (want_bos, want_eos):
         first = [bos] if want_bos else []
         last = [eos] if want_eos else []
         used = dict(([(bos, tok.bos_id)] if want_bos else []) +
@@ -519,9 +533,9 @@ def read_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | None:
     # tokenizers do), unless tokenizer_config.json says otherwise. The post-processor's first
     # token is the BOS even where config.json names another id or none (transformers adds it
     # all the same); a post-processor that only appends (EOS) adds no BOS.
-    first, _ = _post_processor_ends(backend)
-    bos_id = first[0] if first else config.bos_token_id
-    add_bos, add_eos = _post_processor_adds(backend, bos_id, config.eos_token_id)
+    ends = _post_processor_ends(backend)
+    bos_id = ends[0][0] if ends[0] else config.bos_token_id
+    add_bos, add_eos = _post_processor_adds(ends, bos_id, config.eos_token_id)
     template = None
     pad_id = unk_id = None
     tok_cfg = directory / "tokenizer_config.json"

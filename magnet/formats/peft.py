@@ -13,7 +13,6 @@ block of B may be zero, so the blocks cannot be recovered from the values alone)
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from magnet.config import ModelConfig
+from magnet.formats.huggingface import read_safetensors_header
 
 # magnet's projection names, in the order of the C core's target bits
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -99,15 +99,7 @@ def adapter_to_peft(config: ModelConfig, rank: int, alpha: float, targets: list[
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file's header ({} when it has none)."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if size > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(f.read(size))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    meta = read_safetensors_header(path).get("__metadata__")
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
@@ -264,10 +256,11 @@ def _old_magnet(config: ModelConfig, rank: int, alpha: float, targets: Any,
     if not isinstance(targets, list) or any(t not in TARGETS for t in targets):
         raise ValueError(f"{where}: magnet_targets must list adapter targets, got {targets!r}")
     out = {}
+    by_module = {v: k for k, v in _LLAMA_MODULES.items()}
     for name, value in state.items():
         m = _OLD_NAME.fullmatch(name) or _LLAMA_KEY.fullmatch(name)
-        if m is None or (m.re is _LLAMA_KEY and m[2] not in _LLAMA_MODULES.values()):
+        if m is None or (m.re is _LLAMA_KEY and m[2] not in by_module):
             raise ValueError(f"{where}: unsupported adapter tensor {name!r}")
-        t = m[2] if m.re is _OLD_NAME else {v: k for k, v in _LLAMA_MODULES.items()}[m[2]]
+        t = m[2] if m.re is _OLD_NAME else by_module[m[2]]
         out[f"layers.{m[1]}.{t}.lora_{m[3]}"] = np.asarray(value, np.float32)
     return rank, alpha, list(targets), out
