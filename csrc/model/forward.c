@@ -1,6 +1,7 @@
 /* The decoder's forward pass, shared by both families: a step appends tokens to a key/value
  * cache and runs them through every layer; a full-sequence forward is one step on a fresh,
  * single-slot cache. */
+#include <limits.h>
 #include <string.h>
 
 #include "../core/alloc.h"
@@ -54,6 +55,10 @@ static int validate_step(const mg_model *m, const mg_kv_cache *cache, const int3
                            tokens[n], c->vocab_size);
         if (positions[n] < 0)
             return mg_fail(err, MG_ERR_VALUE, "negative position %d", positions[n]);
+        /* INT_MAX + 1 would wrap negative and pass the limits below */
+        if (positions[n] == INT_MAX)
+            return mg_fail(err, MG_ERR_VALUE, "position %d is past any model's positions",
+                           positions[n]);
         if (positions[n] >= longest) longest = positions[n] + 1;
     }
     if (c->arch == MG_ARCH_GPT2 && longest > c->max_positions)

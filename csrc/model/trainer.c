@@ -92,13 +92,25 @@ float mg_trainer_lr(const mg_train_config *cfg, int step) {
     return (float)(cfg->lr * (cfg->min_lr_ratio + (1.0 - cfg->min_lr_ratio) * cosine));
 }
 
-static int check_rows(const mg_token_rows *r, const char *what, int min_len, mg_error *err) {
+/* Checks the rows' lengths and their token ids. The ids are checked here, not only by the
+ * forward: the masked view replaces some with the mask id and keeps the originals as labels,
+ * which the forward never sees. */
+static int check_rows(const mg_token_rows *r, const char *what, int min_len, int vocab_size,
+                      mg_error *err) {
     if (r->rows < 0 || (r->rows > 0 && (r->tokens == NULL || r->lengths == NULL || r->T <= 0)))
         return mg_fail(err, MG_ERR_VALUE, "%s: invalid batch shape", what);
-    for (int i = 0; i < r->rows; i++)
+    for (int i = 0; i < r->rows; i++) {
         if (r->lengths[i] < min_len || r->lengths[i] > r->T)
             return mg_fail(err, MG_ERR_VALUE, "%s: row %d has length %d (allowed %d..%d)", what, i,
                            r->lengths[i], min_len, r->T);
+        const int32_t *row = r->tokens + (long)i * r->T;
+        for (int j = 0; j < r->lengths[i]; j++)
+            if (row[j] < 0 || row[j] >= vocab_size)
+                return mg_fail(err, MG_ERR_VALUE,
+                               "%s: token id %d (row %d, position %d) is out of range for "
+                               "vocab_size %d",
+                               what, row[j], i, j, vocab_size);
+    }
     return MG_OK;
 }
 
@@ -184,14 +196,14 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     if (mg_trainer_check_adapters(t, err) != MG_OK) return err->code;
     const int use_masked = (mb->w_mntp > 0.0f || mb->w_msg > 0.0f) && mb->masked.rows > 0;
     const int use_sscl = mb->w_sscl > 0.0f && mb->sscl_a.rows >= 2;
-    if (check_rows(&mb->masked, "masked-view batch", 1, err) ||
-        check_rows(&mb->sscl_a, "SSCL batch", 1, err))
+    if (check_rows(&mb->masked, "masked-view batch", 1, c->vocab_size, err) ||
+        check_rows(&mb->sscl_a, "SSCL batch", 1, c->vocab_size, err))
         return err->code;
     if (use_sscl && mb->sscl_b.tokens != NULL) {
         if (mb->sscl_b.rows != mb->sscl_a.rows)
             return mg_fail(err, MG_ERR_VALUE, "SSCL positives: %d rows for %d anchors",
                            mb->sscl_b.rows, mb->sscl_a.rows);
-        if (check_rows(&mb->sscl_b, "SSCL positives", 1, err)) return err->code;
+        if (check_rows(&mb->sscl_b, "SSCL positives", 1, c->vocab_size, err)) return err->code;
     }
     for (int pass = 0; pass < 2 && mb->pooling == MG_POOL_MEAN && use_sscl; pass++) {
         const mg_token_rows *r = pass ? &mb->sscl_b : &mb->sscl_a;

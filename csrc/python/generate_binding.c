@@ -33,12 +33,14 @@ static mg_model *model_of(PyObject *obj) {
     mg_model_unlock(model);                                                                        \
     MGPY_END_C_WORK
 
-/* A C-contiguous array of `type` and `ndim` dims converted from obj (new reference); dims[i]
- * >= 0 are required sizes. */
+/* A private C-contiguous copy of obj as `type` with `ndim` dims (new reference); dims[i] >= 0
+ * are required sizes. A copy always: the C side checks the ids and positions once and uses them
+ * with the GIL released, when another thread could change the caller's array. */
 static PyArrayObject *as_array(PyObject *obj, const char *name, int type, int ndim,
                                const npy_intp *dims) {
     PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(
-        obj, type, ndim, ndim, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+        obj, type, ndim, ndim,
+        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST | NPY_ARRAY_ENSURECOPY);
     if (a == NULL) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s must be a %d-D integer array", name, ndim);

@@ -67,21 +67,30 @@ static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!", kwlist, &PyDict_Type, &cfg, &PyDict_Type,
                                      &tensors))
         return -1;
+    /* a second __init__ would free a model that generators, trainers or other threads use */
+    if (self->model != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Model already initialised");
+        return -1;
+    }
     mg_config config;
     if (parse_config(cfg, &config) != 0) return -1;
 
-    Py_ssize_t count = PyDict_Size(tensors);
+    /* The names and data are read with the GIL released: the items are held (a new list of new
+     * tuples) so that another thread changing the dict cannot free them meanwhile. */
+    PyObject *items = PyDict_Items(tensors);
+    if (items == NULL) return -1;
+    const Py_ssize_t count = PyList_GET_SIZE(items);
     mg_error err;
     mg_error_clear(&err);
     mg_named_tensor *named = mg_alloc((size_t)count, sizeof(mg_named_tensor), "tensor list", &err);
     if (named == NULL) {
         mgpy_raise(&err);
-        return -1;
+        goto fail;
     }
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
     int i = 0;
-    while (PyDict_Next(tensors, &pos, &key, &value)) {
+    for (Py_ssize_t at = 0; at < count; at++) {
+        PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(items, at), 0);
+        PyObject *value = PyTuple_GET_ITEM(PyList_GET_ITEM(items, at), 1);
         if (!PyUnicode_Check(key)) {
             PyErr_SetString(PyExc_TypeError, "tensor names must be str");
             goto fail;
@@ -97,6 +106,7 @@ static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
             goto fail;
         }
         named[i].name = PyUnicode_AsUTF8(key);
+        if (named[i].name == NULL) goto fail;
         named[i].tensor.ndim = PyArray_NDIM(arr);
         for (int d = 0; d < PyArray_NDIM(arr); d++)
             named[i].tensor.shape[d] = PyArray_DIM(arr, d);
@@ -110,11 +120,17 @@ static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
         mgpy_raise(&err);
         goto fail;
     }
-    mg_model_free(self->model);
+    if (self->model != NULL) { /* another thread's __init__ of this object finished first */
+        mg_model_free(model);
+        PyErr_SetString(PyExc_RuntimeError, "Model already initialised");
+        goto fail;
+    }
     self->model = model;
+    Py_DECREF(items);
     mg_free(named);
     return 0;
 fail:
+    Py_DECREF(items);
     mg_free(named);
     return -1;
 }
@@ -175,14 +191,22 @@ static PyObject *Model_forward(MgpyModel *self, PyObject *args) {
         hidden = mg_alloc_uninit(n_hidden, sizeof(float), "hidden states", &err);
     if (want_logits && err.code == MG_OK)
         logits = mg_alloc_uninit(n_logits, sizeof(float), "logits", &err);
-    if (err.code == MG_OK) {
+    /* Private copies of the inputs, taken with the GIL held: the forward checks the ids once
+     * and then indexes with them, when another thread could change the caller's arrays. */
+    int32_t *inputs = NULL;
+    if (err.code == MG_OK) inputs = mg_alloc_uninit(2 * N + (N + 3) / 4, 4, "inputs", &err);
+    if (inputs != NULL) {
+        memcpy(inputs, PyArray_DATA(tok), N * 4);
+        memcpy(inputs + N, PyArray_DATA(seg), N * 4);
+        memcpy(inputs + 2 * N, PyArray_DATA(roles), N);
         MGPY_BEGIN_C_WORK
         mg_model_lock_read(self->model);
-        mg_model_forward(self->model, PyArray_DATA(tok), PyArray_DATA(roles), PyArray_DATA(seg),
-                         (int)B, (int)T, hidden, logits, &err);
+        mg_model_forward(self->model, inputs, (const uint8_t *)(inputs + 2 * N), inputs + N, (int)B,
+                         (int)T, hidden, logits, &err);
         mg_model_unlock(self->model);
         MGPY_END_C_WORK
     }
+    mg_free(inputs);
     if (err.code != MG_OK) {
         mg_free(hidden);
         mg_free(logits);

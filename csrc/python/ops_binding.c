@@ -269,25 +269,28 @@ PyObject *mgpy_op_attention(PyObject *self, PyObject *args) {
     if (!(out = zeros_like(&h, q)) || !(dq = zeros_like(&h, q)) || !(dk = zeros_like(&h, k)) ||
         !(dv = zeros_like(&h, v)))
         goto done;
-    /* the scratch serves the team this thread will run: its count, applied now */
-    mg_threads_enter();
+    const attention_shape s = {(int)B, (int)T, (int)T, 0, (int)T, (int)Hq, (int)Hkv, (int)hd};
+    mg_error err;
+    mg_error_clear(&err);
+    float *scratch = NULL;
+    /* The scratch serves the team this call runs: its count is read inside the fork gate that
+     * fixes it for the call, so a set_num_threads from another thread cannot change it between
+     * sizing the scratch and using it. */
+    MGPY_BEGIN_C_WORK
     const int threads = omp_get_max_threads();
     const size_t fwd = ATTENTION_SCRATCH(B, Hkv, hd, T, threads);
     const size_t bwd = ATTENTION_BACKWARD_SCRATCH(hd, T, threads);
-    mg_error err;
-    mg_error_clear(&err);
-    float *scratch =
-        mg_alloc_uninit(fwd > bwd ? fwd : bwd, sizeof(float), "attention scratch", &err);
+    scratch = mg_alloc_uninit(fwd > bwd ? fwd : bwd, sizeof(float), "attention scratch", &err);
+    if (scratch != NULL) {
+        attention_forward(f32(out), f32(q), f32(k), f32(v), rl, sg, rl, sg, s, scratch);
+        attention_backward(f32(dq), f32(dk), f32(dv), f32(dout), f32(q), f32(k), f32(v), rl, sg, rl,
+                           sg, s, scratch);
+    }
+    MGPY_END_C_WORK;
     if (scratch == NULL) {
         mgpy_raise(&err);
         goto done;
     }
-    const attention_shape s = {(int)B, (int)T, (int)T, 0, (int)T, (int)Hq, (int)Hkv, (int)hd};
-    MGPY_BEGIN_C_WORK
-    attention_forward(f32(out), f32(q), f32(k), f32(v), rl, sg, rl, sg, s, scratch);
-    attention_backward(f32(dq), f32(dk), f32(dv), f32(dout), f32(q), f32(k), f32(v), rl, sg, rl, sg,
-                       s, scratch);
-    MGPY_END_C_WORK;
     mg_free(scratch);
     res = Py_BuildValue("(OOOO)", out, dq, dk, dv);
 done:

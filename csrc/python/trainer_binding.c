@@ -49,6 +49,16 @@ static int Trainer_init(MgpyTrainer *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!", kwlist, &MgpyModelType, &model,
                                      &PyDict_Type, &cfg))
         return -1;
+    /* a second __init__ would free a trainer another thread may be stepping */
+    if (self->trainer != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Trainer already initialised");
+        return -1;
+    }
+    MgpyModel *pm = (MgpyModel *)model;
+    if (pm->model == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "magnet._C.Model was not initialised");
+        return -1;
+    }
     mg_train_config c;
     memset(&c, 0, sizeof(c));
     const int zero = 0, thousand = 1000;
@@ -66,7 +76,6 @@ static int Trainer_init(MgpyTrainer *self, PyObject *args, PyObject *kwds) {
         mgpy_dict_int(cfg, "total_steps", &thousand, &c.total_steps) ||
         mgpy_dict_float(cfg, "min_lr_ratio", 0.0f, &c.min_lr_ratio))
         return -1;
-    MgpyModel *pm = (MgpyModel *)model;
     c.masking.vocab_size = pm->model->config.vocab_size;
     if (c.masking.mask_token_id < 0 || c.masking.mask_token_id >= c.masking.vocab_size) {
         PyErr_Format(PyExc_ValueError, "mask_token_id %d is outside the vocabulary",
@@ -75,13 +84,18 @@ static int Trainer_init(MgpyTrainer *self, PyObject *args, PyObject *kwds) {
     }
     mg_error err;
     mg_error_clear(&err);
-    mg_trainer *t = mg_trainer_create(pm->model, &c, &err);
+    mg_trainer *t;
+    /* the read lock: an adapter attached by another thread meanwhile is seen whole or not */
+    MGPY_LOCKED_READ(pm->model, t = mg_trainer_create(pm->model, &c, &err));
     if (t == NULL) {
         mgpy_raise(&err);
         return -1;
     }
-    mg_trainer_free(self->trainer);
-    Py_XDECREF(self->model);
+    if (self->trainer != NULL) { /* another thread's __init__ of this object finished first */
+        mg_trainer_free(t);
+        PyErr_SetString(PyExc_RuntimeError, "Trainer already initialised");
+        return -1;
+    }
     self->trainer = t;
     Py_INCREF(model);
     self->model = model;
@@ -142,13 +156,23 @@ static PyObject *Trainer_micro_step(MgpyTrainer *self, PyObject *args) {
                           &mb.w_mntp, &mb.w_sscl, &mb.w_msg, &pooling, &mb.grad_scale, &seed,
                           &train))
         return NULL;
-    if (rows_arg(mt, ml, Py_None, "masked-view", &mb.masked, NULL) ||
-        rows_arg(at, al, ap, "SSCL", &mb.sscl_a, &mb.pool_start_a) ||
-        rows_arg(bt, bl, bp, "SSCL positive", &mb.sscl_b, &mb.pool_start_b))
-        return NULL;
+    /* Private copies of the arrays: the C side checks the ids and lengths once and then uses
+     * them with the GIL released, when another thread could change the caller's arrays. */
+    PyObject *arg[8] = {mt, ml, at, al, ap, bt, bl, bp}, *res = NULL;
+    int copied = 0;
+    for (; copied < 8; copied++) {
+        PyObject *a = arg[copied];
+        arg[copied] = PyArray_Check(a) ? PyArray_NewCopy((PyArrayObject *)a, NPY_CORDER) : a;
+        if (arg[copied] == NULL) goto done;
+        if (arg[copied] == a) Py_INCREF(a);
+    }
+    if (rows_arg(arg[0], arg[1], Py_None, "masked-view", &mb.masked, NULL) ||
+        rows_arg(arg[2], arg[3], arg[4], "SSCL", &mb.sscl_a, &mb.pool_start_a) ||
+        rows_arg(arg[5], arg[6], arg[7], "SSCL positive", &mb.sscl_b, &mb.pool_start_b))
+        goto done;
     if (pooling != MG_POOL_LAST && pooling != MG_POOL_MEAN) {
         PyErr_SetString(PyExc_ValueError, "pooling must be 0 (last) or 1 (mean)");
-        return NULL;
+        goto done;
     }
     mb.pooling = (mg_pooling)pooling;
     mb.seed = seed;
@@ -159,11 +183,17 @@ static PyObject *Trainer_micro_step(MgpyTrainer *self, PyObject *args) {
     mg_model_lock_read(self->trainer->model);
     mg_trainer_micro_step(self->trainer, &mb, train, &losses, &err);
     mg_model_unlock(self->trainer->model);
-    MGPY_END_C_WORK if (err.code != MG_OK) return mgpy_raise(&err);
-    return Py_BuildValue("{s:d,s:d,s:d,s:l,s:l,s:l,s:l}", "mntp", losses.mntp, "msg", losses.msg,
-                         "sscl", losses.sscl, "mntp_count", losses.mntp_count, "msg_count",
-                         losses.msg_count, "sscl_count", losses.sscl_count, "tokens",
-                         losses.tokens);
+    MGPY_END_C_WORK if (err.code != MG_OK) {
+        mgpy_raise(&err);
+        goto done;
+    }
+    res = Py_BuildValue("{s:d,s:d,s:d,s:l,s:l,s:l,s:l}", "mntp", losses.mntp, "msg", losses.msg,
+                        "sscl", losses.sscl, "mntp_count", losses.mntp_count, "msg_count",
+                        losses.msg_count, "sscl_count", losses.sscl_count, "tokens", losses.tokens);
+done:
+    for (int i = 0; i < copied; i++)
+        Py_DECREF(arg[i]);
+    return res;
 }
 
 /* apply() -> (grad_norm, lr): clip, AdamW step, zero gradients. */

@@ -1,0 +1,141 @@
+"""magnet._C entry points called directly, as a user or another library can: each misuse raises a
+Python exception instead of crashing or corrupting memory (the public API never does these
+things, so they are easy to miss)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import magnet
+from magnet import _C
+from magnet.adapt import LORA_TARGETS
+
+QV = (1 << LORA_TARGETS["wq"]) | (1 << LORA_TARGETS["wv"])
+
+
+@pytest.fixture
+def stories(stories_dir):
+    return magnet.Model.from_pretrained(stories_dir)
+
+
+def _gpt2(max_positions: int = 4) -> _C.Model:
+    """A one-layer GPT-2 of random weights, built straight from tensors."""
+    rng = np.random.default_rng(0)
+    V, D, F = 16, 8, 16
+
+    def t(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    tensors = {"tok_embeddings": t(V, D), "pos_embeddings": t(max_positions, D),
+               "final_norm.weight": np.ones(D, np.float32),
+               "final_norm.bias": np.zeros(D, np.float32)}
+    layer = {"attn_norm.weight": (D,), "attn_norm.bias": (D,), "wq.weight": (D, D),
+             "wk.weight": (D, D), "wv.weight": (D, D), "wq.bias": (D,), "wk.bias": (D,),
+             "wv.bias": (D,), "wo.weight": (D, D), "wo.bias": (D,), "mlp_norm.weight": (D,),
+             "mlp_norm.bias": (D,), "w_up.weight": (F, D), "w_up.bias": (F,),
+             "w_down.weight": (D, F), "w_down.bias": (D,)}
+    tensors.update({f"layers.0.{name}": t(*shape) for name, shape in layer.items()})
+    config = dict(arch="gpt2", vocab_size=V, hidden_size=D, num_layers=1, num_heads=2,
+                  num_kv_heads=2, head_dim=4, intermediate_size=F, max_positions=max_positions)
+    return _C.Model(config, tensors), config, tensors
+
+
+def _one(value: int, dtype=np.int32) -> np.ndarray:
+    return np.array([[value]], dtype)
+
+
+@pytest.mark.parametrize("position", [4, 2**31 - 1])
+def test_a_position_past_the_table_is_refused_even_at_the_int_limit(position):
+    """position + 1 wrapped to a negative length at 2**31 - 1, passed the limit check, and the
+    embedding read far past GPT-2's position table (a segfault)."""
+    model, _, _ = _gpt2()
+    gen = _C.Generator(model, 1, 4)
+    with pytest.raises(ValueError, match="position"):
+        gen.append(_one(1), _one(1, np.uint8), _one(0), _one(position))
+
+
+def test_a_model_is_initialised_once():
+    """A second __init__ freed the C model that a generator still used (a segfault)."""
+    model, config, tensors = _gpt2()
+    gen = _C.Generator(model, 1, 4)
+    with pytest.raises(RuntimeError, match="already initialised"):
+        model.__init__(config, tensors)
+    gen.append(_one(1), _one(1, np.uint8), _one(0), _one(0))
+    assert np.isfinite(gen.logits()).all()
+
+
+def test_a_trainer_needs_an_initialised_model_and_is_initialised_once(stories):
+    with pytest.raises(RuntimeError, match="Model was not initialised"):
+        _C.Trainer(_C.Model.__new__(_C.Model), {})  # was a segfault
+    stories._c.attach_lora(4, 8.0, QV, 0)
+    trainer = _C.Trainer(stories._c, {"mask_token_id": 3})
+    with pytest.raises(RuntimeError, match="already initialised"):
+        trainer.__init__(stories._c, {"mask_token_id": 3})
+
+
+def test_a_training_batch_with_an_id_outside_the_vocabulary_is_refused(stories):
+    """The masked view replaces tokens with the mask id and keeps the originals as labels,
+    which the forward never checks: an id past the vocabulary trained silently (a zero loss
+    and a gradient of raw logits)."""
+    stories._c.attach_lora(4, 8.0, QV, 0)
+    trainer = _C.Trainer(stories._c, dict(mask_rate=1.0, mask_token_frac=1.0,
+                                          random_token_frac=0.0, mask_token_id=3, use_spans=0))
+    for bad in (10**6, -1):
+        tokens = np.array([[1, bad, 5, 6]], np.int32)
+        with pytest.raises(ValueError, match=f"token id {bad} .*out of range for vocab_size"):
+            trainer.micro_step(tokens, np.array([4], np.int32), None, None, None, None, None,
+                               None, 1.0, 0.0, 0.0, 0, 1.0, 0, True)
+
+
+def test_a_fork_after_op_attention_goes_through():
+    """op_attention entered the fork gate twice and left it once: the next os.fork waited for
+    ever."""
+    code = textwrap.dedent("""
+        import os
+        import numpy as np
+        from magnet import _C
+        q = np.random.default_rng(0).random((1, 4, 1, 4), dtype=np.float32)
+        _C.op_attention(q, q, q, np.ones((1, 4), np.uint8), np.zeros((1, 4), np.int32), q)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("forked")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "forked", out.stderr
+
+
+def test_the_attention_op_keeps_its_thread_count_while_another_thread_changes_it():
+    """op_attention sized its scratch for the thread count before entering the gate that fixes
+    the count for the call: a set_num_threads from another thread in between gave a scratch too
+    small for the team (a heap overflow, seen with AddressSanitizer). Here: the results stay
+    those of a quiet run."""
+    import threading
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 33, 4, 16)).astype(np.float32) for _ in range(3))
+    roles, seg = np.ones((2, 33), np.uint8), np.zeros((2, 33), np.int32)
+    want = _C.op_attention(q, k, v, roles, seg, q)[0]
+    before, stop = _C.get_num_threads(), threading.Event()
+
+    def toggle():
+        while not stop.is_set():
+            for n in (1, 4, 2):
+                _C.set_num_threads(n)
+
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    try:
+        for _ in range(200):
+            np.testing.assert_allclose(_C.op_attention(q, k, v, roles, seg, q)[0], want,
+                                       rtol=1e-5, atol=1e-6)
+    finally:
+        stop.set()
+        toggler.join()
+        _C.set_num_threads(before)
