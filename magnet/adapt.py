@@ -638,6 +638,9 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                                    if e["step"] <= written["step"]]
         result.checkpoint = str(_save_checkpoint(checkpoint_path, state, written))
 
+    # the trainer's state at the pending checkpoint's step, taken before the step that may move
+    # past it; None while the trainer is still at that step
+    held: dict[str, Any] | None = None
     try:
         for step in range(start, steps):
             stage = _stage_at(stage_list, step, steps)
@@ -667,9 +670,11 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                     raise
                 if held is not None and "gradient" not in str(e):
                     flush(held)
+                held = None
                 raise FloatingPointError(f"{e}{diverged(step + 1)}") from None
             if held is not None:
                 flush(held)
+                held = None
             dt = time.perf_counter() - t0
             record = {"step": step, "loss": loss, **totals, "lr": lr_used,
                       "grad_norm": grad_norm, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
@@ -711,9 +716,17 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                     flush(trainer.state())
     except FloatingPointError:
         raise
-    except BaseException:
-        if pending is not None:  # interrupted (a callback, Ctrl-C): the last step's weights
-            flush(trainer.state())  # are as sound as any the run checkpointed at once
+    except BaseException as stopped:
+        # interrupted (a callback, Ctrl-C): the pending checkpoint's weights are as sound as any
+        # the run checkpointed at once. A Ctrl-C that arrived during trainer.apply() is raised
+        # when it returns, one step past them: then `held` has them.
+        if pending is not None:
+            due = pending["step"]
+            try:
+                flush(held if held is not None else trainer.state())
+            except Exception as e:  # e.g. the adapters were merged away meanwhile
+                stopped.add_note(f"magnet: the checkpoint due at step {due} could not be "
+                                 f"written: {e}")
         raise
     finally:
         if bar is not None:

@@ -353,6 +353,90 @@ def test_a_checkpoint_write_cut_off_is_not_redone_with_later_weights(stories, te
     assert calls == [4] and not (tmp_path / "checkpoint.npz").exists()
 
 
+def _trainer_wrapped(monkeypatch, wrap):
+    """Makes adapt build its C trainer through `wrap(trainer)`."""
+    import magnet.adapt as adapt_module
+
+    real = adapt_module._C
+
+    class Module:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def Trainer(self, *args, **kwargs):  # noqa: N802 (the C type's name)
+            return wrap(real.Trainer(*args, **kwargs))
+
+    monkeypatch.setattr(adapt_module, "_C", Module())
+
+
+def _checkpoint(directory):
+    with np.load(directory / "checkpoint.npz") as z:
+        return dict(z), json.loads(bytes(z["meta"]).decode())
+
+
+def test_ctrl_c_during_an_optimizer_step_checkpoints_the_step_before(stories_dir, texts,
+                                                                      tmp_path, monkeypatch):
+    """A Ctrl-C that arrives while trainer.apply() runs in C is raised when it returns, one step
+    past the pending checkpoint: the interrupt handler wrote that later state under the pending
+    step's number, and resuming ran a step twice."""
+    magnet.set_num_threads(1)
+    kw = dict(steps=6, batch_size=4, seq_len=32, progress=False, seed=3, warmup_steps=2,
+              checkpoint_every=2)
+    straight = magnet.Model.from_pretrained(stories_dir).adapt(texts, **kw)
+
+    class InterruptedThirdApply:
+        def __init__(self, trainer):
+            self.trainer, self.calls = trainer, 0
+
+        def apply(self):
+            self.calls += 1
+            out = self.trainer.apply()
+            if self.calls == 3:  # step index 2, with step 2's checkpoint pending
+                raise KeyboardInterrupt  # as CPython raises a SIGINT that came during the call
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.trainer, name)
+
+    with monkeypatch.context() as patch:
+        _trainer_wrapped(patch, InterruptedThirdApply)
+        with pytest.raises(KeyboardInterrupt):
+            magnet.Model.from_pretrained(stories_dir).adapt(texts, checkpoint_dir=tmp_path / "a",
+                                                            **kw)
+
+    def stop(record):  # the same checkpoint, from a run stopped between steps
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        magnet.Model.from_pretrained(stories_dir).adapt(texts, checkpoint_dir=tmp_path / "b",
+                                                        callback=stop, **kw)
+    (got, got_meta), (want, want_meta) = _checkpoint(tmp_path / "a"), _checkpoint(tmp_path / "b")
+    assert got_meta["step"] == want_meta["step"] == 2
+    for key in ("params", "m", "v"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    resumed = magnet.Model.from_pretrained(stories_dir).adapt(
+        texts, checkpoint_dir=tmp_path / "a", resume=True, **kw)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+def test_a_checkpoint_that_cannot_be_written_on_a_stop_does_not_hide_the_error(stories, texts,
+                                                                            tmp_path):
+    """Adapters merged away mid-run (from a callback here) stop the run with one error; the
+    interrupt handler's attempt to write the pending checkpoint raised it a second time, chained
+    ("During handling of the above exception...")."""
+    def merge(record):
+        if record["step"] == 2:
+            stories.merge_lora()
+
+    with pytest.raises(ValueError, match="attached, merged or detached") as e:
+        stories.adapt(texts, steps=10, batch_size=2, seq_len=32, progress=False,
+                      checkpoint_dir=tmp_path, checkpoint_every=3, callback=merge)
+    assert e.value.__context__ is None
+    assert any("checkpoint due at step 3 could not be written" in n
+               for n in getattr(e.value, "__notes__", []))
+
+
 @pytest.mark.parametrize("value,match", [
     (float("nan"), r"lr must be a finite number \(>= 0\), got nan$"),
     pytest.param(10**400, "lr must be a finite number", id="past-float64"),
