@@ -320,6 +320,19 @@ def test_eval_through_magnet_names_magnet_eval():
     _one_line_error(r, "python -m magnet.eval: error: ")
 
 
+def test_eval_interrupted_is_one_line_with_status_130(monkeypatch, capsys):
+    """Ctrl-C in `python -m magnet.eval` printed a traceback; `python -m magnet` prints one
+    line and exits with the shell's status for SIGINT."""
+    import magnet.eval.__main__ as eval_main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_main, "run", interrupted)
+    assert eval_main.main(["sts", "--model", "stories260K"]) == 130
+    assert capsys.readouterr().err == "python -m magnet.eval: interrupted\n"
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_eval_unwritable_stdout_still_writes_out(tmp_path):
     """With stdout on a full device the result was printed first: an OSError traceback, and

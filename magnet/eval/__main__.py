@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     except (ValueError, TypeError, OSError, OverflowError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, no traceback
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     text = json.dumps(strict_json(res), indent=2, allow_nan=False)
     rc = 0
     # --out first: a stdout that cannot be written (a full disk, a closed pipe) must not lose
