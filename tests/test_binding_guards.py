@@ -139,3 +139,10 @@ def test_the_attention_op_keeps_its_thread_count_while_another_thread_changes_it
         stop.set()
         toggler.join()
         _C.set_num_threads(before)
+
+
+def test_the_dropout_op_names_the_rate_it_refuses():
+    """PyErr_Format has no %g: the message read "got %g"."""
+    x = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"dropout p must be in \[0, 1\), got 1\.5$"):
+        _C.op_dropout(x, 1.5, 0, 0, x)

@@ -61,7 +61,7 @@ def test_matmul(rng, has_bias):
 @pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17])
 @pytest.mark.parametrize("n_in", [8, 37, 576])
 def test_matmul_few_rows(rng, N, n_in):
-    """Up to MG_SKINNY_MAX_ROWS rows take the weight-streaming kernels (decode steps): dot
+    """Up to SKINNY_MAX_ROWS rows take the weight-streaming kernels (decode steps): dot
     products up to 2 rows, packed inputs and broadcast weights above, the GEMM past 16. Odd
     sizes included: the tile edges repeat rows or pad lanes and drop their results."""
     n_out = 19
@@ -72,17 +72,18 @@ def test_matmul_few_rows(rng, N, n_in):
 
 
 def test_matmul_few_rows_do_not_depend_on_their_neighbours(rng):
-    """Decode steps: within each kernel's range (1-2 rows, 3-16 rows) a row gets bit-identical
-    output whichever rows share the call."""
-    x, w, dout = rand(rng, 16, 77), rand(rng, 45, 77), rand(rng, 16, 45)
+    """Decode steps: within each kernel's range (1-2 rows, 3 to SKINNY_MAX_ROWS: 16 with AVX2,
+    4 in a build without) a row gets bit-identical output whichever rows share the call."""
+    most = _C.SKINNY_MAX_ROWS
+    x, w, dout = rand(rng, most, 77), rand(rng, 45, 77), rand(rng, most, 45)
     pair, *_ = _C.op_matmul(x[:2], w, None, dout[:2])
     for i in range(2):
         alone, *_ = _C.op_matmul(x[i:i + 1], w, None, dout[i:i + 1])
         assert np.array_equal(alone[0], pair[i]), f"row {i} changed with its neighbour"
-    sixteen, *_ = _C.op_matmul(x, w, None, dout)
-    for n in (3, 5, 8, 9):
-        some, *_ = _C.op_matmul(x[16 - n:], w, None, dout[16 - n:])
-        assert np.array_equal(some, sixteen[16 - n:]), f"{n} rows changed with their neighbours"
+    full, *_ = _C.op_matmul(x, w, None, dout)
+    for n in sorted({3, 5, 8, 9, most - 1} & set(range(3, most))):
+        some, *_ = _C.op_matmul(x[most - n:], w, None, dout[most - n:])
+        assert np.array_equal(some, full[most - n:]), f"{n} rows changed with their neighbours"
 
 
 @pytest.mark.parametrize("N", [17, 150, 301])

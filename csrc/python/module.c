@@ -9,6 +9,7 @@
 #include "../core/threads.h"
 #include "../model/objectives.h"
 #include "../ops/packed_matmul.h"
+#include "../ops/skinny_matmul.h"
 #include "bindings.h"
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
@@ -173,6 +174,11 @@ PyMODINIT_FUNC PyInit__C(void) {
     }
     /* whether linear layers over many rows take our packed GEMM or OpenBLAS (tests read it) */
     if (PyModule_AddIntConstant(m, "HAS_PACKED_MATMUL", MG_HAVE_PACKED_MATMUL) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* the most rows that take the weight-streaming kernels (16 with AVX2, 4 without) */
+    if (PyModule_AddIntConstant(m, "SKINNY_MAX_ROWS", MG_SKINNY_MAX_ROWS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -475,7 +475,9 @@ PyObject *mgpy_op_dropout(PyObject *self, PyObject *args) {
         expect_same_shape(x, dout, "x", "dout"))
         goto done;
     if (!(p >= 0.0f && p < 1.0f)) {
-        PyErr_Format(PyExc_ValueError, "dropout p must be in [0, 1), got %g", (double)p);
+        char got[32]; /* PyErr_Format has no %g */
+        snprintf(got, sizeof(got), "%g", (double)p);
+        PyErr_Format(PyExc_ValueError, "dropout p must be in [0, 1), got %s", got);
         goto done;
     }
     if (!(out = zeros_like(&h, x)) || !(dx = zeros_like(&h, x))) goto done;
