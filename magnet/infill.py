@@ -109,7 +109,9 @@ def fill_layout(model: Model, rows: Sequence[Sequence[list[int] | int]],
     if ctx.ndim != 2 or any(len(b) != n_blanks for b in blanks) or (ctx != ctx[0]).any():
         raise ValueError("rows of one fill must share their context tokens and blank count")
     C = ctx.shape[1]
-    capacity = C + max(sum(n for _, n, _ in bl) for bl in blanks)
+    # every row takes a step for each token of blank j's longest version (rows with a shorter
+    # one take padding steps), so the session holds the sum over blanks of their longest
+    capacity = C + sum(max(bl[j][1] for bl in blanks) for j in range(n_blanks))
     gen = _C.Generator(model._c, B, capacity, keep_hidden=True, seed=seed, eos_id=-1,
                        **sampling.c_kwargs())
     gen.append(ctx, np.zeros((B, C), np.uint8), np.zeros((B, C), np.int32), ctx_pos)

@@ -93,6 +93,19 @@ def test_rows_of_different_lengths_equal_each_alone(tiny):
         assert [t for s in alone.span_ids[0] for t in s] == ref[0]
 
 
+def test_rows_whose_longest_blanks_differ_fit_in_one_session(tiny):
+    """The session held the longest row's total span length, but every row steps through each
+    blank's longest version: rows (1, 3) and (3, 1) needed 6 slots, got 4 ("the session is
+    full")."""
+    _, m = tiny
+    rows = [[[1, 5, 6], a, [9, 10, 11], b, [12]] for a, b in ((1, 3), (3, 1), (2, 2))]
+    batch = fill_layout(m, rows, record_logits=True)
+    for b, row in enumerate(rows):
+        alone = fill_layout(m, [row], record_logits=True)
+        assert batch.span_ids[b] == alone.span_ids[0]
+        assert np.abs(batch.logits[b] - alone.logits[0]).max() < 1e-4
+
+
 def test_text_api_keeps_context_and_reports_lengths(stories):
     left, mid, right = "Once upon a time, there was a little", ". She liked to", " every day."
     r = stories.infill(left + "[BLANK]" + mid + "[BLANK]" + right, span_tokens=[3, 5])
