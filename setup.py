@@ -2,6 +2,9 @@
 
 Environment switches:
   MAGNET_PORTABLE=1        no -march=native (a wheel that runs on any x86-64 / aarch64 CPU)
+  MAGNET_MARCH=NAME        -march=NAME instead of -march=native: a build for another CPU, or
+                           this CPU's code paths for an older one (tests/isa_builds.sh builds
+                           haswell, AVX2 without AVX-512, to test the AVX2 kernels here)
   MAGNET_SYSTEM_OPENBLAS=1 link the system's libopenblas instead of the scipy-openblas32 wheel
   MAGNET_SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer build
   MAGNET_DEBUG=1           -O0 -g
@@ -194,7 +197,10 @@ def _extension() -> Extension:
         compile_args += ["-O0", "-g"]
     else:
         compile_args += ["-O3"]
-    if not _flag("MAGNET_PORTABLE"):
+    march = os.environ.get("MAGNET_MARCH", "").strip()
+    if march:
+        compile_args += [f"-march={march}"]
+    elif not _flag("MAGNET_PORTABLE"):
         compile_args += ["-march=native"]
     if _flag("MAGNET_SANITIZE"):
         san = [
