@@ -51,10 +51,12 @@ def _openblas():
     import scipy_openblas32
 
     lib_dir = scipy_openblas32.get_lib_dir()
-    # The runtime path helps non-isolated builds; magnet/__init__.py also preloads the library
-    # through the scipy_openblas32 package, which is what isolated (pip) builds rely on.
+    # magnet/__init__.py preloads the library through the scipy_openblas32 package, so no
+    # runtime path is needed; the relative one finds it beside an installed magnet all the same.
+    # Never the build's own lib_dir: pip builds in a temporary environment, and a runtime path
+    # into a deleted /tmp folder would load whatever someone else puts there later.
     return ([scipy_openblas32.get_include_dir()], [lib_dir], [scipy_openblas32.get_library()],
-            [lib_dir], [])
+            ["$ORIGIN/../scipy_openblas32/lib"], [])
 
 
 def _find_nvcc() -> str | None:
@@ -110,7 +112,16 @@ def _cuda_config() -> dict:
             )
         return {"mode": "none"}
     arch = os.environ.get("MAGNET_CUDA_ARCH", "").split() or DEFAULT_CUDA_ARCH.split()
-    return {"mode": "cuda", "nvcc": nvcc, "lib_dir": _cuda_lib_dir(nvcc), "arch": arch}
+    try:
+        lib_dir = _cuda_lib_dir(nvcc)
+    except SystemExit as e:
+        if mode == "1":
+            raise
+        # auto: an incomplete toolkit is no reason to fail a CPU install
+        print(f"warning: {e}; building without the CUDA backend (MAGNET_CUDA=1 requires it)",
+              flush=True)
+        return {"mode": "none"}
+    return {"mode": "cuda", "nvcc": nvcc, "lib_dir": lib_dir, "arch": arch}
 
 
 CUDA = _cuda_config()
@@ -121,6 +132,11 @@ class BuildExt(build_ext):
     that are linked into the extension with the C sources."""
 
     def build_extensions(self):
+        # setuptools rebuilds only when a source is newer than the extension, so a build with
+        # other switches (MAGNET_PORTABLE, MAGNET_CUDA, ...) would keep the old binary: the
+        # effective configuration is a dependency, rewritten when it changes
+        for ext in self.extensions:
+            ext.depends = [*ext.depends, self._configuration_stamp(ext)]
         if CUDA["mode"] != "none":
             objects = self._build_cuda()
             for ext in self.extensions:
@@ -151,8 +167,26 @@ class BuildExt(build_ext):
                 if proc.stdout or proc.stderr:
                     print(proc.stdout + proc.stderr, flush=True)
                 if proc.returncode != 0:
-                    raise SystemExit(f"compiling {src} failed (MAGNET_CUDA={CUDA['mode']})")
+                    raise SystemExit(f"compiling {src} failed (MAGNET_CUDA={CUDA['mode']}); "
+                                     "MAGNET_CUDA=0 builds without the CUDA backend")
         return objects
+
+    def _configuration_stamp(self, ext: Extension) -> str:
+        """A file holding the build's configuration, touched only when it changes."""
+        config = repr((ext.extra_compile_args, ext.extra_link_args, ext.define_macros,
+                       ext.libraries, ext.library_dirs, ext.include_dirs,
+                       ext.runtime_library_dirs, CUDA, self._host_flags()))
+        path = os.path.join(self.build_temp, "magnet-build-configuration")
+        try:
+            with open(path, encoding="utf-8") as f:
+                unchanged = f.read() == config
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            os.makedirs(self.build_temp, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(config)
+        return path
 
     def _object(self, src: str) -> str:
         return os.path.join(self.build_temp, "cuda", os.path.splitext(src)[0] + ".o")

@@ -13,6 +13,14 @@ import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 try:
     from magnet import _C
 except ImportError as _e:  # the source tree shadows an installed copy, or the build is missing
+    if "undefined symbol" in str(_e) and "openblas" in str(_e):
+        from importlib.metadata import version as _dist_version
+
+        raise ImportError(
+            f"the OpenBLAS of scipy-openblas32 {_dist_version('scipy-openblas32')} lacks a "
+            f"function magnet was built with; upgrade it: "
+            f"pip install -U 'scipy-openblas32>=0.3.30.443'. Cause: {_e}"
+        ) from None
     raise ImportError(
         f"magnet's C extension is not built next to {__file__}. From a source checkout, "
         f"install it in place with `pip install -e .` (or run Python outside the checkout so "
