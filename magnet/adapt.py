@@ -14,6 +14,7 @@ import numbers
 import os
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -725,8 +726,11 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
             try:
                 flush(held if held is not None else trainer.state())
             except Exception as e:  # e.g. the adapters were merged away meanwhile
-                stopped.add_note(f"magnet: the checkpoint due at step {due} could not be "
-                                 f"written: {e}")
+                note = f"magnet: the checkpoint due at step {due} could not be written: {e}"
+                if hasattr(stopped, "add_note"):  # Python 3.11+
+                    stopped.add_note(note)
+                else:
+                    warnings.warn(note, RuntimeWarning, stacklevel=2)
         raise
     finally:
         if bar is not None:
