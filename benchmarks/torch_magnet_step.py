@@ -10,7 +10,7 @@ with a transformers ``LlamaForCausalLM`` (or any decoder whose layers expose ``q
 - dropout on the attention and MLP outputs before each residual add (``resid_dropout``), the
   places where magnet applies it;
 - one forward over the combined batch (masked view rows, SSCL anchors, SSCL positives) under the
-  unified attention rule (MAGNET.md section 2) given as an explicit additive 4D mask, positions
+  unified attention rule (docs/method.md) given as an explicit additive 4D mask, positions
   counted from 0 inside each row;
 - MNTP and MSG: mean cross-entropies of the LM head on the labelled positions only (the label
   stored at i-1 is the token at i), InfoNCE over last-token pooled SSCL vectors (cosine,

@@ -54,7 +54,7 @@ class Stage:
     pooling: str = "last"
 
 
-# MAGNET.md section 4: the three presets, so the paper's comparison runs in one engine.
+# docs/method.md, Presets: the three presets, so the paper's comparison runs in one engine.
 PRESETS: dict[str, dict[str, Any]] = {
     "magnet": dict(stages=[Stage(1.0, (1.0, 1.0, 1.0), "last")], use_spans=1,
                    all_span_frac=0.25),

@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--text", required=True, help='text with blanks, e.g. "A [BLANK] dog."')
     i.add_argument("--blank", default="[BLANK]")
     i.add_argument("--span-tokens", type=int, default=None,
-                   help="tokens per blank (default: chosen per blank and reported)")
+                   help="tokens per blank (default: chosen per blank; the lengths are in "
+                        "--json's span_tokens)")
     sampling(i)
     i.set_defaults(func=cmd_infill)
 

@@ -1,4 +1,4 @@
-"""Sentence and token embeddings (MAGNET.md section 5): all-CONTEXT (bidirectional) passes.
+"""Sentence and token embeddings (docs/method.md, Inference): all-CONTEXT (bidirectional) passes.
 
 Sentence level, per text::
 
@@ -21,9 +21,10 @@ tokenizer without BOS uses its EOS as BOS.
 
 ``max_length`` counts every input token (BOS, instruction, text, EOS); ``truncate=True`` drops
 text tokens from the end to fit, else a longer text raises ValueError. Default: the model's
-``max_positions``. Texts are batched by length (sorted, then restored to input order); rows are
-right-padded with segment -1, which attends nowhere and is excluded from pooling. The forward
-pass and the pooling run in C (``magnet._C.embed``) with the GIL released.
+``max_positions``, or its sliding window where that is shorter. Texts are batched by length
+(sorted, then restored to input order); rows are right-padded with segment -1, which attends
+nowhere and is excluded from pooling. The forward pass and the pooling run in C
+(``magnet._C.embed``) with the GIL released.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Infilling (MAGNET.md section 5): the known text is CONTEXT, each blank is SPAN.
+"""Infilling (docs/method.md, Inference): the known text is CONTEXT, each blank is SPAN.
 
 Layout: ``[BOS] + piece_0 + blank_0 + piece_1 + ...`` in text order, positions 0, 1, 2, ... over
 the whole layout (a blank of L tokens occupies L positions, so a span keeps the positions of

@@ -479,9 +479,10 @@ class Model:
         """Adapt the model with MAGNET's objectives (in place); returns an ``AdaptResult``.
 
         data: a list of str, a ``.txt`` path (one document per blank-line-separated block, or
-        per line when the file has no blank lines), a ``.jsonl`` path (``text`` field), or any
-        iterable of str (streamed). preset: ``"magnet"`` (MNTP + SSCL + MSG), ``"llm2vec"``
-        (bidirectional MNTP, then SimCSE with mean pooling) or ``"mntp"``. Each of ``steps``
+        one per line when the file holds fewer than two such blocks), a ``.jsonl`` path
+        (``text`` field), or any iterable of str (streamed). preset: ``"magnet"`` (MNTP + SSCL
+        + MSG), ``"llm2vec"`` (bidirectional MNTP, then SimCSE with mean pooling) or
+        ``"mntp"``. Each of ``steps``
         optimizer steps trains on ``batch_size * grad_accum`` chunks of at most ``seq_len``
         tokens: ``grad_accum`` micro-batches of ``batch_size`` chunks, each with its two SSCL
         views (SSCL's negatives are the other rows of the same micro-batch). LoRA (rank

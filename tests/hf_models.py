@@ -51,7 +51,7 @@ def make_checkpoint(name: str, directory: Path, seed: int = 0):
 
 
 def rule_mask(roles: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """[B, T, T] bool: the unified rule of MAGNET.md section 2, written densely for reference."""
+    """[B, T, T] bool: the unified rule of docs/method.md, written densely for reference."""
     r, s = roles.astype(bool), segments
     t = np.arange(roles.shape[1])
     same = (s[:, :, None] == s[:, None, :]) & (s[:, :, None] >= 0)

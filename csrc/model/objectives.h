@@ -1,4 +1,4 @@
-/* MAGNET's self-supervised views (spec MAGNET.md section 3), built in C from token ids:
+/* MAGNET's self-supervised views (docs/method.md, The objectives), built in C from token ids:
  * the masked view carries MNTP (masked next-token prediction on CONTEXT tokens) and MSG
  * (missing-span generation on SPAN tokens); labels follow the next-token convention, so the
  * label stored at position i-1 is the original token at position i. */

@@ -1,4 +1,4 @@
-/* Scaled dot-product attention under MAGNET's unified rule (spec MAGNET.md section 2).
+/* Scaled dot-product attention under MAGNET's unified rule (docs/method.md).
  *
  * Query i may attend key j iff seg[i] == seg[j] (>= 0) and
  *     role[j] == CONTEXT  or  (role[i] == SPAN and j <= i).

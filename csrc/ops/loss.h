@@ -1,4 +1,4 @@
-/* The training losses: token cross-entropy (MNTP and MSG, MAGNET.md section 3) and InfoNCE over
+/* The training losses: token cross-entropy (MNTP and MSG, docs/method.md) and InfoNCE over
  * sentence vectors (SSCL). Each computes the loss and its gradient in one pass. */
 #ifndef MG_OPS_LOSS_H
 #define MG_OPS_LOSS_H
