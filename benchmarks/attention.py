@@ -58,6 +58,9 @@ def main() -> None:
     if args.builds:
         builds = {str(b): load_build(b) for b in args.builds}
     else:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's magnet
         from magnet import _C
 
         builds = {"magnet._C": _C}

@@ -4,8 +4,9 @@
  * OpenBLAS reaches.
  *
  * Prints, per thread count n (1 and the OpenMP maximum):
- *   - the FMA peak: every thread runs ten independent 8-wide FMA chains, enough to hide the
- *     FMA latency on two FMA pipes, so this is the rate no float32 kernel can exceed;
+ *   - the FMA peak: every thread runs ten independent FMA chains of the widest vectors the
+ *     build has (16 floats with AVX-512, else 8), enough to hide the FMA latency on two FMA
+ *     pipes, so this is the rate no float32 kernel can exceed;
  *   - OpenBLAS sgemm (the library magnet links) on the forward's GEMMs for batch 8 x 256
  *     (M = 2048 rows against each weight, B transposed as magnet calls it), best of 5;
  *   - with n > 1, also n single-threaded sgemms on n independent copies at once: what each core
@@ -30,32 +31,51 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+/* The widest FMA this build has: 512-bit (16 floats, 32 flops each) with AVX-512, else 256-bit.
+ * Measured with the narrower one, an AVX-512 CPU's peak would read half of what its sgemm can
+ * reach. */
+#if defined(__AVX512F__)
+typedef __m512 vec;
+#define VEC_SET1 _mm512_set1_ps
+#define VEC_FMA _mm512_fmadd_ps
+#define VEC_ADD _mm512_add_ps
+#define VEC_STORE _mm512_storeu_ps
+#define VEC_FLOATS 16
+#else
+typedef __m256 vec;
+#define VEC_SET1 _mm256_set1_ps
+#define VEC_FMA _mm256_fmadd_ps
+#define VEC_ADD _mm256_add_ps
+#define VEC_STORE _mm256_storeu_ps
+#define VEC_FLOATS 8
+#endif
+
 /* GFLOP/s of one thread running ten independent FMA chains for `iters` rounds. The empty asm
  * keeps the chains in registers and stops the compiler from folding the loop. */
 static double fma_rate(long iters) {
-    __m256 b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-7f);
-    __m256 a0 = b, a1 = c, a2 = b, a3 = c, a4 = b, a5 = c, a6 = b, a7 = c, a8 = b, a9 = c;
+    vec b = VEC_SET1(1.0000001f), c = VEC_SET1(1e-7f);
+    vec a0 = b, a1 = c, a2 = b, a3 = c, a4 = b, a5 = c, a6 = b, a7 = c, a8 = b, a9 = c;
     double t = now();
     for (long i = 0; i < iters; i++) {
-        a0 = _mm256_fmadd_ps(a0, b, c);
-        a1 = _mm256_fmadd_ps(a1, b, c);
-        a2 = _mm256_fmadd_ps(a2, b, c);
-        a3 = _mm256_fmadd_ps(a3, b, c);
-        a4 = _mm256_fmadd_ps(a4, b, c);
-        a5 = _mm256_fmadd_ps(a5, b, c);
-        a6 = _mm256_fmadd_ps(a6, b, c);
-        a7 = _mm256_fmadd_ps(a7, b, c);
-        a8 = _mm256_fmadd_ps(a8, b, c);
-        a9 = _mm256_fmadd_ps(a9, b, c);
+        a0 = VEC_FMA(a0, b, c);
+        a1 = VEC_FMA(a1, b, c);
+        a2 = VEC_FMA(a2, b, c);
+        a3 = VEC_FMA(a3, b, c);
+        a4 = VEC_FMA(a4, b, c);
+        a5 = VEC_FMA(a5, b, c);
+        a6 = VEC_FMA(a6, b, c);
+        a7 = VEC_FMA(a7, b, c);
+        a8 = VEC_FMA(a8, b, c);
+        a9 = VEC_FMA(a9, b, c);
         __asm__ volatile(""
-                         : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5), "+x"(a6),
-                           "+x"(a7), "+x"(a8), "+x"(a9));
+                         : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6),
+                           "+v"(a7), "+v"(a8), "+v"(a9));
     }
     t = now() - t;
-    float sink[8];
-    _mm256_storeu_ps(sink, _mm256_add_ps(_mm256_add_ps(a0, a9), _mm256_add_ps(a4, a5)));
+    float sink[VEC_FLOATS];
+    VEC_STORE(sink, VEC_ADD(VEC_ADD(a0, a9), VEC_ADD(a4, a5)));
     if (sink[0] == 1234.5f) puts(""); /* keeps the result alive */
-    return iters * 10.0 * 16.0 / t / 1e9;
+    return iters * 10.0 * 2.0 * VEC_FLOATS / t / 1e9;
 }
 
 /* Sum over n threads of their FMA rates, all running at once. */

@@ -84,7 +84,7 @@ def gemm_shapes(cfg) -> list[tuple[str, int, int, int]]:
     D, F, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
     qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
     return [("qkv", L, qkv, D), ("attn_out", L, D, cfg.num_heads * cfg.head_dim),
-            ("gate+up", L, 2 * F, D), ("down", L, D, F), ("lm_head", 1, V, D)]
+            ("gate", L, F, D), ("up", L, F, D), ("down", L, D, F), ("lm_head", 1, V, D)]
 
 
 class SgemmMix:

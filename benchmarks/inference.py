@@ -52,14 +52,18 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def median_times(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Median seconds of each engine's call, the repeats interleaved (ours, theirs, ours, ...)
+    after a warm-up of each, so that load changes on a shared machine reach both sides."""
+    ours()
+    theirs()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, out in ((ours, times[0]), (theirs, times[1])):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -94,8 +98,6 @@ def main() -> None:
     n = args.new_tokens
     for B in (1, 8):
         prompts = [prompt] * B
-        ours = median_time(lambda p=prompts: generate_ids(m, p, n, Sampling(), eos_id=-1),
-                           args.repeats)
         ids = torch.tensor(prompts)
 
         def hf(ids=ids):
@@ -103,7 +105,8 @@ def main() -> None:
                 ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                              min_new_tokens=n, do_sample=False, pad_token_id=0)
 
-        theirs = median_time(hf, args.repeats)
+        ours, theirs = median_times(
+            lambda p=prompts: generate_ids(m, p, n, Sampling(), eos_id=-1), hf, args.repeats)
         rows.append((f"decode tok/s, batch {B} ({len(prompt)}-token prompt, {n} new)",
                      B * n / ours, B * n / theirs, "transformers generate"))
         if B == 1:
@@ -117,7 +120,6 @@ def main() -> None:
 
     # ---- sentence embeddings (last-token pooling, bidirectional)
     texts = [SENTENCES[i % len(SENTENCES)] + f" ({i})" for i in range(args.texts)]
-    ours = median_time(lambda: m.embed(texts, batch_size=args.batch_size), args.repeats)
     head = ([tok.bos_id] if tok.bos_id is not None else []) + \
         tok.encode(DEFAULT_INSTRUCTION, add_bos=False)
     seqs = [head + tok.encode(t, add_bos=False) + [tok.eos_id] for t in texts]
@@ -143,7 +145,8 @@ def main() -> None:
             out[idx] = h[torch.arange(len(idx)), last].numpy()
         return out
 
-    theirs = median_time(torch_embed, args.repeats)
+    ours, theirs = median_times(lambda: m.embed(texts, batch_size=args.batch_size), torch_embed,
+                                args.repeats)
     diff = np.abs(m.embed(texts, batch_size=args.batch_size) - torch_embed()).max()
     print(f"sentence embeddings, max |magnet - PyTorch| = {diff:.2e}")
     rows.append((f"sentence embeddings/s ({len(texts)} texts, batch {args.batch_size}, last)",
@@ -156,8 +159,10 @@ def main() -> None:
     except ImportError:
         llama_note = "llama-cpp-python is not installed: no llama.cpp row"
     else:
-        llm = llama_cpp.Llama(model_path=str(path), n_threads=threads, verbose=False,
-                              n_ctx=512)
+        # the prefill's threads too (n_threads_batch defaults to every CPU), and a context that
+        # holds the prompt and every new token
+        llm = llama_cpp.Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads,
+                              verbose=False, n_ctx=len(prompt) + n + 16)
 
         def lc():
             llm.reset()
@@ -168,9 +173,8 @@ def main() -> None:
                 if count >= n:
                     break
 
-        theirs = median_time(lc, args.repeats)
-        ours = median_time(lambda: generate_ids(m, [prompt], n, Sampling(), eos_id=-1),
-                           args.repeats)
+        ours, theirs = median_times(
+            lambda: generate_ids(m, [prompt], n, Sampling(), eos_id=-1), lc, args.repeats)
         rows.append(("decode tok/s, batch 1 (Q4_1 in llama.cpp, f32 in magnet)", n / ours,
                      n / theirs, "llama.cpp"))
 

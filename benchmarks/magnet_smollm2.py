@@ -140,14 +140,43 @@ def load(path: Path, args: argparse.Namespace) -> magnet.Model:
     return magnet.Model.from_pretrained(path, device=args.device, precision=args.precision)
 
 
+TRAIN_SETTINGS = ("steps", "batch_size", "seq_len", "lr", "seed", "max_docs")
+EVAL_SETTINGS = ("quick", "seed", "max_sentences", "max_test_sentences", "probe_epochs",
+                 "sts_max_pairs", "sick", "senteval", "num_spans", "retention_tokens",
+                 "num_prompts", "max_new_tokens")
+
+
+def settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in names}
+
+
+def check_settings(saved: dict[str, Any], args: argparse.Namespace, names: tuple[str, ...],
+                   where: Path) -> None:
+    """Saved results or models are reused only when they were made with this invocation's
+    settings: a dry run's numbers must never be published under a full run's header. Files
+    of older runs, which did not record them, are taken as they are."""
+    recorded = saved.get("_settings") if "_settings" in saved else (
+        {k: saved[k] for k in names if k in saved} or None)
+    if recorded is None:
+        return
+    now = settings(args, names)
+    differ = {k: (recorded[k], now[k]) for k in names if k in recorded and recorded[k] != now[k]}
+    if differ:
+        listed = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        sys.exit(f"error: {where} was made with other settings ({listed}); rerun with --fresh, "
+                 f"or choose another --out")
+
+
 def adapted(preset: str, base_path: Path, texts: list[str], args: argparse.Namespace,
             out: Path, log: Any) -> tuple[magnet.Model, dict[str, Any]]:
     """The adapted model of ``preset``: loaded when saved, else adapted (resuming) and saved."""
     saved = out / "models" / preset
     info_path = out / "models" / f"{preset}.json"
     if (saved / "config.json").is_file() and info_path.is_file():
+        info = json.loads(info_path.read_text())
+        check_settings(info, args, TRAIN_SETTINGS, info_path)
         log(f"[{preset}] loading the saved model {saved}")
-        return load(saved, args), json.loads(info_path.read_text())
+        return load(saved, args), info
     model = load(base_path, args)
     ckpt = out / "ckpt" / preset
     resume = (ckpt / "checkpoint.npz").is_file()
@@ -157,9 +186,8 @@ def adapted(preset: str, base_path: Path, texts: list[str], args: argparse.Names
                          seq_len=args.seq_len, lr=args.lr, seed=args.seed,
                          checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
                          resume=resume)
-    info = {"preset": preset, "steps": args.steps, "batch_size": args.batch_size,
+    info = {"preset": preset, **settings(args, TRAIN_SETTINGS),
             "device": model.device, "precision": model.precision,
-            "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed,
             "adapt_wall_s": time.perf_counter() - t0,
             "final_losses": result.history[-1] if result.history else None}
     model.save_pretrained(saved)
@@ -219,7 +247,9 @@ def _pct(x: Any) -> float | None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "runs" / "magnet_smollm2"))
+    p.add_argument("--out", default=None,
+                   help="models, checkpoints and results (default: runs/magnet_smollm2, with "
+                   "--quick runs/magnet_smollm2-quick)")
     p.add_argument("--results", default=None,
                    help="the markdown table (default: docs/RESULTS.md; with --quick, "
                    "OUT/RESULTS-quick.md, so a dry run never replaces the published table)")
@@ -252,6 +282,9 @@ def main() -> int:
                    help="dry run sizes: tiny eval subsets (for checking the pipeline)")
     p.add_argument("--fresh", action="store_true", help="ignore saved results and models")
     args = p.parse_args()
+    if args.out is None:
+        args.out = str(ROOT / "runs" / ("magnet_smollm2-quick" if args.quick
+                                        else "magnet_smollm2"))
     if args.results is None:
         args.results = str(Path(args.out) / "RESULTS-quick.md" if args.quick
                            else ROOT / "docs" / "RESULTS.md")
@@ -291,6 +324,7 @@ def main() -> int:
         saved); ``get_model()`` loads it only when something is missing."""
         path = out / "results" / f"{name}.json"
         have = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
+        check_settings(have, args, EVAL_SETTINGS, path)
         missing = [k for k in planned(args, data, decoder) if k not in have]
         if not missing:
             log(f"[{name}] results cached in {path}")
@@ -306,6 +340,7 @@ def main() -> int:
         t0 = time.perf_counter()
         res = evaluate(model, args, data, log, have)
         res["_eval_wall_s" if not have else "_topup_wall_s"] = time.perf_counter() - t0
+        res["_settings"] = settings(args, EVAL_SETTINGS)
         path.write_text(json.dumps(res, indent=2, default=float))
         results[name] = res
 
@@ -324,6 +359,7 @@ def main() -> int:
             # evaluated before (possibly on another machine: results_on_gpu.sh brings back
             # the results without the model, which is then not adapted again)
             infos[preset] = json.loads(info_path.read_text())
+            check_settings(infos[preset], args, TRAIN_SETTINGS, info_path)
             saved = out / "models" / preset
 
             def saved_model(saved: Path = saved) -> magnet.Model | None:
