@@ -21,9 +21,10 @@
 # its time limit continues in the next call on the same lease. Each run call leaves
 # $OUT/results.tar.gz (the per-model results and adaptation records), $OUT/RESULTS.md and
 # $OUT/run.log. Environment: RUN_BUDGET_S (seconds for magnet_smollm2.py in one call, default
-# 480), RESULTS_DEVICE (default cuda; cpu for a dry run of the whole sequence on this machine,
-# e.g. `OUT=/tmp/o RESULTS_DEVICE=cpu bash benchmarks/results_on_gpu.sh run --quick`),
-# PYTHON (default python3).
+# what is left of 500 s after the build), RESULTS_DEVICE (default cuda; cpu for a dry run of
+# the whole sequence on this machine, e.g.
+# `OUT=/tmp/o RESULTS_DEVICE=cpu bash benchmarks/results_on_gpu.sh run --quick`), PYTHON
+# (default python3).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -96,6 +97,7 @@ assemble() {
 
 cmd_run() {
     : "${OUT:?run: set OUT (the folder whose files come back)}"
+    local started=$SECONDS
     assemble
     local device="${RESULTS_DEVICE:-cuda}"
     mkdir -p "$OUT" "$RUNS"
@@ -108,9 +110,13 @@ cmd_run() {
     local name=""
     [[ "$device" != cpu ]] && name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)"
     printf '%s\n%s\n' "$device" "$name" >"$RUNS/device.txt"
+    # what is left of 500 s after the build, so that the call (timeout_s=540) still returns the
+    # results: a fixed 480 s after a build of up to 200 s ran past it
+    local budget="${RUN_BUDGET_S:-$((500 - (SECONDS - started)))}"
+    ((budget < 60)) && budget=60
     set +e
     PYTHONPATH="/tmp/site:$ROOT" MAGNET_SHARED_DATA="$LANDED/data" MAGNET_GPU_NAME="$name" \
-        PYTHONUNBUFFERED=1 timeout -k 10 "${RUN_BUDGET_S:-480}" \
+        PYTHONUNBUFFERED=1 timeout -k 10 "$budget" \
         "$PY" benchmarks/magnet_smollm2.py --device "$device" --no-anchor \
         --gguf "$LANDED/$GGUF_NAME" --out "$RUNS" --results "$RUNS/RESULTS.md" "$@" \
         >"$OUT/run.log" 2>&1
