@@ -4,6 +4,7 @@ working afterwards."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -329,11 +330,15 @@ def test_unsupported_safetensors_dtype(tmp_path: Path, checkpoints, llama, dtype
 def test_bad_safetensors_index(tmp_path: Path, checkpoints, llama) -> None:
     path = variant(tmp_path, checkpoints["llama"])
     (path / "model.safetensors").rename(path / "shard.safetensors")
+    os.mkfifo(path / "fifo.safetensors")
     index = path / "model.safetensors.index.json"
     for weight_map, match in [
         ([1, 2], "weight_map must map tensor names to shard file names"),
         ({"a": 3}, "weight_map must map tensor names to shard file names"),
         ({"a": "../x.safetensors"}, "lies outside the model directory"),
+        ({"a": "/tmp/x.safetensors"}, "lies outside the model directory"),
+        ({"a": "sub/../../x.safetensors"}, "lies outside the model directory"),
+        ({"a": "fifo.safetensors"}, "'fifo.safetensors' is not a regular file"),  # hung
         ({"a": "shard.safetensors"}, r"tensors missing from the shards: \['a'\]"),
     ]:
         index.write_text(json.dumps({"weight_map": weight_map}))

@@ -21,19 +21,25 @@ STORIES = EMBEDDED_MODELS["stories260K"]
 
 def fake_hub(monkeypatch: pytest.MonkeyPatch, repo: Path | None, error: Exception | None = None
              ) -> dict:
-    """A huggingface_hub whose snapshot_download copies the files of ``repo`` that match
-    allow_patterns (as the real one downloads them), or raises ``error``."""
+    """A huggingface_hub whose snapshot_download lays out the files of ``repo`` that match
+    allow_patterns as the real one's cache does (snapshots/<rev>/<file>, each a relative link
+    to a blob in ../../blobs), or raises ``error``."""
     calls: dict = {}
 
     def snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:
         calls["repo_id"] = repo_id
         if error is not None:
             raise error
-        out = repo.parent / f"snapshot-{repo.name}"
-        out.mkdir(exist_ok=True)
+        cache = repo.parent / f"cache-{repo.name}"
+        out = cache / "snapshots" / "0123abcd"
+        out.mkdir(parents=True, exist_ok=True)
+        (cache / "blobs").mkdir(exist_ok=True)
         for f in repo.iterdir():
             if any(fnmatch.fnmatch(f.name, pat) for pat in allow_patterns):
-                shutil.copy2(f, out / f.name)
+                blob = f"blob-{f.name}"
+                shutil.copy2(f, cache / "blobs" / blob)
+                (out / f.name).unlink(missing_ok=True)
+                (out / f.name).symlink_to(Path("..") / ".." / "blobs" / blob)
         return str(out)
 
     module = types.ModuleType("huggingface_hub")
@@ -56,6 +62,20 @@ def test_hub_id_loads_as_its_local_copy(tmp_path: Path, monkeypatch: pytest.Monk
     assert calls["repo_id"] == "org/model"
     assert hub._c.lora_info() == local._c.lora_info() is not None
     assert hub.config.eos_token_ids == local.config.eos_token_ids == (2, 7)
+    np.testing.assert_array_equal(hub.logits([1, 5, 9]), local.logits([1, 5, 9]))
+
+
+def test_a_sharded_hub_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of a hub snapshot is a link into the cache's blobs: a shard was refused as
+    "outside the model directory" because the check followed the link."""
+    hf_models = pytest.importorskip("tests.hf_models")
+    repo = tmp_path / "org-sharded"
+    hf_models.make_checkpoint("llama", repo).save_pretrained(repo, max_shard_size="40KB")
+    (repo / "model.safetensors").unlink(missing_ok=True)
+    assert (repo / "model.safetensors.index.json").is_file()
+    local = magnet.Model.from_pretrained(repo)
+    fake_hub(monkeypatch, repo)
+    hub = magnet.Model.from_pretrained("org/sharded")
     np.testing.assert_array_equal(hub.logits([1, 5, 9]), local.logits([1, 5, 9]))
 
 

@@ -7,7 +7,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -382,9 +382,16 @@ def read_state(directory: Path, ignored: Callable[[str], bool] | None = None
             raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
         state: dict[str, np.ndarray] = {}
         for shard in sorted(set(weight_map.values())):
-            shard_path = (directory / shard).resolve()
-            if shard_path.parent != directory.resolve():
+            # the name is checked, not where it leads: the hub's cache links every file of a
+            # snapshot to a blob elsewhere
+            parts = PurePosixPath(shard).parts
+            if PurePosixPath(shard).is_absolute() or "\\" in shard or ".." in parts:
                 raise ValueError(f"{index}: shard {shard!r} lies outside the model directory")
+            shard_path = directory.joinpath(*parts)
+            if not shard_path.exists():
+                raise FileNotFoundError(f"{index}: shard {shard!r} not found in {directory}")
+            if not shard_path.is_file():  # a FIFO would block the open for ever
+                raise ValueError(f"{index}: shard {shard!r} is not a regular file")
             unread = _unread(shard_path, ignored)
             state.update(_C.read_safetensors(os.fspath(shard_path), unread))
             weight_map = {k: v for k, v in weight_map.items() if k not in unread}
