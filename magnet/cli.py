@@ -65,9 +65,11 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def _write_json(obj: Any, path: str | None) -> None:
+    from magnet.save import write_file_atomically
+
     text = json.dumps(obj, indent=2, ensure_ascii=False)
-    if path:
-        Path(path).write_text(text + "\n", encoding="utf-8")
+    if path:  # a failed write (a full disk) leaves the previous file whole
+        write_file_atomically(path, lambda f: f.write((text + "\n").encode("utf-8")))
     else:
         print(text)
 
@@ -107,22 +109,23 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from magnet.save import write_file_atomically
+
     _check_writable(args.out, "--out")
     texts = _read_texts(args)
     m = _load(args.model, args.tokenizer)
-    # through an open file: np.save / np.savez would append .npy / .npz to the name
+    # through an open file: np.save / np.savez would append .npy / .npz to the name; written
+    # beside the target and renamed over it, so a failed write leaves the previous file whole
     if args.level == "sentence":
         vecs = m.embed(texts, pooling=args.pooling, normalize=args.normalize,
                        batch_size=args.batch_size, show_progress_bar=not args.quiet)
-        with open(args.out, "wb") as f:
-            np.save(f, vecs)
+        write_file_atomically(args.out, lambda f: np.save(f, vecs))
         print(f"wrote {args.out}: float32 {list(vecs.shape)}")
     else:
         res = m.embed(texts, level="token", normalize=args.normalize,
                       batch_size=args.batch_size, show_progress_bar=not args.quiet)
         arrays = {f"text{i}": r.vectors for i, r in enumerate(res)}
-        with open(args.out, "wb") as f:
-            np.savez(f, **arrays)
+        write_file_atomically(args.out, lambda f: np.savez(f, **arrays))
         print(f"wrote {args.out}: {len(res)} arrays of float32 [T_i, {m.config.hidden_size}]")
 
 

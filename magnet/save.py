@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -94,6 +97,12 @@ def check_target_dir(path: str | os.PathLike, what: str = "out_dir",
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{what} {given!r} exists and is not a directory")
     cwd = Path(os.path.realpath(os.getcwd()))
+    if replaced and out.is_dir() and os.path.ismount(out):
+        raise ValueError(
+            f"cannot save into {what} {given!r}: it is a mount point, and save_pretrained "
+            "replaces the directory as a whole (a rename, which a mount point refuses) so that "
+            "a crash never leaves half a model; save into a subdirectory"
+        )
     if replaced and (out == cwd or out in cwd.parents):
         raise ValueError(
             f"cannot save into {what} {given!r}: it is (or holds) the current working directory, "
@@ -135,6 +144,53 @@ _STARTED = _process_start()
 def temp_prefix(prefix: str) -> str:
     """``prefix`` tagged with this host and process id, for mkstemp / mkdtemp."""
     return f"{prefix}{_HOST}-{os.getpid()}-"
+
+
+def _short(name: str) -> str:
+    """A file's name as part of its temporaries' names: cut so that the temporary's name (the
+    host, the pid and mkstemp's letters added) stays within the usual 255-byte limit."""
+    return name if len(os.fsencode(name)) <= 120 else os.fsencode(name)[:120].decode(
+        errors="ignore")
+
+
+def write_file_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through ``write(f)`` into a temporary beside it, then rename it over
+    ``path``: a failure (a full disk, Ctrl-C) leaves the previous file whole. A symlink is
+    written through (its target is replaced). A short write that numpy reports without an
+    errno is named as such."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # not there yet (or a dangling link: made where it points)
+        regular = True
+    if not regular:  # a device or a pipe (/dev/stdout): written in place, nothing to rename
+        with open(path, "wb") as f:
+            write(f)
+        return
+    target = Path(os.path.realpath(os.fspath(path)))
+    prefix = f".{_short(target.name)}.tmp-"
+    remove_stale_temps(target.parent, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(prefix), dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                if e.errno is not None:
+                    raise
+                raise OSError(f"writing {os.fspath(path)} failed ({e}): is the disk full?"
+                              ) from None
+        try:  # the mode a plain open() would give, or the replaced file's
+            mode = target.stat().st_mode & 0o7777
+        except OSError:
+            mode = _default_dir_mode() & 0o666
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _alive(pid: int) -> bool:
@@ -194,7 +250,27 @@ def _default_dir_mode() -> int:
 
 def _publish(tmp: Path, out: Path) -> None:
     """Make ``tmp`` appear at ``out``; an existing ``out`` stays whole until the switch, and
-    the user's own files in it are carried over (hard links)."""
+    the user's own files in it are carried over (hard links). Saves into one directory take
+    turns (a lock on its parent): one that carried over the user's files while another swapped
+    the directory out and deleted it published an incomplete copy, and the user's files that
+    it had not reached yet were lost."""
+    try:
+        lock = os.open(out.parent, os.O_RDONLY)
+    except OSError:
+        lock = -1
+    try:
+        if lock >= 0:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError:  # a file system without locks: go on as before
+                pass
+        _publish_locked(tmp, out)
+    finally:
+        if lock >= 0:
+            os.close(lock)  # releases the lock
+
+
+def _publish_locked(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.chmod(tmp, _default_dir_mode())
         os.replace(tmp, out)
@@ -206,7 +282,7 @@ def _publish(tmp: Path, out: Path) -> None:
     if _exchange(tmp, out):
         shutil.rmtree(tmp)
         return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    old = out.with_name(f".{_short(out.name)}.old-{os.getpid()}")
     os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old)
@@ -225,7 +301,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     out = check_target_dir(out_dir, "out_dir")
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(parent, f".{out.name}.tmp-")
+    remove_stale_temps(parent, f".{_short(out.name)}.tmp-")
     # one read of the weights and the adapters together: a merge_lora() or an adapt() step in
     # another thread cannot land between them
     lora, tensors, adapter = model._c.snapshot()
@@ -234,7 +310,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
         for name in {n.rsplit(".", 1)[0] for n in adapter}:
             A, B = adapter[name + ".lora_A"], adapter[name + ".lora_B"]
             tensors[name + ".weight"] = tensors[name + ".weight"] + scale * (B @ A)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{out.name}.tmp-"), dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{_short(out.name)}.tmp-"), dir=parent))
     try:
         cfg = config_to_hf(model.config, tensors)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))

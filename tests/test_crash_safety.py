@@ -193,6 +193,48 @@ def test_save_pretrained_killed_at_random_times(tmp_path: Path) -> None:
     assert all(".tmp-" in n or ".old-" in n for n in leftovers)
 
 
+def test_two_saves_into_one_directory_keep_the_users_files(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One save carried the user's files over while another swapped the directory out and
+    deleted it: the first published a copy missing the files it had not reached, with no error.
+    Here the first save pauses in the middle of its carry-over while the second runs."""
+    import threading
+
+    import magnet.save as save_module
+
+    out = tmp_path / "model"
+    m = magnet.Model.from_pretrained("stories260K")
+    m.save_pretrained(out)
+    # more than one read of the directory's entries (os.scandir reads them in blocks of 32 KB)
+    for i in range(5000):
+        (out / f"note-{i:04d}.txt").write_text(str(i))
+    real, first = save_module._link_or_copy, threading.current_thread()
+    calls, paused, second_done = [0], threading.Event(), threading.Event()
+
+    def link_or_copy(src, dst):
+        if threading.current_thread() is first:
+            calls[0] += 1
+            if calls[0] == 50:  # halfway: let the other save run (at most 1 s)
+                paused.set()
+                second_done.wait(1.0)
+        real(src, dst)
+
+    monkeypatch.setattr(save_module, "_link_or_copy", link_or_copy)
+
+    def second() -> None:
+        paused.wait(30)
+        m.save_pretrained(out)
+        second_done.set()
+
+    other = threading.Thread(target=second)
+    other.start()
+    m.save_pretrained(out)
+    other.join(60)
+    kept = sorted(p.name for p in out.iterdir() if p.name.startswith("note-"))
+    assert len(kept) == 5000, f"{5000 - len(kept)} of the user's files were lost"
+    check_model_dir(out, [m.logits(np.arange(8))])
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     before = magnet.get_num_threads()

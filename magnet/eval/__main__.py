@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     # the file; the result is printed even when --out fails, so that the run is not lost
     if args.out:
         try:
-            Path(args.out).write_text(text + "\n", encoding="utf-8")
+            from magnet.save import write_file_atomically
+
+            # a failed write (a full disk) leaves the previous results file whole
+            write_file_atomically(args.out, lambda f: f.write((text + "\n").encode("utf-8")))
         except OSError as e:
             print(f"error: cannot write --out {args.out}: {e}", file=sys.stderr)
             rc = 2

@@ -1,0 +1,76 @@
+"""Where save_pretrained and the command line write: results replaced whole or not at all, and
+destinations that cannot work refused before any work."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import magnet
+import magnet.save as save_module
+from magnet.save import write_file_atomically
+
+
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path) -> None:
+    """The CLI's --json and --out files and python -m magnet.eval --out were opened in place:
+    a full disk left a truncated file (an unreadable .npy, an empty results file)."""
+    target = tmp_path / "results.json"
+    target.write_text('{"old": true}\n')
+
+    def fails_halfway(f) -> None:
+        f.write(b'{"new": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        write_file_atomically(target, fails_halfway)
+    assert target.read_text() == '{"old": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary left
+
+    def numpy_short_write(f) -> None:  # numpy's tofile reports a short write without errno
+        raise OSError("12800 requested and 992 written")
+
+    with pytest.raises(OSError, match="is the disk full"):
+        write_file_atomically(target, numpy_short_write)
+    write_file_atomically(target, lambda f: np.save(f, np.arange(3)))
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+
+
+def test_an_atomic_write_keeps_the_mode_and_writes_through_links(tmp_path: Path) -> None:
+    target = tmp_path / "vecs.npy"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.npy"
+    link.symlink_to(target)
+    write_file_atomically(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o640
+    write_file_atomically("/dev/null", lambda f: f.write(b"x"))  # a device: written in place
+    assert Path("/dev/null").is_char_device()
+
+
+def test_a_mount_point_is_refused_before_any_work(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount point cannot be renamed: `--out /out` on a container's mounted volume trained
+    first and then failed with 'Device or resource busy'."""
+    out = tmp_path / "mnt"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(save_module.os.path, "ismount",
+                        lambda p: os.fspath(p) == os.fspath(out) or real(p))
+    with pytest.raises(ValueError, match="it is a mount point.*save into a subdirectory"):
+        save_module.check_target_dir(out)
+    save_module.check_target_dir(out / "model")  # a subdirectory is fine
+
+
+def test_a_long_directory_name_saves(tmp_path: Path) -> None:
+    """The temporary beside the directory added the host, the pid and random letters to its
+    name: a legal 240-character name failed with 'File name too long' after training."""
+    m = magnet.Model.from_pretrained("stories260K")
+    out = m.save_pretrained(tmp_path / ("m" * 240))
+    again = m.save_pretrained(out)  # over an existing one: the .old- name too
+    np.testing.assert_array_equal(magnet.Model.from_pretrained(again).logits([1, 5]),
+                                  m.logits([1, 5]))
