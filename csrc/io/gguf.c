@@ -302,8 +302,10 @@ void mg_gguf_close(mg_gguf_file *f) {
         mg_free(f->kv);
     }
     mg_free(f->tensors);
-    if (f->data) munmap((void *)f->data, f->size);
+    mg_free((void *)f->data);
+    if (f->fd >= 0) close(f->fd);
     memset(f, 0, sizeof(*f));
+    f->fd = -1;
 }
 
 static mg_code map_file(mg_gguf_file *f, const char *path, mg_error *err) {
@@ -332,11 +334,45 @@ static mg_code map_file(mg_gguf_file *f, const char *path, mg_error *err) {
     }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
-    close(fd); /* the mapping keeps the file alive */
-    if (p == MAP_FAILED)
+    if (p == MAP_FAILED) {
+        close(fd);
         return mg_fail(err, MG_ERR_IO, "cannot map GGUF file %s: %s", path, strerror(e));
+    }
     f->data = p;
     f->size = (size_t)st.st_size;
+    f->fd = fd;
+    return MG_OK;
+}
+
+/* Moves the pointers of a parsed value from the mapping (from) to the header's copy (to). */
+static void rebase_str(mg_gguf_str *s, const uint8_t *from, const uint8_t *to) {
+    if (s->ptr) s->ptr = (const char *)to + ((const uint8_t *)s->ptr - from);
+}
+static void rebase_value(mg_gguf_value *v, const uint8_t *from, const uint8_t *to) {
+    if (v->type == MG_GGUF_STRING) rebase_str(&v->str, from, to);
+    if (v->type != MG_GGUF_ARRAY) return;
+    if (v->arr.raw) v->arr.raw = to + (v->arr.raw - from);
+    for (uint64_t i = 0; v->arr.strs && i < v->arr.count; i++)
+        rebase_str(&v->arr.strs[i], from, to);
+    for (uint64_t i = 0; v->arr.items && i < v->arr.count; i++)
+        rebase_value(&v->arr.items[i], from, to);
+}
+
+/* Replaces the mapping by a copy of its first `used` bytes (everything parsed lies there). A
+ * mapping kills the process with SIGBUS when another process truncates the file while it is
+ * read; the copy and the pread of mg_gguf_read_tensor turn that into an error. */
+static mg_code keep_header(mg_gguf_file *f, size_t used, mg_error *err) {
+    uint8_t *copy = mg_alloc_uninit(used, 1, "GGUF header", err);
+    if (copy == NULL) return err->code;
+    memcpy(copy, f->data, used);
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        rebase_str(&f->kv[i].key, f->data, copy);
+        rebase_value(&f->kv[i].value, f->data, copy);
+    }
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        rebase_str(&f->tensors[i].name, f->data, copy);
+    munmap((void *)f->data, f->size);
+    f->data = copy;
     return MG_OK;
 }
 
@@ -485,10 +521,19 @@ static mg_code parse_tensors(mg_gguf_file *f, cursor *c, mg_error *err) {
 
 mg_code mg_gguf_open(mg_gguf_file *f, const char *path, mg_error *err) {
     memset(f, 0, sizeof(*f));
+    f->fd = -1;
     if (map_file(f, path, err) != MG_OK) return err->code;
     cursor c = {f->data, f->size, 0, err};
     if (parse_header(f, &c, path, err) != MG_OK || parse_metadata(f, &c, err) != MG_OK ||
         parse_tensors(f, &c, err) != MG_OK) {
+        munmap((void *)f->data, f->size);
+        f->data = NULL;
+        mg_gguf_close(f);
+        return err->code;
+    }
+    if (keep_header(f, c.pos, err) != MG_OK) {
+        munmap((void *)f->data, f->size);
+        f->data = NULL;
         mg_gguf_close(f);
         return err->code;
     }
@@ -500,7 +545,27 @@ mg_code mg_gguf_read_tensor(const mg_gguf_file *f, uint64_t i, float *out, mg_er
         return mg_fail(err, MG_ERR_VALUE, "GGUF tensor index %llu out of range",
                        (unsigned long long)i);
     const mg_gguf_tensor *t = &f->tensors[i];
-    if (mg_dequantize(t->type, f->data + t->offset, out, t->numel, err) != MG_OK) {
+    uint8_t *raw = mg_alloc_uninit(t->nbytes ? t->nbytes : 1, 1, "GGUF tensor data", err);
+    if (raw == NULL) return err->code;
+    for (uint64_t got = 0; got < t->nbytes;) {
+        const ssize_t n = pread(f->fd, raw + got, t->nbytes - got, (off_t)(t->offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            const int e = errno;
+            mg_free(raw);
+            if (n < 0)
+                return mg_fail(err, MG_ERR_IO, "reading GGUF tensor '%s' failed: %s",
+                               show(t->name).s, strerror(e));
+            return mg_fail(err, MG_ERR_FORMAT,
+                           "GGUF tensor '%s': the file ended early (was it truncated or replaced "
+                           "while it was read?)",
+                           show(t->name).s);
+        }
+        got += (uint64_t)n;
+    }
+    const mg_code rc = mg_dequantize(t->type, raw, out, t->numel, err);
+    mg_free(raw);
+    if (rc != MG_OK) {
         /* name the tensor: the type alone does not tell the user where to look */
         size_t used = strlen(err->msg);
         if (used + 40 < sizeof(err->msg)) {

@@ -25,7 +25,7 @@ enum {
     MG_GGUF_FLOAT64 = 12,
 };
 
-/* A length-delimited string inside the mapped file (not NUL-terminated). */
+/* A length-delimited string inside the file's header, as kept in memory (not NUL-terminated). */
 typedef struct {
     const char *ptr;
     uint64_t len;
@@ -70,8 +70,9 @@ typedef struct {
 } mg_gguf_tensor;
 
 typedef struct {
-    const uint8_t *data; /* the mapped file */
-    size_t size;
+    const uint8_t *data; /* the header (up to the tensor infos' end), copied out of the file */
+    size_t size;         /* the file's size when it was opened */
+    int fd;              /* the tensor data is read from here (pread), -1 when closed */
     uint32_t version;
     uint64_t alignment;
     uint64_t data_offset; /* start of the tensor data section */
