@@ -35,7 +35,7 @@ def _check_writable(path: str | None, option: str) -> None:
     if not path:
         return
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() or path.endswith(("/", os.sep)):  # Path() drops a trailing slash
         raise ValueError(f"{option} {path}: is a directory")
     if not p.parent.is_dir():
         raise ValueError(f"{option} {path}: directory {os.fspath(p.parent)} does not exist")

@@ -192,6 +192,7 @@ def test_demo_runs():
     ["embed", "--text", "x", "--out", "no/such/dir/o.npy"],
     ["embed", "--text", "x", "--out", "."],
     ["generate", "--prompt", "hi", "--json", "no/such/dir/g.json"],
+    ["generate", "--prompt", "hi", "--json", "g/"],  # wrote a file named g
 ])
 def test_errors_are_one_line_with_status_2(args, tmp_path):
     r = subprocess.run([sys.executable, "-m", "magnet", *args], capture_output=True, text=True,
