@@ -4,7 +4,8 @@ Environment switches:
   MAGNET_PORTABLE=1        no -march=native (a wheel that runs on any x86-64 / aarch64 CPU)
   MAGNET_MARCH=NAME        -march=NAME instead of -march=native: a build for another CPU, or
                            this CPU's code paths for an older one (tests/isa_builds.sh builds
-                           haswell, AVX2 without AVX-512, to test the AVX2 kernels here)
+                           haswell, AVX2 without AVX-512, to test the AVX2 kernels here); it
+                           takes precedence over MAGNET_PORTABLE
   MAGNET_SYSTEM_OPENBLAS=1 link the system's libopenblas instead of the scipy-openblas32 wheel
   MAGNET_SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer build
   MAGNET_DEBUG=1           -O0 -g

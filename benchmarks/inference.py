@@ -53,13 +53,15 @@ def cpu_name() -> str:
 
 
 def median_times(ours, theirs, repeats: int) -> tuple[float, float]:
-    """Median seconds of each engine's call, the repeats interleaved (ours, theirs, ours, ...)
-    after a warm-up of each, so that load changes on a shared machine reach both sides."""
+    """Median seconds of each engine's call, the repeats interleaved (ours, theirs, theirs,
+    ours, ...: each goes first in turn) after a warm-up of each, so that load changes on a
+    shared machine reach both sides."""
     ours()
     theirs()
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, out in ((ours, times[0]), (theirs, times[1])):
+    pairs = [(ours, times[0]), (theirs, times[1])]
+    for r in range(repeats):
+        for fn, out in pairs if r % 2 == 0 else pairs[::-1]:
             t = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t)

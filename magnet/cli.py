@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,10 @@ def _load(path: str, tokenizer: str | None = None) -> Any:
 
 def _check_writable(path: str | None, option: str) -> None:
     """Fail early (before loading the model and computing) when ``path`` cannot be written."""
-    if not path:
-        return
-    p = Path(path)
-    if p.is_dir() or path.endswith(("/", os.sep)):  # Path() drops a trailing slash
-        raise ValueError(f"{option} {path}: is a directory")
-    if not p.parent.is_dir():
-        raise ValueError(f"{option} {path}: directory {os.fspath(p.parent)} does not exist")
-    if not os.access(p.parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ValueError(f"{option} {path}: not writable")
+    from magnet.save import check_writable_file
+
+    if path:
+        check_writable_file(path, option)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:

@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,6 +87,19 @@ def _carry_over(old: Path, new: Path) -> None:
             _link_or_copy(entry.path, dst)
 
 
+def _is_mount_point(path: Path) -> bool:
+    """Whether something is mounted at ``path`` (which cannot then be renamed). Read from the
+    mount table where there is one: os.path.ismount also says yes for a btrfs subvolume, which
+    renames like any directory."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
+                      for line in f if len(line.split()) > 4}
+    except OSError:
+        return os.path.ismount(path)
+    return os.fspath(path) in points
+
+
 def check_target_dir(path: str | os.PathLike, what: str = "out_dir",
                      replaced: bool = True) -> Path:
     """The real path of the directory ``path``, checked before any work so that a long run does
@@ -97,7 +111,7 @@ def check_target_dir(path: str | os.PathLike, what: str = "out_dir",
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{what} {given!r} exists and is not a directory")
     cwd = Path(os.path.realpath(os.getcwd()))
-    if replaced and out.is_dir() and os.path.ismount(out):
+    if replaced and out.is_dir() and _is_mount_point(out):
         raise ValueError(
             f"cannot save into {what} {given!r}: it is a mount point, and save_pretrained "
             "replaces the directory as a whole (a rename, which a mount point refuses) so that "
@@ -153,16 +167,54 @@ def _short(name: str) -> str:
         errors="ignore")
 
 
+def _in_place(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is written in place rather than replaced: a device or a pipe, and any
+    /dev or /proc name (/dev/stdout redirected to a file is a regular file through its link,
+    and replacing that file would send the rest of the process's output nowhere)."""
+    given = os.path.abspath(os.fspath(path))
+    if given.startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # not there yet (or a dangling link: made where it points)
+        return False
+
+
+def check_writable_file(path: str, option: str) -> None:
+    """Fail early (before a model is loaded and the work done) when the file ``path`` cannot be
+    written by write_file_atomically; errors name ``option`` and the path."""
+    p = Path(path)
+    if p.is_dir() or path.endswith(("/", os.sep)):  # Path() drops a trailing slash
+        raise ValueError(f"{option} {path}: is a directory")
+    if _in_place(path) and p.exists():
+        if not os.access(p, os.W_OK):
+            raise ValueError(f"{option} {path}: not writable")
+        return
+    parent = Path(os.path.realpath(path)).parent  # the temporary goes beside the real file
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: directory {os.fspath(parent)} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{option} {path}: not writable")
+
+
 def write_file_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` into a temporary beside it, then rename it over
     ``path``: a failure (a full disk, Ctrl-C) leaves the previous file whole. A symlink is
     written through (its target is replaced). A short write that numpy reports without an
     errno is named as such."""
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:  # not there yet (or a dangling link: made where it points)
-        regular = True
-    if not regular:  # a device or a pipe (/dev/stdout): written in place, nothing to rename
+    given = os.path.abspath(os.fspath(path))
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = getattr(sys, name)
+        if given in (f"/dev/{name}", f"/dev/fd/{fd}", f"/proc/self/fd/{fd}") and hasattr(
+                stream, "buffer"):
+            # through the process's own stream: opening the name again would start a second
+            # offset at 0 in a redirected file, and what the process prints later would
+            # overwrite it
+            stream.flush()
+            write(stream.buffer)
+            stream.buffer.flush()
+            return
+    if _in_place(path):  # a device or a pipe: nothing to rename
         with open(path, "wb") as f:
             write(f)
         return

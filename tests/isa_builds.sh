@@ -19,6 +19,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/magnet-isa.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
+if ! git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    echo "tests/isa_builds.sh copies the checkout's files (git ls-files): run it in a git checkout" >&2
+    exit 2
+fi
+
 builds=(portable)
 if [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
     builds=(haswell portable)

@@ -114,8 +114,9 @@ def test_a_fork_after_op_attention_goes_through():
 def test_the_attention_op_keeps_its_thread_count_while_another_thread_changes_it():
     """op_attention sized its scratch for the thread count before entering the gate that fixes
     the count for the call: a set_num_threads from another thread in between gave a scratch too
-    small for the team (a heap overflow, seen with AddressSanitizer). Here: the results stay
-    those of a quiet run."""
+    small for the team (a heap overflow, seen with AddressSanitizer; tests/sanitize.sh runs this
+    file, and only that build reports the overflow itself). Here: the results stay those of a
+    quiet run."""
     import threading
 
     rng = np.random.default_rng(1)

@@ -52,18 +52,39 @@ def test_an_atomic_write_keeps_the_mode_and_writes_through_links(tmp_path: Path)
     assert Path("/dev/null").is_char_device()
 
 
+def test_dev_stdout_redirected_to_a_file_is_written_in_place(tmp_path: Path) -> None:
+    """Through /dev/stdout a redirected stdout is a regular file: it was replaced, and what the
+    process printed afterwards went to the unlinked old file."""
+    import subprocess
+    import sys
+
+    code = ("from magnet.save import write_file_atomically\n"
+            "write_file_atomically('/dev/stdout', lambda f: f.write(b'payload\\n'))\n"
+            "print('after', flush=True)\n")
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=60)
+    assert out.read_text() == "payload\nafter\n"
+
+
 def test_a_mount_point_is_refused_before_any_work(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A mount point cannot be renamed: `--out /out` on a container's mounted volume trained
     first and then failed with 'Device or resource busy'."""
     out = tmp_path / "mnt"
     out.mkdir()
-    real = os.path.ismount
-    monkeypatch.setattr(save_module.os.path, "ismount",
+    real = save_module._is_mount_point
+    monkeypatch.setattr(save_module, "_is_mount_point",
                         lambda p: os.fspath(p) == os.fspath(out) or real(p))
     with pytest.raises(ValueError, match="it is a mount point.*save into a subdirectory"):
         save_module.check_target_dir(out)
     save_module.check_target_dir(out / "model")  # a subdirectory is fine
+
+
+def test_the_mount_table_names_mount_points() -> None:
+    assert save_module._is_mount_point(Path("/"))
+    assert save_module._is_mount_point(Path("/proc")) == os.path.ismount("/proc")
+    assert not save_module._is_mount_point(Path(__file__).resolve().parent)
 
 
 def test_a_long_directory_name_saves(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-/* GGUF (v2, v3) reader: the file is memory-mapped, the header, metadata and tensor infos are
- * parsed and validated up front, and tensors are dequantized to float32 on request. */
+/* GGUF (v2, v3) reader: the header, metadata and tensor infos are parsed and validated up front
+ * (from a mapping of the file, then kept as a copy of their bytes), and tensors are read (pread)
+ * and dequantized to float32 on request. */
 #ifndef MG_IO_GGUF_H
 #define MG_IO_GGUF_H
 
@@ -82,8 +83,9 @@ typedef struct {
     mg_gguf_tensor *tensors;
 } mg_gguf_file;
 
-/* Maps and parses path. On failure everything is released and f is zeroed; a missing file is
- * MG_ERR_NOT_FOUND, a malformed one MG_ERR_FORMAT, a newer/older version MG_ERR_UNSUPPORTED. */
+/* Opens and parses path. On failure everything is released and f is zeroed (fd -1); a missing
+ * file is MG_ERR_NOT_FOUND, a malformed one MG_ERR_FORMAT, a newer/older version
+ * MG_ERR_UNSUPPORTED. */
 mg_code mg_gguf_open(mg_gguf_file *f, const char *path, mg_error *err);
 void mg_gguf_close(mg_gguf_file *f);
 

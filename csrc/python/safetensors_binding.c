@@ -15,7 +15,7 @@ PyObject *mgpy_read_safetensors(PyObject *self, PyObject *args) {
     PyObject *path_bytes; /* str, bytes or os.PathLike, encoded for the file system */
     PyObject *skip_obj = NULL;
     if (!PyArg_ParseTuple(args, "O&|O", PyUnicode_FSConverter, &path_bytes, &skip_obj)) return NULL;
-    /* skip: names of tensors not to read (a sequence of str); their UTF-8 stays owned by the
+    /* skip: names of tensors not to read (an iterable of str); their UTF-8 stays owned by the
      * str objects, which a tuple of our own keeps alive through the read (PySequence_Fast would
      * return a list itself, whose items another thread could replace while the GIL is out) */
     PyObject *skip_seq = NULL;
@@ -23,9 +23,11 @@ PyObject *mgpy_read_safetensors(PyObject *self, PyObject *args) {
     size_t *lens = NULL;
     mg_st_skip skip = {NULL, NULL, 0};
     if (skip_obj != NULL && skip_obj != Py_None) {
-        skip_seq = PySequence_Check(skip_obj) ? PySequence_Tuple(skip_obj) : NULL;
-        if (skip_seq == NULL && !PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "skip must be a sequence of str");
+        skip_seq = PySequence_Tuple(skip_obj); /* any iterable, as a private tuple */
+        if (skip_seq == NULL && PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "skip must be an iterable of str");
+        }
         if (skip_seq == NULL) {
             Py_DECREF(path_bytes);
             return NULL;

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,14 +66,9 @@ def strict_json(obj: Any) -> Any:
 def check_writable(path: str) -> None:
     """Raise ValueError unless ``path`` can be written: not a directory, its parent an existing,
     writable directory (and the file itself writable if it exists)."""
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"--out {path}: is a directory")
-    parent = p.parent
-    if not parent.is_dir():
-        raise ValueError(f"--out {path}: directory {os.fspath(parent)} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ValueError(f"--out {path}: not writable")
+    from magnet.save import check_writable_file
+
+    check_writable_file(path, "--out")
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
