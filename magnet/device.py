@@ -12,6 +12,7 @@ import ctypes.util
 import glob
 import importlib.util
 import os
+from typing import Any
 
 from magnet import _C
 
@@ -34,16 +35,19 @@ def cuda_unavailable_reason() -> str:
     return "" if count else why
 
 
-def parse_device(device: str) -> tuple[str, int]:
-    """``"cpu"`` -> ("cpu", 0); ``"cuda"`` / ``"cuda:N"`` -> ("cuda", N)."""
+def parse_device(device: Any) -> tuple[str, int]:
+    """``"cpu"`` (or ``"cpu:0"``) -> ("cpu", 0); ``"cuda"`` / ``"cuda:N"`` -> ("cuda", N), as
+    PyTorch spells them; a ``torch.device`` is read through its string."""
+    if not isinstance(device, str) and isinstance(getattr(device, "type", None), str):
+        device = str(device)  # a torch.device, without importing torch
     if not isinstance(device, str):
         raise TypeError(f"device must be a str such as 'cpu' or 'cuda:0', got "
                         f"{type(device).__name__}")
-    kind, _, index = device.strip().lower().partition(":")
-    if kind == "cpu" and not index:
+    kind, colon, index = device.strip().lower().partition(":")
+    if kind == "cpu" and index in ("", "0") and (index or not colon):
         return "cpu", 0
     if kind == "cuda":
-        if not index:
+        if not colon:
             return "cuda", 0
         if index.isascii() and index.isdigit():  # not "²" or other Unicode digits
             if int(index) >= 2**31:
@@ -53,15 +57,17 @@ def parse_device(device: str) -> tuple[str, int]:
 
 
 def parse_precision(kind: str, precision: str | None) -> int:
-    """The C precision code for a device; None picks bf16 on a GPU and fp32 on the CPU."""
+    """The C precision code for a device; None picks bf16 on a GPU and fp32 on the CPU. Case and
+    surrounding spaces do not matter, as for devices."""
     if precision is None:
         precision = "bf16" if kind == "cuda" else "fp32"
-    if not isinstance(precision, str) or precision not in PRECISIONS:
+    name = precision.strip().lower() if isinstance(precision, str) else None
+    if name not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected 'fp32' or 'bf16'")
-    if kind == "cpu" and precision != "fp32":
+    if kind == "cpu" and name != "fp32":
         raise ValueError("the CPU computes in float32 only: use precision='fp32' (or leave it "
                          "unset) with device='cpu'")
-    return PRECISIONS[precision]
+    return PRECISIONS[name]
 
 
 def point_to_cublas() -> None:

@@ -14,9 +14,19 @@ def test_parse_device_and_precision():
     assert parse_device("cpu") == ("cpu", 0)
     assert parse_device("cuda") == ("cuda", 0)
     assert parse_device("CUDA:3") == ("cuda", 3)
-    for bad in ("gpu", "cuda:x", "cpu:1", "", "cuda:\u00b2"):
+    assert parse_device("cpu:0") == ("cpu", 0)  # as PyTorch spells it
+    for bad in ("gpu", "cuda:x", "cpu:1", "", "cuda:\u00b2", "cuda:", "cpu:"):  # "cuda:" was 0
         with pytest.raises(ValueError, match="unknown device"):
             parse_device(bad)
+
+    class TorchDevice:  # what torch.device offers, without importing torch
+        type, index = "cuda", 2
+
+        def __str__(self) -> str:
+            return "cuda:2"
+
+    assert parse_device(TorchDevice()) == ("cuda", 2)
+    assert parse_precision("cuda", " BF16") == 1 and parse_precision("cpu", "FP32") == 0
     for huge in ("cuda:2147483648", "cuda:99999999999999999999"):
         with pytest.raises(ValueError, match="no CUDA device has index"):
             parse_device(huge)
