@@ -300,6 +300,30 @@ def _default_dir_mode() -> int:
     return 0o755
 
 
+def _restore_interrupted_swap(out: Path) -> None:
+    """Without renameat2 a save swaps directories in two renames (the old one to
+    ``.NAME.old-PID``, the new one to NAME), and a crash between them leaves no NAME. Put the
+    old directory back before saving again, so that the user's files in it are carried over
+    and the hidden copy is not left behind for ever."""
+    if os.path.lexists(out):
+        return
+    pattern = re.compile(re.escape(f".{_short(out.name)}.old-") + r"(\d+)")
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or int(m[1]) == os.getpid() or _alive(int(m[1])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            try:
+                os.replace(entry.path, out)
+            except OSError:
+                continue
+            return
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Make ``tmp`` appear at ``out``; an existing ``out`` stays whole until the switch, and
     the user's own files in it are carried over (hard links). Saves into one directory take
@@ -354,6 +378,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(parent, f".{_short(out.name)}.tmp-")
+    _restore_interrupted_swap(out)
     # one read of the weights and the adapters together: a merge_lora() or an adapt() step in
     # another thread cannot land between them
     lora, tensors, adapter = model._c.snapshot()

@@ -95,3 +95,20 @@ def test_a_long_directory_name_saves(tmp_path: Path) -> None:
     again = m.save_pretrained(out)  # over an existing one: the .old- name too
     np.testing.assert_array_equal(magnet.Model.from_pretrained(again).logits([1, 5]),
                                   m.logits([1, 5]))
+
+
+def test_a_save_cut_between_the_two_renames_is_put_back(tmp_path: Path) -> None:
+    """Without renameat2 (vfat, some FUSE file systems) a save swaps the directories in two
+    renames; a crash between them left only .NAME.old-PID, which no later save looked at."""
+    import subprocess
+    import sys
+
+    m = magnet.Model.from_pretrained("stories260K")
+    out = m.save_pretrained(tmp_path / "model")
+    (out / "notes.txt").write_text("mine")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.rename(out, tmp_path / f".model.old-{dead.pid}")  # as the killed save left it
+    m.save_pretrained(out)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
