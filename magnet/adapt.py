@@ -12,7 +12,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -25,7 +24,7 @@ import numpy as np
 
 from magnet import _C
 from magnet.data import ChunkStream, TextSource, pad_rows, read_texts
-from magnet.save import check_target_dir, remove_stale_temps, temp_prefix
+from magnet.save import check_target_dir, remove_stale_temps, write_file_atomically
 
 if TYPE_CHECKING:
     from magnet.model import Model
@@ -246,22 +245,11 @@ def _save_checkpoint(directory: Path, state: dict[str, Any], meta: dict[str, Any
     """Write a trainer state (``trainer.state()``) and metadata to ``directory/checkpoint.npz``
     atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(directory, ".checkpoint-", ".npz")
+    remove_stale_temps(directory, ".checkpoint-", ".npz")  # the temporaries of older magnets
     target = directory / "checkpoint.npz"
     arrays = {"params": state["params"], "m": state["m"], "v": state["v"],
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(".checkpoint-"), suffix=".npz",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_file_atomically(target, lambda f: np.savez(f, **arrays))
     return target
 
 

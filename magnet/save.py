@@ -160,11 +160,13 @@ def temp_prefix(prefix: str) -> str:
     return f"{prefix}{_HOST}-{os.getpid()}-"
 
 
-def _short(name: str) -> str:
-    """A file's name as part of its temporaries' names: cut so that the temporary's name (the
-    host, the pid and mkstemp's letters added) stays within the usual 255-byte limit."""
-    return name if len(os.fsencode(name)) <= 120 else os.fsencode(name)[:120].decode(
-        errors="ignore")
+def _hidden(name: str, tag: str) -> str:
+    """The start of the hidden names beside ``name`` (``.NAME.tmp-``, ``.NAME.old-``), the name
+    cut so that the whole (with the host, the pid and mkstemp's letters added) stays within the
+    usual 255-byte limit."""
+    raw = os.fsencode(name)
+    short = name if len(raw) <= 120 else raw[:120].decode(errors="ignore")
+    return f".{short}.{tag}-"
 
 
 def _in_place(path: str | os.PathLike) -> bool:
@@ -219,7 +221,7 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], N
             write(f)
         return
     target = Path(os.path.realpath(os.fspath(path)))
-    prefix = f".{_short(target.name)}.tmp-"
+    prefix = _hidden(target.name, "tmp")
     remove_stale_temps(target.parent, prefix)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(prefix), dir=target.parent)
     try:
@@ -263,20 +265,29 @@ def _newest_mtime(path: str) -> float:
     return newest
 
 
+def _left_by_dead_processes(directory: str | os.PathLike, pattern: re.Pattern[str]
+                            ) -> list[os.DirEntry[str]]:
+    """The entries of ``directory`` whose names match ``pattern``, whose first group is the
+    process id that made them, when that process is gone (not this one, not a live one)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is not None and int(m[1]) != os.getpid() and not _alive(int(m[1])):
+            found.append(entry)
+    return found
+
+
 def remove_stale_temps(directory: str | os.PathLike, prefix: str, suffix: str = "") -> None:
     """Delete what killed processes left in ``directory`` under ``temp_prefix(prefix)``: only
     names of that pattern made on this host, whose process is gone, and unchanged since this
     process started (a process in another PID namespace that shares the directory may still be
     writing its own). Older names without the host and process are never touched."""
     pattern = re.compile(re.escape(prefix + _HOST) + r"-(\d+)-[A-Za-z0-9_]+" + re.escape(suffix))
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return
-    for entry in entries:
-        m = pattern.fullmatch(entry.name)
-        if m is None or int(m[1]) == os.getpid() or _alive(int(m[1])):
-            continue
+    for entry in _left_by_dead_processes(directory, pattern):
         try:
             if _newest_mtime(entry.path) >= _STARTED:
                 continue
@@ -307,15 +318,8 @@ def _restore_interrupted_swap(out: Path) -> None:
     and the hidden copy is not left behind for ever."""
     if os.path.lexists(out):
         return
-    pattern = re.compile(re.escape(f".{_short(out.name)}.old-") + r"(\d+)")
-    try:
-        entries = list(os.scandir(out.parent))
-    except OSError:
-        return
-    for entry in entries:
-        m = pattern.fullmatch(entry.name)
-        if m is None or int(m[1]) == os.getpid() or _alive(int(m[1])):
-            continue
+    pattern = re.compile(re.escape(_hidden(out.name, "old")) + r"(\d+)")
+    for entry in _left_by_dead_processes(out.parent, pattern):
         if entry.is_dir(follow_symlinks=False):
             try:
                 os.replace(entry.path, out)
@@ -358,7 +362,7 @@ def _publish_locked(tmp: Path, out: Path) -> None:
     if _exchange(tmp, out):
         shutil.rmtree(tmp)
         return
-    old = out.with_name(f".{_short(out.name)}.old-{os.getpid()}")
+    old = out.with_name(f"{_hidden(out.name, 'old')}{os.getpid()}")
     os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old)
@@ -377,7 +381,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
     out = check_target_dir(out_dir, "out_dir")
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(parent, f".{_short(out.name)}.tmp-")
+    remove_stale_temps(parent, _hidden(out.name, "tmp"))
     _restore_interrupted_swap(out)
     # one read of the weights and the adapters together: a merge_lora() or an adapt() step in
     # another thread cannot land between them
@@ -387,7 +391,7 @@ def save_pretrained(model: Model, out_dir: str | os.PathLike, merge_lora: bool =
         for name in {n.rsplit(".", 1)[0] for n in adapter}:
             A, B = adapter[name + ".lora_A"], adapter[name + ".lora_B"]
             tensors[name + ".weight"] = tensors[name + ".weight"] + scale * (B @ A)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{_short(out.name)}.tmp-"), dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(_hidden(out.name, "tmp")), dir=parent))
     try:
         cfg = config_to_hf(model.config, tensors)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
