@@ -8,17 +8,22 @@
  * 1e-5 forward, 1e-4 backward in fp32 mode; in bf16 mode, where the tile products run on the
  * tensor cores with bfloat16 inputs (head sizes up to 128, attention_mma.cu) or TF32 inputs
  * (dK/dV at 256), 1e-2 and 2e-2 (each case runs in both modes; the bfloat16 errors measure 3e-3
- * to 1e-2). The backward also runs given the forward's output and saved statistics (as in a
- * training pass), within the same limits. Beyond the
- * tolerance, exact checks: a query that sees no key gets an output of exactly 0 and leaves dq
- * untouched, the dK/dV rows past Tk in a KV cache are left untouched, and a second run reproduces
- * every bit. */
+ * to 1e-2). The bf16 cases run twice: with attention_mma.cu's kernels and with
+ * attention_packed.cu's (MAGNET_CUDA_ATTENTION_PACKED=1); where every tile walk starts on a tile
+ * boundary (the cases marked same_bits), the packed kernels must give attention_mma.cu's bits
+ * exactly. The backward also runs given the forward's output and saved statistics (as in a training
+ * pass), within the same limits. Beyond the tolerance, exact checks: a query that sees no key gets
+ * an output of exactly 0 and leaves dq untouched, the dK/dV rows past Tk in a KV cache are left
+ * untouched, and a second run reproduces every bit. */
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <string>
+#include <utility>
 
 #include "check_common.h"
 #include "ops/attention.h"
@@ -34,7 +39,19 @@ struct Case {
     /* roles and segments of key j of row b (queries are keys q_start ..) */
     std::function<void(int b, int j, uint8_t *role, int32_t *seg)> layout;
     bool null_dk = false; /* backward with dk = NULL (dq and dv still computed) */
+    /* every walk of the tensor-core kernels starts on a tile boundary (one segment from key 0,
+     * no leading padding): the packed kernels give attention_mma.cu's bits */
+    bool same_bits = false;
 };
+
+/* Which bf16 kernels run: attention_mma.cu's, or attention_packed.cu's. */
+void use_packed(bool on) {
+    if (on)
+        setenv("MAGNET_CUDA_ATTENTION_PACKED", "1", 1);
+    else
+        unsetenv("MAGNET_CUDA_ATTENTION_PACKED");
+}
+bool packed_pass = false; /* this pass runs attention_packed.cu */
 
 constexpr double kFwdTol = 1e-5, kBwdTol = 1e-4;
 /* bf16 mode: Q, K, V, dO, P and dS rounded to bfloat16 (8-bit mantissas) for the tile products */
@@ -166,6 +183,22 @@ void run(const Case &c, uint64_t seed) {
             }
 
     if (!repeatable) exact += " a second run differs";
+
+    /* the packed kernels against attention_mma.cu's, bit for bit, where their walks agree */
+    if (packed_pass && c.same_bits) {
+        use_packed(false);
+        Dev<float> mq(dq0), mk(dk0), mv(dv0), mout(std::vector<float>(nq, 7.0f));
+        cuda_attention_forward(be, mout.p, d_q.p, d_k.p, d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s,
+                               nullptr, fwd_scratch.p);
+        cuda_attention_backward(be, mq.p, c.null_dk ? nullptr : mk.p, mv.p, d_dout.p, d_q.p, d_k.p,
+                                d_v.p, dqr.p, dqs.p, dkr.p, dks.p, s, nullptr, nullptr,
+                                bwd_scratch.p);
+        check::sync(c.name.c_str());
+        use_packed(true);
+        if (mout.get() != out) exact += " output differs from attention_mma.cu";
+        if (mq.get() != dq || mk.get() != dk || mv.get() != dv)
+            exact += " gradients differ from attention_mma.cu";
+    }
     const bool tc = check::precision() == MG_PRECISION_BF16;
     const double fwd_tol = tc ? kTcFwdTol : kFwdTol, bwd_tol = tc ? kTcBwdTol : kBwdTol;
     const bool ok = e_out <= fwd_tol && e_dq <= bwd_tol && e_dk <= bwd_tol && e_dv <= bwd_tol &&
@@ -173,15 +206,21 @@ void run(const Case &c, uint64_t seed) {
     std::printf(
         "%-4s %s %-34s B=%d Tq=%-3d Tk=%-3d q0=%-2d Hq=%d Hkv=%d hd=%-3d  out %.2e  dq %.2e  "
         "dk %.2e  dv %.2e  saved-stats bwd %.2e%s%s\n",
-        ok ? "ok" : "FAIL", tc ? "bf16" : "fp32", c.name.c_str(), c.B, c.Tq, c.Tk, c.q_start, c.Hq,
-        c.Hkv, c.hd, e_out, e_dq, e_dk, e_dv, e_saved, exact.empty() ? "" : "  ", exact.c_str());
+        ok ? "ok" : "FAIL",
+        packed_pass ? "pack"
+        : tc        ? "bf16"
+                    : "fp32",
+        c.name.c_str(), c.B, c.Tq, c.Tk, c.q_start, c.Hq, c.Hkv, c.hd, e_out, e_dq, e_dk, e_dv,
+        e_saved, exact.empty() ? "" : "  ", exact.c_str());
     if (!ok) failures++;
 }
 
 /* A self-attention case (queries are keys 0 .. T-1, no cache slack). */
 Case self(const std::string &name, int B, int T, int Hq, int Hkv, int hd,
-          std::function<void(int, int, uint8_t *, int32_t *)> layout) {
-    return Case{name, B, T, T, 0, T, Hq, Hkv, hd, std::move(layout)};
+          std::function<void(int, int, uint8_t *, int32_t *)> layout, bool same_bits = false) {
+    Case c{name, B, T, T, 0, T, Hq, Hkv, hd, std::move(layout)};
+    c.same_bits = same_bits;
+    return c;
 }
 
 /* Roles from a fixed hash of (b, j): about a third CONTEXT. */
@@ -209,6 +248,11 @@ int main() {
         *r = mixed_role(b, j);
         *s = j < 17 + 4 * b ? 0 : 1;
     };
+    /* two segments split at key 70 (inside a tile), mixed roles */
+    const auto packed_at_70 = [](int b, int j, uint8_t *r, int32_t *s) {
+        *r = mixed_role(b, j);
+        *s = j < 70 ? 0 : 1;
+    };
     /* row 0: trailing padding; row 1: leading padding and two segments */
     const auto padded = [](int b, int j, uint8_t *r, int32_t *s) {
         *r = mixed_role(b, j);
@@ -230,18 +274,21 @@ int main() {
     };
 
     std::vector<Case> cases = {
-        self("causal (all SPAN)", 2, 37, 2, 2, 16, causal),
-        self("bidirectional (all CONTEXT)", 2, 37, 2, 2, 16, bidir),
-        self("mixed roles, GQA 4/2", 2, 40, 4, 2, 16, mixed),
+        self("causal (all SPAN)", 2, 37, 2, 2, 16, causal, true),
+        self("bidirectional (all CONTEXT)", 2, 37, 2, 2, 16, bidir, true),
+        self("mixed roles, GQA 4/2", 2, 40, 4, 2, 16, mixed, true),
         self("two segments packed", 2, 45, 2, 2, 8, packed),
         self("padding (trailing, leading)", 2, 41, 2, 1, 16, padded),
         self("all-padding row", 2, 24, 2, 2, 8, empty_row),
-        self("causal hd 64, GQA 4/2", 2, 70, 4, 2, 64, causal),
-        self("bidirectional hd 64", 1, 33, 2, 2, 64, bidir),
+        self("causal hd 64, GQA 4/2", 2, 70, 4, 2, 64, causal, true),
+        self("bidirectional hd 64", 1, 33, 2, 2, 64, bidir, true),
+        self("causal hd 64, 3 tiles, GQA 2/1", 1, 130, 2, 1, 64, causal, true),
+        self("mixed hd 64, 2 segments, 3 tiles", 1, 130, 2, 1, 64, packed_at_70),
         self("infilling, 3 segments, multi-tile", 1, 150, 2, 1, 16, infill),
-        self("mixed hd 20 (scalar loads)", 2, 23, 2, 2, 20, mixed),
-        self("causal hd 48", 1, 29, 3, 1, 48, causal),
-        self("mixed hd 128", 1, 40, 2, 2, 128, mixed),
+        self("mixed hd 20 (scalar loads)", 2, 23, 2, 2, 20, mixed, true),
+        self("causal hd 48", 1, 29, 3, 1, 48, causal, true),
+        self("mixed hd 128", 1, 40, 2, 2, 128, mixed, true),
+        self("causal hd 128, 2 tiles", 1, 100, 2, 1, 128, causal, true),
         self("causal hd 256, GQA 2/1", 1, 35, 2, 1, 256, causal),
         self("mixed hd 512, two segments", 1, 21, 1, 1, 512, packed),
         /* KV cache: queries are keys q_start .. q_start+Tq-1 of rows kv_stride apart */
@@ -249,22 +296,31 @@ int main() {
         Case{"decode Tq=3 (KV cache)", 2, 3, 21, 18, 32, 4, 2, 16, causal},
         Case{"decode Tq=3, CONTEXT keys after", 2, 3, 21, 10, 24, 2, 2, 16, mixed},
         Case{"decode Tq=3 hd 64, GQA 4/1", 1, 3, 40, 37, 48, 4, 1, 64, causal},
+        /* a prefill of 70 queries after 30 cached keys: the tensor-core forward with q_start */
+        Case{"prefill Tq=70 after 30 (KV cache)", 1, 70, 100, 30, 112, 2, 1, 32, mixed},
     };
     Case nodk = self("dk = NULL", 1, 20, 2, 2, 16, mixed);
     nodk.null_dk = true;
     cases.push_back(nodk);
 
-    /* fp32: float32 tile products; bf16: tensor-core (TF32) dK/dV products, head sizes <= 256 */
-    for (mg_precision p : {MG_PRECISION_FP32, MG_PRECISION_BF16}) {
+    /* fp32: float32 tile products; bf16: the tensor cores (bfloat16 mma up to head size 128,
+     * TF32 dK/dV products at 256), twice: attention_mma.cu's kernels, then attention_packed.cu's */
+    const std::pair<mg_precision, bool> passes[] = {
+        {MG_PRECISION_FP32, false}, {MG_PRECISION_BF16, false}, {MG_PRECISION_BF16, true}};
+    for (const auto &[p, pack] : passes) {
         check::precision() = p;
+        packed_pass = pack;
+        use_packed(pack);
         uint64_t seed = 1;
         for (const Case &c : cases)
             run(c, seed++);
     }
+    use_packed(false);
+    const size_t total = std::size(passes) * cases.size();
     if (failures) {
-        std::printf("check_attention: %d of %zu cases failed\n", failures, 2 * cases.size());
+        std::printf("check_attention: %d of %zu cases failed\n", failures, total);
         return 1;
     }
-    std::printf("check_attention: all %zu cases passed\n", 2 * cases.size());
+    std::printf("check_attention: all %zu cases passed\n", total);
     return 0;
 }

@@ -684,13 +684,26 @@ void launch_forward(const mg_backend *be, const Args &a, float *out, float *lse,
               a.q_seg, a.k_roles, a.k_seg, a.s, a.qmul, a.vec);
 }
 
-/* The float32 kernels, or (mma: bf16 mode, see use_mma) attention_mma.cu's tensor-core ones.
+/* Whether the tensor-core path takes attention_packed.cu's kernels (operands packed to bfloat16
+ * once per call, tiles copied asynchronously) instead of attention_mma.cu's:
+ * MAGNET_CUDA_ATTENTION_PACKED=1. Off by default until a GPU run has timed it against
+ * attention_mma.cu (benchmarks/gpu_profile.py --compare-attention-packed); checked in the
+ * emulator by tests/cuda/check_attention.cu. */
+bool use_packed() {
+    const char *env = getenv("MAGNET_CUDA_ATTENTION_PACKED");
+    return env != NULL && strcmp(env, "1") == 0;
+}
+
+/* The float32 kernels, or (mma: bf16 mode, see use_mma) attention_mma.cu's tensor-core ones
+ * (or attention_packed.cu's, see use_packed).
  * Decode steps (a few queries) keep the float32 kernel with few rows: the tensor-core kernel's
  * 64-query tiles would be mostly empty. */
 template <int D>
 void forward_d(const mg_backend *be, const Args &a, float *out, float *lse, float *dsum,
                const float *dout, bool mma) {
-    if (mma && (out == NULL || a.s.Tq > Shapes<D>::FwdFew::ROWS))
+    if (mma && out != NULL && a.s.Tq > Shapes<D>::FwdFew::ROWS && use_packed())
+        packed_forward(be, a, D, out, lse);
+    else if (mma && (out == NULL || a.s.Tq > Shapes<D>::FwdFew::ROWS))
         mma_forward(be, a, D, out, lse, dsum, dout);
     else if (a.s.Tq <= Shapes<D>::FwdFew::ROWS)
         launch_forward<typename Shapes<D>::FwdFew>(be, a, out, lse, dsum, dout);
@@ -761,6 +774,10 @@ void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float
                 const float *dout, const float *out, const float *stats, float *scratch_lse,
                 float *dsum, bool mma, bool tc) {
     const float *lse = backward_stats<D>(be, a, dout, out, stats, scratch_lse, dsum, mma);
+    if (mma && use_packed()) {
+        packed_backward(be, a, D, dq, dk, dv, lse, dsum, dout);
+        return;
+    }
     if (mma) {
         if (dq != NULL) mma_dq(be, a, D, dq, lse, dsum, dout);
         if (dk != NULL || dv != NULL) mma_dkv(be, a, D, dk, dv, lse, dsum, dout);

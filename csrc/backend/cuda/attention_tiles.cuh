@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "cuda_common.h"
 
 #if defined(__CUDACC__) && !defined(MG_CUDA_EMULATE)
@@ -254,6 +256,18 @@ constexpr bool mma_head_size(int D) {
     return D == 32 || D == 64 || D == 128;
 }
 
+/* f(std::integral_constant<int, D>()) for a padded head size D that the kernels handle. */
+template <class F> void with_head_size(const mg_backend *be, int D, F f) {
+    if (D == 32)
+        f(std::integral_constant<int, 32>());
+    else if (D == 64)
+        f(std::integral_constant<int, 64>());
+    else if (D == 128)
+        f(std::integral_constant<int, 128>());
+    else
+        mg_cuda_note(be, cudaErrorInvalidValue, "attention (tensor cores): head size");
+}
+
 /* attention_mma.cu's kernels, for a padded head size with mma_head_size: the forward (out !=
  * NULL) or its statistics mode (out == NULL: lse and dsum from dout), dQ, and dK/dV. */
 void mma_forward(const mg_backend *be, const Args &a, int D, float *out, float *lse, float *dsum,
@@ -262,6 +276,12 @@ void mma_dq(const mg_backend *be, const Args &a, int D, float *dq, const float *
             const float *dsum, const float *dout);
 void mma_dkv(const mg_backend *be, const Args &a, int D, float *dk, float *dv, const float *lse,
              const float *dsum, const float *dout);
+
+/* attention_packed.cu's kernels (the same head sizes): the forward with out (and lse when given),
+ * and the backward's dQ and dK/dV (any of dq, dk, dv may be NULL) from lse and dsum. */
+void packed_forward(const mg_backend *be, const Args &a, int D, float *out, float *lse);
+void packed_backward(const mg_backend *be, const Args &a, int D, float *dq, float *dk, float *dv,
+                     const float *lse, const float *dsum, const float *dout);
 
 } // namespace mg_attention
 

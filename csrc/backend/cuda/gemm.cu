@@ -287,42 +287,6 @@ __global__ void bias_grad_kernel(float *__restrict__ dbias, const float *__restr
     }
 }
 
-/* The bfloat16 staging area (after cuBLAS's part of the workspace), grown to `bytes`. */
-void *gemm_staging(const mg_backend *be, size_t bytes) {
-    mg_cuda_ctx *ctx = mg_cuda_ctx_of(be);
-    const size_t need = MG_CUDA_CUBLAS_WORKSPACE + bytes;
-    if (ctx->workspace_bytes < need) {
-        size_t grow = ctx->workspace_bytes + ctx->workspace_bytes / 2;
-        if (grow < need) grow = need;
-        grow = (grow + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
-        void *p = NULL;
-        cudaError_t status = cudaMalloc(&p, grow);
-        if (status == cudaErrorMemoryAllocation) { /* the block cache may hold what is needed */
-            (void)cudaGetLastError();
-            mg_cuda_pool_release_cached(ctx);
-            status = cudaMalloc(&p, grow);
-        }
-        if (status != cudaSuccess) {
-            (void)cudaGetLastError();
-            mg_cuda_fail(be, MG_ERR_NOMEM,
-                         "cannot allocate %zu bytes of GPU memory for the bfloat16 GEMM staging "
-                         "on %s: %s",
-                         grow, be->name, cudaGetErrorString(status));
-            return NULL;
-        }
-        /* cudaFree waits for the device, so no queued GEMM still uses the old workspace */
-        mg_cuda_note(be, cudaFree(ctx->workspace), "cudaFree (GEMM workspace)");
-        ctx->workspace = p;
-        ctx->workspace_bytes = grow;
-        const mg_cublas_api *api = mg_cublas_load(NULL, 0);
-        const int st = api->set_workspace(ctx->cublas, p, MG_CUDA_CUBLAS_WORKSPACE);
-        if (st != MG_CUBLAS_STATUS_SUCCESS)
-            mg_cuda_fail(be, MG_ERR_IO, "cublasSetWorkspace failed on %s: %s", be->name,
-                         mg_cublas_status_name(st));
-    }
-    return static_cast<char *>(ctx->workspace) + MG_CUDA_CUBLAS_WORKSPACE;
-}
-
 /* A packed bfloat16 copy of the rows x cols matrix at src (row stride ld) at dst. */
 void stage_bf16(const mg_backend *be, __nv_bfloat16 *dst, const float *src, int rows, int cols,
                 int ld) {
@@ -345,6 +309,43 @@ mg_code cublas_code(int status) {
 }
 
 } // namespace
+
+/* ------------------------------------------------------------------ staging area */
+
+void *mg_cuda_staging(const mg_backend *be, size_t bytes) {
+    mg_cuda_ctx *ctx = mg_cuda_ctx_of(be);
+    const size_t need = MG_CUDA_CUBLAS_WORKSPACE + bytes;
+    if (ctx->workspace_bytes < need) {
+        size_t grow = ctx->workspace_bytes + ctx->workspace_bytes / 2;
+        if (grow < need) grow = need;
+        grow = (grow + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+        void *p = NULL;
+        cudaError_t status = cudaMalloc(&p, grow);
+        if (status == cudaErrorMemoryAllocation) { /* the block cache may hold what is needed */
+            (void)cudaGetLastError();
+            mg_cuda_pool_release_cached(ctx);
+            status = cudaMalloc(&p, grow);
+        }
+        if (status != cudaSuccess) {
+            (void)cudaGetLastError();
+            mg_cuda_fail(be, MG_ERR_NOMEM,
+                         "cannot allocate %zu bytes of GPU memory for the bfloat16 staging "
+                         "on %s: %s",
+                         grow, be->name, cudaGetErrorString(status));
+            return NULL;
+        }
+        /* cudaFree waits for the device, so no queued GEMM still uses the old workspace */
+        mg_cuda_note(be, cudaFree(ctx->workspace), "cudaFree (GEMM workspace)");
+        ctx->workspace = p;
+        ctx->workspace_bytes = grow;
+        const mg_cublas_api *api = mg_cublas_load(NULL, 0);
+        const int st = api->set_workspace(ctx->cublas, p, MG_CUDA_CUBLAS_WORKSPACE);
+        if (st != MG_CUBLAS_STATUS_SUCCESS)
+            mg_cuda_fail(be, MG_ERR_IO, "cublasSetWorkspace failed on %s: %s", be->name,
+                         mg_cublas_status_name(st));
+    }
+    return static_cast<char *>(ctx->workspace) + MG_CUDA_CUBLAS_WORKSPACE;
+}
 
 /* ------------------------------------------------------------------ entries */
 
@@ -371,7 +372,7 @@ void cuda_sgemm(const mg_backend *be, bool trans_a, bool trans_b, int M, int N, 
         const int br = trans_b ? N : K, bc = trans_b ? K : N;
         const size_t a_bytes = ((size_t)ar * ac * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
         char *stage = static_cast<char *>(
-            gemm_staging(be, a_bytes + (size_t)br * bc * sizeof(__nv_bfloat16)));
+            mg_cuda_staging(be, a_bytes + (size_t)br * bc * sizeof(__nv_bfloat16)));
         if (stage == NULL) return;
         __nv_bfloat16 *sa = reinterpret_cast<__nv_bfloat16 *>(stage);
         __nv_bfloat16 *sb = reinterpret_cast<__nv_bfloat16 *>(stage + a_bytes);

@@ -1,13 +1,14 @@
-/* Internals shared by the CUDA backend's runtime files (runtime.cu, gemm.cu, cuda_backend.cu).
- * Kernel files need only cuda_common.h. */
+/* Internals shared by the CUDA backend's runtime files (runtime.cu, gemm.cu, cuda_backend.cu),
+ * and the staging area that attention.cu also takes. Kernel files need only cuda_common.h. */
 #ifndef MG_BACKEND_CUDA_RUNTIME_H
 #define MG_BACKEND_CUDA_RUNTIME_H
 
 #include "cuda_common.h"
 
 /* Bytes at the start of mg_cuda_ctx.workspace that cuBLAS owns (cublasSetWorkspace): NVIDIA
- * recommends 32 MiB on Hopper. The rest of the workspace, if any, stages the bfloat16 copies of
- * GEMM operands (gemm.cu), which grows it on demand. */
+ * recommends 32 MiB on Hopper. The rest of the workspace, if any, is the staging area: the
+ * bfloat16 copies of GEMM operands (gemm.cu) and of attention's operands (attention_packed.cu),
+ * grown on demand by mg_cuda_staging. */
 #define MG_CUDA_CUBLAS_WORKSPACE ((size_t)32 << 20)
 
 /* Doubles in mg_cuda_ctx.host_result (pinned). */
@@ -30,6 +31,12 @@ void mg_cuda_pool_free(mg_cuda_ctx *ctx);
  * models in this process included), before retrying an allocation that failed. Takes the pools'
  * locks: the caller holds none. */
 void mg_cuda_pool_release_cached(mg_cuda_ctx *ctx);
+
+/* The staging area (after cuBLAS's part of the workspace), grown to at least `bytes`; NULL (the
+ * failure recorded) if the GPU has no room. Ops run one at a time on the backend's stream, so
+ * each may use the whole area for the length of its call; growing it waits for the device (the
+ * old area is freed), so a pointer is good only until the next call. 256-byte aligned. */
+void *mg_cuda_staging(const mg_backend *be, size_t bytes);
 
 #ifdef __cplusplus
 }
