@@ -30,9 +30,11 @@
 #   GPU_CHECK_STEPS        the steps to run, letters of "abcdefg" (default abcdef; b always
 #                          runs): e.g. GPU_CHECK_STEPS=f on a still-warm machine reruns the
 #                          benchmark; g (optional) adds the kernel profile of the 1B training
-#                          step (benchmarks/gpu_profile.py, about 80 s) as $OUT/profile.md
-#                          against the build already there, twice: LoRA's dropped products on
-#                          the CUDA cores, then on the tensor cores (MAGNET_CUDA_LORA_TC=1)
+#                          step (benchmarks/gpu_profile.py, about 150 s) as $OUT/profile.md
+#                          against the build already there, four times: as built, then with
+#                          the switches that are off by default, LoRA's dropped products on the
+#                          tensor cores (MAGNET_CUDA_LORA_TC=1), attention from packed bfloat16
+#                          operands (MAGNET_CUDA_ATTENTION_PACKED=1), and both
 #   MAGNET_CUBLAS_PATH     cuBLAS for the backend (default: found by the dynamic linker, else
 #                          looked for in /usr/local/cuda and the nvidia-cublas wheel)
 #   DRY_RUN_CUDA           --dry-run's build mode: 0 (default, CPU build) or emulate
@@ -261,7 +263,7 @@ fi
 
 # ---- f. benchmark against PyTorch
 PROFILE_RESERVE=0
-want g && ((DRY == 0)) && PROFILE_RESERVE=95
+want g && ((DRY == 0)) && PROFILE_RESERVE=155
 BENCH_BUDGET=$(($(left) - 25 - PROFILE_RESERVE))
 if ! want f; then
     :
@@ -286,8 +288,8 @@ if ! want g; then
 elif ((DRY)); then
     record "g. gpu_profile.py" SKIP 0 "skipped: no GPU (dry run)"
 else
-    run_step "g. gpu_profile.py" 110 0 \
-        "$PY benchmarks/gpu_profile.py --sections train-large --steps 3 --top 30 --compare-lora-tc --out \"$OUT/profile.md\" >/dev/null"
+    run_step "g. gpu_profile.py" 170 0 \
+        "$PY benchmarks/gpu_profile.py --sections train-large --steps 3 --top 30 --compare lora-tc --compare attention-packed --compare both --out \"$OUT/profile.md\" >/dev/null"
     NOTE="$(grep -E '^(## |wall per step)' "$OUT/profile.md" 2>/dev/null | paste -sd ' ' -)"
     record "g. gpu_profile.py" "$(verdict "$STEP_RC")" "$STEP_S" "kernel tables in profile.md: ${NOTE}"
 fi

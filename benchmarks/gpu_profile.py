@@ -6,6 +6,12 @@ magnet's included), summed by kernel name.
 
 Uses the models, batches and step of ``benchmarks/gpu_bench.py`` (same shapes and settings).
 Needs a GPU; prints a table per engine: kernel, calls, total ms per step, share of the step.
+
+``--compare NAME`` (repeatable) profiles magnet's step again under a kernel switch that is off by
+default, for the measurement that decides its default: ``lora-tc`` (LoRA's dropped products on
+the tensor cores, ``MAGNET_CUDA_LORA_TC=1``), ``attention-packed`` (attention from packed
+bfloat16 operands, ``MAGNET_CUDA_ATTENTION_PACKED=1``) or ``both``. The switches are read at
+each call, so one process profiles every variant on the same model and batches.
 """
 
 from __future__ import annotations
@@ -55,11 +61,21 @@ def kernel_table(step: Callable[[int], Any], n_batches: int, steps: int, top: in
     return "\n".join(out)
 
 
+# The kernel switches that --compare can turn on (environment variables read at each call).
+VARIANTS: dict[str, dict[str, str]] = {
+    "lora-tc": {"MAGNET_CUDA_LORA_TC": "1"},
+    "attention-packed": {"MAGNET_CUDA_ATTENTION_PACKED": "1"},
+    "both": {"MAGNET_CUDA_LORA_TC": "1", "MAGNET_CUDA_ATTENTION_PACKED": "1"},
+}
+
+
 def profile_section(section: str, steps: int, top: int, with_torch: bool,
-                    compare_lora_tc: bool = False) -> list[str]:
-    """The kernel tables of one gpu_bench section (``train-small`` or ``train-large``); with
-    ``compare_lora_tc``, magnet's step a second time with ``MAGNET_CUDA_LORA_TC=1`` (LoRA's
-    dropped products on the tensor cores, read at each call)."""
+                    compare: list[str] | tuple[str, ...] = (),
+                    publish: Callable[[list[str]], None] = lambda lines: None) -> list[str]:
+    """The kernel tables of one gpu_bench section (``train-small`` or ``train-large``); then,
+    for each name in ``compare`` (keys of ``VARIANTS``), magnet's step again with that variant's
+    switches set. ``publish`` gets the report so far after each table, so that a run stopped by
+    its time limit keeps what it measured."""
     import torch
     from torch_magnet_step import TorchMagnetStep, attach_lora
 
@@ -82,6 +98,7 @@ def profile_section(section: str, steps: int, top: int, with_torch: bool,
             runner.step(tb[k % 2])
         report += [f"## {section}: PyTorch", "",
                    kernel_table(lambda k: runner.step(tb[k]), 2, steps, top), ""]
+        publish(report)
         runner = params = None
     hf = None
     gc.collect()
@@ -102,15 +119,19 @@ def profile_section(section: str, steps: int, top: int, with_torch: bool,
     for k in range(2):
         step(k)
     report += [f"## {section}: magnet", "", kernel_table(step, 2, steps, top), ""]
-    if compare_lora_tc:
-        os.environ["MAGNET_CUDA_LORA_TC"] = "1"
+    publish(report)
+    for name in compare:
+        switches = VARIANTS[name]
+        os.environ.update(switches)
         try:
             for k in range(2):
                 step(k)
-            report += [f"## {section}: magnet, MAGNET_CUDA_LORA_TC=1", "",
-                       kernel_table(step, 2, steps, top), ""]
+            label = ", ".join(f"{key}={value}" for key, value in switches.items())
+            report += [f"## {section}: magnet, {label}", "", kernel_table(step, 2, steps, top), ""]
+            publish(report)
         finally:
-            os.environ.pop("MAGNET_CUDA_LORA_TC", None)
+            for key in switches:
+                os.environ.pop(key, None)
     return report
 
 
@@ -121,20 +142,26 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--torch", action="store_true", help="profile PyTorch's step as well")
+    ap.add_argument("--compare", action="append", default=[], choices=sorted(VARIANTS),
+                    help="profile magnet's step again with this kernel switch on (repeatable)")
     ap.add_argument("--compare-lora-tc", action="store_true",
-                    help="profile magnet's step again with MAGNET_CUDA_LORA_TC=1")
+                    help="the same as --compare lora-tc")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import torch
 
+    compare = list(dict.fromkeys(args.compare + (["lora-tc"] if args.compare_lora_tc else [])))
     report = [f"# GPU kernel profile ({torch.cuda.get_device_name()})", ""]
-    for section in args.sections.split(","):
-        report += profile_section(section, args.steps, args.top, args.torch,
-                                  args.compare_lora_tc)
-        gc.collect()
-        print("\n".join(report), flush=True)
+
+    def publish(lines: list[str]) -> None:
         if args.out:
-            args.out.write_text("\n".join(report) + "\n")
+            args.out.write_text("\n".join(report + lines) + "\n")
+
+    for section in args.sections.split(","):
+        report += profile_section(section, args.steps, args.top, args.torch, compare, publish)
+        gc.collect()
+        publish([])
+        print("\n".join(report), flush=True)
 
 
 if __name__ == "__main__":
