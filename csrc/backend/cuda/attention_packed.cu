@@ -23,7 +23,8 @@
  *
  * The packed operands live in the backend's staging area (mg_cuda_staging): 2 bytes per element
  * for each layout, for the length of one call. Without sm_80 (and in the emulator) a copy is a
- * plain 16-byte load and store. */
+ * plain 16-byte load and store. Where a kernel's double buffers need more shared memory than the
+ * GPU allows a block (see fits), attention_mma.cu's kernel runs instead. */
 #include "attention_mma.cuh"
 #include "runtime.h"
 
@@ -62,7 +63,8 @@ __device__ inline void copy_commit() {
  * landed in shared memory; a __syncthreads then makes them every thread's). */
 template <int N> __device__ inline void copy_wait() {
 #ifdef MG_CP_ASYNC
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+    /* the clobber keeps the compiler from moving shared-memory reads above the wait */
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 #endif
 }
 
@@ -91,7 +93,7 @@ long padded_rows(int T) {
 /* rows[b, h, r, 0:D] = bf16(mul * src row r of batch row b, head h), and/or cols[b, h, d, r], the
  * transpose; zeros past T rows and hd columns. src row r of batch row b and head h starts at
  * src + (b * bstride + r) * row + h * hd. Grid (Tpad / kPad, H, B). The transpose goes through a
- * shared tile, so that both layouts are written in whole rows. */
+ * shared tile, so that both layouts are written in whole 32-byte sectors. */
 template <int D>
 __global__ void MG_BOUNDS(kThreads)
     pack_kernel(uint16_t *rows, uint16_t *cols, const float *src, long row, long bstride, int T,
@@ -103,25 +105,12 @@ __global__ void MG_BOUNDS(kThreads)
     const float *s = src + ((long)b * bstride + r0) * row + (long)h * hd;
     const int nvalid = T - r0 < kPad ? T - r0 : kPad;
     const long head = (long)b * H + h;
-    constexpr int D4 = D / 4, N = kPad * D4 / kThreads;
-    static_assert(kPad * D4 % kThreads == 0, "whole float4 per thread");
-    MG_UNROLL
-    for (int n = 0; n < N; n++) {
-        const int idx = (int)threadIdx.x + n * kThreads, r = idx / D4, d = (idx % D4) * 4;
-        const f4 x = fetch4(s, row, r, d, nvalid, hd, mul, vec);
-        const uint32_t w0 = pack_bf16(x.x, x.y), w1 = pack_bf16(x.z, x.w);
-        if (rows != NULL) {
-            uint32_t *out = reinterpret_cast<uint32_t *>(rows + (head * Tpad + r0 + r) * D + d);
-            out[0] = w0;
-            out[1] = w1;
-        }
-        if (cols != NULL) {
-            tile[d * LDP + r] = (uint16_t)w0;
-            tile[(d + 1) * LDP + r] = (uint16_t)(w0 >> 16);
-            tile[(d + 2) * LDP + r] = (uint16_t)w1;
-            tile[(d + 3) * LDP + r] = (uint16_t)(w1 >> 16);
-        }
-    }
+    /* each lane loads two rows' 16 bytes, and stores the transpose as words of two rows: the
+     * shared stores of a warp conflict at most two ways (Fetch) */
+    Fetch<kPad, D> f;
+    f.fetch(s, row, nvalid, hd, mul, vec != 0);
+    if (rows != NULL) f.rows(rows + (head * Tpad + r0) * D, D);
+    if (cols != NULL) f.cols(tile, LDP);
     if (cols == NULL) return;
     __syncthreads();
     constexpr int CH = kPad / 8, M = D * CH / kThreads;
@@ -160,6 +149,65 @@ Packed pack(const mg_backend *be, char **at, bool want_rows, bool want_cols, con
 /* The staging bytes of pack<D> for these layouts. */
 template <int D> size_t pack_bytes(int layouts, int B, int T, int H) {
     return (size_t)layouts * sizeof(uint16_t) * (size_t)B * H * padded_rows(T) * D;
+}
+
+/* ---------------- per-tile side information ---------------- */
+
+/* The segment and role of key j0 + t of a tile, for thread t < COLS (segment -1 past Tk), read
+ * into registers when the tile's copies are issued and stored to shared memory (store_key_info)
+ * once the tensor cores are done with the current tile: the loads' latency hides behind that
+ * work instead of holding up the next barrier. */
+struct KeyInfo {
+    int seg, role;
+};
+template <int COLS>
+__device__ inline KeyInfo read_key_info(const uint8_t *kr, const int32_t *ks, int j0, int Tk) {
+    KeyInfo k = {-1, (int)MG_ROLE_CONTEXT};
+    const int t = threadIdx.x, j = j0 + t;
+    if (t < COLS && j < Tk) {
+        k.seg = ks[j];
+        k.role = kr[j];
+    }
+    return k;
+}
+/* kinfo[0:COLS] segments, kinfo[COLS:2 COLS] roles (load_key_info's layout). */
+template <int COLS> __device__ inline void store_key_info(int *kinfo, const KeyInfo &k) {
+    const int t = threadIdx.x;
+    if (t < COLS) {
+        kinfo[t] = k.seg;
+        kinfo[COLS + t] = k.role;
+    }
+}
+
+/* The same for the queries of a dK/dV step: segment, role, logsumexp and D of query i0 + t
+ * (segment -1, lse -inf past Tq); si0: the statistics' index of query 0 of the step's head. */
+struct QueryInfo {
+    int seg, role;
+    float lse, dsum;
+};
+template <int COLS>
+__device__ inline QueryInfo read_query_info(const uint8_t *qr, const int32_t *qs, const float *lse,
+                                            const float *dsum, long si0, int i0, int Tq) {
+    QueryInfo q = {-1, (int)MG_ROLE_CONTEXT, -INFINITY, 0.0f};
+    const int t = threadIdx.x, i = i0 + t;
+    if (t < COLS && i < Tq) {
+        q.seg = qs[i];
+        q.role = qr[i];
+        q.lse = lse[si0 + i];
+        q.dsum = dsum[si0 + i];
+    }
+    return q;
+}
+/* qinfo[0:COLS] segments, [COLS:2 COLS] roles; qstat[0:COLS] lse, [COLS:2 COLS] D. */
+template <int COLS>
+__device__ inline void store_query_info(int *qinfo, float *qstat, const QueryInfo &q) {
+    const int t = threadIdx.x;
+    if (t < COLS) {
+        qinfo[t] = q.seg;
+        qinfo[COLS + t] = q.role;
+        qstat[t] = q.lse;
+        qstat[COLS + t] = q.dsum;
+    }
 }
 
 /* ---------------- kernels ---------------- */
@@ -237,23 +285,25 @@ __global__ void MG_BOUNDS(kThreads)
     float o[D / 8][4];
     zero(o);
     const int first = tile_start(lo, BC);
-    /* tile k0 into buffer `which` (and its key info), as one commit group with whatever else this
-     * thread issued since the last one */
+    /* tile k0 into buffer `which`, as one commit group with whatever else this thread issued
+     * since the last one; returns its key info, for store_key_info */
     auto issue = [&](int k0, int which) {
         uint16_t *buf = bufs + which * G::KV;
         copy_tile<BC, D>(buf, G::LD, Kh + (long)k0 * D, D);
         copy_tile<D, BC>(buf + BC * G::LD, G::LDT, Vh + k0, Tkpad);
-        load_key_info<BC>(kinfo + which * 2 * BC, kr, ks, k0, s.Tk);
         copy_commit();
+        return read_key_info<BC>(kr, ks, k0, s.Tk);
     };
     if (lo <= hi) {
         copy_tile<kRows, D>(Qs, G::LD, Q + (((long)b * s.Hq + h) * Tqpad + i0) * D, D);
-        issue(first, 0);
+        store_key_info<BC>(kinfo, issue(first, 0));
     }
     for (int k0 = first, it = 0; k0 <= hi; k0 += BC, it++) {
         const int cur = it & 1;
-        if (k0 + BC <= hi) {
-            issue(k0 + BC, cur ^ 1);
+        const bool more = k0 + BC <= hi;
+        KeyInfo next = {-1, (int)MG_ROLE_CONTEXT};
+        if (more) {
+            next = issue(k0 + BC, cur ^ 1);
             copy_wait<1>();
         } else {
             copy_wait<0>();
@@ -300,14 +350,15 @@ __global__ void MG_BOUNDS(kThreads)
             o[n][3] *= alpha[1];
         }
         product_wy<BC, D / 8>(o, sc, Vts, G::LDT);
+        if (more) store_key_info<BC>(kinfo + (cur ^ 1) * 2 * BC, next);
         __syncthreads(); /* buffer cur is consumed before the next iteration refills it */
     }
 
     MG_UNROLL
     for (int r = 0; r < 2; r++) {
         const int i = i0 + row0 + g + 8 * r;
+        const float lr = quad_sum(l[r]); /* every lane of the warp: a shuffle */
         if (i >= s.Tq) continue;
-        const float lr = quad_sum(l[r]);
         const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
         float *dst = out + ((long)b * s.Tq + i) * s.Hq * s.hd + (long)h * s.hd;
         MG_UNROLL
@@ -366,11 +417,11 @@ __global__ void MG_BOUNDS(kThreads)
         copy_tile<BC, D>(buf, G::LD, Kh + (long)k0 * D, D);
         copy_tile<BC, D>(buf + BC * G::LD, G::LD, Vh + (long)k0 * D, D);
         copy_tile<D, BC>(buf + 2 * BC * G::LD, G::LDT, Kth + k0, Tkpad);
-        load_key_info<BC>(kinfo + which * 2 * BC, kr, ks, k0, s.Tk);
         copy_commit();
+        return read_key_info<BC>(kr, ks, k0, s.Tk);
     };
     const int first = tile_start(lo, BC);
-    issue(first, 0);
+    store_key_info<BC>(kinfo, issue(first, 0));
     const int row0 = warp * 16;
     Rows rows;
     float rlse[2], rd[2];
@@ -387,8 +438,10 @@ __global__ void MG_BOUNDS(kThreads)
     zero(acc);
     for (int k0 = first, it = 0; k0 <= hi; k0 += BC, it++) {
         const int cur = it & 1;
-        if (k0 + BC <= hi) {
-            issue(k0 + BC, cur ^ 1);
+        const bool more = k0 + BC <= hi;
+        KeyInfo next = {-1, (int)MG_ROLE_CONTEXT};
+        if (more) {
+            next = issue(k0 + BC, cur ^ 1);
             copy_wait<1>();
         } else {
             copy_wait<0>();
@@ -412,6 +465,7 @@ __global__ void MG_BOUNDS(kThreads)
             sc[n][e] = ds;
         }
         product_wy<BC, D / 8>(acc, sc, Kts, G::LDT);
+        if (more) store_key_info<BC>(kinfo + (cur ^ 1) * 2 * BC, next);
         __syncthreads();
     }
     MG_UNROLL
@@ -485,20 +539,10 @@ __global__ void MG_BOUNDS(kThreads)
         copy_tile<D, BC>(buf + 2 * BC * G::LD, G::LDT, Qt + head * D * Tqpad + i0, Tqpad);
         copy_tile<D, BC>(buf + 2 * BC * G::LD + D * G::LDT, G::LDT, dOt + head * D * Tqpad + i0,
                          Tqpad);
-        if (tid < BC) {
-            const int i = i0 + tid;
-            const bool ok = i < s.Tq;
-            const long si = head * s.Tq + i;
-            int *qi = qinfo + which * 2 * BC;
-            float *st = qstat + which * 2 * BC;
-            qi[tid] = ok ? qs[i] : -1;
-            qi[BC + tid] = ok ? (int)qr[i] : (int)MG_ROLE_CONTEXT;
-            st[tid] = ok ? lse[si] : -INFINITY;
-            st[BC + tid] = ok ? dsum[si] : 0.0f;
-        }
         copy_commit();
+        return read_query_info<BC>(qr, qs, lse, dsum, head * s.Tq, i0, s.Tq);
     };
-    issue(0, 0);
+    store_query_info<BC>(qinfo, qstat, issue(0, 0));
     const int row0 = warp * 16;
     Rows keys;
     for (int r = 0; r < 2; r++) {
@@ -511,8 +555,10 @@ __global__ void MG_BOUNDS(kThreads)
     zero(adv);
     for (int n = 0; n < steps; n++) {
         const int cur = n & 1, i0 = first + (n % per_head) * BC;
-        if (n + 1 < steps) {
-            issue(n + 1, cur ^ 1);
+        const bool more = n + 1 < steps;
+        QueryInfo next = {-1, (int)MG_ROLE_CONTEXT, -INFINITY, 0.0f};
+        if (more) {
+            next = issue(n + 1, cur ^ 1);
             copy_wait<1>();
         } else {
             copy_wait<0>();
@@ -543,6 +589,8 @@ __global__ void MG_BOUNDS(kThreads)
         }
         if (dv != NULL) product_wy<BC, D / 8>(adv, sc, dOts, G::LDT);
         if (dk != NULL) product_wy<BC, D / 8>(adk, dp, Qts, G::LDT);
+        if (more)
+            store_query_info<BC>(qinfo + (cur ^ 1) * 2 * BC, qstat + (cur ^ 1) * 2 * BC, next);
         __syncthreads();
     }
     const int nk = s.Tk - j0 < kRows ? s.Tk - j0 : kRows;
@@ -577,9 +625,20 @@ long kv_row_of(const attention_shape &s) {
     return (long)s.Hkv * s.hd;
 }
 
+/* Whether a kernel's shared memory fits what this GPU lets a block opt in to: the double buffers
+ * take more than attention_mma.cu's kernels (dK/dV at head size 128: 110 KiB, where sm_86, sm_89
+ * and sm_120 allow 99 KiB), which run instead where they do not fit. */
+bool fits(const mg_backend *be, size_t smem) {
+    return smem <= (size_t)mg_cuda_ctx_of(be)->smem_optin;
+}
+
 template <int D> void forward_d(const mg_backend *be, const Args &a, float *out, float *lse) {
     constexpr int BC = 64;
     const attention_shape &s = a.s;
+    if (s.Tk <= 0 || !fits(be, FwdShape<D, BC>::smem)) { /* no keys: nothing to pack */
+        mma_forward(be, a, D, out, lse, NULL, NULL);
+        return;
+    }
     const size_t bytes = pack_bytes<D>(1, s.B, s.Tq, s.Hq) + pack_bytes<D>(2, s.B, s.Tk, s.Hkv);
     char *at = static_cast<char *>(mg_cuda_staging(be, bytes));
     if (at == NULL) return;
@@ -603,6 +662,12 @@ void backward_d(const mg_backend *be, const Args &a, float *dq, float *dk, float
     constexpr int BC = bwd_cols<D>();
     const attention_shape &s = a.s;
     const bool kv = dk != NULL || dv != NULL;
+    if (s.Tk <= 0 || (dq != NULL && !fits(be, DqShape<D, BC>::smem)) ||
+        (kv && !fits(be, DkvShape<D, BC>::smem))) {
+        if (dq != NULL) mma_dq(be, a, D, dq, lse, dsum, dout);
+        if (kv) mma_dkv(be, a, D, dk, dv, lse, dsum, dout);
+        return;
+    }
     /* Q and dO both ways when dK/dV run, else rows only; K rows and transposed, V rows */
     const int q_layouts = kv ? 2 : 1;
     const size_t bytes = pack_bytes<D>(2 * q_layouts, s.B, s.Tq, s.Hq) +
