@@ -3,9 +3,9 @@
  * fragments of m16n8k8 are single float32 words, so a lane can load its share with ordinary
  * (vector) loads and no shared-memory staging.
  *
- * Without sm_80 (and in the CPU emulator) the lanes compute the product with shuffles, to the
- * same fragment layout, on the same TF32-rounded operands: the same results up to the order of
- * the float32 sums. */
+ * In the CPU emulator (and in a build for a target below sm_80, which the default targets never
+ * make) the lanes compute the product with shuffles, to the same fragment layout, on the same
+ * TF32-rounded operands: the same results up to the order and rounding of the float32 sums. */
 #ifndef MG_BACKEND_CUDA_MMA_TF32_CUH
 #define MG_BACKEND_CUDA_MMA_TF32_CUH
 
