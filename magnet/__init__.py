@@ -10,6 +10,16 @@ import numpy as np
 # extension's OpenBLAS symbols resolve whichever environment built it.
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
+# A libgomp loaded before magnet's (PyTorch ships one, which then serves magnet too) may have
+# started OpenMP workers already, which a fork child cannot use: then the threads seen at import
+# do not tell whether a fork leaves workers behind (see _forget_threads_at_import below). An
+# unreadable map counts as such a libgomp.
+try:
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as _maps:
+        _LIBGOMP_BEFORE_IMPORT = any("libgomp" in line for line in _maps)
+except OSError:
+    _LIBGOMP_BEFORE_IMPORT = True
+
 try:
     from magnet import _C
 except ImportError as _e:  # the source tree shadows an installed copy, or the build is missing
@@ -87,6 +97,11 @@ if not TYPE_CHECKING:
 # a model's) held by a thread the child does not have, and the child's next call would hang.
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_C._fork_prepare, after_in_parent=_C._fork_parent)
+# A forked child runs magnet on one thread when OpenMP's workers may have started in the parent
+# (they stay there, and a larger team would wait for them forever): magnet's calls start them,
+# and so may any thread that appeared since import, or before it when another libgomp was there.
+if _LIBGOMP_BEFORE_IMPORT:
+    _C._forget_threads_at_import()
 
 
 def set_num_threads(n: int) -> None:
@@ -94,11 +109,14 @@ def set_num_threads(n: int) -> None:
 
     One count for the whole process: calls from every Python thread use it (a call already
     running keeps the count it started with). It is capped at ``OMP_THREAD_LIMIT`` when that is
-    set (``get_num_threads`` reports the count in use). In a process forked (multiprocessing's
-    "fork" start method, DataLoader workers) from one that had already run magnet calls with
-    several threads, magnet runs one thread, because OpenMP's workers do not survive a fork;
-    asking for more there raises ValueError (start such workers with the "spawn" method, or
-    fork them before the parent's first call)."""
+    set (``get_num_threads`` reports the count in use). The calling thread's own OpenMP setting
+    (``torch.set_num_threads``, threadpoolctl) is left as it was. In a process forked
+    (multiprocessing's "fork" start method, DataLoader workers) from one whose OpenMP workers
+    may have started (it ran magnet calls with several threads, started a thread since
+    importing magnet, say a PyTorch op's workers, or imported PyTorch first), magnet runs one
+    thread, because OpenMP's workers do not survive a fork; asking for more there raises
+    ValueError (start such workers with the "spawn" method, or fork them before the parent
+    starts any parallel work)."""
     if not isinstance(n, numbers.Integral) or isinstance(n, (bool, np.bool_)):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
     _C.set_num_threads(int(n))

@@ -4,6 +4,7 @@ default start method on Linux, DataLoader workers) that run instead of hanging."
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -203,3 +204,81 @@ def test_a_child_forked_during_another_threads_call_runs():
     r = _run(_FORK_DURING_A_CALL, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout,
                                                                    r.stderr[-2000:])
+
+
+_NO_TORCH = importlib.util.find_spec("torch") is None
+
+
+@pytest.mark.skipif(_NO_TORCH, reason="needs PyTorch (the test extra has it)")
+def test_a_call_gives_the_thread_its_own_openmp_setting_back():
+    """PyTorch and threadpoolctl keep their thread count in the calling thread's libgomp
+    setting, the one magnet sets for its calls: after one embed, torch.set_num_threads(1) read
+    2 again, in every DataLoader worker too. Calls now put it back when they leave, and
+    set_num_threads and the import leave it alone."""
+    r = _run("""
+import torch
+torch.set_num_threads(1)
+import magnet
+magnet.set_num_threads(2)
+m = magnet.Model.from_pretrained("stories260K")
+m.embed(["Once upon a time there was a little girl named Lily."] * 8)
+m.generate("Once upon a time", max_new_tokens=4)
+after_calls = torch.get_num_threads()
+torch.set_num_threads(2)
+magnet.set_num_threads(1)
+m.embed(["a dog"])
+print(after_calls, torch.get_num_threads(), magnet.get_num_threads())
+""")
+    assert r.returncode == 0 and r.stdout.split() == ["1", "2", "1"], (r.stdout,
+                                                                       r.stderr[-2000:])
+
+
+_FORK_AFTER_TORCH = """
+import os, signal, numpy as np, torch
+torch.set_num_threads(2)
+float(torch.randn(4_000_000).mul(2).sum())  # starts libgomp's workers in the parent
+import magnet
+magnet.set_num_threads(2)
+texts = ["Once upon a time there was a little girl named Lily. " * 5 + str(i) for i in range(16)]
+pid = os.fork()
+if pid == 0:  # the parent never ran a magnet call
+    signal.alarm(60)
+    m = magnet.Model.from_pretrained("stories260K")
+    out = m.embed(texts)
+    os._exit(0 if magnet.get_num_threads() == 1 and np.isfinite(out).all() else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork: Linux")
+@pytest.mark.skipif(_NO_TORCH, reason="needs PyTorch (the test extra has it)")
+def test_a_child_forked_after_another_librarys_openmp_work_runs():
+    """torch ships a libgomp that serves magnet too once loaded; a parent that ran one torch op
+    (its workers started) and no magnet call forked a child whose first magnet call waited
+    forever for those workers (SIGALRM: -14). Any other thread at the fork now puts the child
+    on one thread."""
+    r = _run(_FORK_AFTER_TORCH, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "0", (r.stdout, r.stderr[-2000:])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork: Linux")
+def test_a_child_forked_beside_another_thread_runs_one_thread():
+    """What the child cannot tell apart from another library's OpenMP workers: a parent with
+    any other thread at the fork. Its children run one thread; without one, they keep the
+    count (test_children_of_a_parent_that_only_imported_keep_the_whole_count)."""
+    r = _run("""
+import os, threading, magnet
+magnet.set_num_threads(2)
+stop = threading.Event()
+t = threading.Thread(target=stop.wait)
+t.start()
+pid = os.fork()
+if pid == 0:
+    os._exit(10 + magnet.get_num_threads())
+stop.set()
+t.join()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+""")
+    assert r.returncode == 0 and r.stdout.strip() == "11", (r.stdout, r.stderr[-2000:])

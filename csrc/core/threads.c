@@ -2,11 +2,13 @@
 #include "threads.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <omp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "../backend/cpu/blas.h"
@@ -15,10 +17,20 @@ static int g_threads = 1;      /* the count every call runs with */
 static int g_blas_threads = 0; /* the count OpenBLAS was last given (0: none yet) */
 static int g_teams_used = 0;   /* a call may have started OpenMP's worker threads */
 static int g_forked = 0;       /* a fork child of a process whose workers had started */
+/* The threads the process had at import (g_import_threads < 0: unknown, or too many to keep),
+ * and whether the last fork found others (read in the parent just before it, for the child). */
+#define MG_KNOWN_THREADS 64
+static int g_import_tids[MG_KNOWN_THREADS];
+static int g_import_threads = -1;
+static int g_new_threads_at_fork = 1;
 /* Held shared by every call inside the C core (mg_threads_enter .. mg_threads_leave) and alone
  * by a thread about to fork (mg_threads_fork_prepare): no call is half done in a child. */
 static pthread_rwlock_t g_fork_gate;
 static _Thread_local int t_gate_depth = 0; /* this thread's nesting inside the gate */
+/* The calling thread's OpenMP team size before its outermost call, put back when the call
+ * leaves: PyTorch (torch.set_num_threads) and threadpoolctl keep theirs in the same libgomp
+ * setting, so a call must not leave magnet's count behind in it. */
+static _Thread_local int t_caller_threads = 0;
 
 int mg_cpu_count(void) {
     cpu_set_t set;
@@ -39,17 +51,66 @@ static void init_gate(void) {
     pthread_rwlockattr_destroy(&attr);
 }
 
-/* The thread that called fork is the child's only thread: once the parent's calls may have
- * started OpenMP's workers, a team in the child (OpenBLAS's jobs run on it too) would wait for
- * workers that exist only in the parent. A parent that only imported magnet leaves no workers
- * behind, and its children keep the whole count. */
+/* Fills tids with the ids of this process's threads (/proc/self/task); returns their number, or
+ * -1 when the list cannot be read or holds more than max. Runs at import and just before a
+ * fork (opendir's allocation is fine there: glibc takes malloc's locks after the handlers). */
+static int list_threads(int *tids, int max) {
+    DIR *dir = opendir("/proc/self/task");
+    if (dir == NULL) return -1;
+    int n = 0;
+    const struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        if (n == max) {
+            n = -1;
+            break;
+        }
+        tids[n++] = atoi(e->d_name);
+    }
+    closedir(dir);
+    return n;
+}
+
+/* Whether a thread other than the caller has started since import (or cannot be told apart
+ * from one). */
+static int threads_since_import(void) {
+    if (g_import_threads < 0) return 1;
+    int tids[MG_KNOWN_THREADS];
+    const int n = list_threads(tids, MG_KNOWN_THREADS);
+    if (n < 0) return 1;
+    const int self = (int)syscall(SYS_gettid);
+    for (int i = 0; i < n; i++) {
+        if (tids[i] == self) continue;
+        int known = 0;
+        for (int j = 0; j < g_import_threads && !known; j++)
+            known = tids[i] == g_import_tids[j];
+        if (!known) return 1;
+    }
+    return 0;
+}
+
+static void before_fork(void) {
+    __atomic_store_n(&g_new_threads_at_fork, threads_since_import(), __ATOMIC_RELAXED);
+}
+
+/* The thread that called fork is the child's only thread: once OpenMP's workers may have
+ * started in the parent, a team in the child (OpenBLAS's jobs run on it too) would wait for
+ * workers that exist only in the parent. They may have been started by magnet's calls, or by
+ * another library that shares the process's libgomp: PyTorch's ops do (torch ships a libgomp,
+ * which then serves magnet too). A worker is a thread, so a parent with a thread that was not
+ * there at import (or that cannot be told apart from one) gives its child one thread; the
+ * threads at import are numpy's and OpenBLAS's idle servers. A parent that only imported magnet
+ * and started no threads since leaves no workers behind, and its children keep the whole
+ * count. */
 static void after_fork_in_child(void) {
     /* the forking thread held the gate alone; the child starts with it open (a fresh lock: the
      * holder's thread id is the parent's, so an unlock here would not be recognised) */
     memset(&g_fork_gate, 0, sizeof g_fork_gate);
     init_gate();
     t_gate_depth = 0;
-    if (!__atomic_load_n(&g_teams_used, __ATOMIC_RELAXED)) return;
+    if (!__atomic_load_n(&g_teams_used, __ATOMIC_RELAXED) &&
+        !__atomic_load_n(&g_new_threads_at_fork, __ATOMIC_RELAXED))
+        return;
     __atomic_store_n(&g_threads, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&g_forked, 1, __ATOMIC_RELAXED);
 }
@@ -79,9 +140,14 @@ static int env_threads(void) {
 
 void mg_threads_init(void) {
     init_gate();
-    (void)pthread_atfork(NULL, NULL, after_fork_in_child);
+    g_import_threads = list_threads(g_import_tids, MG_KNOWN_THREADS);
+    (void)pthread_atfork(before_fork, NULL, after_fork_in_child);
     const int n = env_threads();
     mg_set_num_threads(n > 0 ? n : mg_cpu_count());
+}
+
+void mg_threads_forget_import(void) {
+    g_import_threads = -1;
 }
 
 int mg_set_num_threads(int n) {
@@ -89,8 +155,9 @@ int mg_set_num_threads(int n) {
     /* OpenMP never runs more threads than this, and OpenBLAS's jobs need a thread each */
     if (n > omp_get_thread_limit()) n = omp_get_thread_limit();
     if (n > 1 && __atomic_load_n(&g_forked, __ATOMIC_RELAXED)) return -1;
+    /* applied by each call as it enters (mg_threads_enter), not here: the calling thread's own
+     * OpenMP setting belongs to whoever else uses it (PyTorch, threadpoolctl) */
     __atomic_store_n(&g_threads, n, __ATOMIC_RELAXED);
-    apply();
     return 0;
 }
 
@@ -101,12 +168,18 @@ int mg_get_num_threads(void) {
 void mg_threads_enter(void) {
     /* only the outermost entry takes the gate: a nested one would wait behind a pending fork
      * that waits for this thread */
-    if (t_gate_depth++ == 0) pthread_rwlock_rdlock(&g_fork_gate);
+    if (t_gate_depth++ == 0) {
+        pthread_rwlock_rdlock(&g_fork_gate);
+        t_caller_threads = omp_get_max_threads();
+    }
     if (apply() > 1) __atomic_store_n(&g_teams_used, 1, __ATOMIC_RELAXED);
 }
 
 void mg_threads_leave(void) {
-    if (t_gate_depth > 0 && --t_gate_depth == 0) pthread_rwlock_unlock(&g_fork_gate);
+    if (t_gate_depth > 0 && --t_gate_depth == 0) {
+        if (omp_get_max_threads() != t_caller_threads) omp_set_num_threads(t_caller_threads);
+        pthread_rwlock_unlock(&g_fork_gate);
+    }
 }
 
 void mg_threads_fork_prepare(void) {

@@ -31,11 +31,12 @@ static PyObject *set_num_threads(PyObject *self, PyObject *arg) {
     }
     if (mg_set_num_threads((int)n) != 0) {
         PyErr_Format(PyExc_ValueError,
-                     "num_threads=%ld: this process was forked from one whose magnet calls had "
-                     "started worker threads, and OpenMP's workers do not survive fork, so magnet "
+                     "num_threads=%ld: this process was forked from one that had other threads "
+                     "(OpenMP workers started by magnet's calls or by another library's, such as "
+                     "PyTorch's, among them), and OpenMP's workers do not survive fork, so magnet "
                      "runs one thread here; for more, start worker processes with the 'spawn' "
                      "method (multiprocessing.get_context('spawn')) or fork them before the "
-                     "parent's first call",
+                     "parent starts any parallel work",
                      n);
         return NULL;
     }
@@ -83,10 +84,21 @@ static PyObject *fork_parent(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* _forget_threads_at_import(): magnet/__init__.py found a libgomp loaded before magnet's (see
+ * mg_threads_forget_import). */
+static PyObject *forget_threads_at_import(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    mg_threads_forget_import();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"_fork_prepare", fork_prepare, METH_NOARGS,
      "Before os.fork: wait until no thread is inside a call, and hold new calls back."},
     {"_fork_parent", fork_parent, METH_NOARGS, "After os.fork, in the parent: let calls in."},
+    {"_forget_threads_at_import", forget_threads_at_import, METH_NOARGS,
+     "The threads at import may be OpenMP workers: every fork child runs one thread."},
     {"cuda_device_count", cuda_device_count, METH_NOARGS,
      "cuda_device_count() -> (count, reason when 0)."},
     {"set_num_threads", set_num_threads, METH_O, "Set the worker threads (OpenMP and OpenBLAS)."},
