@@ -87,7 +87,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     if args.checkpoint_dir:
         check_target_dir(args.checkpoint_dir, "--checkpoint-dir", replaced=False)
     m = _load(args.model, args.tokenizer)
-    result = m.adapt(args.data, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
+    data = "/dev/stdin" if args.data == "-" else args.data  # a pipe, read as .txt
+    result = m.adapt(data, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                      seq_len=args.seq_len, lr=args.lr, lora_rank=args.lora_rank,
                      lora_alpha=args.lora_alpha, full_finetune=args.full_finetune,
                      seed=args.seed, checkpoint_dir=args.checkpoint_dir,
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("adapt", help="MAGNET adaptation; saves a Hugging Face directory")
     common(a)
     a.add_argument("--data", required=True,
-                   help=".txt (blank-line separated) or .jsonl file, or a pipe (read as .txt)")
+                   help=".txt (blank-line separated) or .jsonl file, or a pipe (read as .txt; "
+                        "- for stdin)")
     a.add_argument("--out", type=_path, required=True, help="output model directory")
     a.add_argument("--preset", default="magnet", choices=["magnet", "llm2vec", "mntp"])
     a.add_argument("--steps", type=int, default=1000)

@@ -281,13 +281,14 @@ def test_embed_input_missing_or_directory(tmp_path, what, says):
     assert f"--input {path}: {says}" in err
 
 
-def test_adapt_data_from_a_pipe(tmp_path):
+@pytest.mark.parametrize("source", ["/dev/stdin", "-"])
+def test_adapt_data_from_a_pipe(tmp_path, source):
     """--data /dev/stdin (a pipe) is read as .txt: it used to be 'training data file not
-    found'."""
+    found'. "-" means standard input, as embed's --input - does (it was 'not found' too)."""
     data = "\n\n".join(f"Once upon a time a {w} went to the park and played all day."
                        for w in ("dog", "cat", "girl", "boy"))
     out = tmp_path / "adapted"
-    r = subprocess.run([sys.executable, "-m", "magnet", "adapt", "--data", "/dev/stdin", "--out",
+    r = subprocess.run([sys.executable, "-m", "magnet", "adapt", "--data", source, "--out",
                         str(out), "--steps", "1", "--batch-size", "2", "--seq-len", "32",
                         "--quiet", "--json", str(tmp_path / "run.json")], input=data,
                        capture_output=True, text=True, timeout=60)
