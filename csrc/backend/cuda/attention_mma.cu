@@ -155,47 +155,12 @@ __global__ void MG_BOUNDS(kThreads)
         const bool all = queries_see_all<BC>(rows, kinfo, k0);
         float sc[BC / 8][4];
         product_xyt<D, BC / 8>(sc, Qs, Ks, G::LD, row0);
-        float mt[2] = {-INFINITY, -INFINITY};
-        MG_UNROLL
-        for (int n = 0; n < BC / 8; n++)
-            MG_UNROLL
-        for (int e = 0; e < 4; e++) {
-            const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
-            if (!all &&
-                !visible(rows.role[r], rows.seg[r], rows.pos[r], kinfo[BC + j], kinfo[j], k0 + j))
-                sc[n][e] = -INFINITY;
-            mt[r] = fmaxf(mt[r], sc[n][e]);
-        }
-        float alpha[2], ls[2] = {0.0f, 0.0f};
-        for (int r = 0; r < 2; r++) {
-            const float mn = fmaxf(m[r], quad_max(mt[r]));
-            /* The first visible key of a row finds l = 0 and o = 0: any finite factor will do. */
-            alpha[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
-            m[r] = mn;
-        }
-        MG_UNROLL
-        for (int n = 0; n < BC / 8; n++)
-            MG_UNROLL
-        for (int e = 0; e < 4; e++) {
-            const int r = e / 2;
-            const float p = sc[n][e] == -INFINITY ? 0.0f : exp2f(sc[n][e] - m[r]);
-            sc[n][e] = p;
-            ls[r] += p;
-        }
-        MG_UNROLL
-        MG_UNROLL
-        for (int r = 0; r < 2; r++)
-            l[r] = l[r] * alpha[r] + ls[r];
-        MG_UNROLL
-        for (int n = 0; n < D / 8; n++) {
-            o[n][0] *= alpha[0];
-            o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1];
-            o[n][3] *= alpha[1];
-        }
+        softmax_step<BC, D>(sc, o, m, l, rows, kinfo, k0, all);
         product_wy<BC, D / 8>(o, sc, Vt, G::LDT);
     }
 
+    /* inline, not write_output: the shared helper cost this kernel 3 registers (131, past the
+     * 128 that four resident blocks allow) */
     MG_UNROLL
     for (int r = 0; r < 2; r++) {
         const int i = i0 + row0 + g + 8 * r;
@@ -295,19 +260,10 @@ __global__ void MG_BOUNDS(kThreads)
         float sc[BC / 8][4], dp[BC / 8][4];
         product_xyt<D, BC / 8>(sc, Qs, Ks, G::LD, row0);
         product_xyt<D, BC / 8>(dp, dOs, Vs, G::LD, row0);
-        MG_UNROLL
-        for (int n = 0; n < BC / 8; n++)
-            MG_UNROLL
-        for (int e = 0; e < 4; e++) {
-            const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
-            float ds = 0.0f;
-            if (rlse[r] != -INFINITY && (all || visible(rows.role[r], rows.seg[r], rows.pos[r],
-                                                        kinfo[BC + j], kinfo[j], k0 + j)))
-                ds = exp2f(sc[n][e] - rlse[r]) * (dp[n][e] - rd[r]);
-            sc[n][e] = ds;
-        }
+        dq_ds_step<BC>(sc, dp, rows, rlse, rd, kinfo, k0, all);
         product_wy<BC, D / 8>(acc, sc, Kt, G::LDT);
     }
+    /* add_dq's work, kept inline with the kernel as it was timed on the GPU */
     MG_UNROLL
     for (int r = 0; r < 2; r++) {
         const int i = i0 + row0 + g + 8 * r;
@@ -401,6 +357,8 @@ __global__ void MG_BOUNDS(kThreads)
             float sc[BC / 8][4], dp[BC / 8][4];
             product_xyt<D, BC / 8>(sc, Ks, Qs, G::LD, row0);
             product_xyt<D, BC / 8>(dp, Vs, dOs, G::LD, row0);
+            /* dkv_p_ds_step's work, inline: the shared helper changed this kernel's register
+             * allocation (attention_packed.cu uses it) */
             MG_UNROLL
             for (int n = 0; n < BC / 8; n++)
                 MG_UNROLL
@@ -421,6 +379,7 @@ __global__ void MG_BOUNDS(kThreads)
             if (dk != NULL) product_wy<BC, D / 8>(adk, dp, Qt, G::LDT);
         }
     }
+    /* add_dkv's work, kept inline with the kernel as it was timed on the GPU */
     MG_UNROLL
     for (int r = 0; r < 2; r++) {
         const int row = row0 + g + 8 * r;

@@ -294,6 +294,170 @@ template <int N> __device__ inline bool keys_seen_by_all(const Rows &kr, const i
     return warp_all(ok);
 }
 
+/* ---------------- per-tile steps ---------------- */
+
+/* One key tile of the forward's online softmax for the warp's 16 queries (a lane's two rows):
+ * masks the scores sc by the rule (unless `all`: every pair of the tile is visible), rescales
+ * the running maximum m, sum l and output o, and leaves the probabilities in sc for the P V
+ * product. kinfo: the segments [0:BC] and roles [BC:2 BC] of the tile's keys k0 ... */
+template <int BC, int D>
+__device__ inline void softmax_step(float (&sc)[BC / 8][4], float (&o)[D / 8][4], float (&m)[2],
+                                    float (&l)[2], const Rows &rows, const int *kinfo, int k0,
+                                    bool all) {
+    const int t = threadIdx.x % 4;
+    float mt[2] = {-INFINITY, -INFINITY};
+    MG_UNROLL
+    for (int n = 0; n < BC / 8; n++)
+        MG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
+        if (!all &&
+            !visible(rows.role[r], rows.seg[r], rows.pos[r], kinfo[BC + j], kinfo[j], k0 + j))
+            sc[n][e] = -INFINITY;
+        mt[r] = fmaxf(mt[r], sc[n][e]);
+    }
+    float alpha[2], ls[2] = {0.0f, 0.0f};
+    for (int r = 0; r < 2; r++) {
+        const float mn = fmaxf(m[r], quad_max(mt[r]));
+        /* The first visible key of a row finds l = 0 and o = 0: any finite factor will do. */
+        alpha[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
+        m[r] = mn;
+    }
+    MG_UNROLL
+    for (int n = 0; n < BC / 8; n++)
+        MG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const int r = e / 2;
+        const float p = sc[n][e] == -INFINITY ? 0.0f : exp2f(sc[n][e] - m[r]);
+        sc[n][e] = p;
+        ls[r] += p;
+    }
+    MG_UNROLL
+    for (int r = 0; r < 2; r++)
+        l[r] = l[r] * alpha[r] + ls[r];
+    MG_UNROLL
+    for (int n = 0; n < D / 8; n++) {
+        o[n][0] *= alpha[0];
+        o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1];
+        o[n][3] *= alpha[1];
+    }
+}
+
+/* The forward's result for the lane's two query rows i = i_first and i_first + 8 of batch row b
+ * and head h: out = o / l (rows below Tq), and with lse, the base-2 logsumexp saved for the
+ * backward. Every lane of the warp takes part (the row sums are shuffles). */
+template <int D>
+__device__ inline void write_output(float *out, float *lse, const float (&o)[D / 8][4],
+                                    const float (&m)[2], const float (&l)[2],
+                                    const attention_shape &s, int b, int h, int i_first) {
+    const int t = threadIdx.x % 4;
+    MG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int i = i_first + 8 * r;
+        const float lr = quad_sum(l[r]);
+        if (i >= s.Tq) continue;
+        const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
+        float *dst = out + ((long)b * s.Tq + i) * s.Hq * s.hd + (long)h * s.hd;
+        MG_UNROLL
+        for (int n = 0; n < D / 8; n++) {
+            const int d = 8 * n + 2 * t;
+            if (d < s.hd) dst[d] = o[n][2 * r] * inv;
+            if (d + 1 < s.hd) dst[d + 1] = o[n][2 * r + 1] * inv;
+        }
+        if (lse != NULL && t == 0)
+            lse[((long)b * s.Hq + h) * s.Tq + i] = lr > 0.0f ? m[r] + log2f(lr) : -INFINITY;
+    }
+}
+
+/* dS = P (dP - D) for one key tile of the dQ pass, into sc (the scores Q K^T, base 2), from dp
+ * (dO V^T) and the lane's rows' logsumexp rlse and D rd; zero where the rule hides a pair. */
+template <int BC>
+__device__ inline void dq_ds_step(float (&sc)[BC / 8][4], const float (&dp)[BC / 8][4],
+                                  const Rows &rows, const float (&rlse)[2], const float (&rd)[2],
+                                  const int *kinfo, int k0, bool all) {
+    const int t = threadIdx.x % 4;
+    MG_UNROLL
+    for (int n = 0; n < BC / 8; n++)
+        MG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
+        float ds = 0.0f;
+        if (rlse[r] != -INFINITY && (all || visible(rows.role[r], rows.seg[r], rows.pos[r],
+                                                    kinfo[BC + j], kinfo[j], k0 + j)))
+            ds = exp2f(sc[n][e] - rlse[r]) * (dp[n][e] - rd[r]);
+        sc[n][e] = ds;
+    }
+}
+
+/* dq[i] += scale acc for the lane's two query rows i = i_first, i_first + 8 below Tq. */
+template <int D>
+__device__ inline void add_dq(float *dq, const float (&acc)[D / 8][4], float scale,
+                              const attention_shape &s, int b, int h, int i_first) {
+    const int t = threadIdx.x % 4;
+    MG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int i = i_first + 8 * r;
+        if (i >= s.Tq) continue;
+        float *dst = dq + ((long)b * s.Tq + i) * s.Hq * s.hd + (long)h * s.hd;
+        MG_UNROLL
+        for (int n = 0; n < D / 8; n++) {
+            const int d = 8 * n + 2 * t;
+            if (d < s.hd) dst[d] += acc[n][2 * r] * scale;
+            if (d + 1 < s.hd) dst[d + 1] += acc[n][2 * r + 1] * scale;
+        }
+    }
+}
+
+/* P and dS = P (dP - D) for one query tile of the dK/dV pass, in place of sc (K Q^T, base 2)
+ * and dp (V dO^T). qinfo: the queries' segments [0:BC] and roles [BC:2 BC]; qstat: their
+ * logsumexp [0:BC] and D [BC:2 BC]; p0: the position of the tile's first query. */
+template <int BC>
+__device__ inline void dkv_p_ds_step(float (&sc)[BC / 8][4], float (&dp)[BC / 8][4],
+                                     const Rows &keys, const int *qinfo, const float *qstat, int p0,
+                                     bool all) {
+    const int t = threadIdx.x % 4;
+    MG_UNROLL
+    for (int n = 0; n < BC / 8; n++)
+        MG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const int col = 8 * n + 2 * t + (e & 1), r = e / 2;
+        const float ql = qstat[col];
+        float p = 0.0f, ds = 0.0f;
+        if (ql != -INFINITY && (all || visible(qinfo[BC + col], qinfo[col], p0 + col, keys.role[r],
+                                               keys.seg[r], keys.pos[r]))) {
+            p = exp2f(sc[n][e] - ql);
+            ds = p * (dp[n][e] - qstat[BC + col]);
+        }
+        sc[n][e] = p;
+        dp[n][e] = ds;
+    }
+}
+
+/* dk += ln 2 adk (Q was staged times log2(e) / sqrt(hd); dK wants q / sqrt(hd)) and dv += adv
+ * for the lane's two key rows j0 + row, row = row_first and row_first + 8, below nk; off0: the
+ * offset of key j0 of kv head kh in dk and dv. Either may be NULL. */
+template <int D>
+__device__ inline void add_dkv(float *dk, float *dv, const float (&adk)[D / 8][4],
+                               const float (&adv)[D / 8][4], long off0, long kv_row, int hd,
+                               int row_first, int nk) {
+    const int t = threadIdx.x % 4;
+    MG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const int row = row_first + 8 * r;
+        if (row >= nk) continue;
+        const long off = off0 + row * kv_row;
+        MG_UNROLL
+        for (int n = 0; n < D / 8; n++) {
+            const int d = 8 * n + 2 * t;
+            if (dk != NULL && d < hd) dk[off + d] += adk[n][2 * r] * kLn2;
+            if (dk != NULL && d + 1 < hd) dk[off + d + 1] += adk[n][2 * r + 1] * kLn2;
+            if (dv != NULL && d < hd) dv[off + d] += adv[n][2 * r];
+            if (dv != NULL && d + 1 < hd) dv[off + d + 1] += adv[n][2 * r + 1];
+        }
+    }
+}
+
 } // namespace
 } // namespace mg_attention
 

@@ -263,7 +263,7 @@ __global__ void MG_BOUNDS(kThreads)
     int *qinfo = kinfo + 2 * 2 * BC;                        /* [2, kRows] */
     int *red = qinfo + 2 * kRows;
 
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4;
     /* plain variables, not a structured binding: the copy lambda captures them */
     const PackedQueryBlock blk = packed_query_block(kRows, s, k_roles, k_seg);
     const int i0 = blk.i0, h = blk.h, b = blk.b, kh = blk.kh;
@@ -314,62 +314,13 @@ __global__ void MG_BOUNDS(kThreads)
         const bool all = queries_see_all<BC>(rows, ki, k0);
         float sc[BC / 8][4];
         product_xyt<D, BC / 8>(sc, Qs, Ks, G::LD, row0);
-        float mt[2] = {-INFINITY, -INFINITY};
-        MG_UNROLL
-        for (int n = 0; n < BC / 8; n++)
-            MG_UNROLL
-        for (int e = 0; e < 4; e++) {
-            const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
-            if (!all && !visible(rows.role[r], rows.seg[r], rows.pos[r], ki[BC + j], ki[j], k0 + j))
-                sc[n][e] = -INFINITY;
-            mt[r] = fmaxf(mt[r], sc[n][e]);
-        }
-        float alpha[2], ls[2] = {0.0f, 0.0f};
-        for (int r = 0; r < 2; r++) {
-            const float mn = fmaxf(m[r], quad_max(mt[r]));
-            alpha[r] = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mn);
-            m[r] = mn;
-        }
-        MG_UNROLL
-        for (int n = 0; n < BC / 8; n++)
-            MG_UNROLL
-        for (int e = 0; e < 4; e++) {
-            const int r = e / 2;
-            const float p = sc[n][e] == -INFINITY ? 0.0f : exp2f(sc[n][e] - m[r]);
-            sc[n][e] = p;
-            ls[r] += p;
-        }
-        MG_UNROLL
-        for (int r = 0; r < 2; r++)
-            l[r] = l[r] * alpha[r] + ls[r];
-        MG_UNROLL
-        for (int n = 0; n < D / 8; n++) {
-            o[n][0] *= alpha[0];
-            o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1];
-            o[n][3] *= alpha[1];
-        }
+        softmax_step<BC, D>(sc, o, m, l, rows, ki, k0, all);
         product_wy<BC, D / 8>(o, sc, Vts, G::LDT);
         if (more) store_key_info<BC>(kinfo + (cur ^ 1) * 2 * BC, next);
         __syncthreads(); /* buffer cur is consumed before the next iteration refills it */
     }
 
-    MG_UNROLL
-    for (int r = 0; r < 2; r++) {
-        const int i = i0 + row0 + g + 8 * r;
-        const float lr = quad_sum(l[r]); /* every lane of the warp: a shuffle */
-        if (i >= s.Tq) continue;
-        const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
-        float *dst = out + ((long)b * s.Tq + i) * s.Hq * s.hd + (long)h * s.hd;
-        MG_UNROLL
-        for (int n = 0; n < D / 8; n++) {
-            const int d = 8 * n + 2 * t;
-            if (d < s.hd) dst[d] = o[n][2 * r] * inv;
-            if (d + 1 < s.hd) dst[d + 1] = o[n][2 * r + 1] * inv;
-        }
-        if (lse != NULL && t == 0) /* saved for the backward */
-            lse[((long)b * s.Hq + h) * s.Tq + i] = lr > 0.0f ? m[r] + log2f(lr) : -INFINITY;
-    }
+    write_output<D>(out, lse, o, m, l, s, b, h, i0 + row0 + g);
 }
 
 template <int D, int BC> struct DqShape {
@@ -396,7 +347,7 @@ __global__ void MG_BOUNDS(kThreads)
     int *qinfo = kinfo + 2 * 2 * BC;                        /* [2, kRows] */
     int *red = qinfo + 2 * kRows;
 
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4;
     /* plain variables, not a structured binding: the copy lambda captures them */
     const PackedQueryBlock blk = packed_query_block(kRows, s, k_roles, k_seg);
     const int i0 = blk.i0, h = blk.h, b = blk.b, kh = blk.kh;
@@ -453,33 +404,12 @@ __global__ void MG_BOUNDS(kThreads)
         float sc[BC / 8][4], dp[BC / 8][4];
         product_xyt<D, BC / 8>(sc, Qs, Ks, G::LD, row0);
         product_xyt<D, BC / 8>(dp, dOs, Vs, G::LD, row0);
-        MG_UNROLL
-        for (int n = 0; n < BC / 8; n++)
-            MG_UNROLL
-        for (int e = 0; e < 4; e++) {
-            const int j = 8 * n + 2 * t + (e & 1), r = e / 2;
-            float ds = 0.0f;
-            if (rlse[r] != -INFINITY &&
-                (all || visible(rows.role[r], rows.seg[r], rows.pos[r], ki[BC + j], ki[j], k0 + j)))
-                ds = exp2f(sc[n][e] - rlse[r]) * (dp[n][e] - rd[r]);
-            sc[n][e] = ds;
-        }
+        dq_ds_step<BC>(sc, dp, rows, rlse, rd, ki, k0, all);
         product_wy<BC, D / 8>(acc, sc, Kts, G::LDT);
         if (more) store_key_info<BC>(kinfo + (cur ^ 1) * 2 * BC, next);
         __syncthreads();
     }
-    MG_UNROLL
-    for (int r = 0; r < 2; r++) {
-        const int i = i0 + row0 + g + 8 * r;
-        if (i >= s.Tq) continue;
-        float *dst = dq + ((long)b * s.Tq + i) * s.Hq * s.hd + (long)h * s.hd;
-        MG_UNROLL
-        for (int n = 0; n < D / 8; n++) {
-            const int d = 8 * n + 2 * t;
-            if (d < s.hd) dst[d] += acc[n][2 * r] * scale;
-            if (d + 1 < s.hd) dst[d + 1] += acc[n][2 * r + 1] * scale;
-        }
-    }
+    add_dq<D>(dq, acc, scale, s, b, h, i0 + row0 + g);
 }
 
 template <int D, int BC> struct DkvShape {
@@ -512,7 +442,7 @@ __global__ void MG_BOUNDS(kThreads)
     int *qinfo = kinfo + 2 * kRows;                             /* 2 x [2, BC] */
     int *red = qinfo + 2 * 2 * BC;
 
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4;
     /* plain variables, not a structured binding: the copy lambda captures them */
     const KeyBlock blk = key_block(kRows, s, q_roles, q_seg, k_roles, k_seg);
     const int j0 = blk.j0, kh = blk.kh, b = blk.b;
@@ -572,21 +502,7 @@ __global__ void MG_BOUNDS(kThreads)
         float sc[BC / 8][4], dp[BC / 8][4];
         product_xyt<D, BC / 8>(sc, Ks, Qs, G::LD, row0);
         product_xyt<D, BC / 8>(dp, Vs, dOs, G::LD, row0);
-        MG_UNROLL
-        for (int c = 0; c < BC / 8; c++)
-            MG_UNROLL
-        for (int e = 0; e < 4; e++) {
-            const int col = 8 * c + 2 * t + (e & 1), r = e / 2;
-            const float ql = st[col];
-            float p = 0.0f, ds = 0.0f;
-            if (ql != -INFINITY && (all || visible(qi[BC + col], qi[col], s.q_start + i0 + col,
-                                                   keys.role[r], keys.seg[r], keys.pos[r]))) {
-                p = exp2f(sc[c][e] - ql);
-                ds = p * (dp[c][e] - st[BC + col]);
-            }
-            sc[c][e] = p;
-            dp[c][e] = ds;
-        }
+        dkv_p_ds_step<BC>(sc, dp, keys, qi, st, s.q_start + i0, all);
         if (dv != NULL) product_wy<BC, D / 8>(adv, sc, dOts, G::LDT);
         if (dk != NULL) product_wy<BC, D / 8>(adk, dp, Qts, G::LDT);
         if (more)
@@ -594,21 +510,7 @@ __global__ void MG_BOUNDS(kThreads)
         __syncthreads();
     }
     const int nk = s.Tk - j0 < kRows ? s.Tk - j0 : kRows;
-    MG_UNROLL
-    for (int r = 0; r < 2; r++) {
-        const int row = row0 + g + 8 * r;
-        if (row >= nk) continue;
-        const long off = (kv0 + j0 + row) * kv_row + (long)kh * s.hd;
-        MG_UNROLL
-        for (int n = 0; n < D / 8; n++) {
-            const int d = 8 * n + 2 * t;
-            /* Qs holds q * log2(e) / sqrt(hd); dK wants q / sqrt(hd). */
-            if (dk != NULL && d < s.hd) dk[off + d] += adk[n][2 * r] * kLn2;
-            if (dk != NULL && d + 1 < s.hd) dk[off + d + 1] += adk[n][2 * r + 1] * kLn2;
-            if (dv != NULL && d < s.hd) dv[off + d] += adv[n][2 * r];
-            if (dv != NULL && d + 1 < s.hd) dv[off + d + 1] += adv[n][2 * r + 1];
-        }
-    }
+    add_dkv<D>(dk, dv, adk, adv, (kv0 + j0) * kv_row + (long)kh * s.hd, kv_row, s.hd, row0 + g, nk);
 }
 
 /* Key (or query) columns per tile, as in attention_mma.cu: 64, or 32 for the backward at D = 128
