@@ -98,9 +98,9 @@ static void before_fork(void) {
  * workers that exist only in the parent. They may have been started by magnet's calls, or by
  * another library that shares the process's libgomp: PyTorch's ops do (torch ships a libgomp,
  * which then serves magnet too). A worker is a thread, so a parent with a thread that was not
- * there at import (or that cannot be told apart from one) gives its child one thread; the
- * threads at import are numpy's and OpenBLAS's idle servers. A parent that only imported magnet
- * and started no threads since leaves no workers behind, and its children keep the whole
+ * there at import (or that cannot be told apart from one) gives its child one thread; those
+ * there at import are typically numpy's and OpenBLAS's idle servers. A parent that only imported
+ * magnet and started no thread since leaves no workers behind, and its children keep the whole
  * count. */
 static void after_fork_in_child(void) {
     /* the forking thread held the gate alone; the child starts with it open (a fresh lock: the
