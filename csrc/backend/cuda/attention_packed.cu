@@ -129,13 +129,18 @@ struct Packed {
     int Tpad;
 };
 
+/* The staging bytes of pack<D> for these layouts. */
+template <int D> size_t pack_bytes(int layouts, int B, int T, int H) {
+    return (size_t)layouts * sizeof(uint16_t) * (size_t)B * H * padded_rows(T) * D;
+}
+
 /* Packs src (see pack_kernel) into the staging memory at *at, advancing it. */
 template <int D>
 Packed pack(const mg_backend *be, char **at, bool want_rows, bool want_cols, const float *src,
             long row, long bstride, int B, int T, int H, int hd, float mul, int vec) {
     Packed p;
     p.Tpad = (int)padded_rows(T);
-    const size_t bytes = sizeof(uint16_t) * (size_t)B * H * p.Tpad * D;
+    const size_t bytes = pack_bytes<D>(1, B, T, H);
     p.rows = want_rows ? reinterpret_cast<uint16_t *>(*at) : NULL;
     *at += want_rows ? bytes : 0;
     p.cols = want_cols ? reinterpret_cast<uint16_t *>(*at) : NULL;
@@ -144,11 +149,6 @@ Packed pack(const mg_backend *be, char **at, bool want_rows, bool want_cols, con
     MG_LAUNCH(pack_kernel<D>, grid, kThreads, 0, be, p.rows, p.cols, src, row, bstride, T, p.Tpad,
               H, hd, mul, vec);
     return p;
-}
-
-/* The staging bytes of pack<D> for these layouts. */
-template <int D> size_t pack_bytes(int layouts, int B, int T, int H) {
-    return (size_t)layouts * sizeof(uint16_t) * (size_t)B * H * padded_rows(T) * D;
 }
 
 /* ---------------- per-tile side information ---------------- */
