@@ -226,6 +226,28 @@ def test_every_truncation_is_an_error(tmp_path: Path) -> None:
             magnet._C.read_gguf(p)
 
 
+def test_header_longer_than_the_first_read(tmp_path: Path) -> None:
+    """The header is read in growing pieces (2 MiB first): metadata that crosses every piece's
+    end reads back whole, tensor data after it too, and cuts past the first piece are errors."""
+    rng = np.random.default_rng(5)
+    words = [f"w{i}-" + "x" * int(n) for i, n in enumerate(rng.integers(0, 40, 150_000))]
+    ints = rng.integers(-(2**31), 2**31 - 1, 700_000).tolist()
+    weight = rng.standard_normal((4, 32)).astype(np.float32)
+    path = tmp_path / "long.gguf"
+    meta = {"t.words": ("array", words), "t.ints": ("array", ints), "t.after": ("string", "end")}
+    write_gguf(path, {"w": (weight, QT.F32)}, meta)
+    assert path.stat().st_size > 6 << 20  # three pieces at least: 2, 4 and the rest
+    got, tensors = magnet._C.read_gguf(path)
+    assert got["t.words"] == words and got["t.ints"] == ints and got["t.after"] == "end"
+    np.testing.assert_array_equal(tensors["w"], weight)
+    full = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    for n in ((2 << 20) + 1, (4 << 20) + 3, len(full) - 4 * 32 * 4 - 1):
+        cut.write_bytes(full[:n])
+        with pytest.raises(ValueError, match="truncated|runs past the end"):
+            magnet._C.read_gguf(cut)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         magnet._C.read_gguf(tmp_path / "nope.gguf")

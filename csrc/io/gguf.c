@@ -1,14 +1,16 @@
 /* GGUF reader. Layout (little-endian): "GGUF", u32 version, u64 tensor_count, u64 kv_count,
  * kv_count × (string key, u32 type, value), tensor_count × (string name, u32 n_dims,
  * u64 ne[n_dims], u32 ggml type, u64 offset), padding to general.alignment, tensor data.
- * Every read goes through a bounds-checked cursor, so a hostile file cannot read past the map. */
+ * The header is read with pread into a buffer that grows until the parse fits in it, never
+ * mapped: a mapping kills the process with SIGBUS when another process truncates the file while
+ * it is read, a short pread is an error. Every read goes through a bounds-checked cursor, so a
+ * hostile file cannot read past the buffer. */
 #include "gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,15 +28,30 @@
 #define GGUF_MAX_ARRAY_DEPTH 8
 #define GGUF_MAX_ALIGNMENT (1u << 24)
 
+/* The first read of a header; a tokenizer's vocabulary makes a header of a few MiB. */
+#define GGUF_FIRST_READ ((size_t)2 << 20)
+
 typedef struct {
-    const uint8_t *base;
+    const uint8_t *base; /* the first `size` bytes of the file */
     size_t size;
+    size_t file_size;
     size_t pos;
     mg_error *err;
+    size_t need; /* set when the parse ran past `size` but not past the file: read this many */
 } cursor;
 
+/* What is left of the file: bounds for lengths and counts, and "truncated" messages. */
 static size_t remaining(const cursor *c) {
-    return c->size - c->pos;
+    return c->file_size - c->pos;
+}
+
+/* 0 when n more bytes are in the buffer. When they are in the file but not yet read, records
+ * how much to read and fails; the caller reads more and parses again. */
+static int in_buffer(cursor *c, size_t n) {
+    if (n <= c->size - c->pos) return 0;
+    c->need = c->pos + n;
+    mg_fail(c->err, MG_ERR_FORMAT, "GGUF header runs past the %zu bytes read", c->size);
+    return -1;
 }
 
 /* A file's name or key as printable ASCII for an error message: at most 80 bytes, anything
@@ -67,6 +84,7 @@ static int take(cursor *c, void *dst, size_t n, const char *what) {
                 n, remaining(c));
         return -1;
     }
+    if (in_buffer(c, n) != 0) return -1;
     memcpy(dst, c->base + c->pos, n);
     c->pos += n;
     return 0;
@@ -94,6 +112,7 @@ static int take_str(cursor *c, mg_gguf_str *s, uint64_t max_len, const char *wha
                 c->pos - 8, (unsigned long long)len, remaining(c));
         return -1;
     }
+    if (in_buffer(c, (size_t)len) != 0) return -1;
     s->ptr = (const char *)(c->base + c->pos);
     s->len = len;
     c->pos += (size_t)len;
@@ -228,7 +247,7 @@ static int parse_array(cursor *c, mg_gguf_value *v, int depth) {
         v->arr.strs = mg_alloc((size_t)count, sizeof(mg_gguf_str), "GGUF string array", c->err);
         if (v->arr.strs == NULL) return -1;
         for (uint64_t i = 0; i < count; i++)
-            if (take_str(c, &v->arr.strs[i], c->size, "array string") != 0) return -1;
+            if (take_str(c, &v->arr.strs[i], c->file_size, "array string") != 0) return -1;
     } else if (elem_type == MG_GGUF_ARRAY) {
         v->arr.items = mg_alloc((size_t)count, sizeof(mg_gguf_value), "GGUF nested array", c->err);
         if (v->arr.items == NULL) return -1;
@@ -236,6 +255,7 @@ static int parse_array(cursor *c, mg_gguf_value *v, int depth) {
         for (uint64_t i = 0; i < count; i++)
             if (parse_value(c, MG_GGUF_ARRAY, &v->arr.items[i], depth + 1) != 0) return -1;
     } else {
+        if (in_buffer(c, (size_t)count * min_elem) != 0) return -1;
         v->arr.raw = c->base + c->pos;
         c->pos += (size_t)count * min_elem; /* count * min_elem <= remaining, checked above */
     }
@@ -245,7 +265,7 @@ static int parse_array(cursor *c, mg_gguf_value *v, int depth) {
 static int parse_value(cursor *c, uint32_t type, mg_gguf_value *v, int depth) {
     if (type == MG_GGUF_STRING) {
         v->type = type;
-        return take_str(c, &v->str, c->size, "string value");
+        return take_str(c, &v->str, c->file_size, "string value");
     }
     if (type == MG_GGUF_ARRAY) return parse_array(c, v, depth);
     size_t n = scalar_size(type);
@@ -308,7 +328,7 @@ void mg_gguf_close(mg_gguf_file *f) {
     f->fd = -1;
 }
 
-static mg_code map_file(mg_gguf_file *f, const char *path, mg_error *err) {
+static mg_code open_file(mg_gguf_file *f, const char *path, mg_error *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -326,54 +346,53 @@ static mg_code map_file(mg_gguf_file *f, const char *path, mg_error *err) {
         close(fd);
         return mg_fail(err, MG_ERR_IO, "%s is not a regular file", path);
     }
-    if (st.st_size < 24) { /* magic + version + two counts; also avoids mmap of 0 bytes */
+    if (st.st_size < 24) { /* magic + version + two counts */
         close(fd);
         return mg_fail(err, MG_ERR_FORMAT,
                        "%s is not a GGUF file: %lld bytes is shorter than the 24-byte header", path,
                        (long long)st.st_size);
     }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    if (p == MAP_FAILED) {
-        close(fd);
-        return mg_fail(err, MG_ERR_IO, "cannot map GGUF file %s: %s", path, strerror(e));
-    }
-    f->data = p;
     f->size = (size_t)st.st_size;
     f->fd = fd;
     return MG_OK;
 }
 
-/* Moves the pointers of a parsed value from the mapping (from) to the header's copy (to). */
-static void rebase_str(mg_gguf_str *s, const uint8_t *from, const uint8_t *to) {
-    if (s->ptr) s->ptr = (const char *)to + ((const uint8_t *)s->ptr - from);
-}
-static void rebase_value(mg_gguf_value *v, const uint8_t *from, const uint8_t *to) {
-    if (v->type == MG_GGUF_STRING) rebase_str(&v->str, from, to);
-    if (v->type != MG_GGUF_ARRAY) return;
-    if (v->arr.raw) v->arr.raw = to + (v->arr.raw - from);
-    for (uint64_t i = 0; v->arr.strs && i < v->arr.count; i++)
-        rebase_str(&v->arr.strs[i], from, to);
-    for (uint64_t i = 0; v->arr.items && i < v->arr.count; i++)
-        rebase_value(&v->arr.items[i], from, to);
+/* Makes f->data hold the file's first `want` bytes (want <= f->size), `have` of which it holds. */
+static mg_code read_prefix(mg_gguf_file *f, size_t have, size_t want, const char *path,
+                           mg_error *err) {
+    uint8_t *buf = mg_alloc_uninit(want, 1, "GGUF header", err);
+    if (buf == NULL) return err->code;
+    if (have > 0) memcpy(buf, f->data, have);
+    mg_free((void *)f->data);
+    f->data = buf;
+    while (have < want) {
+        const ssize_t n = pread(f->fd, buf + have, want - have, (off_t)have);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0)
+            return mg_fail(err, MG_ERR_IO, "reading GGUF file %s failed: %s", path,
+                           strerror(errno));
+        if (n == 0)
+            return mg_fail(err, MG_ERR_FORMAT,
+                           "GGUF file %s ended at byte %zu of %zu (was it truncated or replaced "
+                           "while it was read?)",
+                           path, have, f->size);
+        have += (size_t)n;
+    }
+    return MG_OK;
 }
 
-/* Replaces the mapping by a copy of its first `used` bytes (everything parsed lies there). A
- * mapping kills the process with SIGBUS when another process truncates the file while it is
- * read; the copy and the pread of mg_gguf_read_tensor turn that into an error. */
-static mg_code keep_header(mg_gguf_file *f, size_t used, mg_error *err) {
-    uint8_t *copy = mg_alloc_uninit(used, 1, "GGUF header", err);
-    if (copy == NULL) return err->code;
-    memcpy(copy, f->data, used);
-    for (uint64_t i = 0; i < f->n_kv; i++) {
-        rebase_str(&f->kv[i].key, f->data, copy);
-        rebase_value(&f->kv[i].value, f->data, copy);
+/* Frees what a parse made, keeping the file and the bytes read. */
+static void free_parsed(mg_gguf_file *f) {
+    if (f->kv) {
+        for (uint64_t i = 0; i < f->n_kv; i++)
+            value_free(&f->kv[i].value);
+        mg_free(f->kv);
     }
-    for (uint64_t i = 0; i < f->n_tensors; i++)
-        rebase_str(&f->tensors[i].name, f->data, copy);
-    munmap((void *)f->data, f->size);
-    f->data = copy;
-    return MG_OK;
+    mg_free(f->tensors);
+    f->kv = NULL;
+    f->tensors = NULL;
+    f->n_kv = f->n_tensors = 0;
+    f->alignment = GGUF_DEFAULT_ALIGNMENT;
 }
 
 static mg_code parse_header(mg_gguf_file *f, cursor *c, const char *path, mg_error *err) {
@@ -522,22 +541,24 @@ static mg_code parse_tensors(mg_gguf_file *f, cursor *c, mg_error *err) {
 mg_code mg_gguf_open(mg_gguf_file *f, const char *path, mg_error *err) {
     memset(f, 0, sizeof(*f));
     f->fd = -1;
-    if (map_file(f, path, err) != MG_OK) return err->code;
-    cursor c = {f->data, f->size, 0, err};
-    if (parse_header(f, &c, path, err) != MG_OK || parse_metadata(f, &c, err) != MG_OK ||
-        parse_tensors(f, &c, err) != MG_OK) {
-        munmap((void *)f->data, f->size);
-        f->data = NULL;
-        mg_gguf_close(f);
-        return err->code;
+    if (open_file(f, path, err) != MG_OK) return err->code;
+    size_t have = 0, want = f->size < GGUF_FIRST_READ ? f->size : GGUF_FIRST_READ;
+    for (;;) {
+        if (read_prefix(f, have, want, path, err) != MG_OK) break;
+        have = want;
+        cursor c = {f->data, have, f->size, 0, err, 0};
+        if (parse_header(f, &c, path, err) == MG_OK && parse_metadata(f, &c, err) == MG_OK &&
+            parse_tensors(f, &c, err) == MG_OK)
+            return MG_OK;
+        if (c.need == 0) break; /* a real error */
+        /* the header is longer than what was read: read at least twice as much, parse again */
+        free_parsed(f);
+        mg_error_clear(err);
+        want = c.need > 2 * have ? c.need : 2 * have;
+        if (want > f->size) want = f->size;
     }
-    if (keep_header(f, c.pos, err) != MG_OK) {
-        munmap((void *)f->data, f->size);
-        f->data = NULL;
-        mg_gguf_close(f);
-        return err->code;
-    }
-    return MG_OK;
+    mg_gguf_close(f);
+    return err->code;
 }
 
 mg_code mg_gguf_read_tensor(const mg_gguf_file *f, uint64_t i, float *out, mg_error *err) {

@@ -71,7 +71,7 @@ typedef struct {
 } mg_gguf_tensor;
 
 typedef struct {
-    const uint8_t *data; /* the header (up to the tensor infos' end), copied out of the file */
+    const uint8_t *data; /* the file's first bytes, read (not mapped) past the tensor infos */
     size_t size;         /* the file's size when it was opened */
     int fd;              /* the tensor data is read from here (pread), -1 when closed */
     uint32_t version;
