@@ -273,7 +273,8 @@ int mg_generator_logits_at(mg_generator *g, const int32_t *index, mg_error *err)
 }
 
 /* Samples the rows with active[b] into tokens[b] (others -1); draws advance once per call. */
-static void sample_rows(mg_generator *g, const uint8_t *active, int32_t *tokens, float *logprobs) {
+static mg_code sample_rows(mg_generator *g, const uint8_t *active, int32_t *tokens, float *logprobs,
+                           mg_error *err) {
     const int V = g->V;
     const uint64_t step = g->draws++;
     if (g->device_greedy && g->host_stale) { /* chosen on the device already */
@@ -281,7 +282,7 @@ static void sample_rows(mg_generator *g, const uint8_t *active, int32_t *tokens,
             tokens[b] = active[b] ? g->greedy_tok[b] : -1;
             if (logprobs != NULL) logprobs[b] = active[b] ? g->greedy_lp[b] : 0.0f;
         }
-        return;
+        return MG_OK;
     }
     const float *logits = mg_generator_logits(g);
 #pragma omp parallel for schedule(static) if (g->B > 1)
@@ -296,6 +297,13 @@ static void sample_rows(mg_generator *g, const uint8_t *active, int32_t *tokens,
         tokens[b] = tok;
         if (logprobs != NULL) logprobs[b] = lp;
     }
+    for (int b = 0; b < g->B; b++)
+        if (active[b] && tokens[b] < 0)
+            return mg_fail(err, MG_ERR_VALUE,
+                           "cannot sample the next token of sequence %d: its logits are all NaN "
+                           "or -inf (the model computes NaN; check its weights and inputs)",
+                           b);
+    return MG_OK;
 }
 
 int mg_generator_decode_step(mg_generator *g, int32_t *tokens, float *logprobs, mg_error *err) {
@@ -318,7 +326,7 @@ int mg_generator_decode_step(mg_generator *g, int32_t *tokens, float *logprobs, 
     }
     for (int b = 0; b < g->B; b++)
         g->step_role[b] = !g->finished[b];
-    sample_rows(g, g->step_role, tokens, logprobs);
+    if (sample_rows(g, g->step_role, tokens, logprobs, err) != MG_OK) return err->code;
     for (int b = 0; b < g->B; b++) {
         g->pending[b] = tokens[b];
         if (tokens[b] >= 0 && g->is_eos[tokens[b]]) g->finished[b] = 1;
@@ -332,7 +340,7 @@ int mg_generator_span_step(mg_generator *g, const int32_t *positions, int32_t *t
     if (reserve(g, g->cache.length + 1, err) != MG_OK) return err->code;
     for (int b = 0; b < g->B; b++)
         g->step_role[b] = positions[b] >= 0;
-    sample_rows(g, g->step_role, tokens, logprobs);
+    if (sample_rows(g, g->step_role, tokens, logprobs, err) != MG_OK) return err->code;
     for (int b = 0; b < g->B; b++) {
         const int live = tokens[b] >= 0;
         g->step_tok[b] = live ? tokens[b] : 0;

@@ -128,12 +128,16 @@ int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampl
             if (f[i] > f[chosen]) chosen = i;
     } else {
         /* (x - max) / t in double: <= 0, so no overflow to inf (inf - inf would be NaN) for any
-         * t > 0; a tiny t leaves the maximum at 0 and sends the rest to -inf (weight 0) */
+         * t > 0; a tiny t leaves the maximum at 0 and sends the rest to -inf (weight 0). A NaN
+         * logit gets weight 0; when some logits are +inf, they share all the weight. */
         float m = -INFINITY;
         for (int i = 0; i < V; i++)
-            if (f[i] > m) m = f[i];
+            if (f[i] > m) m = f[i];    /* NaN never compares greater */
+        if (m == -INFINITY) return -1; /* every logit NaN or -inf: nothing can be sampled */
         for (int i = 0; i < V; i++)
-            f[i] = (float)(((double)f[i] - m) / p->temperature);
+            f[i] = isnan(f[i])     ? -INFINITY
+                   : m == INFINITY ? (f[i] == INFINITY ? 0.0f : -INFINITY)
+                                   : (float)(((double)f[i] - m) / p->temperature);
         int n = V;
         for (int i = 0; i < V; i++)
             idx[i] = i;
@@ -163,6 +167,7 @@ int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampl
             total += f[idx[c]];
         const double target = u * total;
         double acc = 0.0;
+        if (n == 0) return -1; /* not reached: the maximum (weight 1) passes every filter */
         chosen = idx[n - 1];
         for (int c = 0; c < n; c++) {
             acc += f[idx[c]];

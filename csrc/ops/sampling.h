@@ -28,7 +28,8 @@ double sampling_uniform(uint64_t seed, uint64_t step, uint64_t row);
  * u is the uniform draw used when sampling.
  * Writes the log-probability of the chosen token under the raw (unprocessed) logits to
  * *raw_logprob when not NULL. scratch: SAMPLING_SCRATCH_WORDS(V) words. Ties go to the lower
- * token id (as torch.argmax). */
+ * token id (as torch.argmax). NaN logits are never sampled; returns -1 when sampling finds no
+ * logit that is not NaN or -inf (the greedy choice is then token 0, as torch.argmax). */
 int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampling_params *p,
                     double u, uint64_t *scratch, float *raw_logprob);
 
