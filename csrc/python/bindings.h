@@ -35,6 +35,19 @@ extern PyTypeObject MgpyModelType;
 #define MGPY_LOCKED_READ(model, stmt) MGPY_LOCKED(model, mg_model_lock_read, stmt)
 #define MGPY_LOCKED_WRITE(model, stmt) MGPY_LOCKED(model, mg_model_lock_write, stmt)
 
+/* Defines fn_guarded(self, arg): fn, for an object whose __init__ completed (self->field set),
+ * else RuntimeError. Method tables list the guarded functions: a method reached through the type
+ * (magnet._C.Model.forward(obj, ...)) skips the instance's attribute lookup, so only the method
+ * itself can refuse an object that was made with __new__ alone or whose __init__ failed. */
+#define MGPY_GUARDED(Type, field, fn)                                                              \
+    static PyObject *fn##_guarded(PyObject *self, PyObject *arg) {                                 \
+        if (((Type *)self)->field == NULL) {                                                       \
+            PyErr_Format(PyExc_RuntimeError, "%s was not initialised", Py_TYPE(self)->tp_name);    \
+            return NULL;                                                                           \
+        }                                                                                          \
+        return fn((Type *)self, arg);                                                              \
+    }
+
 /* trainer_binding.c */
 extern PyTypeObject MgpyTrainerType;
 /* masked_view(tokens, config, seed, stream) -> (tokens, roles, mntp_labels, msg_labels) */

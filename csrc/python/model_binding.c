@@ -95,9 +95,11 @@ static int Model_init(MgpyModel *self, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_TypeError, "tensor names must be str");
             goto fail;
         }
-        if (!PyArray_Check(value) || PyArray_TYPE((PyArrayObject *)value) != NPY_FLOAT32 ||
-            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)value)) {
-            PyErr_Format(PyExc_TypeError, "tensor %R must be a C-contiguous float32 ndarray", key);
+        if (!mgpy_is_c_array(value, NPY_FLOAT32)) {
+            PyErr_Format(PyExc_TypeError,
+                         "tensor %R must be a C-contiguous float32 ndarray (aligned, native byte "
+                         "order: np.require(a, np.float32, 'CA') makes one)",
+                         key);
             goto fail;
         }
         PyArrayObject *arr = (PyArrayObject *)value;
@@ -143,8 +145,7 @@ static void Model_dealloc(MgpyModel *self) {
 /* Requires an exact dtype and shape [B, T]: the Python layer normalises user input first. */
 static PyArrayObject *expect_array(PyObject *obj, const char *name, int type, npy_intp B,
                                    npy_intp T) {
-    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != type ||
-        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj) || PyArray_NDIM((PyArrayObject *)obj) != 2) {
+    if (!mgpy_is_c_array(obj, type) || PyArray_NDIM((PyArrayObject *)obj) != 2) {
         PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous 2-D %s array", name,
                      type == NPY_UINT8 ? "uint8" : "int32");
         return NULL;
@@ -273,8 +274,7 @@ int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const mg_param_slot
         int same_shape = PyArray_Check(v) && PyArray_NDIM((PyArrayObject *)v) == slot->ndim;
         for (int d = 0; same_shape && d < slot->ndim; d++)
             same_shape = PyArray_DIM((PyArrayObject *)v, d) == slot->shape[d];
-        if (!same_shape || PyArray_TYPE((PyArrayObject *)v) != NPY_FLOAT32 ||
-            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v)) {
+        if (!same_shape || !mgpy_is_c_array(v, NPY_FLOAT32)) {
             /* the shape too, not only the count: a transposed matrix has the same count */
             if (slot->ndim == 2)
                 PyErr_Format(PyExc_ValueError,
@@ -498,28 +498,44 @@ static PyObject *Model_device(MgpyModel *self, PyObject *unused) {
                          (int)be->precision);
 }
 
+MGPY_GUARDED(MgpyModel, model, Model_to_device)
+MGPY_GUARDED(MgpyModel, model, Model_device)
+MGPY_GUARDED(MgpyModel, model, Model_forward)
+MGPY_GUARDED(MgpyModel, model, Model_state_dict)
+MGPY_GUARDED(MgpyModel, model, Model_load_state_dict)
+MGPY_GUARDED(MgpyModel, model, Model_attach_lora)
+MGPY_GUARDED(MgpyModel, model, Model_merge_lora)
+MGPY_GUARDED(MgpyModel, model, Model_detach_lora)
+MGPY_GUARDED(MgpyModel, model, Model_lora_info)
+MGPY_GUARDED(MgpyModel, model, Model_lora_state_dict)
+MGPY_GUARDED(MgpyModel, model, Model_snapshot)
+MGPY_GUARDED(MgpyModel, model, Model_load_lora_state_dict)
+MGPY_GUARDED(MgpyModel, model, Model_num_parameters)
+MGPY_GUARDED(MgpyModel, model, Model_weight_samples)
+
 static PyMethodDef Model_methods[] = {
-    {"to_device", (PyCFunction)Model_to_device, METH_VARARGS,
+    {"to_device", (PyCFunction)Model_to_device_guarded, METH_VARARGS,
      "to_device(kind, index, precision) -> Model copy on that device."},
-    {"device", (PyCFunction)Model_device, METH_NOARGS, "(kind, name, precision)."},
-    {"forward", (PyCFunction)Model_forward, METH_VARARGS,
+    {"device", (PyCFunction)Model_device_guarded, METH_NOARGS, "(kind, name, precision)."},
+    {"forward", (PyCFunction)Model_forward_guarded, METH_VARARGS,
      "forward(input_ids, roles, segments, hidden, logits) -> (hidden, logits)"},
-    {"state_dict", (PyCFunction)Model_state_dict, METH_NOARGS, "Copies of all parameters."},
-    {"load_state_dict", (PyCFunction)Model_load_state_dict, METH_O,
+    {"state_dict", (PyCFunction)Model_state_dict_guarded, METH_NOARGS, "Copies of all parameters."},
+    {"load_state_dict", (PyCFunction)Model_load_state_dict_guarded, METH_O,
      "Overwrite every parameter from a dict like state_dict()."},
-    {"attach_lora", (PyCFunction)Model_attach_lora, METH_VARARGS,
+    {"attach_lora", (PyCFunction)Model_attach_lora_guarded, METH_VARARGS,
      "attach_lora(rank, alpha, targets_mask, seed)"},
-    {"merge_lora", (PyCFunction)Model_merge_lora, METH_NOARGS,
+    {"merge_lora", (PyCFunction)Model_merge_lora_guarded, METH_NOARGS,
      "Fold the adapters into the base weights and detach them."},
-    {"detach_lora", (PyCFunction)Model_detach_lora, METH_NOARGS, "Drop the adapters."},
-    {"lora_info", (PyCFunction)Model_lora_info, METH_NOARGS, "None or (rank, alpha, targets)."},
-    {"lora_state_dict", (PyCFunction)Model_lora_state_dict, METH_NOARGS, "Adapter copies."},
-    {"snapshot", (PyCFunction)Model_snapshot, METH_NOARGS,
+    {"detach_lora", (PyCFunction)Model_detach_lora_guarded, METH_NOARGS, "Drop the adapters."},
+    {"lora_info", (PyCFunction)Model_lora_info_guarded, METH_NOARGS,
+     "None or (rank, alpha, targets)."},
+    {"lora_state_dict", (PyCFunction)Model_lora_state_dict_guarded, METH_NOARGS, "Adapter copies."},
+    {"snapshot", (PyCFunction)Model_snapshot_guarded, METH_NOARGS,
      "(lora_info(), state_dict(), lora_state_dict()) read under one lock."},
-    {"load_lora_state_dict", (PyCFunction)Model_load_lora_state_dict, METH_O,
+    {"load_lora_state_dict", (PyCFunction)Model_load_lora_state_dict_guarded, METH_O,
      "Overwrite the adapters from a dict like lora_state_dict()."},
-    {"num_parameters", (PyCFunction)Model_num_parameters, METH_NOARGS, "Parameter count."},
-    {"weight_samples", (PyCFunction)Model_weight_samples, METH_O,
+    {"num_parameters", (PyCFunction)Model_num_parameters_guarded, METH_NOARGS, "Parameter count."},
+    {"weight_samples", (PyCFunction)Model_weight_samples_guarded, METH_O,
      "weight_samples(n) -> {name: (numel, evenly spaced float32 values)}."},
     {NULL, NULL, 0, NULL},
 };
@@ -532,15 +548,6 @@ static PyObject *Model_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)self;
 }
 
-/* Methods on an object whose __init__ failed must not reach a NULL model. */
-static PyObject *Model_getattro(PyObject *obj, PyObject *name) {
-    if (((MgpyModel *)obj)->model == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "magnet._C.Model was not initialised");
-        return NULL;
-    }
-    return PyObject_GenericGetAttr(obj, name);
-}
-
 PyTypeObject MgpyModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "magnet._C.Model",
     .tp_basicsize = sizeof(MgpyModel),
@@ -550,5 +557,4 @@ PyTypeObject MgpyModelType = {
     .tp_init = (initproc)Model_init,
     .tp_dealloc = (destructor)Model_dealloc,
     .tp_methods = Model_methods,
-    .tp_getattro = Model_getattro,
 };

@@ -114,8 +114,7 @@ static int rows_arg(PyObject *tok, PyObject *len, PyObject *pool, const char *wh
     memset(out, 0, sizeof(*out));
     if (pool_out) *pool_out = NULL;
     if (tok == Py_None) return 0;
-    if (!PyArray_Check(tok) || PyArray_TYPE((PyArrayObject *)tok) != NPY_INT32 ||
-        PyArray_NDIM((PyArrayObject *)tok) != 2 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)tok)) {
+    if (!mgpy_is_c_array(tok, NPY_INT32) || PyArray_NDIM((PyArrayObject *)tok) != 2) {
         PyErr_Format(PyExc_TypeError, "%s tokens must be a C-contiguous 2-D int32 array", what);
         return -1;
     }
@@ -124,8 +123,7 @@ static int rows_arg(PyObject *tok, PyObject *len, PyObject *pool, const char *wh
     for (int i = 0; i < 2; i++) {
         if (i == 1 && (pool == Py_None || pool_out == NULL)) break;
         PyObject *v = vecs[i];
-        if (!PyArray_Check(v) || PyArray_TYPE((PyArrayObject *)v) != NPY_INT32 ||
-            PyArray_NDIM((PyArrayObject *)v) != 1 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v) ||
+        if (!mgpy_is_c_array(v, NPY_INT32) || PyArray_NDIM((PyArrayObject *)v) != 1 ||
             PyArray_DIM((PyArrayObject *)v, 0) != rows) {
             PyErr_Format(PyExc_TypeError, "%s %s must be a 1-D int32 array of %zd values", what,
                          i ? "pool starts" : "lengths", (Py_ssize_t)rows);
@@ -273,8 +271,7 @@ static PyObject *load_state_locked(mg_trainer *t, PyObject *state, mg_error *err
     const char *keys[3] = {"params", "m", "v"};
     for (int i = 0; i < 3; i++) {
         PyObject *a = PyDict_GetItemString(state, keys[i]);
-        if (a == NULL || !PyArray_Check(a) || PyArray_TYPE((PyArrayObject *)a) != NPY_FLOAT32 ||
-            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)a) ||
+        if (a == NULL || !mgpy_is_c_array(a, NPY_FLOAT32) ||
             (size_t)PyArray_SIZE((PyArrayObject *)a) != n) {
             PyErr_Format(PyExc_ValueError,
                          "trainer state '%s' must be a float32 array of %zu values (a checkpoint "
@@ -323,18 +320,32 @@ static PyObject *Trainer_zero_grad(MgpyTrainer *self, PyObject *unused) {
 
 static PyObject *Trainer_get_step(MgpyTrainer *self, void *closure) {
     (void)closure;
+    if (self->trainer == NULL) { /* the getter too is reachable through the type */
+        PyErr_SetString(PyExc_RuntimeError, "magnet._C.Trainer was not initialised");
+        return NULL;
+    }
     return PyLong_FromLong(self->trainer->step);
 }
 
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_micro_step)
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_apply)
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_lr)
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_grad_dict)
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_state)
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_load_state)
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_zero_grad)
+
 static PyMethodDef Trainer_methods[] = {
-    {"micro_step", (PyCFunction)Trainer_micro_step, METH_VARARGS,
+    {"micro_step", (PyCFunction)Trainer_micro_step_guarded, METH_VARARGS,
      "One micro-batch: forward, losses and (train) backward."},
-    {"apply", (PyCFunction)Trainer_apply, METH_NOARGS, "Optimizer step -> (grad_norm, lr)."},
-    {"lr", (PyCFunction)Trainer_lr, METH_O, "Scheduled learning rate of a step."},
-    {"grad_dict", (PyCFunction)Trainer_grad_dict, METH_NOARGS, "Gradients by parameter name."},
-    {"state", (PyCFunction)Trainer_state, METH_NOARGS, "Parameters, moments and step."},
-    {"load_state", (PyCFunction)Trainer_load_state, METH_O, "Restore state()."},
-    {"zero_grad", (PyCFunction)Trainer_zero_grad, METH_NOARGS, "Zero the gradients."},
+    {"apply", (PyCFunction)Trainer_apply_guarded, METH_NOARGS,
+     "Optimizer step -> (grad_norm, lr)."},
+    {"lr", (PyCFunction)Trainer_lr_guarded, METH_O, "Scheduled learning rate of a step."},
+    {"grad_dict", (PyCFunction)Trainer_grad_dict_guarded, METH_NOARGS,
+     "Gradients by parameter name."},
+    {"state", (PyCFunction)Trainer_state_guarded, METH_NOARGS, "Parameters, moments and step."},
+    {"load_state", (PyCFunction)Trainer_load_state_guarded, METH_O, "Restore state()."},
+    {"zero_grad", (PyCFunction)Trainer_zero_grad_guarded, METH_NOARGS, "Zero the gradients."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -354,14 +365,6 @@ static PyObject *Trainer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static PyObject *Trainer_getattro(PyObject *obj, PyObject *name) {
-    if (((MgpyTrainer *)obj)->trainer == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "magnet._C.Trainer was not initialised");
-        return NULL;
-    }
-    return PyObject_GenericGetAttr(obj, name);
-}
-
 PyTypeObject MgpyTrainerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "magnet._C.Trainer",
     .tp_basicsize = sizeof(MgpyTrainer),
@@ -372,7 +375,6 @@ PyTypeObject MgpyTrainerType = {
     .tp_dealloc = (destructor)Trainer_dealloc,
     .tp_methods = Trainer_methods,
     .tp_getset = Trainer_getset,
-    .tp_getattro = Trainer_getattro,
 };
 
 /* masked_view(tokens int32[len], config dict, vocab_size, seed, stream)
@@ -384,8 +386,7 @@ PyObject *mgpy_masked_view(PyObject *self, PyObject *args) {
     unsigned long long seed, stream;
     if (!PyArg_ParseTuple(args, "OO!iKK", &tok, &PyDict_Type, &cfg, &vocab, &seed, &stream))
         return NULL;
-    if (!PyArray_Check(tok) || PyArray_TYPE((PyArrayObject *)tok) != NPY_INT32 ||
-        PyArray_NDIM((PyArrayObject *)tok) != 1 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)tok)) {
+    if (!mgpy_is_c_array(tok, NPY_INT32) || PyArray_NDIM((PyArrayObject *)tok) != 1) {
         PyErr_SetString(PyExc_TypeError, "tokens must be a contiguous 1-D int32 array");
         return NULL;
     }
