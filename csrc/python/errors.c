@@ -9,6 +9,19 @@
 
 #include "../core/alloc.h"
 
+int mgpy_is_c_array(PyObject *obj, int type) {
+    if (!PyArray_Check(obj)) return 0;
+    PyArrayObject *a = (PyArrayObject *)obj;
+    return PyArray_TYPE(a) == type && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISALIGNED(a) &&
+           PyArray_ISNOTSWAPPED(a);
+}
+
+PyObject *mgpy_as_c_array(PyObject *obj, int type) {
+    /* the descriptor of the type number is the native one: a swapped array is converted */
+    return (PyObject *)PyArray_FromArray((PyArrayObject *)obj, PyArray_DescrFromType(type),
+                                         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+}
+
 PyObject *mgpy_raise(const mg_error *err) {
     PyObject *type;
     switch (err->code) {

@@ -25,4 +25,11 @@ PyObject *mgpy_slots_to_dict(const mg_backend *be, const struct mg_param_slot_s 
 int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const struct mg_param_slot_s *slots,
                        int n_slots, float *block);
 
+/* 1 when obj is an ndarray of dtype `type` whose memory the C core may read as C values: native
+ * byte order, aligned and C-contiguous (a '>f4' array has float32's type number too). */
+int mgpy_is_c_array(PyObject *obj, int type);
+/* obj, an ndarray of dtype `type`, as such an array (new reference): obj itself when it is one,
+ * else a copy in native byte order, aligned and contiguous. NULL with an exception. */
+PyObject *mgpy_as_c_array(PyObject *obj, int type);
+
 #endif

@@ -67,7 +67,7 @@ static PyArrayObject *arg_array(held *h, PyObject *obj, const char *name, int ty
                      PyArray_NDIM((PyArrayObject *)obj));
         return NULL;
     }
-    return (PyArrayObject *)keep(h, (PyObject *)PyArray_GETCONTIGUOUS((PyArrayObject *)obj));
+    return (PyArrayObject *)keep(h, mgpy_as_c_array(obj, type));
 }
 
 /* Requires a.shape[axis] == want. */
@@ -551,7 +551,7 @@ PyObject *mgpy_op_grad_global_norm(PyObject *self, PyObject *arg) {
             PyErr_SetString(PyExc_TypeError, "grad_global_norm takes float32 numpy arrays");
             goto done;
         }
-        arrs[i] = PyArray_GETCONTIGUOUS((PyArrayObject *)o);
+        arrs[i] = (PyArrayObject *)mgpy_as_c_array(o, NPY_FLOAT32);
         if (arrs[i] == NULL) goto done;
         bufs[i] = (const float *)PyArray_DATA(arrs[i]);
         lens[i] = (long)PyArray_SIZE(arrs[i]);

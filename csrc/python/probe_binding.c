@@ -23,7 +23,7 @@ static PyArrayObject *probe_array(PyObject *obj, const char *name, int type, int
                      PyArray_NDIM((PyArrayObject *)obj));
         return NULL;
     }
-    return PyArray_GETCONTIGUOUS((PyArrayObject *)obj);
+    return (PyArrayObject *)mgpy_as_c_array(obj, type);
 }
 
 /* cfg["seed"] (default 0) as a uint64: any integer 0 <= seed < 2**64, as the other seeded
