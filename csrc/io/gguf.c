@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -509,6 +510,58 @@ static mg_code parse_tensor_info(mg_gguf_file *f, cursor *c, uint64_t idx, mg_er
     return MG_OK;
 }
 
+static int cmp_tensor_names(const void *a, const void *b) {
+    const mg_gguf_tensor *x = *(const mg_gguf_tensor *const *)a;
+    const mg_gguf_tensor *y = *(const mg_gguf_tensor *const *)b;
+    const size_t n = x->name.len < y->name.len ? (size_t)x->name.len : (size_t)y->name.len;
+    const int c = n ? memcmp(x->name.ptr, y->name.ptr, n) : 0;
+    if (c != 0) return c;
+    return (x->name.len > y->name.len) - (x->name.len < y->name.len);
+}
+
+static int cmp_tensor_offsets(const void *a, const void *b) {
+    const mg_gguf_tensor *x = *(const mg_gguf_tensor *const *)a;
+    const mg_gguf_tensor *y = *(const mg_gguf_tensor *const *)b;
+    return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+/* Duplicate names would be ambiguous; overlapping data would let a small file claim many
+ * dequantized copies of the same bytes (tens of bytes of tensor info each), so the memory a
+ * file can make the reader allocate stays bounded by a multiple of its size. */
+static mg_code check_tensors_unique(mg_gguf_file *f, mg_error *err) {
+    if (f->n_tensors < 2) return MG_OK;
+    mg_gguf_tensor **order =
+        mg_alloc((size_t)f->n_tensors, sizeof(mg_gguf_tensor *), "GGUF tensor index", err);
+    if (order == NULL) return err->code;
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        order[i] = &f->tensors[i];
+    qsort(order, (size_t)f->n_tensors, sizeof(*order), cmp_tensor_names);
+    for (uint64_t i = 1; i < f->n_tensors; i++)
+        if (cmp_tensor_names(&order[i - 1], &order[i]) == 0) {
+            mg_fail(err, MG_ERR_FORMAT, "GGUF file names tensor '%s' twice",
+                    show(order[i]->name).s);
+            goto done;
+        }
+    qsort(order, (size_t)f->n_tensors, sizeof(*order), cmp_tensor_offsets);
+    uint64_t end = 0; /* the furthest end of the data so far, and whose it is */
+    const mg_gguf_tensor *owner = NULL;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const mg_gguf_tensor *t = order[i];
+        if (t->nbytes == 0) continue;
+        if (owner != NULL && t->offset < end) {
+            mg_fail(err, MG_ERR_FORMAT,
+                    "GGUF tensors '%s' and '%s' share data bytes: the file is corrupt",
+                    show(owner->name).s, show(t->name).s);
+            goto done;
+        }
+        end = t->offset + t->nbytes; /* no overflow: validated against the file size */
+        owner = t;
+    }
+done:
+    mg_free(order);
+    return err->code;
+}
+
 static mg_code parse_tensors(mg_gguf_file *f, cursor *c, mg_error *err) {
     f->tensors = mg_alloc((size_t)f->n_tensors, sizeof(mg_gguf_tensor), "GGUF tensor infos", err);
     if (f->tensors == NULL) return err->code;
@@ -535,7 +588,7 @@ static mg_code parse_tensors(mg_gguf_file *f, cursor *c, mg_error *err) {
                            f->size);
         t->offset = begin;
     }
-    return MG_OK;
+    return check_tensors_unique(f, err);
 }
 
 mg_code mg_gguf_open(mg_gguf_file *f, const char *path, mg_error *err) {
