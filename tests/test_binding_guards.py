@@ -147,3 +147,71 @@ def test_the_dropout_op_names_the_rate_it_refuses():
     x = np.ones(4, np.float32)
     with pytest.raises(ValueError, match=r"dropout p must be in \[0, 1\), got 1\.5$"):
         _C.op_dropout(x, 1.5, 0, 0, x)
+
+
+@pytest.mark.parametrize("filters", [dict(top_k=2), dict(min_p=0.1), dict(top_p=0.9), {}])
+def test_sampling_from_nan_logits_is_an_error(filters):
+    """A model that computes NaN left sampling with no candidate: it returned the id before the
+    candidate list (about 2e9) and the next step read the embedding there (a segfault)."""
+    _, config, tensors = _gpt2()
+    tensors = dict(tensors, **{"final_norm.weight": np.full(8, np.nan, np.float32)})
+    gen = _C.Generator(_C.Model(config, tensors), 1, 4, do_sample=True, **filters)
+    gen.append(_one(1), _one(1, np.uint8), _one(0), _one(0))
+    with pytest.raises(ValueError, match="logits are all NaN or -inf"):
+        gen.decode_step()
+
+
+def test_greedy_decoding_of_nan_logits_stays_in_the_vocabulary():
+    _, config, tensors = _gpt2()
+    tensors = dict(tensors, **{"final_norm.weight": np.full(8, np.nan, np.float32)})
+    gen = _C.Generator(_C.Model(config, tensors), 1, 4)
+    gen.append(_one(1), _one(1, np.uint8), _one(0), _one(0))
+    tokens, _ = gen.decode_step()
+    assert 0 <= int(tokens[0]) < config["vocab_size"]
+
+
+def test_methods_through_the_type_refuse_an_object_that_was_never_initialised():
+    """magnet._C.Model.num_parameters(obj) skips the instance's attribute lookup, which was the
+    only guard: every method reached a NULL model (a segfault)."""
+    for cls in (_C.Model, _C.Trainer):
+        blank = cls.__new__(cls)
+        names = [n for n, v in vars(cls).items() if callable(v) and not n.startswith("__")]
+        assert len(names) >= 7
+        for name in names:
+            for args in ((), (None,), (None,) * 16):
+                with pytest.raises((RuntimeError, TypeError)) as info:
+                    getattr(cls, name)(blank, *args)
+                if info.type is RuntimeError:
+                    assert "was not initialised" in str(info.value)
+                    break
+            else:
+                pytest.fail(f"{cls.__name__}.{name} took no argument list")
+    with pytest.raises(RuntimeError, match="not initialised"):
+        _C.Trainer.step.__get__(_C.Trainer.__new__(_C.Trainer))
+
+
+def _unaligned(a: np.ndarray) -> np.ndarray:
+    """a's values in a C-contiguous array at an odd address."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buf.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+def test_byte_swapped_and_unaligned_arrays_are_read_as_their_values():
+    """The bindings checked the type number only: a '>f4' array has float32's, and its bytes were
+    read as native floats ([[1]] @ [[3]] gave 1.4e-40); an odd address was misaligned loads."""
+    a, w = np.array([[1.0, 2.0]], np.float32), np.array([[3.0, 4.0]], np.float32)
+    d = np.ones((1, 1), np.float32)
+    want = _C.op_matmul(a, w, None, d)
+    assert want[0][0, 0] == 11.0
+    for x, y, g in ((a.astype(">f4"), w.astype(">f4"), d.astype(">f4")),
+                    (_unaligned(a), _unaligned(w), _unaligned(d))):
+        for got, ref in zip(_C.op_matmul(x, y, None, g), want, strict=True):
+            np.testing.assert_array_equal(got, ref)
+    _, config, tensors = _gpt2()
+    for name, make in (("native byte order", lambda v: v.astype(">f4")), ("aligned", _unaligned)):
+        bad = dict(tensors, **{"tok_embeddings": make(tensors["tok_embeddings"])})
+        with pytest.raises(TypeError, match=f"tok_embeddings.*{name}"):
+            _C.Model(config, bad)

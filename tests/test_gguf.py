@@ -248,6 +248,36 @@ def test_header_longer_than_the_first_read(tmp_path: Path) -> None:
             magnet._C.read_gguf(cut)
 
 
+def _two_tensor_gguf(names: tuple[bytes, bytes], offsets: tuple[int, int]) -> bytes:
+    """A hand-built GGUF with two F32 [8] tensors (32 bytes each) at the given data offsets."""
+    kv = _gstr(b"general.architecture") + struct.pack("<I", 8) + _gstr(b"llama")
+    info = b"".join(_gstr(n) + struct.pack("<IQIQ", 1, 8, 0, off)
+                    for n, off in zip(names, offsets, strict=True))
+    body = b"GGUF" + struct.pack("<IQQ", 3, 2, 1) + kv + info
+    body += b"\0" * (-len(body) % 32)
+    return body + np.arange(16, dtype=np.float32).tobytes()
+
+
+@pytest.mark.parametrize("names, offsets, match", [
+    ((b"a", b"b"), (0, 0), "share data bytes"),
+    ((b"a", b"b"), (32, 0), None),
+    ((b"a", b"a"), (0, 32), "names tensor 'a' twice"),
+])
+def test_tensors_may_not_share_data_or_names(tmp_path: Path, names, offsets, match) -> None:
+    """Tensor infos pointing at the same bytes let a 73 KB file ask for 250 MiB of float32
+    (a thousand copies), and quadratically more as it grows: overlaps are refused, as in
+    safetensors."""
+    p = tmp_path / "two.gguf"
+    p.write_bytes(_two_tensor_gguf(names, offsets))
+    if match is None:
+        _, tensors = magnet._C.read_gguf(p)
+        np.testing.assert_array_equal(tensors["a"], np.arange(8, 16, dtype=np.float32))
+        np.testing.assert_array_equal(tensors["b"], np.arange(8, dtype=np.float32))
+        return
+    with pytest.raises(ValueError, match=match):
+        magnet._C.read_gguf(p)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         magnet._C.read_gguf(tmp_path / "nope.gguf")
