@@ -2,7 +2,6 @@
 
 import numbers
 import os
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,11 +39,8 @@ from magnet.config import ModelConfig
 from magnet.device import cuda_device_count, cuda_is_available
 from magnet.embedding import TokenEmbeddings
 from magnet.model import Model
+from magnet.results import AdaptResult, InfillResult
 from magnet.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from magnet.adapt import AdaptResult
-    from magnet.infill import InfillResult
 
 CONTEXT = 0
 SPAN = 1
@@ -71,26 +67,6 @@ def _version() -> str:
 
 
 __version__ = _version()
-
-# Result classes exported lazily (PEP 562): magnet.adapt and magnet.infill pull in the
-# checkpoint, format and generation modules, which `import magnet` otherwise does not load.
-# Hidden from type checkers, which see the imports above: a module __getattr__ would make
-# every misspelt magnet.<name> an Any for them.
-_LAZY = {"AdaptResult": "magnet.adapt", "InfillResult": "magnet.infill"}
-
-if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> Any:
-        if name in _LAZY:
-            import importlib
-
-            value = getattr(importlib.import_module(_LAZY[name]), name)
-            globals()[name] = value  # later lookups skip this hook
-            return value
-        raise AttributeError(f"module 'magnet' has no attribute {name!r}")
-
-    def __dir__() -> list[str]:
-        return sorted(set(globals()) | set(_LAZY))
 
 # os.fork (multiprocessing's "fork" workers, DataLoader workers) waits until no other thread is
 # inside a magnet call: a call cut off by the fork would leave the child its locks (OpenBLAS's,

@@ -16,7 +16,6 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from magnet import _C
 from magnet.data import ChunkStream, TextSource, pad_rows, read_texts
+from magnet.results import AdaptResult, Stage
 from magnet.save import check_target_dir, remove_stale_temps, write_file_atomically
 
 if TYPE_CHECKING:
@@ -44,15 +44,6 @@ LORA_TARGETS = {
 GPT2_GROUPS = {"c_attn": (0, 1, 2)}
 
 
-@dataclass
-class Stage:
-    """A share of the steps with its own loss weights (mntp, sscl, msg) and SSCL pooling."""
-
-    fraction: float
-    weights: tuple[float, float, float]
-    pooling: str = "last"
-
-
 # docs/method.md, Presets: the three presets, so the paper's comparison runs in one engine.
 PRESETS: dict[str, dict[str, Any]] = {
     "magnet": dict(stages=[Stage(1.0, (1.0, 1.0, 1.0), "last")], use_spans=1,
@@ -61,33 +52,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                     use_spans=0, all_span_frac=0.0),
     "mntp": dict(stages=[Stage(1.0, (1.0, 0.0, 0.0))], use_spans=0, all_span_frac=0.0),
 }
-
-
-# repr is written out: the generated one printed every history record (tens of KB for a few
-# hundred steps), which a notebook cell ending in ``m.adapt(...)`` echoes in full.
-@dataclass(repr=False)
-class AdaptResult:
-    """What ``Model.adapt`` returns: one dict per optimizer step in ``history`` (step, loss,
-    mntp, sscl, msg, lr, grad_norm, tokens_per_s), evaluation losses in ``eval_history``."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    eval_history: list[dict[str, float]] = field(default_factory=list)
-    steps: int = 0
-    wall_time_s: float = 0.0
-    checkpoint: str | None = None
-
-    def __repr__(self) -> str:
-        last: dict[str, Any] | None = None
-        if self.history:
-            # the losses of the last step; lr, grad_norm and throughput stay in history
-            last = {k: (float(f"{v:.4g}") if isinstance(v, numbers.Real)
-                        and not isinstance(v, numbers.Integral) else v)
-                    for k, v in self.history[-1].items()
-                    if k in ("step", "loss", "mntp", "sscl", "msg")}
-        return (f"AdaptResult(steps={self.steps}, last={last}, "
-                f"wall_time_s={self.wall_time_s:.1f}, checkpoint={self.checkpoint!r}, "
-                f"history=<{len(self.history)} records>, "
-                f"eval_history=<{len(self.eval_history)} records>)")
 
 
 def lora_mask(targets: Iterable[str] | None) -> int:

@@ -31,7 +31,7 @@ window) are left out; when none fits, ValueError.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +45,7 @@ from magnet.generation import (
     position_limit,
     resolve_seed,
 )
+from magnet.results import InfillResult
 from magnet.tokenizer import check_text
 
 if TYPE_CHECKING:
@@ -53,23 +54,6 @@ if TYPE_CHECKING:
 CONTEXT, SPAN = 0, 1
 LENGTH_CANDIDATES: tuple[int, ...] = (1, 2, 4, 8, 16)
 DEFAULT_BLANK = "[BLANK]"
-
-
-@dataclass
-class InfillResult:
-    """An infilled text.
-
-    ``text``: the known text with every blank replaced by its span; ``spans``: the text of each
-    span (list[str], one per blank); ``span_tokens``: the length in tokens used for each blank
-    (list[int]); ``span_ids``: the token ids of each span; ``length_scores``: per blank, the
-    score of each candidate length (empty for blanks whose length was given).
-    """
-
-    text: str
-    spans: list[str]
-    span_tokens: list[int]
-    span_ids: list[list[int]]
-    length_scores: list[dict[int, float]] = field(default_factory=list)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,21 +16,17 @@ import numpy as np
 
 from magnet import _C
 from magnet.config import ModelConfig
-from magnet.embedding import DEFAULT
+from magnet.embedding import DEFAULT, TokenEmbeddings
 from magnet.formats import Loaded
+from magnet.results import AdaptResult, InfillResult, Stage
 from magnet.tokenizer import Tokenizer
 
-if TYPE_CHECKING:
-    import sys
-
-    from magnet.adapt import AdaptResult, Stage
-    from magnet.embedding import TokenEmbeddings
-    from magnet.infill import InfillResult
-
-    if sys.version_info >= (3, 11):
-        from typing import Unpack
-    else:
-        from typing_extensions import Unpack
+# Imported for real, not only for type checkers: typing.get_type_hints(Model.adapt) and the tools
+# built on it (documentation, CLI and validation libraries) evaluate the annotations.
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+elif TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 # Models shipped inside the package, loadable by name without any download.

@@ -211,3 +211,33 @@ def test_import_magnet_leaves_adapt_and_infill_unloaded():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=120).stdout
     assert out.strip() == "[]"
+
+
+def test_type_hints_of_the_public_api_resolve():
+    """typing.get_type_hints (which documentation, CLI and validation tools run) failed on
+    Model.adapt, embed and infill, AdaptOptions and the eval tasks: their annotations named
+    classes imported for type checkers only."""
+    import magnet.eval
+    from magnet.model import AdaptOptions
+
+    targets = [AdaptOptions, AdaptResult, InfillResult, TokenEmbeddings, magnet.adapt.Stage]
+    targets += [getattr(magnet.Model, n) for n in dir(magnet.Model)
+                if not n.startswith("_") and callable(getattr(magnet.Model, n))]
+    targets += [getattr(magnet.eval, n) for n in magnet.eval.__all__
+                if inspect.isfunction(getattr(magnet.eval, n))]
+    for obj in targets:
+        typing.get_type_hints(obj)  # raises NameError on an unresolvable name
+    hints = typing.get_type_hints(magnet.Model.adapt)
+    assert hints["return"] is AdaptResult
+    assert typing.get_type_hints(AdaptOptions)["stages"] == list[magnet.adapt.Stage] | None
+
+
+def test_result_classes_keep_their_documented_home():
+    """The classes live in magnet.results (cheap to import) and are named where the docs put them,
+    so pickles made before and after the move load alike."""
+    assert (AdaptResult.__module__, InfillResult.__module__) == ("magnet.adapt", "magnet.infill")
+    assert magnet.AdaptResult is AdaptResult and magnet.InfillResult is InfillResult
+    result = AdaptResult(history=[{"step": 1, "loss": 2.0}], steps=1)
+    data = pickle.dumps(result)
+    assert b"magnet.adapt" in data and b"magnet.results" not in data
+    assert pickle.loads(data) == result

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from magnet import _C
-
-if TYPE_CHECKING:
-    from magnet.model import Model
+from magnet.model import Model
 
 # word-boundary markers a tokenizer may emit as a bare token: SentencePiece's "▁" (as embed
 # shows every tokenizer's, the llama2.c one's included), GPT-2 byte level's "Ġ" (space) and "Ċ"

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,10 +37,8 @@ from magnet.eval.readers import (
     read_wikitext,
     wikitext_paragraphs,
 )
-
-if TYPE_CHECKING:
-    from magnet.model import Model
-    from magnet.tokenizer import Tokenizer
+from magnet.model import Model
+from magnet.tokenizer import Tokenizer
 
 CONTEXT, SPAN = 0, 1
 IGNORE = -100
