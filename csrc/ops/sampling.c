@@ -18,22 +18,34 @@ double sampling_uniform(uint64_t seed, uint64_t step, uint64_t row) {
     return (double)(h >> 11) * 0x1.0p-53;
 }
 
+/* NaN logits take no part (a model that computes NaN for one token must not lose every other
+ * token's probability, nor win the greedy choice): as in sampling, where they weigh 0. */
 float sampling_logprob(const float *logits, int V, int token) {
-    float m = logits[0];
-    for (int i = 1; i < V; i++)
-        if (logits[i] > m) m = logits[i];
+    float m = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (logits[i] > m) m = logits[i]; /* NaN never compares greater */
     double z = 0.0;
     for (int i = 0; i < V; i++)
-        z += exp((double)logits[i] - m);
+        if (!isnan(logits[i])) z += exp((double)logits[i] - m);
     return (float)((double)logits[token] - m - log(z));
+}
+
+/* The first index of the largest logit that is not NaN; 0 when all are NaN. */
+static int argmax_skipping_nan(const float *x, int V) {
+    int chosen = -1;
+    float best = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (x[i] > best || (chosen < 0 && x[i] == best)) {
+            best = x[i];
+            chosen = i;
+        }
+    return chosen < 0 ? 0 : chosen;
 }
 
 void sampling_greedy_rows(const float *logits, int rows, int V, int32_t *tokens, float *logprobs) {
     for (int r = 0; r < rows; r++) {
         const float *x = logits + (long)r * V;
-        int chosen = 0;
-        for (int i = 1; i < V; i++)
-            if (x[i] > x[chosen]) chosen = i;
+        const int chosen = argmax_skipping_nan(x, V);
         tokens[r] = chosen;
         logprobs[r] = sampling_logprob(x, V, chosen);
     }
@@ -124,8 +136,7 @@ int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampl
     }
     int chosen = 0;
     if (!p->do_sample) {
-        for (int i = 1; i < V; i++)
-            if (f[i] > f[chosen]) chosen = i;
+        chosen = argmax_skipping_nan(f, V);
     } else {
         /* (x - max) / t in double: <= 0, so no overflow to inf (inf - inf would be NaN) for any
          * t > 0; a tiny t leaves the maximum at 0 and sends the rest to -inf (weight 0). A NaN

@@ -28,16 +28,16 @@ double sampling_uniform(uint64_t seed, uint64_t step, uint64_t row);
  * u is the uniform draw used when sampling.
  * Writes the log-probability of the chosen token under the raw (unprocessed) logits to
  * *raw_logprob when not NULL. scratch: SAMPLING_SCRATCH_WORDS(V) words. Ties go to the lower
- * token id (as torch.argmax). NaN logits are never sampled; returns -1 when sampling finds no
- * logit that is not NaN or -inf (the greedy choice is then token 0, as torch.argmax). */
+ * token id (as torch.argmax). NaN logits are never chosen, greedy or sampled; returns -1 when
+ * sampling finds no logit that is not NaN or -inf (the greedy choice is then token 0). */
 int sampling_choose(const float *logits, int V, const uint8_t *seen, const sampling_params *p,
                     double u, uint64_t *scratch, float *raw_logprob);
 
-/* log softmax(logits)[token] for one row of V logits. */
+/* log softmax(logits)[token] for one row of V logits, NaN logits left out of the sum. */
 float sampling_logprob(const float *logits, int V, int token);
 
-/* Greedy choice of each row of logits[rows, V] (the first index of the maximum, as
- * sampling_choose without sampling or penalty) and its sampling_logprob. */
+/* Greedy choice of each row of logits[rows, V] (the first index of the largest logit that is not
+ * NaN, 0 when all are; as sampling_choose without sampling or penalty) and its sampling_logprob. */
 void sampling_greedy_rows(const float *logits, int rows, int V, int32_t *tokens, float *logprobs);
 
 #endif

@@ -1,6 +1,6 @@
 /* The device's greedy choice (csrc/backend/cuda/sampling.cu) against sampling_greedy_rows
- * (csrc/ops/sampling.c): the same token in every row (ties: the first index; a NaN at index 0
- * wins, as on the CPU) and the raw log-probability within 1e-6. Exit status 1 on a failure. */
+ * (csrc/ops/sampling.c): the same token in every row (ties: the first index; NaN logits never
+ * chosen) and the raw log-probability within 1e-6. Exit status 1 on a failure. */
 #include <string>
 
 #include "check_common.h"
@@ -13,14 +13,22 @@ namespace {
 
 int failures = 0;
 
-void greedy_case(const std::string &name, int rows, int V, uint64_t seed, bool ties, bool nan0) {
+void greedy_case(const std::string &name, int rows, int V, uint64_t seed, bool ties, bool nan0,
+                 bool all_nan_row = false) {
     check::Rng rng(seed);
     std::vector<float> logits = rng.vec((size_t)rows * V, -8.0f, 8.0f);
     if (ties) /* several equal maxima per row: the first must win */
         for (int r = 0; r < rows; r++)
             for (int k = 0; k < 3; k++)
                 logits[(size_t)r * V + (V / 3) * k + r % 7] = 20.0f;
-    if (nan0) logits[0] = NAN;
+    if (nan0) { /* at index 0, and where `ties` put row 1's maxima */
+        logits[0] = NAN;
+        for (int k = 0; k < 3; k++)
+            logits[(size_t)V + (V / 3) * k + 1] = NAN;
+    }
+    if (all_nan_row)
+        for (int k = 0; k < V; k++)
+            logits[k] = NAN;
     std::vector<int32_t> want_tok(rows), got_tok(rows);
     std::vector<float> want_lp(rows), got_lp(rows);
     sampling_greedy_rows(logits.data(), rows, V, want_tok.data(), want_lp.data());
@@ -49,6 +57,8 @@ int main() {
     greedy_case("batch 8, V=50257", 8, 50257, 2, false, false);
     greedy_case("batch 32, V=1000, ties", 32, 1000, 3, true, false);
     greedy_case("batch 3, V=257, NaN at index 0", 3, 257, 4, false, true);
+    greedy_case("batch 3, V=257, NaN on tied maxima", 3, 257, 6, true, true);
+    greedy_case("batch 2, V=300, a row all NaN", 2, 300, 7, false, false, true);
     greedy_case("batch 5, V=31 (fewer than the threads)", 5, 31, 5, true, false);
     if (failures) {
         std::printf("check_sampling: %d case(s) failed\n", failures);

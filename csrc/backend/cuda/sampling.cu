@@ -1,8 +1,8 @@
 /* Greedy decoding on the device: per row of logits, the first index of the maximum and its raw
  * log-probability, so a decode step reads back two numbers per row instead of the whole
- * vocabulary. Matches sampling_greedy_rows (csrc/ops/sampling.c): the maximum under strict `>`
- * scanned from index 0 (a NaN at index 0 wins, as there), and log p = x - max - log sum exp(x -
- * max) with the sum in double. */
+ * vocabulary. Matches sampling_greedy_rows (csrc/ops/sampling.c): the first index of the largest
+ * logit that is not NaN (0 when all are), and log p = x - max - log sum exp(x - max) over the
+ * logits that are not NaN, with the sum in double. */
 #include <math.h>
 
 #include "cuda_common.h"
@@ -10,8 +10,9 @@
 
 #define GREEDY_THREADS 256
 
-/* (value, index) pairs: the larger value wins, a tie goes to the lower index; a candidate that
- * is not larger under `>` (NaN included) never displaces the incumbent. */
+/* (value, index) pairs: the larger value wins, a tie goes to the lower index. NaN values never
+ * enter a pair: a thread that saw only NaN holds (-inf, kNone), which any other pair displaces. */
+constexpr int kNone = 0x7fffffff;
 __device__ __forceinline__ void greedy_merge(float &v, int &i, float ov, int oi) {
     if (ov > v || (ov == v && oi < i)) {
         v = ov;
@@ -27,11 +28,10 @@ __global__ void greedy_rows_kernel(const float *__restrict__ logits, int V,
     const float *x = logits + (long)blockIdx.x * V;
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warps = (int)blockDim.x >> 5;
-    /* every thread starts from index 0, as the CPU loop does */
-    float v = x[0];
-    int idx = 0;
-    for (int k = tid + 1; k < V; k += (int)blockDim.x)
-        if (x[k] > v) { /* strict: the first occurrence within this thread's indices */
+    float v = -INFINITY;
+    int idx = kNone;
+    for (int k = tid; k < V; k += (int)blockDim.x)
+        if (x[k] > v || (idx == kNone && x[k] == v)) { /* the first occurrence in this thread */
             v = x[k];
             idx = k;
         }
@@ -54,12 +54,12 @@ __global__ void greedy_rows_kernel(const float *__restrict__ logits, int V,
         best_i[0] = bi;
     }
     __syncthreads();
-    const int chosen = best_i[0];
-    /* the CPU's log-sum-exp takes the maximum under `>` from index 0: the chosen value */
-    const float m = x[chosen];
+    const int chosen = best_i[0] == kNone ? 0 : best_i[0];
+    /* the CPU's log-sum-exp takes the largest logit that is not NaN: the chosen value */
+    const float m = best_v[0];
     double z = 0.0;
     for (int k = tid; k < V; k += (int)blockDim.x)
-        z += exp((double)x[k] - (double)m);
+        if (!isnan(x[k])) z += exp((double)x[k] - (double)m);
     z = mg_block_sum(z, sums);
     if (tid == 0) {
         tokens[blockIdx.x] = chosen;
