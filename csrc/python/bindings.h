@@ -25,11 +25,20 @@ extern PyTypeObject MgpyModelType;
 /* Runs `stmt` holding the model's lock (read or write). The lock is taken with the GIL released,
  * so a thread waiting for it never blocks threads that hold it; `stmt` runs with the GIL held
  * and may use the Python API. The thread stays inside the fork gate until the lock is released:
- * a fork never leaves a child the lock held. */
+ * a fork never leaves a child the lock held.
+ * No Python code of the user's may run in `stmt`: code that called the same model again would
+ * take its lock a second time on this thread (a deadlock, or a swap under the caller's feet).
+ * So the garbage collector, which runs finalizers when `stmt` allocates, is paused, and what
+ * `stmt` reads from user objects was taken out of them first (mgpy_plain_dict, numbers parsed
+ * before). */
+#define MGPY_CAT2(a, b) a##b
+#define MGPY_CAT(a, b) MGPY_CAT2(a, b)
 #define MGPY_LOCKED(model, lockfn, stmt)                                                           \
     MGPY_BEGIN_C_WORK                                                                              \
     lockfn(model);                                                                                 \
-    Py_END_ALLOW_THREADS stmt;                                                                     \
+    Py_END_ALLOW_THREADS const int MGPY_CAT(mgpy_gc_on_, __LINE__) = PyGC_Disable();               \
+    stmt;                                                                                          \
+    if (MGPY_CAT(mgpy_gc_on_, __LINE__)) PyGC_Enable();                                            \
     mg_model_unlock(model);                                                                        \
     mg_threads_leave()
 #define MGPY_LOCKED_READ(model, stmt) MGPY_LOCKED(model, mg_model_lock_read, stmt)

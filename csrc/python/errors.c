@@ -22,6 +22,28 @@ PyObject *mgpy_as_c_array(PyObject *obj, int type) {
                                          NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
 }
 
+PyObject *mgpy_plain_dict(PyObject *dict, const char *what) {
+    if (!PyDict_Check(dict)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a dict", what);
+        return NULL;
+    }
+    PyObject *out = PyDict_New();
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (out != NULL && PyDict_Next(dict, &pos, &key, &value)) {
+        if (!PyUnicode_Check(key)) {
+            PyErr_Format(PyExc_TypeError, "the keys of %s must be str, got %.80s", what,
+                         Py_TYPE(key)->tp_name);
+            Py_CLEAR(out);
+            break;
+        }
+        PyObject *plain = PyUnicode_FromObject(key); /* an exact str; no __str__ runs */
+        if (plain == NULL || PyDict_SetItem(out, plain, value) != 0) Py_CLEAR(out);
+        Py_XDECREF(plain);
+    }
+    return out;
+}
+
 PyObject *mgpy_raise(const mg_error *err) {
     PyObject *type;
     switch (err->code) {

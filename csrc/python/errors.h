@@ -21,7 +21,12 @@ struct mg_param_slot_s;
 /* A dict of float32 array copies of the slots of a parameter block. */
 PyObject *mgpy_slots_to_dict(const mg_backend *be, const struct mg_param_slot_s *slots, int n_slots,
                              const float *block);
-/* Copies every slot's array from dict (exact names and sizes required); -1 with an exception. */
+/* A new dict with dict's items under exact-str keys (a str subclass's value is copied): looking
+ * names up in it runs no Python code of the user's (a key's __eq__), so it may be read while a
+ * model's lock is held. NULL with TypeError when dict is not a dict or a key is not a str. */
+PyObject *mgpy_plain_dict(PyObject *dict, const char *what);
+/* Copies every slot's array from dict (exact names and sizes required); -1 with an exception.
+ * Under a model's lock, dict comes from mgpy_plain_dict. */
 int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const struct mg_param_slot_s *slots,
                        int n_slots, float *block);
 

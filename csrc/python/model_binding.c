@@ -356,10 +356,13 @@ static PyObject *Model_weight_samples(MgpyModel *self, PyObject *arg) {
     return out;
 }
 
-static PyObject *Model_load_state_dict(MgpyModel *self, PyObject *dict) {
+static PyObject *Model_load_state_dict(MgpyModel *self, PyObject *arg) {
     mg_params *p = &self->model->params;
+    PyObject *dict = mgpy_plain_dict(arg, "a state dict");
+    if (dict == NULL) return NULL;
     MGPY_LOCKED_WRITE(self->model, int rc = mgpy_dict_to_slots(self->model->be, dict, p->slots,
                                                                p->n_slots, p->block));
+    Py_DECREF(dict);
     if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -436,11 +439,14 @@ static PyObject *Model_snapshot(MgpyModel *self, PyObject *unused) {
     return out;
 }
 
-static PyObject *Model_load_lora_state_dict(MgpyModel *self, PyObject *dict) {
+static PyObject *Model_load_lora_state_dict(MgpyModel *self, PyObject *arg) {
+    PyObject *dict = mgpy_plain_dict(arg, "a LoRA state dict");
+    if (dict == NULL) return NULL;
     MGPY_LOCKED_WRITE(
         self->model, mg_lora *l = self->model->lora; int rc = -1;
         if (l == NULL) PyErr_SetString(PyExc_ValueError, "the model has no LoRA adapters attached");
         else rc = mgpy_dict_to_slots(l->be, dict, l->slots, l->n_slots, l->block));
+    Py_DECREF(dict);
     if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
