@@ -14,11 +14,15 @@ typedef struct {
     int mask_token_id;
     int vocab_size;
     int use_spans;                  /* sample SPAN regions (MSG); 0 gives an all-CONTEXT view */
-    int spans_min, spans_max;       /* spans per sequence (1..3) */
+    int spans_min, spans_max;       /* spans per sequence (1..3), at most MG_MAX_SPANS */
     int span_len_min, span_len_max; /* span length, uniform (8..32) */
     float span_max_frac; /* all spans together at most this share of the sequence (0.3) */
     float all_span_frac; /* share of sequences made all-SPAN: plain next-token LM (0.25) */
 } mg_masking_config;
+
+/* The most spans a sequence may ask for: each one draws up to 8 places, found or not, so an
+ * unbounded count would spin long after the sequence is full. */
+#define MG_MAX_SPANS 1024
 
 /* The stream of row r's masked view in a training micro step: apart from the dropout streams
  * (MG_DROP_STREAM_*, below 2**40), so masking and dropout never share random numbers. */

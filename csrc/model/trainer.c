@@ -1,5 +1,6 @@
 #include "trainer.h"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -371,6 +372,9 @@ done:
 
 int mg_trainer_apply(mg_trainer *t, double *grad_norm, float *lr_used, mg_error *err) {
     if (mg_trainer_check_adapters(t, err) != MG_OK) return err->code;
+    if (t->step >= INT_MAX)
+        return mg_fail(err, MG_ERR_VALUE, "the trainer has taken %d steps, the most it counts",
+                       t->step);
     const size_t n = mg_trainer_numel(t);
     float *grads = mg_trainer_grads(t), *params = mg_trainer_params(t);
     float *m = t->cfg.full_finetune ? t->m_params : t->m_lora;

@@ -2,6 +2,7 @@
 #define NO_IMPORT_ARRAY
 #define PY_ARRAY_UNIQUE_SYMBOL MAGNET_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <limits.h>
 #include <numpy/arrayobject.h>
 #include <string.h>
 
@@ -32,12 +33,13 @@ static int parse_masking(PyObject *cfg, mg_masking_config *m) {
         return -1;
     if (!(m->mask_rate >= 0.0f && m->mask_rate <= 1.0f) || !(m->mask_token_frac >= 0.0f) ||
         !(m->random_token_frac >= 0.0f) || m->mask_token_frac + m->random_token_frac > 1.0f ||
-        m->spans_min < 0 || m->spans_max < m->spans_min || m->span_len_min < 1 ||
-        m->span_len_max < m->span_len_min || !(m->span_max_frac >= 0.0f) ||
+        m->spans_min < 0 || m->spans_max < m->spans_min || m->spans_max > MG_MAX_SPANS ||
+        m->span_len_min < 1 || m->span_len_max < m->span_len_min || !(m->span_max_frac >= 0.0f) ||
         !(m->all_span_frac >= 0.0f && m->all_span_frac <= 1.0f)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "invalid masking settings (rates must lie in [0, 1], mask + random <= 1, "
-                        "min <= max for spans and span lengths)");
+        PyErr_Format(PyExc_ValueError,
+                     "invalid masking settings (rates must lie in [0, 1], mask + random <= 1, "
+                     "min <= max for spans and span lengths, at most %d spans)",
+                     MG_MAX_SPANS);
         return -1;
     }
     return 0;
@@ -210,8 +212,12 @@ static PyObject *Trainer_apply(MgpyTrainer *self, PyObject *unused) {
 }
 
 static PyObject *Trainer_lr(MgpyTrainer *self, PyObject *arg) {
-    long step = PyLong_AsLong(arg);
+    const long step = PyLong_AsLong(arg);
     if (step == -1 && PyErr_Occurred()) return NULL;
+    if (step < 0 || step > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "step must lie in [0, %d], got %ld", INT_MAX, step);
+        return NULL;
+    }
     return PyFloat_FromDouble(mg_trainer_lr(&self->trainer->cfg, (int)step));
 }
 
@@ -259,13 +265,10 @@ static PyObject *Trainer_state(MgpyTrainer *self, PyObject *unused) {
 }
 
 /* The work of load_state, with the model locked for writing by the caller. */
-static PyObject *load_state_locked(mg_trainer *t, PyObject *state, mg_error *err) {
+/* state: from mgpy_plain_dict; step: parsed before the lock (its __index__ is Python code). */
+static PyObject *load_state_locked(mg_trainer *t, PyObject *state, int step, mg_error *err) {
     if (mg_trainer_check_adapters(t, err) != MG_OK) return NULL;
     const size_t n = mg_trainer_numel(t);
-    if (!PyDict_Check(state)) {
-        PyErr_SetString(PyExc_TypeError, "trainer state must be a dict");
-        return NULL;
-    }
     float *dst[3] = {mg_trainer_params(t), t->cfg.full_finetune ? t->m_params : t->m_lora,
                      t->cfg.full_finetune ? t->v_params : t->v_lora};
     const char *keys[3] = {"params", "m", "v"};
@@ -280,19 +283,12 @@ static PyObject *load_state_locked(mg_trainer *t, PyObject *state, mg_error *err
             return NULL;
         }
     }
-    PyObject *step = PyDict_GetItemString(state, "step");
-    long s = step ? PyLong_AsLong(step) : -1;
-    if (s < 0) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "trainer state has no valid 'step'");
-        return NULL;
-    }
     const mg_backend *be = t->model->be;
     for (int i = 0; i < 3; i++)
         be->upload(be, dst[i], PyArray_DATA((PyArrayObject *)PyDict_GetItemString(state, keys[i])),
                    n * sizeof(float));
     be->zero(be, mg_trainer_grads(t), n * sizeof(float));
-    t->step = (int)s;
+    t->step = step;
     Py_RETURN_NONE;
 }
 
@@ -300,8 +296,23 @@ static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
     mg_trainer *t = self->trainer;
     mg_error err;
     mg_error_clear(&err);
+    PyObject *plain = mgpy_plain_dict(state, "trainer state");
+    if (plain == NULL) return NULL;
+    /* steps the trainer can go on from: apply() refuses to count past INT_MAX */
+    PyObject *step_obj = PyDict_GetItemString(plain, "step");
+    long step = -1; /* an int or a NumPy integer, converted before the lock (__index__ is code) */
+    if (step_obj != NULL && !PyBool_Check(step_obj) && PyIndex_Check(step_obj))
+        step = PyLong_AsLong(step_obj);
+    if (step < 0 || step >= INT_MAX) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "trainer state has no valid 'step' (an int from 0 to %d)",
+                     INT_MAX - 1);
+        Py_DECREF(plain);
+        return NULL;
+    }
     /* the check and everything after it under the write lock: no swap can come between */
-    MGPY_LOCKED_WRITE(t->model, PyObject *res = load_state_locked(t, state, &err));
+    MGPY_LOCKED_WRITE(t->model, PyObject *res = load_state_locked(t, plain, (int)step, &err));
+    Py_DECREF(plain);
     if (err.code != MG_OK) return mgpy_raise(&err);
     return res; /* NULL with a Python exception set for a malformed state */
 }
