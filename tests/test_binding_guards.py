@@ -215,3 +215,125 @@ def test_byte_swapped_and_unaligned_arrays_are_read_as_their_values():
         bad = dict(tensors, **{"tok_embeddings": make(tensors["tok_embeddings"])})
         with pytest.raises(TypeError, match=f"tok_embeddings.*{name}"):
             _C.Model(config, bad)
+
+
+def test_greedy_and_logprobs_leave_nan_logits_out():
+    """A NaN at logit 0 won greedy decoding (no later logit compares greater than NaN) and made
+    every log-probability NaN; NaN logits now weigh nothing, greedy or sampled."""
+    _, config, tensors = _gpt2()
+    base = _C.Generator(_C.Model(config, tensors), 1, 4)
+    base.append(_one(1), _one(1, np.uint8), _one(0), _one(0))
+    logits = base.logits()[0]
+    # a NaN in the head's row 0 (GPT-2 ties it to the embedding): only logit 0 becomes NaN
+    emb = tensors["tok_embeddings"].copy()
+    emb[0, 0] = np.nan
+    gen = _C.Generator(_C.Model(config, dict(tensors, tok_embeddings=emb)), 1, 4)
+    gen.append(_one(1), _one(1, np.uint8), _one(0), _one(0))
+    assert np.isnan(gen.logits()[0][0]) and np.isfinite(gen.logits()[0][1:]).all()
+    tokens, logprobs = gen.decode_step()
+    want = 1 + int(np.argmax(gen.logits()[0][1:]))
+    assert int(tokens[0]) == want and np.isfinite(logprobs[0])
+    rest = gen.logits()[0][1:].astype(np.float64)
+    expect = rest[want - 1] - rest.max() - np.log(np.exp(rest - rest.max()).sum())
+    assert abs(float(logprobs[0]) - expect) < 1e-5
+    assert logits.shape == gen.logits()[0].shape
+
+
+class _CollidingKey:
+    """A dict key that hashes like a parameter name and runs code when compared."""
+
+    def __init__(self, name: str, action) -> None:
+        self.name, self.action, self.armed = name, action, False
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __eq__(self, other) -> bool:
+        if self.armed:
+            self.action()
+        return False
+
+
+def test_user_code_cannot_run_under_the_models_lock(stories):
+    """Dict lookups and int conversions ran the user's __eq__ and __index__ while the binding held
+    the model's lock: code that detached the adapters there freed the block being written
+    (a use-after-free), and a finalizer run by the collector inside state_dict() waited for ever
+    for the lock its own thread held."""
+    import gc
+
+    stories._c.attach_lora(4, 8.0, QV, 0)
+    sd = stories._c.lora_state_dict()
+    key = _CollidingKey(next(iter(sd)), stories._c.detach_lora)
+    evil = {key: 0, **sd}
+    key.armed = True
+    with pytest.raises(TypeError, match="keys of a LoRA state dict must be str"):
+        stories._c.load_lora_state_dict(evil)
+    trainer = _C.Trainer(stories._c, {"mask_token_id": 3})
+    state = trainer.state()
+
+    class Step:
+        def __index__(self) -> int:
+            stories._c.detach_lora()
+            return 1
+
+    with pytest.raises(ValueError, match="adapters"):  # detached before the lock: refused
+        trainer.load_state(dict(state, step=Step()))
+    stories._c.attach_lora(4, 8.0, QV, 0)
+    # numpy's str subclass is a fine key
+    stories._c.load_lora_state_dict({np.str_(k): v for k, v in sd.items()})
+
+    merged = []
+
+    class Finalizer:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: only the collector frees it
+
+        def __del__(self) -> None:
+            stories._c.merge_lora()
+            merged.append(True)
+
+    was = gc.isenabled()
+    old = gc.get_threshold()
+    gc.disable()
+    try:
+        Finalizer()
+        keep = [{} for _ in range(200)]  # the next dicts are fresh allocations
+        gc.set_threshold(1)
+        gc.enable()
+        stories._c.state_dict()  # hung for ever
+        gc.collect()
+        assert merged == [True] and len(keep) == 200
+    finally:
+        gc.set_threshold(*old)
+        (gc.enable if was else gc.disable)()
+
+
+def test_trainer_steps_stay_within_a_c_int(stories):
+    """Steps were truncated to int: load_state(step=2**32 + 5) resumed at 5, lr(2**32 + 5) gave
+    lr(5), lr(-5) a negative rate, and apply() at 2**31 - 1 overflowed."""
+    stories._c.attach_lora(4, 8.0, QV, 0)
+    trainer = _C.Trainer(stories._c, {"mask_token_id": 3, "warmup_steps": 10,
+                                      "total_steps": 100})
+    for bad in (-5, 2**31, 2**32 + 5):
+        with pytest.raises(ValueError, match="step must lie in"):
+            trainer.lr(bad)
+    state = trainer.state()
+    for bad in (2**31 - 1, 2**32 + 5, -1, 1.0, True, "3"):
+        with pytest.raises(ValueError, match="no valid 'step'"):
+            trainer.load_state(dict(state, step=bad))
+    trainer.load_state(dict(state, step=np.int64(7)))
+    assert trainer.step == 7
+    trainer.load_state(dict(state, step=2**31 - 2))
+    assert trainer.step == 2**31 - 2
+
+
+def test_span_counts_are_bounded():
+    """masked_view drew up to 8 places for every span asked for, placed or not: spans_max = 2**30
+    spun for minutes on a 4-token row, with the GIL released (Ctrl-C could not stop it)."""
+    cfg = dict(use_spans=1, spans_min=1, span_len_min=1, span_len_max=1, span_max_frac=1.0,
+               all_span_frac=0.0, mask_token_id=3)
+    with pytest.raises(ValueError, match="at most 1024 spans"):
+        _C.masked_view(np.arange(4, dtype=np.int32), dict(cfg, spans_max=1025), 16, 0, 0)
+    tokens, roles, _, _ = _C.masked_view(np.arange(64, dtype=np.int32),
+                                         dict(cfg, spans_min=1024, spans_max=1024), 16, 0, 0)
+    assert 0 < int(np.count_nonzero(roles)) <= 32
