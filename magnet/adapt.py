@@ -17,17 +17,18 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from magnet import _C
 from magnet.data import ChunkStream, TextSource, pad_rows, read_texts
+
+# At run time, not for type checkers only, so that typing.get_type_hints resolves `Model`:
+# magnet.model imports this module lazily (inside Model.adapt), so there is no cycle.
+from magnet.model import Model
 from magnet.results import AdaptResult, Stage
 from magnet.save import check_target_dir, remove_stale_temps, write_file_atomically
-
-if TYPE_CHECKING:
-    from magnet.model import Model
 
 DEFAULT_INSTRUCTION = "Given the sentence, find its representation: "
 

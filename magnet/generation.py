@@ -18,16 +18,16 @@ import numbers
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from magnet import _C
-from magnet.tokenizer import check_text
 
-if TYPE_CHECKING:
-    from magnet.model import Model
-    from magnet.tokenizer import Tokenizer
+# At run time, not for type checkers only, so that typing.get_type_hints resolves `Model`:
+# magnet.model imports this module lazily (inside its methods), so there is no cycle.
+from magnet.model import Model
+from magnet.tokenizer import Tokenizer, check_text
 
 SPAN = 1
 # Prompt tokens kept in front of new tokens when decoding them, so a tokenizer that strips the

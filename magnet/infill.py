@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -45,11 +45,12 @@ from magnet.generation import (
     position_limit,
     resolve_seed,
 )
+
+# At run time, not for type checkers only, so that typing.get_type_hints resolves `Model`:
+# magnet.model imports this module lazily (inside its methods), so there is no cycle.
+from magnet.model import Model
 from magnet.results import InfillResult
 from magnet.tokenizer import check_text
-
-if TYPE_CHECKING:
-    from magnet.model import Model
 
 CONTEXT, SPAN = 0, 1
 LENGTH_CANDIDATES: tuple[int, ...] = (1, 2, 4, 8, 16)

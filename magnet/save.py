@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -32,8 +32,9 @@ from magnet.formats.huggingface import (
 )
 from magnet.formats.peft import TARGETS, adapter_from_peft, adapter_to_peft, read_metadata
 
-if TYPE_CHECKING:
-    from magnet.model import Model
+# At run time, not for type checkers only, so that typing.get_type_hints resolves `Model`:
+# magnet.model imports this module lazily (inside its methods), so there is no cycle.
+from magnet.model import Model
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
