@@ -192,3 +192,52 @@ def test_snapshot_reads_weights_and_adapters_together(stories_dir):
         assert got.keys() == want.keys()
         for name in want:
             np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_a_generator_refuses_logprob_and_finish_while_another_thread_steps_it(stories_dir):
+    """logprob, finish and finished read or wrote a generator's logits and row flags without
+    claiming it, so a decode_step running in another thread (the GIL released) could rewrite
+    them under the reader. They now take the claim as every step does: each call either runs
+    alone or raises the documented RuntimeError, and the logprobs it gives are finite."""
+    from magnet import _C
+
+    m = magnet.Model.from_pretrained(stories_dir)
+    B, capacity = 128, 200
+    refused = {"logprob": 0, "finish": 0, "finished": 0}
+    tokens = np.zeros(B, np.int32)
+    for _ in range(20):
+        gen = _C.Generator(m._c, B, capacity)
+        ones = np.ones((B, 1), np.int32)
+        gen.append(ones, np.ones((B, 1), np.uint8), np.zeros((B, 1), np.int32),
+                   np.zeros((B, 1), np.int32))
+        done = threading.Event()
+
+        def decode(gen: _C.Generator = gen, done: threading.Event = done) -> None:
+            try:
+                while gen.length < capacity - 1 and min(refused.values()) == 0:
+                    try:
+                        gen.decode_step()
+                    except RuntimeError as e:  # the main thread holds the claim: try again
+                        assert "in use by another thread" in str(e)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=decode)
+        thread.start()
+        calls = {"logprob": lambda g=gen: g.logprob(tokens),
+                 "finish": lambda g=gen: g.finish(B - 1),
+                 "finished": lambda g=gen: g.finished}
+        while not done.is_set():
+            for name, call in calls.items():
+                try:
+                    out = call()
+                except RuntimeError as e:
+                    assert "in use by another thread" in str(e)
+                    refused[name] += 1
+                else:
+                    if name == "logprob":
+                        assert np.isfinite(out).all()
+        thread.join()
+        if min(refused.values()) > 0:
+            break
+    assert min(refused.values()) > 0, refused

@@ -273,18 +273,26 @@ static PyObject *Generator_span_step(MgpyGenerator *self, PyObject *arg) {
     return result;
 }
 
-/* logprob(tokens int32[B]) -> float32[B]: raw log-probability of each row's token (-1: 0). */
+/* logprob(tokens int32[B]) -> float32[B]: raw log-probability of each row's token (-1: 0).
+ * It claims the generator like a step does: a step running in another thread rewrites the
+ * logits this reads, and a greedy GPU session copies them off the device under the model's
+ * lock. */
 static PyObject *Generator_logprob(MgpyGenerator *self, PyObject *arg) {
     if (!self->ready) return PyErr_Format(PyExc_RuntimeError, "Generator not initialised");
     npy_intp dims[1] = {self->gen.B};
     PyArrayObject *tok = as_array(arg, "tokens", NPY_INT32, 1, dims);
     if (tok == NULL) return NULL;
     PyObject *out = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    if (out != NULL && claim(self) != 0) Py_CLEAR(out);
     if (out != NULL) {
         mg_error err;
         mg_error_clear(&err);
-        if (mg_generator_logprob(&self->gen, PyArray_DATA(tok), PyArray_DATA((PyArrayObject *)out),
-                                 &err) != MG_OK) {
+        int rc;
+        RUN_READING(self->model,
+                    rc = mg_generator_logprob(&self->gen, PyArray_DATA(tok),
+                                              PyArray_DATA((PyArrayObject *)out), &err));
+        self->busy = 0;
+        if (rc != MG_OK) {
             Py_CLEAR(out);
             mgpy_raise(&err);
         }
@@ -318,7 +326,9 @@ static PyObject *Generator_finish(MgpyGenerator *self, PyObject *arg) {
     if (row == -1 && PyErr_Occurred()) return NULL;
     if (row < 0 || row >= self->gen.B)
         return PyErr_Format(PyExc_IndexError, "row %ld out of range", row);
+    if (claim(self) != 0) return NULL; /* a step in another thread reads the flags */
     self->gen.finished[row] = 1;
+    self->busy = 0;
     Py_RETURN_NONE;
 }
 
@@ -336,7 +346,13 @@ static PyObject *Generator_finished(MgpyGenerator *self, void *closure) {
     (void)closure;
     npy_intp n = self->ready ? self->gen.B : 0;
     PyObject *a = PyArray_SimpleNew(1, &n, NPY_BOOL);
-    if (a != NULL && n > 0) memcpy(PyArray_DATA((PyArrayObject *)a), self->gen.finished, n);
+    if (a == NULL || n == 0) return a;
+    if (claim(self) != 0) { /* a step in another thread writes the flags */
+        Py_DECREF(a);
+        return NULL;
+    }
+    memcpy(PyArray_DATA((PyArrayObject *)a), self->gen.finished, n);
+    self->busy = 0;
     return a;
 }
 
