@@ -195,15 +195,16 @@ def test_snapshot_reads_weights_and_adapters_together(stories_dir):
 
 
 def test_a_generator_refuses_logprob_and_finish_while_another_thread_steps_it(stories_dir):
-    """logprob, finish and finished read or wrote a generator's logits and row flags without
-    claiming it, so a decode_step running in another thread (the GIL released) could rewrite
-    them under the reader. They now take the claim as every step does: each call either runs
-    alone or raises the documented RuntimeError, and the logprobs it gives are finite."""
+    """logprob, finish, finished and length read or wrote a generator's logits, row flags and
+    cache length without claiming it, so a decode_step running in another thread (the GIL
+    released) could rewrite them under the reader. They now take the claim as every step does:
+    each call either runs alone or raises the documented RuntimeError, and the logprobs it gives
+    are finite."""
     from magnet import _C
 
     m = magnet.Model.from_pretrained(stories_dir)
     B, capacity = 128, 200
-    refused = {"logprob": 0, "finish": 0, "finished": 0}
+    refused = {"logprob": 0, "finish": 0, "finished": 0, "length": 0}
     tokens = np.zeros(B, np.int32)
     for _ in range(20):
         gen = _C.Generator(m._c, B, capacity)
@@ -214,9 +215,11 @@ def test_a_generator_refuses_logprob_and_finish_while_another_thread_steps_it(st
 
         def decode(gen: _C.Generator = gen, done: threading.Event = done) -> None:
             try:
-                while gen.length < capacity - 1 and min(refused.values()) == 0:
+                steps = 1
+                while steps < capacity - 1 and min(refused.values()) == 0:
                     try:
                         gen.decode_step()
+                        steps += 1
                     except RuntimeError as e:  # the main thread holds the claim: try again
                         assert "in use by another thread" in str(e)
             finally:
@@ -226,7 +229,8 @@ def test_a_generator_refuses_logprob_and_finish_while_another_thread_steps_it(st
         thread.start()
         calls = {"logprob": lambda g=gen: g.logprob(tokens),
                  "finish": lambda g=gen: g.finish(B - 1),
-                 "finished": lambda g=gen: g.finished}
+                 "finished": lambda g=gen: g.finished,
+                 "length": lambda g=gen: g.length}
         while not done.is_set():
             for name, call in calls.items():
                 try:
@@ -241,3 +245,154 @@ def test_a_generator_refuses_logprob_and_finish_while_another_thread_steps_it(st
         if min(refused.values()) > 0:
             break
     assert min(refused.values()) > 0, refused
+
+
+def test_a_generator_is_initialised_by_one_thread_only(stories_dir):
+    """Two threads' __init__ on one Generator object both passed the "already initialised"
+    check (the build runs with the GIL released) and built into the same session: a 1-row and a
+    3-row build mixed, and the next step segfaulted. Now exactly one of them builds it."""
+    from magnet import _C
+
+    m = magnet.Model.from_pretrained(stories_dir)
+    for _ in range(10):
+        gen = _C.Generator.__new__(_C.Generator)
+        barrier = threading.Barrier(2)
+        built: list[int] = []
+        refused: list[str] = []
+
+        def init(rows: int, capacity: int, gen: _C.Generator = gen,
+                 barrier: threading.Barrier = barrier, built: list[int] = built,
+                 refused: list[str] = refused) -> None:
+            barrier.wait()
+            try:
+                gen.__init__(m._c, rows, capacity)
+                built.append(rows)
+            except RuntimeError as e:
+                refused.append(str(e))
+
+        threads = [threading.Thread(target=init, args=(1, 8192)),
+                   threading.Thread(target=init, args=(3, 16))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(built) == 1 and len(refused) == 1, (built, refused)
+        assert "already initialised" in refused[0]
+        B = built[0]
+        assert gen.finished.shape == (B,)
+        gen.append(np.full((B, 4), 7, np.int32), np.ones((B, 4), np.uint8),
+                   np.zeros((B, 4), np.int32), np.tile(np.arange(4, dtype=np.int32), (B, 1)))
+        for _ in range(8):
+            tokens, logprobs = gen.decode_step()
+            assert tokens.shape == (B,) and np.isfinite(logprobs).all()
+
+
+def _trainer_batch(seed: int, length: int) -> tuple:
+    rng = np.random.default_rng(seed)
+    masked = rng.integers(4, 512, size=(3, length)).astype(np.int32)
+    a = rng.integers(4, 512, size=(3, length // 2)).astype(np.int32)
+    return (masked, np.full(3, length, np.int32), a, np.full(3, length // 2, np.int32),
+            np.ones(3, np.int32), None, None, None, 1.0, 1.0, 1.0, 0, 1.0, seed, True)
+
+
+@pytest.mark.parametrize("other", ["micro_step", "zero_grad", "grad_dict", "state"])
+def test_a_trainer_runs_one_method_at_a_time(stories_dir, other):
+    """micro_step, zero_grad and grad_dict took only the model's read lock, which lets
+    inference run beside training but did not keep two threads apart on one Trainer: a second
+    micro_step re-laid the first one's activations under it (ASan: heap-use-after-free; wrong
+    losses), and zero_grad or grad_dict tore its gradients. Now the second caller gets a
+    RuntimeError, and every step that runs gives the losses it gives alone."""
+    from magnet import _C
+    from magnet.adapt import LORA_TARGETS
+
+    m = magnet.Model.from_pretrained(stories_dir)
+    m._c.attach_lora(4, 8.0, (1 << LORA_TARGETS["wq"]) | (1 << LORA_TARGETS["wv"]), 1)
+    trainer = _C.Trainer(m._c, {"mask_token_id": 0, "lora_dropout": 0.0, "resid_dropout": 0.0})
+    batches = [_trainer_batch(seed, 96) for seed in range(4)]
+    alone = [trainer.micro_step(*b) for b in batches]  # losses depend on the weights only
+    refused = 0
+    for _ in range(10):
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def steps(barrier: threading.Barrier = barrier, errors: list = errors) -> None:
+            nonlocal refused
+            barrier.wait()
+            for batch, expected in zip(batches, alone, strict=True):
+                try:
+                    assert trainer.micro_step(*batch) == expected
+                except RuntimeError as e:
+                    assert "in use by another thread" in str(e)
+                    refused += 1
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+        def second(barrier: threading.Barrier = barrier) -> None:
+            nonlocal refused
+            barrier.wait()
+            for batch in batches:
+                try:
+                    if other == "micro_step":
+                        trainer.micro_step(*batch)
+                    else:
+                        getattr(trainer, other)()
+                except RuntimeError as e:
+                    assert "in use by another thread" in str(e)
+                    refused += 1
+
+        threads = [threading.Thread(target=steps), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        if refused:
+            break
+    assert refused > 0
+    trainer.zero_grad()
+    assert trainer.micro_step(*batches[0]) == alone[0]  # usable afterwards
+
+
+def test_openblas_keeps_the_count_set_while_calls_run(stories_dir):
+    """OpenBLAS's thread count was set and recorded without a lock: two calls that read
+    magnet's count on either side of a change could leave the record saying 1 while OpenBLAS
+    kept 2, for good. Stress the change against running calls, then check that a call after
+    the last change leaves OpenBLAS at that count."""
+    import ctypes
+
+    import scipy_openblas32
+
+    lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(),
+                                   "lib" + scipy_openblas32.get_library() + ".so"))
+    m = magnet.Model.from_pretrained(stories_dir)
+    before = magnet.get_num_threads()
+    stop = threading.Event()
+
+    def toggle() -> None:
+        i = 0
+        while not stop.is_set():
+            magnet.set_num_threads(1 + (i & 1))
+            i += 1
+
+    def work() -> None:
+        for _ in range(20):
+            m.logits(np.arange(1, 60) % 512)
+
+    toggler = threading.Thread(target=toggle)
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    try:
+        toggler.start()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        stop.set()
+        toggler.join()
+    try:
+        for n in (1, 2, 1):
+            magnet.set_num_threads(n)
+            m.logits(np.arange(1, 60) % 512)
+            assert lib.scipy_openblas_get_num_threads() == n
+    finally:
+        magnet.set_num_threads(before)

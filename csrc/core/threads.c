@@ -15,6 +15,7 @@
 
 static int g_threads = 1;      /* the count every call runs with */
 static int g_blas_threads = 0; /* the count OpenBLAS was last given (0: none yet) */
+static int g_blas_lock = 0;    /* a spin lock, held only while OpenBLAS's count is set */
 static int g_teams_used = 0;   /* a call may have started OpenMP's worker threads */
 static int g_forked = 0;       /* a fork child of a process whose workers had started */
 /* The threads the process had at import (g_import_threads < 0: unknown, or too many to keep),
@@ -108,6 +109,7 @@ static void after_fork_in_child(void) {
     memset(&g_fork_gate, 0, sizeof g_fork_gate);
     init_gate();
     t_gate_depth = 0;
+    __atomic_store_n(&g_blas_lock, 0, __ATOMIC_RELEASE); /* its holder, if any, is not here */
     if (!__atomic_load_n(&g_teams_used, __ATOMIC_RELAXED) &&
         !__atomic_load_n(&g_new_threads_at_fork, __ATOMIC_RELAXED))
         return;
@@ -119,7 +121,20 @@ static void after_fork_in_child(void) {
 static int apply(void) {
     const int n = __atomic_load_n(&g_threads, __ATOMIC_RELAXED);
     if (omp_get_max_threads() != n) omp_set_num_threads(n);
-    if (__atomic_exchange_n(&g_blas_threads, n, __ATOMIC_RELAXED) != n) mg_blas_set_num_threads(n);
+    /* OpenBLAS's count is one setting for the process, set and recorded by one thread at a
+     * time: two calls that read the count on either side of a change set OpenBLAS in one order
+     * and recorded it in the other, and the record then matched the count while OpenBLAS kept
+     * the old one, for good. (A call with a stale count leaves a record that the next call
+     * corrects.) */
+    if (__atomic_load_n(&g_blas_threads, __ATOMIC_ACQUIRE) != n) {
+        while (__atomic_exchange_n(&g_blas_lock, 1, __ATOMIC_ACQUIRE))
+            sched_yield();
+        if (__atomic_load_n(&g_blas_threads, __ATOMIC_RELAXED) != n) {
+            mg_blas_set_num_threads(n);
+            __atomic_store_n(&g_blas_threads, n, __ATOMIC_RELEASE);
+        }
+        __atomic_store_n(&g_blas_lock, 0, __ATOMIC_RELEASE);
+    }
     return n;
 }
 

@@ -147,12 +147,16 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
         return -1;
     mg_model *m = model_of(model_obj);
     if (m == NULL) return -1;
-    if (self->ready) {
+    int *eos_ids = NULL, n_eos = 0;
+    if (eos_ids_from(eos_obj, &eos_ids, &n_eos) != 0) return -1;
+    /* checked after the ids (their conversion can run Python code) and claimed before the GIL
+     * goes: two threads' __init__ built one session into the same struct (a segfault later) */
+    if (self->ready || self->busy) {
+        PyMem_Free(eos_ids);
         PyErr_SetString(PyExc_RuntimeError, "Generator already initialised");
         return -1;
     }
-    int *eos_ids = NULL, n_eos = 0;
-    if (eos_ids_from(eos_obj, &eos_ids, &n_eos) != 0) return -1;
+    self->busy = 1;
     const sampling_params p = {do_sample, temperature, top_k, top_p, min_p, rep};
     mg_error err;
     mg_error_clear(&err);
@@ -161,6 +165,7 @@ static int Generator_init(MgpyGenerator *self, PyObject *args, PyObject *kwds) {
     rc = mg_generator_init(&self->gen, m, B, capacity, keep_hidden, &p, (uint64_t)seed, eos_ids,
                            n_eos, &err);
     MGPY_END_C_WORK PyMem_Free(eos_ids);
+    self->busy = 0;
     if (rc != MG_OK) {
         mgpy_raise(&err);
         return -1;
@@ -332,14 +337,23 @@ static PyObject *Generator_finish(MgpyGenerator *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* One of the cache's counts, read while no step runs: a step in another thread grows them. */
+static PyObject *cache_count(MgpyGenerator *self, int capacity) {
+    if (!self->ready) return PyLong_FromLong(0);
+    if (claim(self) != 0) return NULL;
+    const int n = capacity ? self->gen.cache.capacity : self->gen.cache.length;
+    self->busy = 0;
+    return PyLong_FromLong(n);
+}
+
 static PyObject *Generator_length(MgpyGenerator *self, void *closure) {
     (void)closure;
-    return PyLong_FromLong(self->ready ? self->gen.cache.length : 0);
+    return cache_count(self, 0);
 }
 
 static PyObject *Generator_capacity(MgpyGenerator *self, void *closure) {
     (void)closure;
-    return PyLong_FromLong(self->ready ? self->gen.cache.capacity : 0);
+    return cache_count(self, 1);
 }
 
 static PyObject *Generator_finished(MgpyGenerator *self, void *closure) {

@@ -15,6 +15,7 @@
 typedef struct {
     PyObject_HEAD mg_trainer *trainer;
     PyObject *model; /* the MgpyModel, kept alive while the trainer exists */
+    int busy;        /* set (under the GIL) while a method runs, which may release it */
 } MgpyTrainer;
 
 static int parse_masking(PyObject *cfg, mg_masking_config *m) {
@@ -335,28 +336,52 @@ static PyObject *Trainer_get_step(MgpyTrainer *self, void *closure) {
         PyErr_SetString(PyExc_RuntimeError, "magnet._C.Trainer was not initialised");
         return NULL;
     }
-    return PyLong_FromLong(self->trainer->step);
+    int step; /* apply() counts it under the write lock, in another thread perhaps */
+    MGPY_LOCKED_READ(self->trainer->model, step = self->trainer->step);
+    return PyLong_FromLong(step);
 }
 
-MGPY_GUARDED(MgpyTrainer, trainer, Trainer_micro_step)
-MGPY_GUARDED(MgpyTrainer, trainer, Trainer_apply)
-MGPY_GUARDED(MgpyTrainer, trainer, Trainer_lr)
-MGPY_GUARDED(MgpyTrainer, trainer, Trainer_grad_dict)
-MGPY_GUARDED(MgpyTrainer, trainer, Trainer_state)
-MGPY_GUARDED(MgpyTrainer, trainer, Trainer_load_state)
-MGPY_GUARDED(MgpyTrainer, trainer, Trainer_zero_grad)
+/* Defines fn_claimed(self, arg): fn, run by one thread at a time. A trainer's activations,
+ * gradients and moments are its own, not the model's, so the model's read lock (which steps take,
+ * letting inference run beside them) does not keep two threads' steps apart: a second micro_step
+ * re-laid the first one's activations under it, zero_grad tore its gradients. A second caller
+ * gets a RuntimeError, as a Generator's does. */
+#define TRAINER_CLAIMED(fn)                                                                        \
+    static PyObject *fn##_claimed(PyObject *obj, PyObject *arg) {                                  \
+        MgpyTrainer *self = (MgpyTrainer *)obj;                                                    \
+        if (self->trainer == NULL) {                                                               \
+            PyErr_SetString(PyExc_RuntimeError, "magnet._C.Trainer was not initialised");          \
+            return NULL;                                                                           \
+        }                                                                                          \
+        if (self->busy) {                                                                          \
+            PyErr_SetString(PyExc_RuntimeError, "this Trainer is in use by another thread");       \
+            return NULL;                                                                           \
+        }                                                                                          \
+        self->busy = 1;                                                                            \
+        PyObject *result = fn(self, arg);                                                          \
+        self->busy = 0;                                                                            \
+        return result;                                                                             \
+    }
+
+TRAINER_CLAIMED(Trainer_micro_step)
+TRAINER_CLAIMED(Trainer_apply)
+MGPY_GUARDED(MgpyTrainer, trainer, Trainer_lr) /* reads the fixed schedule only */
+TRAINER_CLAIMED(Trainer_grad_dict)
+TRAINER_CLAIMED(Trainer_state)
+TRAINER_CLAIMED(Trainer_load_state)
+TRAINER_CLAIMED(Trainer_zero_grad)
 
 static PyMethodDef Trainer_methods[] = {
-    {"micro_step", (PyCFunction)Trainer_micro_step_guarded, METH_VARARGS,
+    {"micro_step", (PyCFunction)Trainer_micro_step_claimed, METH_VARARGS,
      "One micro-batch: forward, losses and (train) backward."},
-    {"apply", (PyCFunction)Trainer_apply_guarded, METH_NOARGS,
+    {"apply", (PyCFunction)Trainer_apply_claimed, METH_NOARGS,
      "Optimizer step -> (grad_norm, lr)."},
     {"lr", (PyCFunction)Trainer_lr_guarded, METH_O, "Scheduled learning rate of a step."},
-    {"grad_dict", (PyCFunction)Trainer_grad_dict_guarded, METH_NOARGS,
+    {"grad_dict", (PyCFunction)Trainer_grad_dict_claimed, METH_NOARGS,
      "Gradients by parameter name."},
-    {"state", (PyCFunction)Trainer_state_guarded, METH_NOARGS, "Parameters, moments and step."},
-    {"load_state", (PyCFunction)Trainer_load_state_guarded, METH_O, "Restore state()."},
-    {"zero_grad", (PyCFunction)Trainer_zero_grad_guarded, METH_NOARGS, "Zero the gradients."},
+    {"state", (PyCFunction)Trainer_state_claimed, METH_NOARGS, "Parameters, moments and step."},
+    {"load_state", (PyCFunction)Trainer_load_state_claimed, METH_O, "Restore state()."},
+    {"zero_grad", (PyCFunction)Trainer_zero_grad_claimed, METH_NOARGS, "Zero the gradients."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -372,6 +397,7 @@ static PyObject *Trainer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self) {
         self->trainer = NULL;
         self->model = NULL;
+        self->busy = 0;
     }
     return (PyObject *)self;
 }
