@@ -147,7 +147,10 @@ mg_lora *mg_lora_copy_to(const mg_lora *l, const mg_backend *be, mg_error *err) 
             c->pairs[i].B = c->block + (l->pairs[i].B - l->block);
         }
     }
-    copy_between(l->be, be, c->block, l->block, l->numel * sizeof(float));
+    if (copy_between(l->be, be, c->block, l->block, l->numel * sizeof(float), err) != MG_OK) {
+        mg_lora_free(c);
+        return NULL;
+    }
     return c;
 }
 

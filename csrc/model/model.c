@@ -164,14 +164,15 @@ mg_model *mg_model_copy_to(const mg_model *src, const mg_backend *be, int owns_b
         const size_t bytes = sizeof(float) * (size_t)(src->config.head_dim / 2);
         m->inv_freq = on_host ? mg_alloc(bytes, 1, "rope table", err)
                               : be->alloc(be, bytes, "rope table", err);
-        if (m->inv_freq) copy_between(src->be, be, m->inv_freq, src->inv_freq, bytes);
+        if (m->inv_freq) copy_between(src->be, be, m->inv_freq, src->inv_freq, bytes, err);
     }
+    if (err->code == MG_OK)
+        copy_between(src->be, be, p->block, sp->block, sp->numel * sizeof(float), err);
     if (err->code != MG_OK) {
         mg_model_free(m);
         return NULL;
     }
     memcpy(p->slots, sp->slots, sizeof(mg_param_slot) * (size_t)sp->n_slots);
-    copy_between(src->be, be, p->block, sp->block, sp->numel * sizeof(float));
     float *const from = sp->block, *to = p->block;
     p->tok_embeddings = rebase(sp->tok_embeddings, from, to);
     p->pos_embeddings = rebase(sp->pos_embeddings, from, to);

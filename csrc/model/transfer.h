@@ -3,10 +3,10 @@
 #ifndef MG_MODEL_TRANSFER_H
 #define MG_MODEL_TRANSFER_H
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "../backend/backend.h"
+#include "../core/alloc.h"
 
 static inline int mg_on_host(const mg_backend *be) {
     return be->device == MG_DEVICE_CPU;
@@ -26,11 +26,16 @@ static inline size_t mg_stage_bytes(const mg_backend *be, size_t bytes) {
     return mg_on_host(be) ? 0 : bytes;
 }
 
+/* Bytes of host memory a copy between two GPUs passes through at a time: a model's weights
+ * need not fit in host memory twice over. */
+#define MG_BOUNCE_BYTES ((size_t)64 << 20)
+
 /* dst (memory of `to`) = src (memory of `from`). Two distinct GPU backends pass through the
- * host. Returns 0, or -1 when the bounce buffer cannot be allocated. */
+ * host, in pieces of MG_BOUNCE_BYTES. MG_OK, or MG_ERR_NOMEM in err when that buffer cannot be
+ * allocated (dst then holds nothing useful). */
 static inline int copy_between(const mg_backend *from, const mg_backend *to, void *dst,
-                               const void *src, size_t bytes) {
-    if (bytes == 0) return 0;
+                               const void *src, size_t bytes, mg_error *err) {
+    if (bytes == 0) return MG_OK;
     if (mg_on_host(from) && mg_on_host(to)) {
         memcpy(dst, src, bytes);
     } else if (mg_on_host(from)) {
@@ -40,13 +45,17 @@ static inline int copy_between(const mg_backend *from, const mg_backend *to, voi
     } else if (from == to) {
         to->copy(to, dst, src, bytes);
     } else {
-        void *bounce = malloc(bytes);
-        if (bounce == NULL) return -1;
-        from->download(from, bounce, src, bytes);
-        to->upload(to, dst, bounce, bytes);
-        free(bounce);
+        const size_t piece = bytes < MG_BOUNCE_BYTES ? bytes : MG_BOUNCE_BYTES;
+        char *bounce = mg_alloc_uninit(piece, 1, "transfer buffer between GPUs", err);
+        if (bounce == NULL) return err->code;
+        for (size_t at = 0; at < bytes; at += piece) {
+            const size_t n = bytes - at < piece ? bytes - at : piece;
+            from->download(from, bounce, (const char *)src + at, n);
+            to->upload(to, (char *)dst + at, bounce, n);
+        }
+        mg_free(bounce);
     }
-    return 0;
+    return MG_OK;
 }
 
 #endif
