@@ -8,7 +8,8 @@ Environment switches:
                            takes precedence over MAGNET_PORTABLE
   MAGNET_SYSTEM_OPENBLAS=1 link the system's libopenblas instead of the scipy-openblas32 wheel
   MAGNET_SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer build
-  MAGNET_DEBUG=1           -O0 -g
+  MAGNET_DEBUG=1           -O0 -g, and magnet._C._fail_allocation_after for the allocation-
+                           failure tests (tests/test_allocation_failures.py)
   MAGNET_CUDA=auto|0|1|emulate
                            the CUDA backend (csrc/backend/cuda/*.cu): auto (default) builds it iff
                            nvcc is found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin); 0 never; 1
@@ -229,7 +230,8 @@ def _extension() -> Extension:
                     "-fno-wrapv"]
     link_args = ["-fopenmp"]
     if _flag("MAGNET_DEBUG"):
-        compile_args += ["-O0", "-g"]
+        # MG_FAULT_INJECTION: magnet._C._fail_allocation_after, for the allocation-failure tests
+        compile_args += ["-O0", "-g", "-DMG_FAULT_INJECTION=1"]
     else:
         compile_args += ["-O3"]
     march = os.environ.get("MAGNET_MARCH", "").strip()

@@ -16,6 +16,8 @@
 #        tests/test_resource_limits.py MemoryError before allocating
 #        tests/fuzz/test_regressions.py every crasher the fuzz harnesses found
 #        tests/test_binding_guards.py  magnet._C misused directly (re-init, races, limits)
+#        tests/test_allocation_failures.py every C allocation of the main calls failing in turn
+#                                      (the debug build's _C._fail_allocation_after)
 #   2. a short run of every atheris harness in tests/fuzz/ (FUZZ_SECONDS each, default 30;
 #      0 skips it; skipped when atheris is not installed).
 #
@@ -53,7 +55,8 @@ python -m pytest -q -p no:cacheprovider -x \
     tests/test_ops_grad.py tests/test_train_grad.py tests/test_safetensors.py \
     tests/test_gguf.py tests/test_llama2c.py tests/test_fuzz_formats.py tests/test_api_errors.py \
     tests/test_generate.py tests/test_embed.py tests/test_resource_limits.py \
-    tests/fuzz/test_regressions.py tests/test_binding_guards.py "$@"
+    tests/fuzz/test_regressions.py tests/test_binding_guards.py tests/test_allocation_failures.py \
+    "$@"
 
 if [ "$FUZZ_SECONDS" != 0 ] && python -c "import atheris" 2>/dev/null; then
     for h in tests/fuzz/fuzz_*.py; do

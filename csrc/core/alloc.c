@@ -31,6 +31,26 @@ size_t mg_memory_available(void) {
     return avail > (unsigned long long)SIZE_MAX ? SIZE_MAX : (size_t)avail;
 }
 
+#ifdef MG_FAULT_INJECTION
+static long g_fail_at = 0;   /* the allocation that fails, counted from the last setting */
+static long g_allocated = 0; /* allocations since the last setting */
+
+long mg_fail_allocation_after(long n) {
+    const long counted = __atomic_exchange_n(&g_allocated, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&g_fail_at, n, __ATOMIC_SEQ_CST);
+    return counted;
+}
+
+static int injected_failure(void) {
+    const long k = __atomic_add_fetch(&g_allocated, 1, __ATOMIC_SEQ_CST);
+    return k == __atomic_load_n(&g_fail_at, __ATOMIC_SEQ_CST);
+}
+#else
+static int injected_failure(void) {
+    return 0;
+}
+#endif
+
 void *mg_alloc_uninit(size_t count, size_t elem_size, const char *what, mg_error *err) {
     size_t bytes;
     if (mg_mul_size(count, elem_size, &bytes) != 0 || bytes > MG_MAX_ALLOC) {
@@ -49,7 +69,7 @@ void *mg_alloc_uninit(size_t count, size_t elem_size, const char *what, mg_error
     }
     if (bytes == 0) bytes = 64;
     size_t rounded = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, rounded);
+    void *p = injected_failure() ? NULL : aligned_alloc(64, rounded);
     if (p == NULL) {
         mg_fail(err, MG_ERR_NOMEM, "out of memory allocating %s (%zu bytes)", what, bytes);
         return NULL;

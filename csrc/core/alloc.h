@@ -31,4 +31,11 @@ void *mg_alloc(size_t count, size_t elem_size, const char *what, mg_error *err);
 void *mg_alloc_uninit(size_t count, size_t elem_size, const char *what, mg_error *err);
 void mg_free(void *p);
 
+#ifdef MG_FAULT_INJECTION
+/* Debug builds only (MAGNET_DEBUG=1, which tests/sanitize.sh uses): the n-th mg_alloc from now
+ * fails as if out of memory (n <= 0: none), so that tests can reach every failure path.
+ * Returns how many allocations the previous setting counted. */
+long mg_fail_allocation_after(long n);
+#endif
+
 #endif

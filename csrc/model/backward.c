@@ -77,46 +77,82 @@ static void lora_grad_one(float *dinp, const float *dout, int ldd, const float *
     lora_grad(dinp, &site, n, inp, m, train, N, scratch);
 }
 
-int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass *train,
-                      const mg_kv_cache *cache, const float *dhidden, const int32_t *tokens,
-                      const uint8_t *roles, const int32_t *segments, int B, int T, mg_error *err) {
+/* The float counts of the backward's buffers, in the order mg_model_backward takes them. */
+#define BACKWARD_BUFFERS 15
+static void backward_plan(const mg_model *m, int B, int T, size_t plan[BACKWARD_BUFFERS]) {
     const mg_config *c = &m->config;
-    const mg_params *p = &m->params;
-    const mg_activations *rec = train->acts;
     const long N = (long)B * T;
-    if (rec == NULL || rec->N != N || cache->length != T || cache->n_slots != c->n_layers)
-        return mg_fail(err, MG_ERR_VALUE, "internal: backward without a matching forward record");
     const int D = c->dim, F = c->hidden_dim;
     const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim, W = QD + 2 * KD;
     const int r = m->lora ? m->lora->rank : 0;
     const int widest = F > D ? (F > QD ? F : QD) : (D > QD ? D : QD);
     const mg_backend *be = m->be;
     const attention_shape shape = {B, T, T, 0, T, c->n_heads, c->n_kv_heads, c->head_dim};
-    const size_t plan[] = {(size_t)N * D,
-                           (size_t)N * D,
-                           (size_t)N * D,
-                           (size_t)N * F,
-                           (size_t)N * F,
-                           (size_t)N * F,
-                           (size_t)N * QD,
-                           (size_t)N * W,
-                           (size_t)N * KD,
-                           (size_t)N * KD,
-                           (size_t)N,
-                           be->attention_scratch(be, &shape, true),
-                           m->lora ? (size_t)N * (MG_DROPPED_MAX * r + widest) : 0,
-                           mg_stage_bytes(be, (size_t)N) / 4 + 1,
-                           mg_stage_bytes(be, (size_t)N * 4) / 4};
-    size_t bytes = 0;
-    for (unsigned i = 0; i < sizeof(plan) / sizeof(plan[0]); i++)
+    const size_t sizes[BACKWARD_BUFFERS] = {(size_t)N * D,
+                                            (size_t)N * D,
+                                            (size_t)N * D,
+                                            (size_t)N * F,
+                                            (size_t)N * F,
+                                            (size_t)N * F,
+                                            (size_t)N * QD,
+                                            (size_t)N * W,
+                                            (size_t)N * KD,
+                                            (size_t)N * KD,
+                                            (size_t)N,
+                                            be->attention_scratch(be, &shape, true),
+                                            m->lora ? (size_t)N * (MG_DROPPED_MAX * r + widest) : 0,
+                                            mg_stage_bytes(be, (size_t)N) / 4 + 1,
+                                            mg_stage_bytes(be, (size_t)N * 4) / 4};
+    memcpy(plan, sizes, sizeof(sizes));
+}
+
+int mg_backward_scratch_init(mg_backward_scratch *s, const mg_model *m, int B, int T,
+                             mg_error *err) {
+    memset(s, 0, sizeof(*s));
+    size_t plan[BACKWARD_BUFFERS], bytes = 0;
+    backward_plan(m, B, T, plan);
+    for (int i = 0; i < BACKWARD_BUFFERS; i++)
         bytes += mg_arena_floats_bytes(plan[i]);
-    int32_t *ids_host = mg_alloc_uninit((size_t)N, sizeof(int32_t), "token ids", err);
-    if (ids_host == NULL) return err->code;
-    mg_workspace arena;
-    if (mg_workspace_init(&arena, be, bytes, err) != 0) {
-        mg_free(ids_host);
+    s->ids_host = mg_alloc_uninit((size_t)B * T, sizeof(int32_t), "token ids", err);
+    if (s->ids_host == NULL) return err->code;
+    if (mg_workspace_init(&s->arena, m->be, bytes, err) != 0) {
+        mg_free(s->ids_host);
+        s->ids_host = NULL;
         return err->code;
     }
+    s->B = B;
+    s->T = T;
+    return MG_OK;
+}
+
+void mg_backward_scratch_release(mg_backward_scratch *s) {
+    if (s->ids_host != NULL) {
+        mg_workspace_release(&s->arena);
+        mg_free(s->ids_host);
+    }
+    memset(s, 0, sizeof(*s));
+}
+
+int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass *train,
+                      const mg_kv_cache *cache, const float *dhidden, const int32_t *tokens,
+                      const uint8_t *roles, const int32_t *segments, int B, int T,
+                      mg_backward_scratch *s, mg_error *err) {
+    const mg_config *c = &m->config;
+    const mg_params *p = &m->params;
+    const mg_activations *rec = train->acts;
+    const long N = (long)B * T;
+    if (rec == NULL || rec->N != N || cache->length != T || cache->n_slots != c->n_layers ||
+        s->ids_host == NULL || s->B != B || s->T != T)
+        return mg_fail(err, MG_ERR_VALUE, "internal: backward without a matching forward record");
+    const int D = c->dim, F = c->hidden_dim;
+    const int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim, W = QD + 2 * KD;
+    const mg_backend *be = m->be;
+    const attention_shape shape = {B, T, T, 0, T, c->n_heads, c->n_kv_heads, c->head_dim};
+    size_t plan[BACKWARD_BUFFERS];
+    backward_plan(m, B, T, plan);
+    int32_t *ids_host = s->ids_host;
+    mg_workspace arena = s->arena; /* a copy: each pass takes its buffers from the start */
+    arena.arena.used = 0;
     float *dx = mg_workspace_floats(&arena, plan[0], err);
     float *dy = mg_workspace_floats(&arena, plan[1], err);
     float *dh = mg_workspace_floats(&arena, plan[2], err);
@@ -244,7 +280,5 @@ int mg_model_backward(const mg_model *m, const mg_grads *g, const mg_train_pass 
     }
     be->sync(be, err);
 done:
-    mg_workspace_release(&arena);
-    mg_free(ids_host);
     return err->code;
 }

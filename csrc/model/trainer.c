@@ -251,7 +251,8 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     if (!(mb->w_msg > 0.0f)) masking.all_span_frac = 0.0f;
 
     const mg_backend *be = m->be;
-    int32_t *tokens = mg_alloc((size_t)N * 4, sizeof(int32_t), "training batch", err);
+    /* tokens, segments, the two label sets and the gathered labels of one loss */
+    int32_t *tokens = mg_alloc((size_t)N * 5, sizeof(int32_t), "training batch", err);
     uint8_t *roles = mg_alloc((size_t)N, 1, "training roles", err);
     int64_t *idx = mg_alloc((size_t)N + 4 * (size_t)Bs, sizeof(int64_t), "loss rows", err);
     int *positions = mg_alloc((size_t)N, sizeof(int), "positions", err);
@@ -270,6 +271,8 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     mg_activations *acts = &t->acts;
     mg_kv_cache cache;
     memset(&cache, 0, sizeof(cache));
+    mg_backward_scratch backward;
+    memset(&backward, 0, sizeof(backward));
     if (err->code != MG_OK) goto done;
     if (mg_workspace_init(&ws, be, ws_bytes, err) != 0) goto done;
     dhidden = mg_workspace_floats(&ws, plan[0], err);
@@ -280,7 +283,7 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     if (err->code != MG_OK) goto done;
     /* the losses accumulate into their buffers (hidden gradients, InfoNCE scratch) */
     be->zero(be, ws.arena.base, ws.arena.size);
-    int32_t *segs = tokens + N, *mntp_lab = segs + N, *msg_lab = mntp_lab + N;
+    int32_t *segs = tokens + N, *mntp_lab = segs + N, *msg_lab = mntp_lab + N, *lab = msg_lab + N;
     for (long n = 0; n < N; n++) {
         tokens[n] = 0;
         segs[n] = -1;
@@ -315,6 +318,8 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
     if (mg_model_step_ex(m, &cache, tokens, roles, segs, positions, R, T, NULL, NULL, 0, &pass,
                          err) != MG_OK)
         goto done;
+    /* everything left to allocate, before the token losses add the LM head's gradient */
+    if (train && mg_backward_scratch_init(&backward, m, R, T, err) != MG_OK) goto done;
 
     /* MNTP and MSG: two cross-entropies over disjoint label sets of the masked view */
     const int32_t *label_sets[2] = {mntp_lab, msg_lab};
@@ -327,14 +332,11 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
         for (long n = 0; n < (long)Bm * T; n++)
             if (label_sets[s][n] != MG_IGNORE_LABEL) idx[count++] = n;
         if (count == 0) continue;
-        int32_t *lab = (int32_t *)mg_alloc((size_t)count, sizeof(int32_t), "labels", err);
-        if (lab == NULL) goto done;
         for (long i = 0; i < count; i++)
             lab[i] = label_sets[s][idx[i]];
         double sum = 0.0;
         token_loss(t, acts->hidden, dhidden, idx, lab, count,
                    weights[s] * mb->grad_scale / (float)count, train, &sum, loss_buf, err);
-        mg_free(lab);
         if (err->code != MG_OK) goto done;
         *means[s] = sum / (double)count;
         *counts[s] = count;
@@ -357,9 +359,11 @@ int mg_trainer_micro_step(mg_trainer *t, const mg_micro_batch *mb, int train, mg
         if (train) be->range_pool_backward(be, dhidden, da, d_start, d_end, 2 * Bs, D, mb->pooling);
     }
     if (train)
-        mg_model_backward(m, &t->grads, &pass, &cache, dhidden, tokens, roles, segs, R, T, err);
+        mg_model_backward(m, &t->grads, &pass, &cache, dhidden, tokens, roles, segs, R, T,
+                          &backward, err);
     be->sync(be, err);
 done:
+    mg_backward_scratch_release(&backward);
     mg_free(places);
     mg_kv_cache_release(&cache);
     mg_free(tokens);

@@ -1,9 +1,18 @@
 /* Reading typed settings out of the dicts the Python layer passes down. */
 #include "dict_args.h"
 
+PyObject *mgpy_dict_get(PyObject *dict, const char *key) {
+    PyObject *k = PyUnicode_FromString(key);
+    if (k == NULL) return NULL;
+    PyObject *v = PyDict_GetItemWithError(dict, k);
+    Py_DECREF(k);
+    return v;
+}
+
 /* Reads an int (required when dflt is NULL) from the config dict. */
 int mgpy_dict_int(PyObject *cfg, const char *key, const int *dflt, int *out) {
-    PyObject *v = PyDict_GetItemString(cfg, key); /* borrowed */
+    PyObject *v = mgpy_dict_get(cfg, key);
+    if (v == NULL && PyErr_Occurred()) return -1;
     if (v == NULL || v == Py_None) {
         if (dflt) {
             *out = *dflt;
@@ -27,7 +36,8 @@ int mgpy_dict_int(PyObject *cfg, const char *key, const int *dflt, int *out) {
 }
 
 int mgpy_dict_float(PyObject *cfg, const char *key, float dflt, float *out) {
-    PyObject *v = PyDict_GetItemString(cfg, key);
+    PyObject *v = mgpy_dict_get(cfg, key);
+    if (v == NULL && PyErr_Occurred()) return -1;
     if (v == NULL || v == Py_None) {
         *out = dflt;
         return 0;

@@ -42,6 +42,7 @@ static PyArrayObject *as_array(PyObject *obj, const char *name, int type, int nd
         obj, type, ndim, ndim,
         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST | NPY_ARRAY_ENSURECOPY);
     if (a == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL; /* the copy, not the input */
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s must be a %d-D integer array", name, ndim);
         return NULL;

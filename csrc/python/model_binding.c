@@ -13,7 +13,8 @@
 
 static int config_choice(PyObject *cfg, const char *key, const char *const *names, int n, int dflt,
                          int *out) {
-    PyObject *v = PyDict_GetItemString(cfg, key);
+    PyObject *v = mgpy_dict_get(cfg, key);
+    if (v == NULL && PyErr_Occurred()) return -1;
     if (v == NULL || v == Py_None) {
         *out = dflt;
         return 0;
@@ -264,11 +265,20 @@ int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const mg_param_slot
         PyErr_SetString(PyExc_TypeError, "expected a dict of float32 arrays");
         return -1;
     }
+    /* every value is found and checked before the first is written: a failure leaves the
+     * parameters as they were */
+    PyObject **values = PyMem_Malloc(sizeof(PyObject *) * (n_slots > 0 ? (size_t)n_slots : 1));
+    if (values == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     for (int s = 0; s < n_slots; s++) {
         const mg_param_slot *slot = &slots[s];
-        PyObject *v = PyDict_GetItemString(dict, slot->name);
+        PyObject *v = values[s] = mgpy_dict_get(dict, slot->name);
         if (v == NULL) {
-            PyErr_Format(PyExc_ValueError, "missing parameter '%s'", slot->name);
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "missing parameter '%s'", slot->name);
+            PyMem_Free(values);
             return -1;
         }
         int same_shape = PyArray_Check(v) && PyArray_NDIM((PyArrayObject *)v) == slot->ndim;
@@ -285,19 +295,20 @@ int mgpy_dict_to_slots(const mg_backend *be, PyObject *dict, const mg_param_slot
                 PyErr_Format(PyExc_ValueError,
                              "parameter '%s' must be a contiguous float32 array of shape (%lld,)",
                              slot->name, (long long)slot->shape[0]);
+            PyMem_Free(values);
             return -1;
         }
     }
     if (PyDict_Size(dict) != n_slots) {
         PyErr_Format(PyExc_ValueError, "expected %d parameters, got %zd", n_slots,
                      PyDict_Size(dict));
+        PyMem_Free(values);
         return -1;
     }
-    for (int s = 0; s < n_slots; s++) {
-        PyObject *v = PyDict_GetItemString(dict, slots[s].name);
-        be->upload(be, block + slots[s].offset, PyArray_DATA((PyArrayObject *)v),
+    for (int s = 0; s < n_slots; s++)
+        be->upload(be, block + slots[s].offset, PyArray_DATA((PyArrayObject *)values[s]),
                    slots[s].numel * sizeof(float));
-    }
+    PyMem_Free(values);
     return 0;
 }
 

@@ -6,6 +6,7 @@
 
 #include "../backend/backend.h"
 #include "../backend/cpu/blas.h"
+#include "../core/alloc.h"
 #include "../core/threads.h"
 #include "../model/objectives.h"
 #include "../ops/packed_matmul.h"
@@ -48,6 +49,15 @@ static PyObject *get_num_threads(PyObject *self, PyObject *unused) {
     (void)unused;
     return PyLong_FromLong(mg_get_num_threads());
 }
+
+#ifdef MG_FAULT_INJECTION
+static PyObject *fail_allocation_after(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(mg_fail_allocation_after(n));
+}
+#endif
 
 static PyObject *cpu_count(PyObject *self, PyObject *unused) {
     (void)self;
@@ -104,6 +114,10 @@ static PyMethodDef module_methods[] = {
     {"set_num_threads", set_num_threads, METH_O, "Set the worker threads (OpenMP and OpenBLAS)."},
     {"get_num_threads", get_num_threads, METH_NOARGS, "Worker threads in use."},
     {"cpu_count", cpu_count, METH_NOARGS, "Online CPU cores."},
+#ifdef MG_FAULT_INJECTION
+    {"_fail_allocation_after", fail_allocation_after, METH_O,
+     "Debug builds: the n-th C allocation from now fails (0: none) -> allocations counted."},
+#endif
     {"read_safetensors", mgpy_read_safetensors, METH_VARARGS,
      "read_safetensors(path, skip=None) -> dict of float32 arrays (skip: names left unread)"},
     {"read_gguf", mgpy_read_gguf, METH_VARARGS,

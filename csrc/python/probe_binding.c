@@ -29,8 +29,9 @@ static PyArrayObject *probe_array(PyObject *obj, const char *name, int type, int
 /* cfg["seed"] (default 0) as a uint64: any integer 0 <= seed < 2**64, as the other seeded
  * entry points take. 0, or -1 with an exception naming the seed. */
 static int parse_probe_seed(PyObject *cfg, uint64_t *out) {
-    PyObject *v = PyDict_GetItemString(cfg, "seed"); /* borrowed */
+    PyObject *v = mgpy_dict_get(cfg, "seed");
     *out = 0;
+    if (v == NULL && PyErr_Occurred()) return -1;
     if (v == NULL || v == Py_None) return 0;
     if (PyBool_Check(v) || !PyIndex_Check(v)) {
         PyErr_Format(PyExc_TypeError, "config 'seed' must be an int, got %s", Py_TYPE(v)->tp_name);

@@ -273,8 +273,10 @@ static PyObject *load_state_locked(mg_trainer *t, PyObject *state, int step, mg_
     float *dst[3] = {mg_trainer_params(t), t->cfg.full_finetune ? t->m_params : t->m_lora,
                      t->cfg.full_finetune ? t->v_params : t->v_lora};
     const char *keys[3] = {"params", "m", "v"};
+    PyObject *arrays[3];
     for (int i = 0; i < 3; i++) {
-        PyObject *a = PyDict_GetItemString(state, keys[i]);
+        PyObject *a = arrays[i] = mgpy_dict_get(state, keys[i]);
+        if (a == NULL && PyErr_Occurred()) return NULL;
         if (a == NULL || !mgpy_is_c_array(a, NPY_FLOAT32) ||
             (size_t)PyArray_SIZE((PyArrayObject *)a) != n) {
             PyErr_Format(PyExc_ValueError,
@@ -286,8 +288,7 @@ static PyObject *load_state_locked(mg_trainer *t, PyObject *state, int step, mg_
     }
     const mg_backend *be = t->model->be;
     for (int i = 0; i < 3; i++)
-        be->upload(be, dst[i], PyArray_DATA((PyArrayObject *)PyDict_GetItemString(state, keys[i])),
-                   n * sizeof(float));
+        be->upload(be, dst[i], PyArray_DATA((PyArrayObject *)arrays[i]), n * sizeof(float));
     be->zero(be, mg_trainer_grads(t), n * sizeof(float));
     t->step = step;
     Py_RETURN_NONE;
@@ -300,7 +301,11 @@ static PyObject *Trainer_load_state(MgpyTrainer *self, PyObject *state) {
     PyObject *plain = mgpy_plain_dict(state, "trainer state");
     if (plain == NULL) return NULL;
     /* steps the trainer can go on from: apply() refuses to count past INT_MAX */
-    PyObject *step_obj = PyDict_GetItemString(plain, "step");
+    PyObject *step_obj = mgpy_dict_get(plain, "step");
+    if (step_obj == NULL && PyErr_Occurred()) {
+        Py_DECREF(plain);
+        return NULL;
+    }
     long step = -1; /* an int or a NumPy integer, converted before the lock (__index__ is code) */
     if (step_obj != NULL && !PyBool_Check(step_obj) && PyIndex_Check(step_obj))
         step = PyLong_AsLong(step_obj);
