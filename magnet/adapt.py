@@ -517,7 +517,7 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 model._c.detach_lora()
             trainer = _C.Trainer(model._c, config)
             trainer.load_state(state)
-        except (ValueError, TypeError):
+        except BaseException:  # a state of another size, or out of memory, or Ctrl-C
             if attached and previous is not None:
                 model._c.attach_lora(attached[0], float(attached[1]), attached[2], seed)
                 model._c.load_lora_state_dict(previous)
@@ -525,18 +525,28 @@ def adapt(model: Model, data: TextSource, preset: str = "magnet", steps: int = 1
                 model._c.detach_lora()
             raise
     else:
+        fresh = False  # adapters attached here, detached again if the trainer cannot be made
         if attached and not full_finetune and (
                 attached[0] == lora_rank and math.isclose(attached[1], lora_alpha, rel_tol=1e-6)
                 and attached[2] == targets):
             pass  # adapters of the same shape are attached: training continues from them
         elif attached:
             # never throw away a previous adaptation: fold it into the weights, then train anew
+            # (a trainer that then runs out of memory leaves it folded in: the model computes
+            # what it computed before, with no adapters attached)
             model._c.merge_lora()
             if not full_finetune:
                 model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
+                fresh = True
         elif not full_finetune:
             model._c.attach_lora(lora_rank, float(lora_alpha), targets, seed)
-        trainer = _C.Trainer(model._c, config)
+            fresh = True
+        try:
+            trainer = _C.Trainer(model._c, config)
+        except BaseException:  # out of memory, or Ctrl-C
+            if fresh:
+                model._c.detach_lora()
+            raise
     if checkpoint_path is not None and not full_finetune and base_digest is None:
         # the weights under the adapters, after any merge above: a resume must find the same
         base_digest = _base_weights_digest(model)

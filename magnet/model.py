@@ -501,7 +501,11 @@ class Model:
         preset or seed, ``steps`` below the checkpoint's, and, for LoRA, base weights other
         than those the adapters were trained on (checked by a hash of a sample of each tensor).
         ``callback(record)`` is called after every step. Every option is checked before the
-        model changes: a call that raises leaves it as it was. While it runs, another
+        model changes: a call that raises leaves it as it was. So does one that runs out of
+        memory before its first step, except that attached adapters of another shape, which
+        are folded into the weights to make way for the new ones, stay folded in (the outputs
+        are the same); once training has begun, the adapters trained so far stay. While it
+        runs, another
         ``adapt()`` or a :meth:`to` on this model (from another thread) raises ValueError.
         SSCL needs ``batch_size >= 2``.
         Further options (keyword only; ``magnet.model.AdaptOptions`` types them): lora_targets,

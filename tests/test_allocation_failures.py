@@ -241,3 +241,94 @@ print("embed", sweep(embed, lambda ok: None if not ok else np.testing.assert_arr
     embed(), want)))
 """)
     assert "generator" in out and "embed" in out
+
+
+@pytest.fixture(scope="module")
+def texts(shared_data):
+    path = shared_data / "text" / "gutenberg" / "austen-emma.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return [b.strip() for b in path.read_text().split("\n\n") if len(b.strip()) > 40][:200]
+
+
+class _TrainerWatch:
+    """Stands in for magnet._C in magnet.adapt, noting when adapt()'s trainer is ready (made,
+    and its checkpoint state loaded when resuming): up to then a failure must undo everything."""
+
+    def __init__(self, resume: bool) -> None:
+        self.resume, self.ready = resume, False
+
+    def __getattr__(self, name: str):
+        return getattr(_C, name)
+
+    def Trainer(self, *args, **kwargs):  # noqa: N802 - the name adapt() calls
+        trainer, watch = _C.Trainer(*args, **kwargs), self
+        if not self.resume:
+            self.ready = True
+            return trainer
+
+        class Loading:
+            def __getattr__(self, name: str):
+                return getattr(trainer, name)
+
+            def load_state(self, state):
+                trainer.load_state(state)
+                watch.ready = True
+
+        return Loading()
+
+
+@needs_fault_hook
+@pytest.mark.parametrize("resume", [False, True])
+def test_adapt_that_runs_out_of_memory_before_training_leaves_the_model(
+        stories_dir, texts, tmp_path, monkeypatch, resume):
+    """adapt() attached (or, resuming, replaced) the adapters and then built its trainer; when
+    that ran out of memory, the model kept the new adapters, and a resume had thrown away the
+    user's own (the rollback caught ValueError and TypeError only)."""
+    import magnet.adapt
+
+    kw = dict(steps=2, batch_size=2, seq_len=32, progress=False, lora_rank=2,
+              checkpoint_every=1, checkpoint_dir=tmp_path)
+    if resume:  # a rank-2 checkpoint at step 1 of 2
+        class Stop(Exception):
+            pass
+
+        def stop(record: dict) -> None:
+            raise Stop
+
+        with pytest.raises(Stop):
+            magnet.Model.from_pretrained(stories_dir).adapt(texts, callback=stop, **kw)
+    undone = 0
+    for n in range(1, 500):
+        m = magnet.Model.from_pretrained(stories_dir)
+        if resume:  # the user's own adapters, of another rank, with values of their own
+            m._c.attach_lora(4, 8.0, ALL_TARGETS, 7)
+            mine = {k: v + np.float32(0.5) for k, v in m._c.lora_state_dict().items()}
+            m._c.load_lora_state_dict(mine)
+        before = (m._c.lora_info(), m._c.lora_state_dict() if resume else None)
+        weights = m._c.state_dict()
+        watch = _TrainerWatch(resume)
+        monkeypatch.setattr(magnet.adapt, "_C", watch)
+        _C._fail_allocation_after(n)
+        try:
+            m.adapt(texts, resume=resume, **kw)
+            failed = False
+        except MemoryError:
+            failed = True
+        finally:
+            counted = _C._fail_allocation_after(0)
+            monkeypatch.setattr(magnet.adapt, "_C", _C)
+        if not failed:
+            assert counted < n
+            assert undone > 2  # attaching, the trainer (and its state) each failed
+            return
+        if watch.ready:
+            continue  # the failure came later: adapt() trains in place
+        undone += 1
+        assert m._c.lora_info() == before[0], f"allocation {n}: adapters changed"
+        if resume:
+            now = m._c.lora_state_dict()
+            assert all(np.array_equal(now[k], before[1][k]) for k in now), n
+        now = m._c.state_dict()
+        assert all(np.array_equal(now[k], weights[k]) for k in now), n
+    raise AssertionError("adapt() never got through")
