@@ -167,24 +167,18 @@ def test_a_failed_python_allocation_in_a_state_load_is_a_memory_error(stories_di
     parameters wholly as they were."""
     out = _run_child(PYTHON_SWEEP + f"""
 m = magnet.Model.from_pretrained({str(stories_dir)!r})
-before = m._c.state_dict()
-other = {{k: v + np.float32(1) for k, v in before.items()}}
-def check(loaded):
-    now = m._c.state_dict()
-    expect = other if loaded else before
-    assert all(np.array_equal(now[k], expect[k]) for k in now), "a load half done"
-    m._c.load_state_dict(before)
-print("state_dict", sweep(lambda: m._c.load_state_dict(other), check))
-
+def sweep_load(read, load):
+    # loads arrays other than the current ones: after each failure, all or nothing was loaded
+    before = read()
+    other = {{k: v + np.float32(1) for k, v in before.items()}}
+    def check(loaded):
+        now, expect = read(), other if loaded else before
+        assert all(np.array_equal(now[k], expect[k]) for k in now), "a load half done"
+        load(before)
+    return sweep(lambda: load(other), check)
+print("state_dict", sweep_load(m._c.state_dict, m._c.load_state_dict))
 m._c.attach_lora(4, 8.0, 127, 3)
-lora = m._c.lora_state_dict()
-other_lora = {{k: v + np.float32(1) for k, v in lora.items()}}
-def check_lora(loaded):
-    now = m._c.lora_state_dict()
-    expect = other_lora if loaded else lora
-    assert all(np.array_equal(now[k], expect[k]) for k in now), "a load half done"
-    m._c.load_lora_state_dict(lora)
-print("lora", sweep(lambda: m._c.load_lora_state_dict(other_lora), check_lora))
+print("lora", sweep_load(m._c.lora_state_dict, m._c.load_lora_state_dict))
 
 trainer = _C.Trainer(m._c, {{"mask_token_id": 3}})
 state = trainer.state()
