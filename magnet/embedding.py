@@ -263,7 +263,9 @@ def _layout(model: Model, level: str, instruction: str | None, max_length: int |
 
 def _normalize_rows(x: np.ndarray) -> None:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
+    # zero rows stay zero; not np.divide(where=): NumPy 2.4 segfaults when that one runs out of
+    # memory (it raises MemoryError without holding the GIL)
+    x /= np.where(norms > 0, norms, norms.dtype.type(1))
 
 
 def _batches(seqs: list[np.ndarray], batch_size: int, show: bool | None, desc: str
