@@ -43,6 +43,8 @@ export LD_PRELOAD="$LIBASAN"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}"
+# the tests look for ../shared/data beside the tree they run from, which is $WORK here
+export MAGNET_SHARED_DATA="${MAGNET_SHARED_DATA:-$(dirname "$ROOT")/shared/data}"
 export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1
 python - <<PY
 import magnet, sys
